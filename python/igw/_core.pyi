@@ -1,0 +1,210 @@
+"""Type stubs and contract of the C++ core, ``igw._core``.
+
+This file is the interface every other part of igw codes against. The pure-Python
+reference implementation in ``igw.core_reference`` exposes exactly the same names and
+semantics; property tests check the two agree, and benchmarks report the ratio.
+
+Conventions
+-----------
+* Endpoint ids are dense ints in ``[0, capacity)``; a removed id is reused by a later ``add``.
+* Arrays returned "per endpoint" have length ``table.high_water`` (1 + the largest id ever
+  handed out and not since trimmed); entries of removed ids hold zeros / False.
+* Every error raised by the core is ``igw._core.Error`` (re-exported as ``igw.Error``), with a
+  message naming the argument and what was expected. The core never aborts the process.
+* All methods are safe to call from several threads at once and release the GIL around
+  work that does not touch Python objects.
+"""
+
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: Final[str]
+
+class Error(Exception):
+    """The one error type raised by the core (bad arguments, unknown ids, full tables)."""
+
+# ---------------------------------------------------------------------------- hashing
+
+def xxh64(data: bytes | bytearray | memoryview, seed: int = 0) -> int:
+    """XXH64 of ``data`` per the published xxHash specification (matches ``xxhash.xxh64``)."""
+
+def model_seed(model: str, cache_salt: str = "", lora: str = "") -> int:
+    """Root of a prompt's hash chain: ``xxh64(model + b"\\0" + cache_salt + b"\\0" + lora)``.
+
+    Equal text under a different model, salt or adapter gets unrelated block hashes.
+    """
+
+def hash_blocks(
+    data: bytes | bytearray | memoryview, block_bytes: int, seed: int, max_blocks: int = 0
+) -> npt.NDArray[np.uint64]:
+    """Chained block hashes of prompt bytes.
+
+    The data is cut into ``block_bytes``-sized blocks; the last partial block is hashed too.
+    ``id_i = xxh64(block_i)``, ``h_{-1} = seed``, ``h_i = xxh64(le64(id_i) + le64(h_{i-1}))``.
+    ``max_blocks`` > 0 stops after that many blocks. ``block_bytes`` must be >= 1.
+    """
+
+def hash_token_blocks(
+    tokens: npt.NDArray[np.uint32], block_tokens: int, seed: int, max_blocks: int = 0
+) -> npt.NDArray[np.uint64]:
+    """As ``hash_blocks`` but over token ids: block i's id is xxh64 of the little-endian
+    uint32 bytes of its ``block_tokens`` tokens."""
+
+# ---------------------------------------------------------------------- endpoint table
+
+class Snapshot:
+    """A consistent copy of every endpoint's metrics, one numpy array per field.
+
+    Each endpoint's row is taken atomically (never a mix of two updates). Arrays have length
+    ``high_water``; LoRA bitsets are ``uint64[high_water, 4]`` (adapter id a is bit a%64 of
+    word a//64; at most 256 adapters).
+    """
+
+    active: npt.NDArray[np.bool_]  # slot holds a live endpoint
+    ready: npt.NDArray[np.bool_]  # live and marked ready
+    waiting: npt.NDArray[np.int32]  # scraped waiting-queue length
+    running: npt.NDArray[np.int32]  # scraped running requests
+    kv_util: npt.NDArray[np.float32]  # scraped KV-cache utilization, 0..1
+    kv_blocks: npt.NDArray[np.int64]  # KV capacity in blocks (0 = unknown)
+    block_size: npt.NDArray[np.int32]  # tokens per KV block (0 = unknown)
+    max_lora: npt.NDArray[np.int32]  # max LoRA slots (0 = unknown / no LoRA)
+    lora_active: npt.NDArray[np.uint64]  # [n, 4] bitset of running adapters
+    lora_waiting: npt.NDArray[np.uint64]  # [n, 4] bitset of waiting adapters
+    inflight_requests: npt.NDArray[np.int32]  # requests igw sent and not yet finished
+    inflight_tokens: npt.NDArray[np.int64]  # uncached prompt tokens of those requests
+    updated_at: npt.NDArray[np.float64]  # monotonic seconds of the last metrics update (0 = never)
+    prefill_rate: npt.NDArray[np.float32]  # calibrated prompt tokens/second (0 = unknown)
+
+class EndpointTable:
+    """Structure-of-arrays metrics of up to ``capacity`` endpoints (capacity <= 65535)."""
+
+    def __init__(self, capacity: int = 4096) -> None: ...
+    @property
+    def capacity(self) -> int: ...
+    @property
+    def high_water(self) -> int: ...
+    def __len__(self) -> int:
+        """Number of live endpoints."""
+    def add(self) -> int:
+        """Allocate a dense id (lowest free); the new row is zeroed, not ready. Error when full."""
+    def remove(self, endpoint: int) -> None:
+        """Free an id. Readers holding snapshots are unaffected. Error if not live."""
+    def is_live(self, endpoint: int) -> bool: ...
+    def update(
+        self,
+        endpoint: int,
+        *,
+        waiting: int,
+        running: int,
+        kv_util: float,
+        now: float,
+        kv_blocks: int = -1,
+        block_size: int = -1,
+        max_lora: int = -1,
+        lora_active: list[int] | None = None,
+        lora_waiting: list[int] | None = None,
+    ) -> None:
+        """Write one endpoint's scraped metrics as one atomic row update.
+
+        Fields left at -1 / None keep their previous value. ``kv_util`` must be within 0..1
+        (values within 1e-6 outside are clamped); negative counts are errors.
+        """
+    def set_ready(self, endpoint: int, ready: bool) -> None: ...
+    def set_prefill_rate(self, endpoint: int, tokens_per_second: float) -> None: ...
+    def add_inflight(self, endpoint: int, requests: int, tokens: int) -> None:
+        """Adjust igw's own in-flight counters (negative to release); clamped at zero."""
+    def adapter_id(self, name: str) -> int:
+        """Id of a LoRA adapter name in the registry, registering it if new (max 256)."""
+    def adapter_name(self, adapter: int) -> str: ...
+    def snapshot(self) -> Snapshot: ...
+
+# ------------------------------------------------------------------------ prefix index
+
+class PrefixIndex:
+    """Block hash -> endpoints holding it, with a bounded LRU of blocks per endpoint."""
+
+    def __init__(self, max_endpoints: int = 4096, default_capacity: int = 31250) -> None: ...
+    def set_capacity(self, endpoint: int, blocks: int) -> None:
+        """Capacity of one endpoint's LRU in blocks (e.g. its num_gpu_blocks); evicts the
+        least recently used blocks at once if it now holds more."""
+    def capacity_of(self, endpoint: int) -> int: ...
+    def record(self, endpoint: int, hashes: npt.NDArray[np.uint64]) -> None:
+        """Mark the blocks as held by the endpoint and most recently used (in order, so the
+        first block is evicted last among them: later blocks are less likely to be reused)."""
+    def match(self, hashes: npt.NDArray[np.uint64]) -> npt.NDArray[np.int32]:
+        """For every endpoint id in [0, max_endpoints_seen) the number of leading blocks of
+        ``hashes`` it holds contiguously from block 0. Does not touch LRU order."""
+    def remove_endpoint(self, endpoint: int) -> None:
+        """Forget every block of the endpoint (its id may be reused afterwards)."""
+    def entries(self) -> int:
+        """Number of (block, endpoint) pairs held."""
+    def endpoint_entries(self, endpoint: int) -> int: ...
+    def memory_bytes(self) -> int:
+        """Bytes the index holds for its entries and lookup structures (not the object)."""
+
+# --------------------------------------------------------------------------- scheduler
+
+class Profile:
+    """A scheduling profile: weighted scorers and one picker, run over all endpoints at once.
+
+    ``scorers`` is a list of ``(type, weight, params)``; built-in types and their params:
+      queue-scorer {}, running-requests-size-scorer {}, kv-cache-utilization-scorer {},
+      prefix-cache-scorer {matchLengthWeight: 0.0, scaleTokens: 8192},
+      lora-affinity-scorer {}, active-request-scorer {idleThreshold: 0, maxBusyScore: 1.0},
+      token-load-scorer {queueThresholdTokens: 4194304},
+      load-aware-scorer {queueThreshold: 128}.
+    ``picker`` is one of max-score-picker, weighted-random-picker, random-picker.
+    Unknown types, unknown param keys, negative or non-finite weights raise ``Error``.
+    """
+
+    def __init__(
+        self,
+        scorers: list[tuple[str, float, dict[str, float]]],
+        picker: str = "max-score-picker",
+    ) -> None: ...
+    @property
+    def scorer_types(self) -> list[str]: ...
+
+class PickResult:
+    endpoints: list[int]  # ranked: primary first, then fallbacks (at most k)
+    matched_blocks: npt.NDArray[np.int32]  # per endpoint (the index match)
+    total_blocks: int
+    uncached_tokens: int  # charged to the primary's in-flight tokens when reserved
+    scores: dict[str, npt.NDArray[np.float32]] | None  # per scorer type (+"total"), if asked
+
+class Scheduler:
+    """Runs profiles over an EndpointTable and PrefixIndex.
+
+    ``pick`` is atomic with respect to other picks: the winner's in-flight counters are
+    incremented (and, with ``record``, the prompt's blocks recorded for it) before the next
+    pick starts, so a burst of simultaneous requests sees its own load.
+    """
+
+    def __init__(self, table: EndpointTable, index: PrefixIndex, seed: int = 0) -> None: ...
+    def pick(
+        self,
+        profile: Profile,
+        *,
+        hashes: npt.NDArray[np.uint64] | None = None,
+        prompt_tokens: int = 0,
+        block_tokens: int = 64,
+        lora: int = -1,
+        candidates: npt.NDArray[np.bool_] | None = None,
+        k: int = 1,
+        extra_scores: npt.NDArray[np.float32] | None = None,
+        extra_weights: list[float] | None = None,
+        reserve: bool = True,
+        record: bool = True,
+        with_scores: bool = False,
+    ) -> PickResult:
+        """Pick up to ``k`` ranked endpoints among live, ready endpoints (and ``candidates``,
+        a bool mask of length >= high_water, when given).
+
+        ``extra_scores`` is a float32 ``[m, high_water]`` array of scores from Python plugins
+        with ``m`` matching ``extra_weights``; they are clamped to [0,1] and weighted like
+        built-in scorers. Returns an empty ``endpoints`` list when nothing is eligible.
+        ``reserve`` adds 1 request and the primary's uncached prompt tokens
+        (prompt_tokens - matched_blocks*block_tokens, floored at 0) to its in-flight counters.
+        """

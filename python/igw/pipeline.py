@@ -1,0 +1,187 @@
+"""One request pipeline for both front ends.
+
+The ext_proc service and the standalone HTTP gateway each turn their protocol into a
+``Request``, run it through the same ordered stages, and turn the result (a ``Decision`` or
+an ``InferenceError``) back into their protocol. Stages know nothing about Envoy or HTTP.
+
+Request phase (``Pipeline.run``), in order:
+    parse -> admit -> guard.in -> route -> flow control -> schedule
+then the front end forwards to ``request.decision.endpoints`` and feeds the response
+phase (``Pipeline.response_started`` / ``response_chunk`` / ``finish``): guard.out, account.
+
+``finish`` is idempotent and must run exactly once per scheduled request in effect, whatever
+happens (normal end, upstream error, client gone, stream broken): it releases the in-flight
+counters the scheduler reserved, so a leak here would slowly skew every later decision.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import time
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from igw.datastore import Endpoint, Pool
+
+
+class RequestKind(enum.Enum):
+    COMPLETIONS = "completions"
+    CHAT = "chat/completions"
+    EMBEDDINGS = "embeddings"
+    RESPONSES = "responses"
+    PASSTHROUGH = "passthrough"
+
+
+@dataclasses.dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    total_tokens: int = 0
+
+    def merge(self, other: Usage) -> None:
+        """Later non-zero fields win (streams may split usage across chunks)."""
+        for field in dataclasses.fields(self):
+            value = getattr(other, field.name)
+            if value:
+                setattr(self, field.name, value)
+
+
+@dataclasses.dataclass(slots=True)
+class Decision:
+    """What the schedule stage chose."""
+
+    pool: Pool
+    endpoints: list[Endpoint]  # ranked: primary first, then fallbacks
+    uncached_tokens: int = 0  # charged to the primary's in-flight tokens
+    reserved: bool = True  # in-flight counters were incremented and must be released
+    matched_blocks: int = 0  # the primary's prefix match, in blocks
+    total_blocks: int = 0
+    scores: dict[str, dict[str, float]] | None = None  # plugin -> address -> score
+    profile: str = "default"
+
+    @property
+    def primary(self) -> Endpoint:
+        return self.endpoints[0]
+
+    def destination_header(self) -> str:
+        """The value of ``x-gateway-destination-endpoint`` (comma-separated, no spaces)."""
+        return ",".join(e.address for e in self.endpoints)
+
+
+@dataclasses.dataclass(slots=True)
+class Request:
+    """Everything the pipeline knows about one inference request."""
+
+    request_id: str
+    path: str = "/v1/completions"
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)  # lower-cased names
+    body: bytes = b""
+    received_at: float = dataclasses.field(default_factory=time.monotonic)
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)  # filter_metadata etc.
+
+    # parse
+    kind: RequestKind = RequestKind.PASSTHROUGH
+    body_json: dict[str, Any] | None = None
+    incoming_model: str = ""
+    target_model: str = ""
+    prompt: bytes = b""  # the text hashed for prefix matching
+    prompt_tokens_estimate: int = 0
+    stream: bool = False
+    objective: str | None = None
+    priority: int = 0
+    fairness_id: str = "default-flow"
+    cache_salt: str = ""
+    lora: str | None = None  # adapter name when the target model is a LoRA adapter
+    subset: list[str] | None = None  # allowed "ip[:port]" (subset hint / test header)
+
+    # route
+    pool_name: str = ""
+    rewrite_rule: str | None = None
+
+    # schedule
+    decision: Decision | None = None
+
+    # forward
+    out_body: bytes | None = None  # body to send upstream; None = unchanged ``body``
+
+    # response / account
+    response_status: int = 0
+    response_streaming: bool = False
+    served_endpoint: str | None = None
+    usage: Usage = dataclasses.field(default_factory=Usage)
+    first_byte_at: float | None = None
+    finished_at: float | None = None
+    failed: bool = False
+    attrs: dict[str, Any] = dataclasses.field(default_factory=dict)  # plugin scratch space
+
+    @property
+    def upstream_body(self) -> bytes:
+        return self.body if self.out_body is None else self.out_body
+
+    def header(self, *names: str) -> str | None:
+        """First present header among ``names`` (new name first, then legacy aliases)."""
+        for name in names:
+            value = self.headers.get(name)
+            if value is not None:
+                return value
+        return None
+
+
+@runtime_checkable
+class Stage(Protocol):
+    """One step of the request phase. Raise ``InferenceError`` to stop with a status."""
+
+    name: str
+
+    async def process(self, request: Request) -> None: ...
+
+
+@runtime_checkable
+class ResponseStage(Protocol):
+    """Sees the response: headers once, then every body chunk, then the end exactly once."""
+
+    name: str
+
+    def on_headers(self, request: Request, status: int, headers: dict[str, str]) -> None: ...
+
+    def on_chunk(self, request: Request, chunk: bytes, end_of_stream: bool) -> bytes: ...
+
+    def on_finish(self, request: Request) -> None: ...
+
+
+class Pipeline:
+    """Runs the configured stages in order; the order comes from config, not code."""
+
+    def __init__(
+        self, stages: list[Stage], response_stages: list[ResponseStage] | None = None
+    ) -> None:
+        self.stages = list(stages)
+        self.response_stages = list(response_stages or [])
+
+    async def run(self, request: Request) -> Request:
+        for stage in self.stages:
+            await stage.process(request)
+        return request
+
+    def response_started(self, request: Request, status: int, headers: dict[str, str]) -> None:
+        request.response_status = status
+        for stage in self.response_stages:
+            stage.on_headers(request, status, headers)
+
+    def response_chunk(self, request: Request, chunk: bytes, end_of_stream: bool) -> bytes:
+        if request.first_byte_at is None and chunk:
+            request.first_byte_at = time.monotonic()
+        for stage in self.response_stages:
+            chunk = stage.on_chunk(request, chunk, end_of_stream)
+        return chunk
+
+    def finish(self, request: Request, *, failed: bool = False) -> None:
+        """End of the request in every case; safe to call more than once."""
+        if request.finished_at is not None:
+            return
+        request.finished_at = time.monotonic()
+        request.failed = request.failed or failed
+        for stage in self.response_stages:
+            stage.on_finish(request)

@@ -154,7 +154,12 @@ class Profile:
       prefix-cache-scorer {matchLengthWeight: 0.0, scaleTokens: 8192},
       lora-affinity-scorer {}, active-request-scorer {idleThreshold: 0, maxBusyScore: 1.0},
       token-load-scorer {queueThresholdTokens: 4194304},
-      load-aware-scorer {queueThreshold: 128}.
+      load-aware-scorer {queueThreshold: 128},
+      predicted-ttft-scorer {defaultPrefillRate: 8000.0, waitingTokens: 512.0} -- the cost
+        model: per endpoint ``ttft = (inflight_tokens + waiting*waitingTokens + uncached) /
+        rate`` where ``uncached = max(0, prompt_tokens - matched_blocks*block_tokens)`` and
+        ``rate`` is the endpoint's ``prefill_rate`` (or the default when 0); score =
+        ``min_e(ttft) / ttft_e`` over eligible endpoints (1.0 for the fastest).
     ``picker`` is one of max-score-picker, weighted-random-picker, random-picker.
     Unknown types, unknown param keys, negative or non-finite weights raise ``Error``.
     """

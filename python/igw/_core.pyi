@@ -193,6 +193,10 @@ class Scheduler:
         profile: Profile,
         *,
         hashes: npt.NDArray[np.uint64] | None = None,
+        prompt: bytes | None = None,
+        block_bytes: int = 256,
+        seed: int = 0,
+        max_blocks: int = 0,
         prompt_tokens: int = 0,
         block_tokens: int = 64,
         lora: int = -1,
@@ -210,6 +214,11 @@ class Scheduler:
         ``extra_scores`` is a float32 ``[m, high_water]`` array of scores from Python plugins
         with ``m`` matching ``extra_weights``; they are clamped to [0,1] and weighted like
         built-in scorers. Returns an empty ``endpoints`` list when nothing is eligible.
+        ``prompt`` (instead of ``hashes``) hashes the bytes inside the same call, exactly as
+        ``hash_blocks(prompt, block_bytes, seed, max_blocks)`` -- one crossing instead of two.
+        ``lora`` < 0 means no adapter requested: lora-affinity-scorer gives every endpoint 1.0.
+        Scores of ineligible endpoints are 0 in ``scores``. Totals are the weighted sums in
+        float64 (``total = sum_s w_s * clamp(score_s, 0, 1)``, in profile order, then extras).
         ``reserve`` adds 1 request and the primary's uncached prompt tokens
         (prompt_tokens - matched_blocks*block_tokens, floored at 0) to its in-flight counters.
         """

@@ -1,0 +1,48 @@
+"""Request-body parsing (OpenAI formats), response usage parsing, reverse model rewrite.
+
+``parse_body(path, body, registry)`` is the one entry point both front ends use: it resolves
+the parser by path suffix and parses the body once.
+"""
+
+from __future__ import annotations
+
+from igw.parsing.openai import ParsedBody, decode_body, parse_openai, parse_passthrough
+from igw.parsing.paths import (
+    DEFAULT_PARSERS,
+    OPENAI_PARSER,
+    PASSTHROUGH_PARSER,
+    ParserRegistry,
+    match_suffix,
+    request_path,
+)
+from igw.parsing.rewrite import ReverseRewriter, reverse_rewriter
+from igw.parsing.usage import UsageParser, usage_from_body, usage_from_mapping
+
+__all__ = [
+    "DEFAULT_PARSERS",
+    "OPENAI_PARSER",
+    "PASSTHROUGH_PARSER",
+    "ParsedBody",
+    "ParserRegistry",
+    "ReverseRewriter",
+    "UsageParser",
+    "decode_body",
+    "match_suffix",
+    "parse_body",
+    "parse_openai",
+    "parse_passthrough",
+    "request_path",
+    "reverse_rewriter",
+    "usage_from_body",
+    "usage_from_mapping",
+]
+
+_DEFAULT_REGISTRY = ParserRegistry.from_types(DEFAULT_PARSERS)
+
+
+def parse_body(path: str, body: bytes, registry: ParserRegistry | None = None) -> ParsedBody:
+    """Parse ``body`` with the parser that claims ``path``; raises a 400 ``InferenceError``."""
+    parser = (registry or _DEFAULT_REGISTRY).resolve(path)
+    if parser == OPENAI_PARSER:
+        return parse_openai(path, body)
+    return parse_passthrough(body)

@@ -1,0 +1,141 @@
+"""Token usage from model-server responses: OpenAI SSE streams and whole JSON bodies.
+
+Streams: every ``data: `` line whose payload mentions ``usage`` is decoded (``[DONE]`` and
+lines without usage are skipped without decoding, which keeps a 1,000-chunk stream cheap).
+Unlike the reference, a line split across two chunks is reassembled (the unfinished tail of a
+chunk is carried into the next). Usage found in several events is merged, later non-zero
+fields winning (Anthropic splits it across message_start / message_delta). Shapes understood:
+top-level ``usage`` (chat / completions / vLLM), ``response.usage`` of a
+``response.completed`` event (Responses API), ``message.usage`` (Anthropic message_start).
+
+Non-streamed bodies are buffered up to a bound and decoded once at the end.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from igw.pipeline import Usage
+
+MAX_LINE_CARRY = 1 << 20  # longest partial SSE line kept between chunks
+MAX_BUFFERED_BODY = 32 << 20  # larger non-streamed bodies are not decoded for usage
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, (int, float)):
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(float(value))
+        except ValueError:
+            return 0
+    return 0
+
+
+def usage_from_mapping(raw: Any) -> Usage | None:
+    """Convert an OpenAI / Responses / Anthropic usage object; None when it is not one."""
+    if not isinstance(raw, dict):
+        return None
+    usage = Usage()
+    for name in ("prompt_tokens", "input_tokens"):
+        if raw.get(name) is not None:
+            usage.prompt_tokens = _to_int(raw[name])
+            break
+    for name in ("completion_tokens", "output_tokens"):
+        if raw.get(name) is not None:
+            usage.completion_tokens = _to_int(raw[name])
+            break
+    for name in ("prompt_tokens_details", "input_tokens_details"):
+        details = raw.get(name)
+        if isinstance(details, dict) and "cached_tokens" in details:
+            usage.cached_tokens = _to_int(details["cached_tokens"])
+    if usage.cached_tokens == 0 and raw.get("cache_read_input_tokens") is not None:
+        usage.cached_tokens = _to_int(raw["cache_read_input_tokens"])
+    if raw.get("total_tokens") is not None:
+        usage.total_tokens = _to_int(raw["total_tokens"])
+    return usage
+
+
+def _usage_in_event(event: Any) -> Usage | None:
+    if not isinstance(event, dict):
+        return None
+    if event.get("usage") is not None:
+        return usage_from_mapping(event["usage"])
+    response = event.get("response")
+    if event.get("type") == "response.completed" and isinstance(response, dict):
+        return usage_from_mapping(response.get("usage"))
+    message = event.get("message")
+    if isinstance(message, dict) and message.get("usage") is not None:
+        return usage_from_mapping(message["usage"])
+    return None
+
+
+def usage_from_body(body: bytes) -> Usage | None:
+    """Usage of a whole non-streamed JSON response (top-level ``usage``); None if absent."""
+    if b"usage" not in body:
+        return None
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    return _usage_in_event(data)
+
+
+class UsageParser:
+    """Feeds on response chunks; ``usage`` holds what was found so far (or None)."""
+
+    __slots__ = ("_buffer", "_buffered", "_carry", "streaming", "usage")
+
+    def __init__(self, streaming: bool) -> None:
+        self.streaming = streaming
+        self.usage: Usage | None = None
+        self._carry = b""
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+
+    def _add(self, found: Usage | None) -> None:
+        if found is None:
+            return
+        if self.usage is None:
+            self.usage = found
+        else:
+            self.usage.merge(found)
+
+    def feed(self, chunk: bytes, end_of_stream: bool) -> None:
+        if self.streaming:
+            self._feed_stream(chunk, end_of_stream)
+            return
+        if self._buffered <= MAX_BUFFERED_BODY and chunk:
+            self._buffer.append(chunk)
+            self._buffered += len(chunk)
+        if end_of_stream:
+            if self._buffered <= MAX_BUFFERED_BODY:
+                self._add(usage_from_body(b"".join(self._buffer)))
+            self._buffer = []
+
+    def _feed_stream(self, chunk: bytes, end_of_stream: bool) -> None:
+        if self._carry:
+            chunk = self._carry + chunk
+            self._carry = b""
+        if not end_of_stream:
+            cut = chunk.rfind(b"\n") + 1
+            if cut < len(chunk):
+                tail = chunk[cut:]
+                self._carry = tail if len(tail) <= MAX_LINE_CARRY else b""
+                chunk = chunk[:cut]
+        if b"usage" not in chunk:
+            return
+        for line in chunk.split(b"\n"):
+            if not line.startswith(b"data:") or b"usage" not in line:
+                continue
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                continue
+            try:
+                event = json.loads(payload)
+            except (ValueError, RecursionError):
+                continue
+            self._add(_usage_in_event(event))

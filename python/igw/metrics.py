@@ -1,0 +1,310 @@
+"""igw's own Prometheus metrics, with the reference picker's names, labels and buckets.
+
+Dashboards and HPA rules written for the reference picker keep working: the legacy
+``inference_objective_*`` / ``inference_pool_*`` / ``inference_extension_*`` families (still
+emitted by the reference) and the main ``llm_d_epp_*`` families are both exported.
+
+Everything lives on one ``Metrics`` object with its own ``CollectorRegistry`` (never the
+global default registry), so tests and several front ends in one process do not collide.
+The ``inference_pool_*`` gauges are not pushed: they are computed from each registered Pool's
+snapshot when Prometheus scrapes, so they are always current and cost nothing per request.
+Stages call the ``record_*`` methods; the scheduling engine gets ``plugin_recorder`` as its
+latency recorder callable.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from igw.datastore import Pool
+    from igw.pipeline import Request
+
+GENERAL_LATENCY_BUCKETS = (
+    0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2, 3, 4, 5, 6,
+    8, 10, 15, 20, 30, 45, 60, 120, 180, 240, 300, 360, 480, 600, 900, 1200,
+    1800, 2700, 3600,
+)  # fmt: skip
+REQUEST_SIZE_BUCKETS = tuple(float(2**i) for i in range(6, 31))  # 64 B .. 1 GiB
+# 32778 (not 32768) is the reference's own typo, kept so bucket boundaries line up.
+RESPONSE_SIZE_BUCKETS = (1, *(2**i for i in range(3, 15)), 32778, 65536)
+INPUT_TOKEN_BUCKETS = (1, *(2**i for i in range(3, 15)), 32778, *(2**i for i in range(16, 21)))
+OUTPUT_TOKEN_BUCKETS = (1, *(2**i for i in range(3, 14)))
+NTPOT_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+SCHEDULER_BUCKETS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
+
+MODEL = ("model_name", "target_model_name")
+MODEL_PRIORITY = (*MODEL, "priority")
+EPP_REQUEST = (*MODEL, "fairness_id", "priority")
+
+
+class _PoolGauges(Collector):
+    """Computes the pool gauges from the Pool snapshots at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self):
+        families = {
+            key: (
+                GaugeMetricFamily(f"inference_pool_{key}", help_text, labels=["name"]),
+                GaugeMetricFamily(f"llm_d_epp_{new}", help_text, labels=["name"]),
+            )
+            for key, new, help_text in (
+                ("average_kv_cache_utilization", "average_kv_cache_utilization",
+                 "The average kv cache utilization for an inference server pool."),
+                ("average_queue_size", "average_queue_size",
+                 "The average number of requests pending in the model server queue."),
+                ("average_running_requests", "average_running_requests",
+                 "The average number of running requests across model servers in the pool."),
+                ("ready_pods", "ready_endpoints",
+                 "The number of ready pods in the inference server pool."),
+            )
+        }  # fmt: skip
+        for pool in self._metrics.pools():
+            for key, value in pool_gauge_values(pool).items():
+                for family in families[key]:
+                    family.add_metric([pool.name], value)
+        for pair in families.values():
+            yield from pair
+
+    def describe(self):
+        return []
+
+
+def pool_gauge_values(pool: Pool) -> dict[str, float]:
+    """Averages over the pool's ready endpoints (0 when none), and the ready count."""
+    snapshot = pool.table.snapshot()
+    ids = np.fromiter((e.id for e in pool.endpoints()), dtype=np.int64)
+    ready = ids[np.asarray(snapshot.ready)[ids]] if ids.size else ids
+    if ready.size == 0:
+        return {
+            "average_kv_cache_utilization": 0.0,
+            "average_queue_size": 0.0,
+            "average_running_requests": 0.0,
+            "ready_pods": 0.0,
+        }
+    return {
+        "average_kv_cache_utilization": float(np.mean(np.asarray(snapshot.kv_util)[ready])),
+        "average_queue_size": float(np.mean(np.asarray(snapshot.waiting)[ready])),
+        "average_running_requests": float(np.mean(np.asarray(snapshot.running)[ready])),
+        "ready_pods": float(ready.size),
+    }
+
+
+class Metrics:
+    """The metric families and the ``record_*`` calls the stages make."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        self._pools: list[Pool] = []
+        r = self.registry
+        self.request_total = Counter(
+            "inference_objective_request_total",
+            "Counter of inference objective requests broken out for each model and target model.",
+            MODEL_PRIORITY, registry=r,
+        )  # fmt: skip
+        self.request_error_total = Counter(
+            "inference_objective_request_error_total",
+            "Counter of inference objective requests errors broken out for each model and "
+            "target model.",
+            (*MODEL, "error_code"), registry=r,
+        )  # fmt: skip
+        self.request_duration = Histogram(
+            "inference_objective_request_duration_seconds",
+            "Inference objective response latency distribution in seconds.",
+            MODEL, buckets=GENERAL_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.request_sizes = Histogram(
+            "inference_objective_request_sizes",
+            "Inference objective requests size distribution in bytes.",
+            MODEL, buckets=REQUEST_SIZE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.response_sizes = Histogram(
+            "inference_objective_response_sizes",
+            "Inference objective responses size distribution in bytes.",
+            MODEL, buckets=RESPONSE_SIZE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.input_tokens = Histogram(
+            "inference_objective_input_tokens",
+            "Inference objective input token count distribution for requests in each model.",
+            MODEL, buckets=INPUT_TOKEN_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.output_tokens = Histogram(
+            "inference_objective_output_tokens",
+            "Inference objective output token count distribution for requests in each model.",
+            MODEL, buckets=OUTPUT_TOKEN_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.cached_tokens = Histogram(
+            "inference_objective_prompt_cached_tokens",
+            "Inference objective prompt cached token count distribution.",
+            MODEL, buckets=INPUT_TOKEN_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.running = Gauge(
+            "inference_objective_running_requests",
+            "Inference objective number of running requests in each model.",
+            ("model_name",), registry=r,
+        )  # fmt: skip
+        self.ntpot = Histogram(
+            "inference_objective_normalized_time_per_output_token_seconds",
+            "Inference objective latency divided by number of output tokens in seconds.",
+            MODEL, buckets=NTPOT_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.scheduler_e2e = Histogram(
+            "inference_extension_scheduler_e2e_duration_seconds",
+            "End-to-end scheduling latency distribution in seconds.",
+            (), buckets=SCHEDULER_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.scheduler_attempts = Counter(
+            "inference_extension_scheduler_attempts_total",
+            "Total number of scheduling attempts.",
+            ("status", "target_model_name", "pod_name", "namespace", "port"), registry=r,
+        )  # fmt: skip
+        self.plugin_duration = Histogram(
+            "inference_extension_plugin_duration_seconds",
+            "Plugin processing latency distribution in seconds for each extension point, "
+            "plugin type and plugin name.",
+            ("extension_point", "plugin_type", "plugin_name"),
+            buckets=SCHEDULER_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.rewrite_decisions = Counter(
+            "inference_extension_model_rewrite_decisions_total",
+            "Total number of inference model rewrite decisions.",
+            ("model_rewrite_name", "model_name", "target_model"), registry=r,
+        )  # fmt: skip
+        self.info = Gauge(
+            "inference_extension_info", "General information of the current build.",
+            ("commit", "build_ref"), registry=r,
+        )  # fmt: skip
+        # The current (non-deprecated) families.
+        self.epp_request_total = Counter(
+            "llm_d_epp_request_total", "Counter of requests.", EPP_REQUEST, registry=r
+        )
+        self.epp_request_error_total = Counter(
+            "llm_d_epp_request_error_total", "Counter of request errors.",
+            (*EPP_REQUEST, "error_code"), registry=r,
+        )  # fmt: skip
+        self.epp_request_duration = Histogram(
+            "llm_d_epp_request_duration_seconds", "Request latency in seconds.",
+            EPP_REQUEST, buckets=GENERAL_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.epp_ttft = Histogram(
+            "llm_d_epp_request_ttft_seconds", "Time to first response byte in seconds.",
+            EPP_REQUEST, buckets=GENERAL_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.epp_running = Gauge(
+            "llm_d_epp_request_running", "Number of running requests.",
+            ("model_name", "target_model_name"), registry=r,
+        )  # fmt: skip
+        self.epp_scheduler_e2e = Histogram(
+            "llm_d_epp_scheduler_e2e_duration_seconds",
+            "End-to-end scheduling latency distribution in seconds.",
+            (), buckets=SCHEDULER_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.epp_plugin_duration = Histogram(
+            "llm_d_epp_plugin_duration_seconds", "Plugin processing latency in seconds.",
+            ("extension_point", "plugin_type", "plugin_name"),
+            buckets=SCHEDULER_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.epp_request_processing = Histogram(
+            "llm_d_epp_request_processing_duration_seconds",
+            "Time the picker spent on the request phase (parse to routing decision).",
+            (), buckets=SCHEDULER_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.registry.register(_PoolGauges(self))
+        from igw import __version__
+
+        self.info.labels(commit="", build_ref=__version__).set(1)
+
+    # -- pools ---------------------------------------------------------------------------
+    def add_pool(self, pool: Pool) -> None:
+        """Export ``inference_pool_*`` gauges for this pool (computed at scrape time)."""
+        if pool not in self._pools:
+            self._pools.append(pool)
+
+    def pools(self) -> Iterable[Pool]:
+        return list(self._pools)
+
+    # -- request phase -------------------------------------------------------------------
+    def record_request(self, request: Request) -> None:
+        """A request entered scheduling: count it and its size."""
+        model, target = request.incoming_model, request.target_model
+        priority = str(request.priority)
+        self.request_total.labels(model, target, priority).inc()
+        self.epp_request_total.labels(model, target, request.fairness_id, priority).inc()
+        self.request_sizes.labels(model, target).observe(len(request.upstream_body))
+
+    def record_error(self, request: Request, code_label: str) -> None:
+        model, target = request.incoming_model, request.target_model
+        self.request_error_total.labels(model, target, code_label).inc()
+        self.epp_request_error_total.labels(
+            model, target, request.fairness_id, str(request.priority), code_label
+        ).inc()
+
+    def record_rewrite(self, rule_name: str, model: str, target: str) -> None:
+        self.rewrite_decisions.labels(rule_name, model, target).inc()
+
+    def record_scheduled(self, request: Request, seconds: float, status: str = "success") -> None:
+        """A scheduling attempt ended (``status`` success or failure)."""
+        self.scheduler_e2e.observe(seconds)
+        self.epp_scheduler_e2e.observe(seconds)
+        decision = request.decision
+        if decision is not None and decision.endpoints:
+            endpoint = decision.primary
+            pod, namespace, port = endpoint.name, endpoint.namespace, str(endpoint.port)
+        else:
+            pod = namespace = port = ""
+        self.scheduler_attempts.labels(status, request.target_model, pod, namespace, port).inc()
+
+    def record_request_processing(self, seconds: float) -> None:
+        self.epp_request_processing.observe(seconds)
+
+    def plugin_recorder(self, extension_point: str, plugin: str, seconds: float) -> None:
+        """Latency recorder handed to the scheduling engine (``plugin`` = "type/name")."""
+        plugin_type, _, name = plugin.partition("/")
+        for family in (self.plugin_duration, self.epp_plugin_duration):
+            family.labels(extension_point, plugin_type, name or plugin_type).observe(seconds)
+
+    def running_started(self, request: Request) -> None:
+        self.running.labels(request.incoming_model).inc()
+        self.epp_running.labels(request.incoming_model, request.target_model).inc()
+
+    def running_ended(self, request: Request) -> None:
+        self.running.labels(request.incoming_model).dec()
+        self.epp_running.labels(request.incoming_model, request.target_model).dec()
+
+    # -- response phase ------------------------------------------------------------------
+    def record_response(self, request: Request, response_bytes: int) -> None:
+        """The response ended normally: latency, size, tokens, normalized TPOT."""
+        model, target = request.incoming_model, request.target_model
+        end = request.finished_at or request.received_at
+        latency = max(0.0, end - request.received_at)
+        self.request_duration.labels(model, target).observe(latency)
+        epp_labels = (model, target, request.fairness_id, str(request.priority))
+        self.epp_request_duration.labels(*epp_labels).observe(latency)
+        if request.first_byte_at is not None:
+            ttft = max(0.0, request.first_byte_at - request.received_at)
+            self.epp_ttft.labels(*epp_labels).observe(ttft)
+        self.response_sizes.labels(model, target).observe(response_bytes)
+        usage = request.usage
+        if usage.prompt_tokens > 0:
+            self.input_tokens.labels(model, target).observe(usage.prompt_tokens)
+        if usage.completion_tokens > 0:
+            self.output_tokens.labels(model, target).observe(usage.completion_tokens)
+            ntpot = latency / usage.completion_tokens
+            if math.isfinite(ntpot):
+                self.ntpot.labels(model, target).observe(ntpot)
+        if usage.cached_tokens > 0:
+            self.cached_tokens.labels(model, target).observe(usage.cached_tokens)
+
+    # -- exposition ----------------------------------------------------------------------
+    def generate(self) -> bytes:
+        """The text exposition of every family (for a ``/metrics`` handler)."""
+        return generate_latest(self.registry)

@@ -1,0 +1,108 @@
+"""Response stages: usage parsing, reverse model rewrite, and the end-of-request accounting.
+
+``AccountStage.on_finish`` is where in-flight reservations are released (``engine.release``),
+the running gauge is decremented, latency/size/token metrics are recorded and the data layer
+hears whether the endpoint served well. ``Pipeline.finish`` guarantees it runs once.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from igw.parsing import UsageParser, reverse_rewriter
+from igw.pipeline import Request
+from igw.stages.protocols import Engine, ResponseReporter
+
+if TYPE_CHECKING:
+    from igw.metrics import Metrics
+
+EVENT_STREAM = "text/event-stream"
+
+
+class UsageStage:
+    """Reads token usage out of SSE events or the whole JSON body into ``request.usage``."""
+
+    name = "usage"
+
+    def on_headers(self, request: Request, status: int, headers: dict[str, str]) -> None:
+        streaming = EVENT_STREAM in headers.get("content-type", "").lower() or request.stream
+        request.response_streaming = streaming
+        request.attrs["usage_parser"] = UsageParser(streaming)
+
+    def on_chunk(self, request: Request, chunk: bytes, end_of_stream: bool) -> bytes:
+        parser: UsageParser | None = request.attrs.get("usage_parser")
+        if parser is None:
+            parser = request.attrs["usage_parser"] = UsageParser(request.response_streaming)
+        parser.feed(chunk, end_of_stream)
+        if parser.usage is not None:
+            request.usage = parser.usage
+        return chunk
+
+    def on_finish(self, request: Request) -> None:
+        return None
+
+
+class ReverseRewriteStage:
+    """Puts the client's model name back into responses when igw rewrote it."""
+
+    name = "reverse-rewrite"
+
+    def on_headers(self, request: Request, status: int, headers: dict[str, str]) -> None:
+        return None
+
+    def on_chunk(self, request: Request, chunk: bytes, end_of_stream: bool) -> bytes:
+        rewriter = request.attrs.get("reverse_rewriter", False)
+        if rewriter is False:
+            rewriter = reverse_rewriter(request.target_model, request.incoming_model)
+            request.attrs["reverse_rewriter"] = rewriter
+        return rewriter.apply(chunk) if rewriter is not None else chunk
+
+    def on_finish(self, request: Request) -> None:
+        return None
+
+
+class AccountStage:
+    """Releases the decision's reservation and records the request's metrics, once."""
+
+    name = "account"
+
+    def __init__(
+        self,
+        engine: Engine | None = None,
+        metrics: Metrics | None = None,
+        reporter: ResponseReporter | None = None,
+    ) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.reporter = reporter
+
+    def on_headers(self, request: Request, status: int, headers: dict[str, str]) -> None:
+        if status and status != 200 and self.metrics is not None:
+            self.metrics.record_error(request, "ModelServerError")
+
+    def on_chunk(self, request: Request, chunk: bytes, end_of_stream: bool) -> bytes:
+        attrs = request.attrs
+        attrs["response_bytes"] = attrs.get("response_bytes", 0) + len(chunk)
+        if chunk and not attrs.get("first_token_seen"):
+            attrs["first_token_seen"] = True
+            observe: Any = getattr(self.engine, "observe_first_token", None)
+            if observe is not None and request.decision is not None:
+                observe(request.decision, time.monotonic() - request.received_at)
+        return chunk
+
+    def on_finish(self, request: Request) -> None:
+        decision = request.decision
+        if decision is not None and decision.reserved and self.engine is not None:
+            self.engine.release(decision)
+        if self.metrics is not None and request.attrs.pop("running", False):
+            self.metrics.running_ended(request)
+            if not request.failed:
+                self.metrics.record_response(request, request.attrs.get("response_bytes", 0))
+        if self.reporter is not None and decision is not None and request.response_status:
+            endpoint = decision.primary
+            if request.served_endpoint and request.served_endpoint != endpoint.address:
+                served = decision.pool.by_address(request.served_endpoint)
+                endpoint = served or endpoint
+            ok = not request.failed and request.response_status < 500
+            self.reporter.report_response(endpoint, ok)

@@ -1,0 +1,73 @@
+"""Schedule stage: ask the scheduling engine for ranked endpoints and keep the decision.
+
+An empty pool or an empty / unmatched subset is 503 ``rejected-no-endpoints`` (the engine
+raises that itself for subsets; the checks here are the cheap early exits). An engine failure
+that is not an ``InferenceError`` is the reference's "untyped scheduler error": 429
+``failed to find target endpoint: ...``. After success the request is counted
+(``inference_objective_request_total``) and marked running.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from igw.errors import ErrorCode, InferenceError, no_endpoints
+from igw.pipeline import Request
+from igw.stages.protocols import Engine
+
+if TYPE_CHECKING:
+    from igw.datastore import Pool
+    from igw.metrics import Metrics
+
+
+class ScheduleStage:
+    name = "schedule"
+
+    def __init__(
+        self,
+        engine: Engine,
+        pool_for: Callable[[Request], Pool],
+        *,
+        k: int | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.engine = engine
+        self.pool_for = pool_for
+        self.k = k
+        self.metrics = metrics
+
+    async def process(self, request: Request) -> None:
+        pool = self.pool_for(request)
+        if len(pool) == 0 or (request.subset is not None and not request.subset):
+            raise no_endpoints()
+        started = time.perf_counter()
+        try:
+            decision = self.engine.schedule(request, pool, k=self.k)
+            if inspect.isawaitable(decision):
+                decision = await decision
+        except InferenceError:
+            self._record(request, started, "failure")
+            raise
+        except Exception as exc:  # the engine's own failure, not a request error
+            self._record(request, started, "failure")
+            raise InferenceError(
+                ErrorCode.RESOURCE_EXHAUSTED, f"failed to find target endpoint: {exc}"
+            ) from exc
+        if decision is None or not decision.endpoints:
+            if decision is not None and decision.reserved:
+                self.engine.release(decision)
+            self._record(request, started, "failure")
+            raise no_endpoints()
+        request.decision = decision
+        self._record(request, started, "success")
+        if self.metrics is not None:
+            self.metrics.record_request(request)
+            self.metrics.running_started(request)
+        request.attrs["running"] = True
+
+    def _record(self, request: Request, started: float, status: str) -> None:
+        if self.metrics is not None:
+            self.metrics.record_scheduled(request, time.perf_counter() - started, status)

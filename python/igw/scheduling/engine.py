@@ -1,0 +1,348 @@
+"""The scheduling engine: one request in, a ranked ``Decision`` out.
+
+Per request: choose the profile (profile handler) -> candidate mask from the subset hint ->
+Python filters (masks) -> the prompt's block hashes (computed once per request, cached in
+``request.attrs``) -> Python scorers (numpy over snapshot views) -> one core ``pick`` that
+runs the built-in scorers, adds the Python scores, ranks ``k`` endpoints and, atomically with
+the choice, reserves the winner's in-flight counters and records the prompt's blocks for it.
+
+The engine, not the plugins, times things: each Python plugin and the core pick are reported
+to ``recorder(plugin_type, plugin_name, seconds)``, and the whole schedule call as
+``recorder("scheduler", "e2e", seconds)``. Core scorers run in one fused pass and cannot be
+timed apart; their pass is reported as ``("core-pick", <profile name>)``.
+
+Errors follow the reference picker: an empty pool -> 500 "no pods available in datastore"; a
+subset hint that matches nothing -> 503 ``rejected-no-endpoints``; filters that leave nothing
+-> 429 ``rejected-saturated``; no ready endpoint among the candidates -> 503.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from igw import errors
+from igw.config import EndpointPickerConfig, default_config
+from igw.datastore import Pool
+from igw.pipeline import Decision, Request
+from igw.scheduling._backend import core_of, is_core_error
+from igw.scheduling.calibration import PrefillCalibrator
+from igw.scheduling.profiles import BuiltProfile
+from igw.scheduling.registry import PluginRegistry
+
+log = logging.getLogger(__name__)
+
+Recorder = Callable[[str, str, float], None]
+BYTES_PER_TOKEN = 4
+_PREFIX_ATTR = "igw.prefix"
+
+
+class SchedulingEngine:
+    """Runs an EndpointPickerConfig's profiles against a Pool's core state."""
+
+    def __init__(
+        self,
+        config: EndpointPickerConfig | None = None,
+        registry: PluginRegistry | None = None,
+        *,
+        recorder: Recorder | None = None,
+        with_scores: bool = False,
+        calibrator: PrefillCalibrator | None = None,
+        source: str = "<config>",
+    ) -> None:
+        if registry is None:
+            from igw.scheduling.wiring import default_registry
+
+            registry = default_registry()
+        self.config = config if config is not None else default_config()
+        self.registry = registry
+        self.built = registry.build(self.config, source)
+        self.recorder = recorder
+        self.with_scores = with_scores
+        self.calibrator = calibrator if calibrator is not None else PrefillCalibrator()
+        self._core_profiles: dict[tuple[int, str], Any] = {}
+        self._tokens_released: set[int] = set()
+        self._work: dict[int, float] = {}  # id(decision) -> prefill work at pick time
+        self._charges: dict[int, int] = {}  # id(decision) -> per-request token charge
+
+    # ------------------------------------------------------------------------ public
+    @property
+    def profile_names(self) -> list[str]:
+        return list(self.built.profiles)
+
+    def schedule(
+        self,
+        request: Request,
+        pool: Pool,
+        *,
+        k: int | None = None,
+        with_scores: bool | None = None,
+    ) -> Decision:
+        """Pick up to ``k`` ranked endpoints and reserve the primary; see the module doc."""
+        started = time.perf_counter()
+        try:
+            return self._schedule(
+                request, pool, k, self.with_scores if with_scores is None else with_scores
+            )
+        finally:
+            self._record("scheduler", "e2e", time.perf_counter() - started)
+
+    def release(self, decision: Decision) -> None:
+        """Undo the primary's in-flight reservation; safe to call more than once."""
+        if not decision.reserved:
+            return
+        decision.reserved = False
+        key = id(decision)
+        self._work.pop(key, None)
+        tokens = 0 if key in self._tokens_released else decision.uncached_tokens
+        self._tokens_released.discard(key)
+        tokens += self._charges.pop(key, 0)
+        self._unreserve(decision, 1, tokens)
+
+    def observe_first_token(self, decision: Decision, ttft_s: float) -> None:
+        """The primary sent its first token ``ttft_s`` after dispatch.
+
+        Prefill is over, so the request's uncached tokens leave the endpoint's in-flight token
+        count (the request itself stays in flight until ``release``), and the observation
+        calibrates the endpoint's prefill rate for the predicted-ttft scorer.
+        """
+        key = id(decision)
+        work = self._work.pop(key, None)
+        if decision.reserved and key not in self._tokens_released:
+            self._tokens_released.add(key)
+            self._unreserve(decision, 0, decision.uncached_tokens)
+        if work is None or not decision.endpoints:
+            return
+        endpoint = decision.primary
+        rate = self.calibrator.observe(decision.pool.name, endpoint.address, work, ttft_s)
+        if rate is not None and decision.pool.by_id(endpoint.id) is endpoint:
+            try:
+                decision.pool.table.set_prefill_rate(endpoint.id, rate)
+            except Exception as exc:  # endpoint removed meanwhile
+                if not is_core_error(exc):
+                    raise
+
+    # ------------------------------------------------------------------------ internals
+    def _schedule(self, request: Request, pool: Pool, k: int | None, with_scores: bool) -> Decision:
+        if len(pool) == 0:
+            raise errors.InferenceError(errors.ErrorCode.INTERNAL, "no pods available in datastore")
+        profile = self.built.profiles[self.built.handler.select(request)]
+        if k is None:
+            k = profile.picker.max_endpoints
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        table = pool.table
+        mask: np.ndarray | None = None
+        if request.subset is not None:
+            mask = pool.candidate_mask(request.subset)
+            if not mask.any():
+                raise errors.no_endpoints()
+        needs_snapshot = bool(profile.filters or profile.python_scorers) or _uses_ttft(profile)
+        snapshot = table.snapshot() if needs_snapshot else None
+        if profile.filters:
+            mask = self._run_filters(request, pool, profile, snapshot, mask)
+        module = core_of(pool.scheduler)
+        hashes, prompt_tokens = self._prefix(request, profile, module)
+        extra_scores, extra_weights = self._run_scorers(request, profile, snapshot, mask)
+        lora = self._lora(request, pool, profile)
+        high_water = table.high_water
+        if mask is not None and len(mask) < high_water:
+            mask = np.concatenate([mask, np.zeros(high_water - len(mask), dtype=np.bool_)])
+        if extra_scores is not None and extra_scores.shape[1] < high_water:
+            pad = np.zeros((extra_scores.shape[0], high_water - extra_scores.shape[1]), np.float32)
+            extra_scores = np.concatenate([extra_scores, pad], axis=1)
+        started = time.perf_counter()
+        result = pool.scheduler.pick(
+            self._core_profile(module, profile),
+            hashes=hashes,
+            prompt_tokens=prompt_tokens,
+            block_tokens=profile.prefix.block_tokens,
+            lora=lora,
+            candidates=mask,
+            k=k,
+            extra_scores=extra_scores,
+            extra_weights=extra_weights,
+            reserve=True,
+            record=True,
+            with_scores=with_scores,
+        )
+        self._record("core-pick", profile.name, time.perf_counter() - started)
+        if not result.endpoints:
+            raise errors.no_endpoints()
+        endpoints = [pool.by_id(i) for i in result.endpoints]
+        primary = result.endpoints[0]
+        matched = int(result.matched_blocks[primary]) if primary < len(result.matched_blocks) else 0
+        decision = Decision(
+            pool=pool,
+            endpoints=[e for e in endpoints if e is not None],
+            uncached_tokens=int(result.uncached_tokens),
+            reserved=True,
+            matched_blocks=matched,
+            total_blocks=int(result.total_blocks),
+            profile=profile.name,
+        )
+        charge = profile.request_charge
+        if charge and decision.endpoints:
+            # the core reserved the request and its uncached tokens atomically; the per-request
+            # charge follows at once, before any other pick on this event loop can run
+            pool.table.add_inflight(primary, 0, charge)
+            self._charges[id(decision)] = charge
+        if with_scores and result.scores is not None:
+            decision.scores = self._scores_by_address(pool, profile, result.scores, mask)
+        if snapshot is not None and _uses_ttft(profile):
+            self._work[id(decision)] = self._work_ahead(snapshot, profile, primary, decision)
+        return decision
+
+    def _run_filters(
+        self, request: Request, pool: Pool, profile: BuiltProfile, snapshot: Any, mask
+    ) -> np.ndarray:
+        size = max(pool.table.high_water, 1)
+        if mask is None:
+            mask = np.ones(size, dtype=np.bool_)
+        for plugin, type_name, name in profile.filters:
+            started = time.perf_counter()
+            out = plugin.filter(request, pool, snapshot, mask)
+            self._record(type_name, name, time.perf_counter() - started)
+            out = np.asarray(out, dtype=np.bool_)
+            if out.ndim != 1:
+                raise TypeError(f"filter {name!r} returned a mask of shape {out.shape}, not 1-d")
+            if len(out) < size:
+                out = np.concatenate([out, np.zeros(size - len(out), dtype=np.bool_)])
+            mask = out & np.concatenate([mask, np.zeros(max(0, len(out) - len(mask)), np.bool_)])
+            if not mask.any():
+                raise errors.InferenceError(
+                    errors.ErrorCode.RESOURCE_EXHAUSTED,
+                    "no endpoints available for the given request",
+                    drop_reason="rejected-saturated",
+                )
+        return mask
+
+    def _run_scorers(self, request: Request, profile: BuiltProfile, snapshot: Any, mask):
+        if not profile.python_scorers:
+            return None, None
+        n = len(snapshot.ready)
+        eligible = snapshot.ready & snapshot.active
+        if mask is not None:
+            eligible = eligible & mask[:n]
+        ids = np.flatnonzero(eligible)
+        extra = np.zeros((len(profile.python_scorers), n), dtype=np.float32)
+        weights = []
+        for j, (plugin, weight, type_name, name) in enumerate(profile.python_scorers):
+            weights.append(weight)
+            if not len(ids):
+                continue
+            started = time.perf_counter()
+            out = np.asarray(plugin.score(request, snapshot, ids), dtype=np.float32)
+            self._record(type_name, name, time.perf_counter() - started)
+            if out.ndim != 1 or len(out) not in (len(ids), n):
+                raise TypeError(
+                    f"scorer {name!r} returned shape {out.shape}; expected ({len(ids)},) "
+                    f"aligned with endpoints or ({n},) indexed by endpoint id"
+                )
+            if len(out) == n:
+                extra[j, ids] = out[ids]
+            else:
+                extra[j, ids] = out
+        np.nan_to_num(extra, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
+        return extra, weights
+
+    def _prefix(self, request: Request, profile: BuiltProfile, module) -> tuple[Any, int]:
+        """Block hashes of the prompt (once per request and block size) and its token count."""
+        prompt = request.prompt
+        tokens = request.prompt_tokens_estimate or math.ceil(len(prompt) / BYTES_PER_TOKEN)
+        if not prompt:
+            return None, tokens
+        settings = profile.prefix
+        model = request.target_model or request.incoming_model
+        key = (settings.block_bytes, settings.max_blocks, model, request.cache_salt, request.lora)
+        cached = request.attrs.get(_PREFIX_ATTR)
+        if cached is not None and cached[0] == key:
+            return cached[1], tokens
+        seed = module.model_seed(model, request.cache_salt, request.lora or "")
+        hashes = module.hash_blocks(prompt, settings.block_bytes, seed, settings.max_blocks)
+        request.attrs[_PREFIX_ATTR] = (key, hashes)
+        return hashes, tokens
+
+    def _lora(self, request: Request, pool: Pool, profile: BuiltProfile) -> int:
+        """The adapter id for lora-affinity: the request's adapter, else its target model (the
+        reference compares the target model name with the servers' adapter lists)."""
+        if not profile.uses_lora:
+            return -1
+        name = request.lora or request.target_model
+        if not name:
+            return -1
+        try:
+            return pool.table.adapter_id(name)
+        except Exception as exc:  # registry full: score without LoRA affinity
+            if not is_core_error(exc):
+                raise
+            log.warning("LoRA adapter registry full; scoring %r without affinity", name)
+            return -1
+
+    def _core_profile(self, module, profile: BuiltProfile):
+        key = (id(module), profile.name)
+        core_profile = self._core_profiles.get(key)
+        if core_profile is None:
+            scorers = [(s.type, w, dict(s.params)) for s, w in profile.core_scorers]
+            core_profile = module.Profile(scorers, profile.picker.type)
+            self._core_profiles[key] = core_profile
+        return core_profile
+
+    def _scores_by_address(self, pool: Pool, profile: BuiltProfile, scores: dict, mask):
+        names: dict[str, str] = {s.type: s.name for s, _ in profile.core_scorers}
+        for j, (_, _, _, name) in enumerate(profile.python_scorers):
+            names[f"extra[{j}]"] = name
+        out: dict[str, dict[str, float]] = {}
+        for key, values in scores.items():
+            plugin = names.get(key, key)
+            row: dict[str, float] = {}
+            for endpoint in pool.endpoints():
+                if endpoint.id >= len(values) or (mask is not None and not mask[endpoint.id]):
+                    continue
+                row[endpoint.address] = float(values[endpoint.id])
+            out[plugin] = row
+        return out
+
+    @staticmethod
+    def _work_ahead(
+        snapshot: Any, profile: BuiltProfile, primary: int, decision: Decision
+    ) -> float:
+        waiting_tokens = 512.0
+        for scorer, _ in profile.core_scorers:
+            if scorer.type == "predicted-ttft-scorer":
+                waiting_tokens = scorer.params.get("waitingTokens", waiting_tokens)
+        if primary >= len(snapshot.inflight_tokens):
+            return float(decision.uncached_tokens)
+        return (
+            float(snapshot.inflight_tokens[primary])
+            + float(snapshot.waiting[primary]) * waiting_tokens
+            + float(decision.uncached_tokens)
+        )
+
+    def _unreserve(self, decision: Decision, requests: int, tokens: int) -> None:
+        if not decision.endpoints:
+            return
+        endpoint = decision.primary
+        if decision.pool.by_id(endpoint.id) is not endpoint:
+            return  # removed (and maybe its id reused): nothing of ours is left to release
+        try:
+            decision.pool.table.add_inflight(endpoint.id, -requests, -tokens)
+        except Exception as exc:
+            if not is_core_error(exc):
+                raise
+
+    def _record(self, plugin_type: str, name: str, seconds: float) -> None:
+        if self.recorder is not None:
+            try:
+                self.recorder(plugin_type, name, seconds)
+            except Exception:  # metrics must never break routing
+                log.exception("scheduling latency recorder failed")
+
+
+def _uses_ttft(profile: BuiltProfile) -> bool:
+    return any(s.type == "predicted-ttft-scorer" for s, _ in profile.core_scorers)

@@ -1,0 +1,1 @@
+"""Built-in plugin implementations (registered in ``igw.scheduling.wiring``)."""

@@ -1,0 +1,196 @@
+"""Built-in scorers and pickers that run inside the core, with their strict parameters.
+
+Parameter names are the reference picker's (camelCase); each factory maps them onto the
+core's ``Profile`` parameter names. Parameters igw accepts for compatibility but does not need
+(e.g. the name of a data producer) are parsed and ignored.
+"""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from igw.scheduling.framework import CorePicker, CoreScorer, PassivePlugin, PrefixSettings
+
+BYTES_PER_TOKEN = 4  # the reference's tokenizer-free estimate
+DEFAULT_BLOCK_TOKENS = 64
+MIN_BLOCK_TOKENS = 64  # the reference clamps blockSizeTokens up to 64 (its issue #1158)
+DEFAULT_MAX_BLOCKS = 2048
+DEFAULT_MAX_TOKENS = 131072
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class NoParams(Params):
+    pass
+
+
+class PrefixParams(Params):
+    """prefix-cache-scorer (and approx-prefix-cache-producer) parameters.
+
+    The scorer's own keys are ``matchLengthWeight`` / ``matchLengthScaleTokens``; the hashing
+    keys belonged to the scorer in older configs and to the producer in newer ones, so both
+    plugins accept them.
+    """
+
+    prefixMatchInfoProducerName: str | None = None
+    matchLengthWeight: float = Field(default=0.0, ge=0.0, le=1.0)
+    matchLengthScaleTokens: int = Field(default=8192, gt=0)
+    autoTune: bool = True
+    blockSizeTokens: int | None = Field(default=None, gt=0)
+    blockSize: int | None = Field(default=None, gt=0, description="deprecated: characters")
+    maxPrefixBlocksToMatch: int = Field(default=DEFAULT_MAX_BLOCKS, ge=0)
+    maxPrefixTokensToMatch: int = Field(default=DEFAULT_MAX_TOKENS, ge=0)
+    lruCapacityPerServer: int = Field(default=31250, gt=0)
+
+    def prefix_settings(self) -> PrefixSettings:
+        if self.blockSize is not None and self.blockSizeTokens is None:
+            block_bytes = self.blockSize  # legacy: block size in characters of prompt text
+            block_tokens = max(1, math.ceil(block_bytes / BYTES_PER_TOKEN))
+        else:
+            block_tokens = max(self.blockSizeTokens or DEFAULT_BLOCK_TOKENS, MIN_BLOCK_TOKENS)
+            block_bytes = block_tokens * BYTES_PER_TOKEN
+        if self.maxPrefixTokensToMatch > 0:
+            max_blocks = max(1, self.maxPrefixTokensToMatch // block_tokens)
+        else:
+            max_blocks = self.maxPrefixBlocksToMatch  # 0 = unlimited
+        return PrefixSettings(
+            block_bytes=block_bytes, block_tokens=block_tokens, max_blocks=max_blocks
+        )
+
+
+class ActiveRequestParams(Params):
+    requestTimeout: str | None = None
+    idleThreshold: int = Field(default=0, ge=0)
+    maxBusyScore: float = Field(default=1.0, ge=0.0, le=1.0)
+    inFlightLoadProducerName: str | None = None
+
+
+class TokenLoadParams(Params):
+    queueThresholdTokens: int = Field(default=4194304, gt=0)
+    inFlightLoadProducerName: str | None = None
+
+
+class LoadAwareParams(Params):
+    threshold: int = Field(default=128, gt=0)
+
+
+class PredictedTtftParams(Params):
+    """igw's cost model: predicted time to first token per endpoint (see ``_core.pyi``)."""
+
+    defaultPrefillRate: float = Field(default=8000.0, gt=0)
+    waitingTokens: float = Field(default=512.0, ge=0)
+    # igw-only: prefill-token equivalent charged to an endpoint for each request it has in
+    # flight (until release), so cache hits are not free: a hot prefix spills over to more
+    # replicas as its holder's load grows instead of piling onto one (bounded-load affinity)
+    inflightRequestTokens: int = Field(default=0, ge=0)
+
+    @field_validator("defaultPrefillRate", "waitingTokens")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("expected a finite number")
+        return value
+
+
+class PickerParams(Params):
+    maxNumOfEndpoints: int = Field(default=1, ge=1)
+
+
+class ProducerParams(PrefixParams):
+    pass
+
+
+class AnyParams(BaseModel):
+    """Plugins whose parameters another layer parses (data sources, detectors)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+def scorer_factory(core_type: str, mapper=None):
+    """Factory for a core scorer; ``mapper(params) -> dict`` renames to core params."""
+
+    def factory(name: str, params: Params) -> CoreScorer:
+        return CoreScorer(name=name, type=core_type, params=mapper(params) if mapper else {})
+
+    return factory
+
+
+def _prefix_params(p: PrefixParams) -> dict[str, float]:
+    return {
+        "matchLengthWeight": p.matchLengthWeight,
+        "scaleTokens": float(p.matchLengthScaleTokens),
+    }
+
+
+def _active_params(p: ActiveRequestParams) -> dict[str, float]:
+    return {"idleThreshold": float(p.idleThreshold), "maxBusyScore": p.maxBusyScore}
+
+
+def _token_params(p: TokenLoadParams) -> dict[str, float]:
+    return {"queueThresholdTokens": float(p.queueThresholdTokens)}
+
+
+def _load_params(p: LoadAwareParams) -> dict[str, float]:
+    return {"queueThreshold": float(p.threshold)}
+
+
+def _ttft_params(p: PredictedTtftParams) -> dict[str, float]:
+    return {"defaultPrefillRate": p.defaultPrefillRate, "waitingTokens": p.waitingTokens}
+
+
+def ttft_scorer_factory(name: str, params: PredictedTtftParams) -> CoreScorer:
+    return CoreScorer(
+        name=name,
+        type="predicted-ttft-scorer",
+        params=_ttft_params(params),
+        request_tokens=params.inflightRequestTokens,
+    )
+
+
+def prefix_scorer_factory(name: str, params: PrefixParams) -> CoreScorer:
+    return CoreScorer(
+        name=name,
+        type="prefix-cache-scorer",
+        params=_prefix_params(params),
+        prefix=params.prefix_settings(),
+    )
+
+
+def picker_factory(core_type: str):
+    def factory(name: str, params: PickerParams) -> CorePicker:
+        return CorePicker(name=name, type=core_type, max_endpoints=params.maxNumOfEndpoints)
+
+    return factory
+
+
+def producer_factory(name: str, params: ProducerParams) -> PassivePlugin:
+    return PassivePlugin(name=name, type="approx-prefix-cache-producer", params=params)
+
+
+def passive_factory(type_name: str):
+    def factory(name: str, params) -> PassivePlugin:
+        return PassivePlugin(name=name, type=type_name, params=params)
+
+    return factory
+
+
+CORE_SCORERS: dict[str, tuple[type[Params], object]] = {
+    "queue-scorer": (NoParams, scorer_factory("queue-scorer")),
+    "kv-cache-utilization-scorer": (NoParams, scorer_factory("kv-cache-utilization-scorer")),
+    "running-requests-size-scorer": (NoParams, scorer_factory("running-requests-size-scorer")),
+    "lora-affinity-scorer": (NoParams, scorer_factory("lora-affinity-scorer")),
+    "prefix-cache-scorer": (PrefixParams, prefix_scorer_factory),
+    "active-request-scorer": (
+        ActiveRequestParams,
+        scorer_factory("active-request-scorer", _active_params),
+    ),
+    "token-load-scorer": (TokenLoadParams, scorer_factory("token-load-scorer", _token_params)),
+    "load-aware-scorer": (LoadAwareParams, scorer_factory("load-aware-scorer", _load_params)),
+    "predicted-ttft-scorer": (PredictedTtftParams, ttft_scorer_factory),
+}
+
+CORE_PICKERS = ("max-score-picker", "weighted-random-picker", "random-picker")

@@ -1,0 +1,102 @@
+"""Named routing policies for ``igw serve --policy NAME`` and ``igw bench``.
+
+Each name is a complete EndpointPickerConfig, so a policy can be printed, edited and passed
+back as a config file. ``default`` is the reference picker's default profile unchanged;
+``predicted-ttft`` is igw's cost model (see docs/configuration.md for why these weights);
+the others are the baselines ``igw bench`` compares against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from igw.config import (
+    EndpointPickerConfig,
+    PluginSpec,
+    ProfilePlugin,
+    SchedulingProfile,
+    default_config,
+)
+
+# igw's cost model. The predicted-ttft scorer ranks endpoints by predicted time to first token
+# (queued prefill work over the calibrated prefill rate, this request's uncached tokens from
+# the prefix match); each in-flight request also counts as PER_REQUEST_TOKENS of work so that
+# cache hits are not free and a hot prefix spreads to more replicas as its holder's load
+# grows. A light prefix-cache term breaks near-ties towards the replica holding the prefix,
+# and a light KV-utilization term keeps away from replicas about to evict.
+PER_REQUEST_TOKENS = 256
+TTFT_WEIGHT = 4.0
+PREFIX_WEIGHT = 1.0
+KV_WEIGHT = 0.5
+
+
+def _single(
+    plugins: list[PluginSpec], refs: list[ProfilePlugin], name: str = "default"
+) -> EndpointPickerConfig:
+    return EndpointPickerConfig(
+        plugins=plugins, schedulingProfiles=[SchedulingProfile(name=name, plugins=refs)]
+    )
+
+
+def predicted_ttft() -> EndpointPickerConfig:
+    return _single(
+        [
+            PluginSpec(
+                type="predicted-ttft-scorer",
+                parameters={"inflightRequestTokens": PER_REQUEST_TOKENS},
+            ),
+            PluginSpec(type="prefix-cache-scorer"),
+            PluginSpec(type="kv-cache-utilization-scorer"),
+            PluginSpec(type="max-score-picker"),
+        ],
+        [
+            ProfilePlugin(pluginRef="predicted-ttft-scorer", weight=TTFT_WEIGHT),
+            ProfilePlugin(pluginRef="prefix-cache-scorer", weight=PREFIX_WEIGHT),
+            ProfilePlugin(pluginRef="kv-cache-utilization-scorer", weight=KV_WEIGHT),
+            ProfilePlugin(pluginRef="max-score-picker"),
+        ],
+    )
+
+
+def round_robin() -> EndpointPickerConfig:
+    return _single(
+        [PluginSpec(type="round-robin-scorer"), PluginSpec(type="max-score-picker")],
+        [
+            ProfilePlugin(pluginRef="round-robin-scorer"),
+            ProfilePlugin(pluginRef="max-score-picker"),
+        ],
+    )
+
+
+def random_policy() -> EndpointPickerConfig:
+    return _single([PluginSpec(type="random-picker")], [ProfilePlugin(pluginRef="random-picker")])
+
+
+def least_loaded() -> EndpointPickerConfig:
+    return _single(
+        [PluginSpec(type="active-request-scorer"), PluginSpec(type="max-score-picker")],
+        [
+            ProfilePlugin(pluginRef="active-request-scorer"),
+            ProfilePlugin(pluginRef="max-score-picker"),
+        ],
+    )
+
+
+POLICIES: dict[str, Callable[[], EndpointPickerConfig]] = {
+    "default": default_config,
+    "predicted-ttft": predicted_ttft,
+    "round-robin": round_robin,
+    "random": random_policy,
+    "least-loaded": least_loaded,
+}
+
+
+def named_policy(name: str) -> EndpointPickerConfig:
+    """The config of a named policy; ``ValueError`` listing the valid names otherwise."""
+    try:
+        factory = POLICIES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown policy {name!r}; valid policies: {', '.join(POLICIES)}"
+        ) from None
+    return factory()

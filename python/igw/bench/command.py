@@ -165,7 +165,13 @@ def _estimated_rate(args: argparse.Namespace, reqs: list[workloads.BenchRequest]
     else:
         uncached = mean_prompt
     return capacity.fleet_capacity_rps(
-        args.profile, args.replicas, args.speed, uncached, args.output_tokens, args.decode_batch
+        args.profile,
+        args.replicas,
+        args.speed,
+        uncached,
+        args.output_tokens,
+        mean_prompt,
+        args.decode_batch,
     )
 
 

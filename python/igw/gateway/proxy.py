@@ -1,0 +1,281 @@
+"""Forward a scheduled request to its replica and relay the answer, streaming chunk by chunk.
+
+Rules (issue 5, item 2):
+* The scheduler ranks up to k endpoints. A failure before the replica sent any response
+  (connection refused or reset, a keep-alive connection closed under us, a 502/503/504) tries
+  the next ranked endpoint: the client has received nothing yet, so nothing is duplicated.
+* Once response bytes have gone to the client nothing is retried. A stream that breaks
+  mid-way (connection lost, read timeout, or an OpenAI stream ending without ``[DONE]``)
+  ends with one SSE error event, ``data: {"error": {...}}``, and the request counts as failed.
+* Every attempt that failed is reported to the endpoint's pool (outlier detection); the
+  served attempt is reported by the pipeline's account stage at ``finish``.
+
+Upstream connections: one ``aiohttp.ClientSession`` per pool with a keep-alive connector
+(no per-request connection setup, TCP_NODELAY set by aiohttp on every connection), no
+automatic decompression (bytes are relayed as they come) and ``accept-encoding: identity``
+upstream so usage parsing sees plain text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+import aiohttp
+from aiohttp import web
+
+from igw.gateway.errors import error_response, sse_error_event
+from igw.pipeline import Pipeline, Request, RequestKind
+
+if TYPE_CHECKING:
+    from igw.datastore import Endpoint
+
+log = logging.getLogger("igw.gateway")
+
+ENDPOINT_HEADER = "x-igw-endpoint"
+REQUEST_ID_HEADER = "x-request-id"
+EVENT_STREAM = "text/event-stream"
+
+# Headers that describe one hop, not the message (RFC 9110 7.6.1), plus ones we set.
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "accept-encoding",
+        "expect",
+    }
+)
+_RESPONSE_SKIP = _HOP_BY_HOP | {"date", "server"}  # aiohttp writes its own
+_RETRY_STATUSES = frozenset({502, 503, 504})
+# OpenAI streams of these kinds end with "data: [DONE]"; without it the stream was cut.
+_DONE_KINDS = frozenset({RequestKind.COMPLETIONS, RequestKind.CHAT})
+_DONE_MARK = b"[DONE]"
+
+FailureReporter = Callable[["Endpoint"], None]
+
+
+class UpstreamSessions:
+    """One keep-alive ``ClientSession`` per pool, created on first use inside the loop."""
+
+    def __init__(
+        self,
+        *,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 600.0,
+        limit_per_host: int = 0,
+    ) -> None:
+        self._timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=connect_timeout,
+            sock_connect=connect_timeout,
+            sock_read=read_timeout,
+        )
+        self._limit_per_host = limit_per_host
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+
+    def get(self, pool_name: str) -> aiohttp.ClientSession:
+        session = self._sessions.get(pool_name)
+        if session is None or session.closed:
+            connector = aiohttp.TCPConnector(
+                limit=0,
+                limit_per_host=self._limit_per_host,
+                ttl_dns_cache=None,
+                keepalive_timeout=30.0,
+                enable_cleanup_closed=False,
+            )
+            session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=self._timeout,
+                auto_decompress=False,
+                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+            self._sessions[pool_name] = session
+        return session
+
+    async def close(self) -> None:
+        sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            await session.close()
+
+
+def upstream_headers(headers: Iterable[tuple[str, str]], request_id: str) -> dict[str, str]:
+    """The client's end-to-end headers, plus the request id, for the replica."""
+    out = {name: value for name, value in headers if name.lower() not in _HOP_BY_HOP}
+    out[REQUEST_ID_HEADER] = request_id
+    out["accept-encoding"] = "identity"
+    return out
+
+
+def response_headers(upstream: aiohttp.ClientResponse, address: str) -> dict[str, str]:
+    out = {
+        name: value
+        for name, value in upstream.headers.items()
+        if name.lower() not in _RESPONSE_SKIP
+    }
+    out[ENDPOINT_HEADER] = address
+    return out
+
+
+class Forwarder:
+    """Sends a scheduled ``Request`` upstream and writes the answer to the client."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        sessions: UpstreamSessions,
+        *,
+        report_failure: FailureReporter | None = None,
+        max_attempts: int = 3,
+    ) -> None:
+        self.pipeline = pipeline
+        self.sessions = sessions
+        self.report_failure = report_failure
+        self.max_attempts = max(1, max_attempts)
+
+    async def forward(self, http_request: web.BaseRequest, request: Request) -> web.StreamResponse:
+        """Relay ``request`` to ``request.decision.endpoints``; always ends with ``finish``."""
+        decision = request.decision
+        assert decision is not None, "forward() needs a scheduled request"
+        upstream: aiohttp.ClientResponse | None = None
+        failed = False
+        try:
+            upstream, endpoint = await self._connect(http_request, request)
+            if upstream is None:
+                failed = True
+                return error_response(
+                    502,
+                    f"no replica could be reached for model {request.target_model!r} "
+                    f"(tried {endpoint})",
+                    code="upstream_unreachable",
+                )
+            request.served_endpoint = endpoint
+            status = upstream.status
+            headers = response_headers(upstream, endpoint)
+            self.pipeline.response_started(
+                request, status, {k.lower(): v for k, v in upstream.headers.items()}
+            )
+            if EVENT_STREAM in upstream.headers.get("content-type", ""):
+                response, failed = await self._relay_stream(
+                    http_request, request, upstream, status, headers
+                )
+                return response
+            return await self._relay_body(request, upstream, status, headers)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            # Failed while reading a non-streamed body: nothing was sent to the client yet.
+            failed = True
+            return error_response(502, f"upstream {request.served_endpoint} failed: {exc!r}")
+        finally:
+            if upstream is not None:
+                if not failed and upstream.content.is_eof():
+                    upstream.release()  # back to the keep-alive pool
+                else:
+                    upstream.close()  # unread or broken: never reuse the connection
+            self.pipeline.finish(request, failed=failed)
+
+    async def _connect(
+        self, http_request: web.BaseRequest, request: Request
+    ) -> tuple[aiohttp.ClientResponse | None, str]:
+        """Open the upstream response on the first ranked endpoint that answers."""
+        decision = request.decision
+        assert decision is not None
+        session = self.sessions.get(decision.pool.name)
+        headers = upstream_headers(http_request.headers.items(), request.request_id)
+        body = request.upstream_body
+        path = http_request.path_qs
+        tried: list[str] = []
+        candidates = decision.endpoints[: self.max_attempts]
+        for index, endpoint in enumerate(candidates):
+            tried.append(endpoint.address)
+            try:
+                upstream = await session.post(endpoint.base_url + path, data=body, headers=headers)
+            except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+                log.warning(
+                    "request %s: %s failed before any response (%r); %s",
+                    request.request_id,
+                    endpoint.address,
+                    exc,
+                    "trying next endpoint" if index + 1 < len(candidates) else "giving up",
+                )
+                self._report(endpoint)
+                continue
+            if upstream.status in _RETRY_STATUSES and index + 1 < len(candidates):
+                log.warning(
+                    "request %s: %s answered %d; trying next endpoint",
+                    request.request_id,
+                    endpoint.address,
+                    upstream.status,
+                )
+                upstream.close()
+                self._report(endpoint)
+                continue
+            return upstream, endpoint.address
+        return None, ", ".join(tried)
+
+    def _report(self, endpoint: Endpoint) -> None:
+        if self.report_failure is not None:
+            self.report_failure(endpoint)
+
+    async def _relay_body(
+        self,
+        request: Request,
+        upstream: aiohttp.ClientResponse,
+        status: int,
+        headers: dict[str, str],
+    ) -> web.Response:
+        data = await upstream.read()
+        data = self.pipeline.response_chunk(request, data, True)
+        return web.Response(status=status, body=data, headers=headers)
+
+    async def _relay_stream(
+        self,
+        http_request: web.BaseRequest,
+        request: Request,
+        upstream: aiohttp.ClientResponse,
+        status: int,
+        headers: dict[str, str],
+    ) -> tuple[web.StreamResponse, bool]:
+        """Pass SSE chunks through as they arrive; returns (response, failed)."""
+        response = web.StreamResponse(status=status, headers=headers)
+        await response.prepare(http_request)
+        pipeline = self.pipeline
+        content = upstream.content
+        tail = b""
+        problem: str | None = None
+        while True:
+            try:
+                chunk = await content.readany()
+            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+                problem = f"upstream {request.served_endpoint} broke the stream: {exc!r}"
+                break
+            except asyncio.TimeoutError:
+                problem = f"upstream {request.served_endpoint} stopped sending (read timeout)"
+                break
+            if not chunk:
+                break
+            tail = chunk[-16:] if len(chunk) >= 16 else (tail + chunk)[-16:]
+            out = pipeline.response_chunk(request, chunk, False)
+            if out:
+                await response.write(out)  # a client that left raises here: not a replica fault
+        if problem is None and status == 200 and request.kind in _DONE_KINDS:
+            if _DONE_MARK not in tail:
+                problem = f"upstream {request.served_endpoint} ended the stream without [DONE]"
+        last = pipeline.response_chunk(request, b"", True)
+        if problem is not None:
+            log.warning("request %s: %s", request.request_id, problem)
+            await response.write(last + sse_error_event(problem))
+        elif last:
+            await response.write(last)
+        await response.write_eof()
+        return response, problem is not None

@@ -1,0 +1,547 @@
+"""The data layer: one scraper task per endpoint, readiness, staleness and outlier demotion.
+
+``DataLayer`` subscribes to a ``Pool``'s membership. For every endpoint it runs one asyncio
+task that GETs ``/metrics`` every ``interval`` seconds over a shared keep-alive connection
+pool, reads the endpoint engine's figures (``engines.extract``) and writes them to the core's
+endpoint table in ONE ``table.update`` call, so a reader never sees half a scrape.
+
+Readiness (``table.set_ready``) is the AND of three facts:
+* discovered (the endpoint is in the pool);
+* not known-down: ``down_after`` consecutive transport failures (refused, reset, timed out)
+  make it not ready; the first answer of any kind makes it ready again. A ``/metrics`` page
+  that 404s or is malformed does NOT make it unready: the server is up, only its metrics go
+  stale (``is_stale``), and the previous values are kept, as the reference picker does;
+* not demoted: the front ends report every response's outcome (``report_response``); an
+  endpoint whose recent responses mostly fail while it still answers its scrapes is demoted
+  until a probe (``GET /health``, or ``/v1/models`` when that 404s) succeeds.
+
+Scheduling: each task starts at a random phase within the first interval and then keeps a
+fixed period, so 100 endpoints spread evenly instead of scraping in lockstep. Failures back
+off exponentially (capped at ``max_backoff``, with jitter). Parsing a 40 KB vLLM page costs
+~20 µs (``bench/test_datalayer_bench.py``), so it runs inline on the event loop.
+
+Failures never raise into the loop: each is counted (``errors`` by kind, and per endpoint in
+``state(...)``) and logged once per change of condition, with the endpoint and the numbers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import yarl
+
+from igw.datalayer.engines import DEFAULT_ENGINE, ENGINES, Scraped, engine_of, extract
+from igw.datalayer.outlier import OutcomeWindow, OutlierPolicy
+from igw.datalayer.promtext import MetricsParseError
+
+if TYPE_CHECKING:
+    from igw.datastore import Endpoint, Pool
+
+log = logging.getLogger("igw.datalayer")
+
+# Error kinds (keys of ``DataLayer.errors``). Transport kinds count towards "down".
+TIMEOUT = "timeout"
+CONNECT = "connect"
+TRANSPORT = "transport"
+HTTP_STATUS = "http_status"
+PARSE = "parse"
+UPDATE = "update"
+_TRANSPORT_KINDS = frozenset({TIMEOUT, CONNECT, TRANSPORT})
+
+
+class DataLayerError(Exception):
+    """A data-layer request the caller asked for (e.g. ``fetch_models``) failed."""
+
+
+@dataclasses.dataclass(eq=False)
+class EndpointState:
+    """What the data layer knows about one endpoint (read it with ``DataLayer.state``)."""
+
+    endpoint: Endpoint
+    outcomes: OutcomeWindow
+    url: yarl.URL
+    scrapes: int = 0  # successful scrapes written to the table
+    last_success: float | None = None  # clock() of the last successful scrape
+    last: Scraped | None = None
+    consecutive_failures: int = 0  # transport failures in a row
+    down: bool = False
+    down_since: float = 0.0
+    demoted: bool = False
+    demoted_at: float = 0.0
+    ready: bool | None = None  # what we last wrote to the table
+    errors: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    last_error: str = ""
+    capacity_blocks: int | None = None  # what we last gave the prefix index
+    task: asyncio.Task[None] | None = None
+    probe_task: asyncio.Task[None] | None = None
+
+
+def _positive(name: str, value: float) -> float:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"DataLayer {name} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+class DataLayer:
+    """Scrapes every endpoint of ``pool`` and keeps its table rows, readiness and prefix
+    capacity current. Create it, ``await start()``, and ``await stop()`` on shutdown."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        *,
+        interval: float = 0.05,
+        timeout: float = 1.0,
+        staleness: float = 2.0,
+        block_tokens: int = 64,
+        down_after: int = 3,
+        max_backoff: float = 1.0,
+        outlier: OutlierPolicy | None = None,
+        max_demoted_fraction: float = 0.5,
+        metrics_path: str = "/metrics",
+        compress: bool = False,
+        session: aiohttp.ClientSession | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        seed: int | None = None,
+    ) -> None:
+        self.pool = pool
+        self.interval = _positive("interval", interval)
+        self.timeout = _positive("timeout", timeout)
+        self.staleness = _positive("staleness", staleness)
+        self.max_backoff = max(self.interval, _positive("max_backoff", max_backoff))
+        if not isinstance(block_tokens, int) or block_tokens < 1:
+            raise ValueError(f"DataLayer block_tokens must be an int >= 1, got {block_tokens!r}")
+        if not isinstance(down_after, int) or down_after < 1:
+            raise ValueError(f"DataLayer down_after must be an int >= 1, got {down_after!r}")
+        if not 0.0 <= max_demoted_fraction <= 1.0:
+            raise ValueError(
+                f"DataLayer max_demoted_fraction must be within 0..1, got {max_demoted_fraction}"
+            )
+        if not metrics_path.startswith("/"):
+            raise ValueError(f"DataLayer metrics_path must start with '/', got {metrics_path!r}")
+        self.block_tokens = block_tokens
+        self.down_after = down_after
+        self.outlier = outlier or OutlierPolicy()
+        self.max_demoted_fraction = max_demoted_fraction
+        self.metrics_path = metrics_path
+        self.errors: collections.Counter[str] = collections.Counter()
+        self._clock = clock
+        self._rng = random.Random(seed)
+        self._client_timeout = aiohttp.ClientTimeout(total=self.timeout)
+        self._headers = {"Accept": "text/plain;version=0.0.4;q=1,*/*;q=0.1"}
+        if not compress:
+            # Saves the model server gzip work and us the inflate; costs bandwidth.
+            self._headers["Accept-Encoding"] = "identity"
+        self._session = session
+        self._owns_session = session is None
+        self._states: dict[int, EndpointState] = {}
+        self._adapter_ids: dict[str, int] = {}
+        self._subscribed = False
+        self._running = False
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start scraping every current and future endpoint of the pool."""
+        if self._running:
+            return
+        if self._session is None or self._session.closed:
+            self._session = self._new_session()
+            self._owns_session = True
+        self._running = True
+        if self._subscribed:
+            for endpoint in self.pool.endpoints():
+                self._on_membership("added", endpoint)
+        else:
+            self._subscribed = True
+            self.pool.subscribe(self._on_membership)  # replays current members as "added"
+
+    async def stop(self) -> None:
+        """Cancel every scraper and probe, then close the HTTP session we own."""
+        self._running = False
+        tasks = []
+        for state in self._states.values():
+            tasks.extend(t for t in (state.task, state.probe_task) if t is not None)
+            state.task = state.probe_task = None
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._states.clear()
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _new_session(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
+        return aiohttp.ClientSession(
+            connector=connector, cookie_jar=aiohttp.DummyCookieJar(), headers=self._headers
+        )
+
+    def _on_membership(self, event: str, endpoint: Endpoint) -> None:
+        if not self._running:
+            return
+        if event == "added":
+            self._track(endpoint)
+        elif event == "removed":
+            self._untrack(endpoint)
+
+    def _track(self, endpoint: Endpoint) -> None:
+        old = self._states.get(endpoint.id)
+        if old is not None:
+            if old.endpoint is endpoint:
+                return
+            self._untrack(old.endpoint)
+        url = yarl.URL(endpoint.base_url + self.metrics_path)
+        state = EndpointState(endpoint=endpoint, outcomes=OutcomeWindow(self.outlier), url=url)
+        self._states[endpoint.id] = state
+        self._apply_ready(state)  # discovered -> ready until known otherwise
+        state.task = asyncio.get_running_loop().create_task(
+            self._scrape_loop(state), name=f"igw-scrape {endpoint.address}"
+        )
+
+    def _untrack(self, endpoint: Endpoint) -> None:
+        state = self._states.get(endpoint.id)
+        if state is None or state.endpoint is not endpoint:
+            return
+        del self._states[endpoint.id]
+        for task in (state.task, state.probe_task):
+            if task is not None:
+                task.cancel()
+        state.task = state.probe_task = None
+
+    # -- queries --------------------------------------------------------------------------
+    def state(self, endpoint: Endpoint | int) -> EndpointState | None:
+        endpoint_id = endpoint if isinstance(endpoint, int) else endpoint.id
+        return self._states.get(endpoint_id)
+
+    def is_stale(self, endpoint: Endpoint | int, now: float | None = None) -> bool:
+        """True when the endpoint's metrics are older than ``staleness`` (or never came)."""
+        state = self.state(endpoint)
+        if state is None or state.last_success is None:
+            return True
+        return (self._clock() if now is None else now) - state.last_success > self.staleness
+
+    def stats(self) -> dict[str, Any]:
+        """Counts for logs and metrics: endpoints, stale, down, demoted, errors by kind."""
+        now = self._clock()
+        states = list(self._states.values())
+        return {
+            "endpoints": len(states),
+            "stale": sum(self.is_stale(s.endpoint.id, now) for s in states),
+            "down": sum(s.down for s in states),
+            "demoted": sum(s.demoted for s in states),
+            "scrapes": sum(s.scrapes for s in states),
+            "errors": dict(self.errors),
+        }
+
+    # -- scraping -------------------------------------------------------------------------
+    async def _scrape_loop(self, state: EndpointState) -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(self._rng.uniform(0.0, self.interval))  # spread the phases
+        deadline = loop.time()
+        while True:
+            await self._scrape(state)
+            now = loop.time()
+            if state.consecutive_failures:
+                exponent = min(state.consecutive_failures, 30)
+                delay = min(self.max_backoff, self.interval * 2.0**exponent)
+                deadline = now + delay * self._rng.uniform(0.75, 1.0)
+            else:
+                deadline += self.interval
+                if deadline < now:  # we overran (slow server): skip missed ticks
+                    deadline = now + self.interval * self._rng.uniform(0.0, 1.0)
+            await asyncio.sleep(max(0.0, deadline - now))
+
+    async def _scrape(self, state: EndpointState) -> None:
+        session = self._session
+        if session is None:
+            return
+        ssl = False if state.url.scheme == "https" else None  # model servers self-sign
+        try:
+            async with session.get(state.url, timeout=self._client_timeout, ssl=ssl) as resp:
+                status = resp.status
+                body = await resp.read()
+        except asyncio.CancelledError:
+            raise
+        except asyncio.TimeoutError:
+            self._transport_failure(state, TIMEOUT, f"no answer within {self.timeout:g}s")
+            return
+        except aiohttp.ClientConnectorError as exc:
+            self._transport_failure(state, CONNECT, f"cannot connect: {exc.os_error}")
+            return
+        except (aiohttp.ClientError, OSError) as exc:
+            self._transport_failure(state, TRANSPORT, f"{type(exc).__name__}: {exc}")
+            return
+        self._reachable(state)
+        if status != 200:
+            self._soft_failure(state, HTTP_STATUS, f"GET {state.url} returned HTTP {status}")
+            return
+        engine = engine_of(state.endpoint.labels, state.endpoint.engine or DEFAULT_ENGINE)
+        spec = ENGINES.get(engine)
+        if spec is None:
+            self._soft_failure(
+                state, PARSE, f"unknown engine {engine!r}; expected one of {sorted(ENGINES)}"
+            )
+            return
+        try:
+            scraped = extract(spec, body)
+        except MetricsParseError as exc:
+            self._soft_failure(state, PARSE, f"GET {state.url}: {exc}")
+            return
+        except Exception as exc:  # never let a surprising page kill the scraper
+            self._soft_failure(state, PARSE, f"GET {state.url}: {type(exc).__name__}: {exc}")
+            return
+        self._write(state, scraped)
+
+    def _write(self, state: EndpointState, scraped: Scraped) -> None:
+        endpoint = state.endpoint
+        now = self._clock()
+        lora_active = lora_waiting = None
+        if scraped.lora_running is not None:
+            lora_active = self._adapter_list(scraped.lora_running)
+            lora_waiting = self._adapter_list(scraped.lora_waiting or ())
+        try:
+            self.pool.table.update(
+                endpoint.id,
+                waiting=scraped.waiting,
+                running=scraped.running,
+                kv_util=scraped.kv_util,
+                now=now,
+                kv_blocks=scraped.num_blocks or -1,
+                block_size=scraped.block_size or -1,
+                max_lora=-1 if scraped.max_lora is None else scraped.max_lora,
+                lora_active=lora_active,
+                lora_waiting=lora_waiting,
+            )
+        except Exception as exc:  # the core rejected the row (should not happen)
+            self._soft_failure(state, UPDATE, f"table.update rejected the scrape: {exc}")
+            return
+        if state.last_error:
+            log.info(
+                "endpoint %s metrics flow again after %d errors (%s)",
+                endpoint.address, sum(state.errors.values()), state.last_error,
+            )  # fmt: skip
+            state.last_error = ""
+        state.scrapes += 1
+        state.last_success = now
+        state.last = scraped
+        if scraped.num_blocks and scraped.block_size:
+            capacity = max(1, scraped.num_blocks * scraped.block_size // self.block_tokens)
+            if capacity != state.capacity_blocks:
+                self.pool.index.set_capacity(endpoint.id, capacity)
+                log.debug(
+                    "endpoint %s prefix capacity %d blocks (%d KV blocks x %d tokens / %d)",
+                    endpoint.address, capacity, scraped.num_blocks, scraped.block_size,
+                    self.block_tokens,
+                )  # fmt: skip
+                state.capacity_blocks = capacity
+
+    def _adapter_list(self, names) -> list[int]:
+        ids = []
+        for name in names:
+            adapter = self._adapter_ids.get(name)
+            if adapter is None:
+                try:
+                    adapter = self.pool.table.adapter_id(name)
+                except Exception as exc:  # registry full (256 adapters)
+                    self.errors["adapter"] += 1
+                    if self.errors["adapter"] == 1:
+                        log.warning("cannot register LoRA adapter %r: %s", name, exc)
+                    continue
+                self._adapter_ids[name] = adapter
+            ids.append(adapter)
+        return ids
+
+    # -- readiness ------------------------------------------------------------------------
+    def _apply_ready(self, state: EndpointState) -> None:
+        ready = not state.down and not state.demoted
+        if ready != state.ready:
+            self.pool.table.set_ready(state.endpoint.id, ready)
+            state.ready = ready
+
+    def _reachable(self, state: EndpointState) -> None:
+        if state.down:
+            log.warning(
+                "endpoint %s is reachable again after %d failed scrapes (down for %.1fs); "
+                "ready%s",
+                state.endpoint.address, state.consecutive_failures,
+                self._clock() - state.down_since,
+                " once its demotion ends" if state.demoted else "",
+            )  # fmt: skip
+            state.down = False
+        state.consecutive_failures = 0
+        self._apply_ready(state)
+
+    def _transport_failure(self, state: EndpointState, kind: str, message: str) -> None:
+        state.consecutive_failures += 1
+        self._count(state, kind, message)
+        if not state.down and state.consecutive_failures >= self.down_after:
+            state.down = True
+            state.down_since = self._clock()
+            log.warning(
+                "endpoint %s is down: %d scrapes in a row failed (last: %s); not ready until "
+                "it answers again",
+                state.endpoint.address, state.consecutive_failures, message,
+            )  # fmt: skip
+            self._apply_ready(state)
+
+    def _soft_failure(self, state: EndpointState, kind: str, message: str) -> None:
+        """The server answered but gave no usable metrics: keep old values, stay ready."""
+        self._count(state, kind, message)
+
+    def _count(self, state: EndpointState, kind: str, message: str) -> None:
+        self.errors[kind] += 1
+        state.errors[kind] += 1
+        if message != state.last_error:
+            # A lone transport blip is routine (the "down" transition is what warns); a
+            # server that answers with no usable metrics is worth a warning at once.
+            level = logging.DEBUG if kind in _TRANSPORT_KINDS else logging.WARNING
+            log.log(
+                level,
+                "endpoint %s scrape failed (%s): %s; keeping metrics from %s",
+                state.endpoint.address, kind, message,
+                "never" if state.last_success is None
+                else f"{self._clock() - state.last_success:.2f}s ago",
+            )  # fmt: skip
+            state.last_error = message
+
+    # -- outlier detection ----------------------------------------------------------------
+    def report_response(self, endpoint: Endpoint | int, ok: bool) -> None:
+        """Record one response's outcome (5xx or a broken stream = not ok). Cheap: call it
+        on every response end."""
+        state = self.state(endpoint)
+        if state is None or state.demoted:
+            return
+        if not isinstance(endpoint, int) and state.endpoint is not endpoint:
+            return  # a removed endpoint whose id was reused
+        now = self._clock()
+        state.outcomes.add(now, ok)
+        if ok or state.down or not state.outcomes.is_outlier(now):
+            return
+        failures, total = state.outcomes.counts(now)
+        demoted = sum(s.demoted for s in self._states.values())
+        if demoted + 1 > self.max_demoted_fraction * len(self._states):
+            if state.errors["withheld"] == 0:
+                log.warning(
+                    "endpoint %s: %d of %d responses failed in %.0fs, but %d of %d endpoints "
+                    "are already demoted (limit %.0f%%); keeping it in rotation",
+                    state.endpoint.address, failures, total, self.outlier.window, demoted,
+                    len(self._states), 100 * self.max_demoted_fraction,
+                )  # fmt: skip
+            state.errors["withheld"] += 1
+            return
+        state.demoted = True
+        state.demoted_at = now
+        self._apply_ready(state)
+        last = state.last
+        scrape = (
+            "no metrics yet"
+            if last is None or state.last_success is None
+            else f"metrics {now - state.last_success:.2f}s old: waiting={last.waiting} "
+            f"running={last.running} kv={last.kv_util:.2f}"
+        )
+        log.warning(
+            "demoting endpoint %s: %d of %d responses failed in the last %.0fs while it "
+            "answers its scrapes (%s); probing /health in %.1fs",
+            state.endpoint.address, failures, total, self.outlier.window, scrape,
+            self.outlier.probe_backoff,
+        )  # fmt: skip
+        state.probe_task = asyncio.get_running_loop().create_task(
+            self._probe_loop(state), name=f"igw-probe {state.endpoint.address}"
+        )
+
+    async def _probe_loop(self, state: EndpointState) -> None:
+        delay = self.outlier.probe_backoff
+        attempts = 0
+        while True:
+            await asyncio.sleep(delay * self._rng.uniform(0.8, 1.2))
+            attempts += 1
+            ok, detail = await self._probe(state.endpoint)
+            if ok:
+                state.demoted = False
+                state.outcomes.clear()
+                state.probe_task = None
+                self._apply_ready(state)
+                log.warning(
+                    "restoring endpoint %s: %s after %d probe(s), demoted for %.1fs%s",
+                    state.endpoint.address, detail, attempts, self._clock() - state.demoted_at,
+                    "" if state.ready else " (still not ready: it is down)",
+                )  # fmt: skip
+                return
+            log.info(
+                "endpoint %s still demoted: probe %d %s; next in %.1fs",
+                state.endpoint.address, attempts, detail,
+                min(delay * 2, self.outlier.max_probe_backoff),
+            )  # fmt: skip
+            delay = min(delay * 2, self.outlier.max_probe_backoff)
+
+    async def _probe(self, endpoint: Endpoint) -> tuple[bool, str]:
+        """GET /health (or /v1/models when the server has no /health): 2xx = healthy."""
+        session = self._session
+        if session is None:
+            return False, "no HTTP session"
+        detail = ""
+        for path in ("/health", "/v1/models"):
+            url = endpoint.base_url + path
+            try:
+                async with session.get(url, timeout=self._client_timeout, ssl=False) as resp:
+                    await resp.read()
+                    detail = f"GET {path} answered {resp.status}"
+                    if 200 <= resp.status < 300:
+                        return True, detail
+                    if resp.status != 404:
+                        return False, detail
+            except asyncio.CancelledError:
+                raise
+            except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
+                return False, f"GET {path} failed: {type(exc).__name__}: {exc}"
+        return False, detail
+
+    # -- model list -----------------------------------------------------------------------
+    async def fetch_models(self, endpoint: Endpoint) -> list[str]:
+        """Model names an endpoint serves, from its OpenAI ``/v1/models`` list.
+
+        Raises ``DataLayerError`` naming the URL and what was wrong.
+        """
+        url = endpoint.base_url + "/v1/models"
+        session = self._session
+        temporary = session is None or session.closed
+        if temporary:
+            session = self._new_session()
+        assert session is not None
+        try:
+            async with session.get(url, timeout=self._client_timeout, ssl=False) as resp:
+                if resp.status != 200:
+                    raise DataLayerError(f"GET {url} returned HTTP {resp.status}; expected 200")
+                try:
+                    payload = await resp.json(content_type=None)
+                except ValueError as exc:
+                    raise DataLayerError(f"GET {url}: body is not JSON ({exc})") from None
+        except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise DataLayerError(f"GET {url} failed: {type(exc).__name__}: {exc}") from None
+        finally:
+            if temporary:
+                with contextlib.suppress(Exception):
+                    await session.close()
+        data = payload.get("data") if isinstance(payload, dict) else None
+        if not isinstance(data, list):
+            raise DataLayerError(
+                f'GET {url}: expected an OpenAI model list {{"data": [{{"id": ...}}]}}'
+            )
+        names = []
+        for i, item in enumerate(data):
+            name = item.get("id") if isinstance(item, dict) else None
+            if not isinstance(name, str) or not name:
+                raise DataLayerError(f"GET {url}: data[{i}].id must be a non-empty string")
+            names.append(name)
+        return names

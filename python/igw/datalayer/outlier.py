@@ -1,0 +1,81 @@
+"""Response-outcome windows for outlier detection.
+
+An endpoint can answer its ``/metrics`` page perfectly while failing every inference request
+(a wedged engine behind a live API server, a broken GPU, a bad adapter). The front ends
+report each response's outcome; ``OutcomeWindow`` keeps the recent ones so the data layer
+can demote an endpoint whose error rate is high *and* whose failure count is meaningful.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class OutlierPolicy:
+    """When to demote: at least ``min_failures`` failures making at least ``error_rate`` of
+    the responses seen in the last ``window`` seconds (at most ``max_samples`` kept).
+    Probes of a demoted endpoint start after ``probe_backoff`` seconds and back off
+    exponentially (with jitter) up to ``max_probe_backoff``."""
+
+    min_failures: int = 5
+    error_rate: float = 0.5
+    window: float = 30.0
+    max_samples: int = 256
+    probe_backoff: float = 1.0
+    max_probe_backoff: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.min_failures < 1:
+            raise ValueError(f"outlier min_failures must be >= 1, got {self.min_failures}")
+        if not 0.0 < self.error_rate <= 1.0:
+            raise ValueError(f"outlier error_rate must be within (0, 1], got {self.error_rate}")
+        if self.window <= 0 or self.probe_backoff <= 0:
+            raise ValueError("outlier window and probe_backoff must be > 0 seconds")
+        if self.max_probe_backoff < self.probe_backoff:
+            raise ValueError("outlier max_probe_backoff must be >= probe_backoff")
+
+
+class OutcomeWindow:
+    """Recent (time, ok) outcomes of one endpoint; O(1) amortized per report."""
+
+    __slots__ = ("_events", "_failures", "_policy")
+
+    def __init__(self, policy: OutlierPolicy) -> None:
+        self._policy = policy
+        self._events: collections.deque[tuple[float, bool]] = collections.deque()
+        self._failures = 0
+
+    def add(self, now: float, ok: bool) -> None:
+        self._events.append((now, ok))
+        if not ok:
+            self._failures += 1
+        if len(self._events) > self._policy.max_samples:
+            self._drop_oldest()
+        self._expire(now)
+
+    def _drop_oldest(self) -> None:
+        _, ok = self._events.popleft()
+        if not ok:
+            self._failures -= 1
+
+    def _expire(self, now: float) -> None:
+        horizon = now - self._policy.window
+        while self._events and self._events[0][0] < horizon:
+            self._drop_oldest()
+
+    def counts(self, now: float) -> tuple[int, int]:
+        """(failures, total) within the window."""
+        self._expire(now)
+        return self._failures, len(self._events)
+
+    def is_outlier(self, now: float) -> bool:
+        failures, total = self.counts(now)
+        return failures >= self._policy.min_failures and failures >= (
+            self._policy.error_rate * total
+        )
+
+    def clear(self) -> None:
+        self._events.clear()
+        self._failures = 0

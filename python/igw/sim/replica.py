@@ -1,0 +1,230 @@
+"""One simulated replica: an ``Engine`` driven by one asyncio task, its faults and its port.
+
+The driver runs the engine on a virtual clock in model milliseconds. Each step's end is a
+wall-clock deadline (``t0 + model_ms / (1000 * speed)``), not a relative sleep, so the
+replica keeps the model's pace on average even when steps are shorter than the event
+loop's timer resolution (speed 100 makes a 10 ms step 0.1 ms): it runs late steps back to
+back until it is on time again. If it falls more than ``MAX_LAG_S`` behind (the machine is
+overloaded) it forgives the debt rather than bursting.
+
+Requests talk to the driver through their ``Seq``: the driver calls
+``seq.listener.on_progress(seq)`` once per step that gave the request a token, so a handler
+wakes once per step however many tokens it has to write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import socket
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from igw.sim.metrics import ReplicaMetrics
+from igw.sim.model import Engine, EngineParams, Seq
+
+MAX_LAG_S = 0.05
+
+ERROR_MODES = ("abort", "event")
+
+
+@dataclasses.dataclass(slots=True)
+class Faults:
+    """Fault switches, read on every request and step, so tests can flip them at runtime.
+
+    * ``down``: every path, ``/health`` included, answers 503 (a replica that is up but
+      unusable; ``SimReplica.close_port()`` simulates a dead one).
+    * ``fail``: every inference request answers 500 while ``/health`` stays 200 - the
+      replica a gateway's health check will not catch.
+    * ``slow_factor``: every engine step takes this many times longer.
+    * ``error_rate``: probability that a request breaks after a random number of tokens:
+      a stream is cut (``error_mode="abort"``: connection closed with no ``[DONE]``;
+      ``"event"``: an SSE ``error`` object, then the connection closes); a non-streamed
+      request gets a 500.
+    """
+
+    down: bool = False
+    fail: bool = False
+    slow_factor: float = 1.0
+    error_rate: float = 0.0
+    error_mode: str = "abort"
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name == "slow_factor" and (not isinstance(value, (int, float)) or not value > 0):
+            raise ValueError(f"slow_factor: expected a number > 0, got {value!r}")
+        if name == "error_rate" and (
+            not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0
+        ):
+            raise ValueError(f"error_rate: expected a probability in [0, 1], got {value!r}")
+        if name == "error_mode" and value not in ERROR_MODES:
+            raise ValueError(f"error_mode: expected one of {ERROR_MODES}, got {value!r}")
+        object.__setattr__(self, name, value)
+
+
+class SimReplica:
+    """A simulated vLLM server: engine + driver task + HTTP app on one port."""
+
+    def __init__(
+        self,
+        index: int,
+        params: EngineParams,
+        *,
+        models: Sequence[str] = ("sim-model",),
+        loras: Sequence[str] = (),
+        speed: float = 1.0,
+        seed: int = 0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        faults: Faults | None = None,
+    ) -> None:
+        if not models:
+            raise ValueError("models: expected at least one served model name")
+        if not speed > 0:
+            raise ValueError(f"speed: expected a number > 0, got {speed!r}")
+        overlap = set(models) & set(loras)
+        if overlap:
+            raise ValueError(f"loras: {sorted(overlap)} also served as base model names")
+        self.index = index
+        self.params = params
+        self.models = list(models)
+        self.loras = list(loras)
+        self.speed = float(speed)
+        self.host = host
+        self.port = port
+        self.faults = faults or Faults()
+        self.rng = random.Random(seed * 1_000_003 + index)  # faults only
+        self.engine = Engine(params)
+        self.metrics = ReplicaMetrics(self)
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._runner: web.AppRunner | None = None
+        self._site: web.BaseSite | None = None
+        self._t0 = 0.0
+        self._vt = 0.0  # engine clock, model ms
+        self._idle = True
+
+    # ---------------------------------------------------------------------------- lifecycle
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def listening(self) -> bool:
+        return self._site is not None
+
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Start the engine task and listen (on ``sock`` if given, else host:port)."""
+        from igw.sim.server import build_app  # server imports this module
+
+        loop = asyncio.get_running_loop()
+        self._t0 = loop.time()
+        self._task = asyncio.create_task(self._drive(), name=f"igw-sim-engine-{self.index}")
+        self._runner = web.AppRunner(
+            build_app(self), handler_cancellation=True, access_log=None, shutdown_timeout=1.0
+        )
+        await self._runner.setup()
+        await self.open_port(sock)
+
+    async def open_port(self, sock: socket.socket | None = None) -> None:
+        """(Re)start listening on this replica's port."""
+        if self._site is not None or self._runner is None:
+            return
+        if sock is None:
+            sock = bind_socket(self.host, self.port)
+        self.port = sock.getsockname()[1]
+        site = web.SockSite(self._runner, sock)
+        await site.start()
+        self._site = site
+
+    async def close_port(self) -> None:
+        """Stop listening and drop open connections: clients see connection refused/reset.
+
+        The engine keeps its state (cache contents, queued requests are aborted by their
+        handlers); ``open_port()`` brings the replica back on the same port.
+        """
+        site, self._site = self._site, None
+        if site is not None:
+            await site.stop()
+
+    async def stop(self) -> None:
+        await self.close_port()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    # ------------------------------------------------------------------------------ engine
+
+    def now_ms(self) -> float:
+        """Current wall time on the engine's model-millisecond scale."""
+        return (asyncio.get_running_loop().time() - self._t0) * 1000.0 * self.speed
+
+    def submit(self, seq: Seq) -> None:
+        """Queue a request. Its arrival is stamped on the engine's clock: when the engine
+        is catching up (its clock behind the wall), the request joins at the engine's
+        present, so model-time latencies never come out shorter than the steps they took.
+        """
+        now = self.now_ms()
+        seq.arrival = now if self._idle else min(now, self._vt)
+        self.engine.add(seq)
+        self._wake.set()
+
+    def abort(self, seq: Seq) -> None:
+        self.engine.abort(seq)
+
+    async def _drive(self) -> None:
+        loop = asyncio.get_running_loop()
+        engine = self.engine
+        ms_per_s = 1000.0 * self.speed
+        while True:
+            if not engine.has_work():
+                await self._idle_wait()
+                continue
+            now = self.now_ms()
+            if now - self._vt > MAX_LAG_S * ms_per_s:
+                self._vt = now  # hopelessly late: forgive the debt rather than burst
+            step = engine.schedule(self._vt)
+            if not step.seqs:  # nothing can run until something arrives or leaves
+                await self._idle_wait()
+                continue
+            self._vt += step.duration_ms * self.faults.slow_factor
+            delay = self._t0 + self._vt / ms_per_s - loop.time()
+            await asyncio.sleep(delay if delay > 0 else 0)
+            for seq in engine.finish_step(step, self._vt):
+                if seq.finished:
+                    self.metrics.observe_finished(seq)
+                if seq.listener is not None:
+                    seq.listener.on_progress(seq)
+
+    async def _idle_wait(self) -> None:
+        self._idle = True
+        self._wake.clear()
+        try:
+            await self._wake.wait()
+        finally:
+            self._idle = False
+        self._vt = max(self._vt, self.now_ms())
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket (port 0: a free one), ready for ``web.SockSite``."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock

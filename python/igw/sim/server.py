@@ -1,0 +1,408 @@
+"""The HTTP face of one simulated replica: vLLM's OpenAI-compatible routes on aiohttp.
+
+Handlers parse and validate the body, turn it into an engine ``Seq`` and wait on an
+``asyncio.Event`` that the replica's engine task sets once per step that produced tokens
+for the request; a stream then writes every new token's SSE event in one ``write``. No
+handler sleeps or polls, so hundreds of concurrent streams cost one wake-up per step each.
+
+Extensions a real vLLM does not have (all under ``x-sim-``): non-streamed responses carry
+the model-time latencies ``x-sim-ttft-ms``, ``x-sim-queue-ms`` and ``x-sim-e2e-ms`` (what
+the simulated GPU took, before ``--speed``), and ``x-sim-replica`` names the replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from igw.sim import protocol, text
+from igw.sim.metrics import CONTENT_TYPE
+from igw.sim.model import Seq
+from igw.sim.protocol import ChatRequest, CompletionRequest, RequestError
+
+if TYPE_CHECKING:
+    from igw.sim.replica import SimReplica
+
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's (and vLLM's) legacy-completions default
+MAX_BODY_BYTES = 64 * 1024 * 1024
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+
+
+def json_error(status: int, message: str, param: str | None = None) -> web.Response:
+    return web.Response(
+        status=status,
+        body=protocol.error_body(status, message, param),
+        content_type="application/json",
+    )
+
+
+class _Waiter:
+    """Engine -> handler wake-up for one request."""
+
+    __slots__ = ("event", "stream", "until")
+
+    def __init__(self, stream: bool, until: int) -> None:
+        self.event = asyncio.Event()
+        self.stream = stream
+        self.until = until  # wake a non-streamed request early at this many tokens (faults)
+
+    def on_progress(self, seq: Seq) -> None:
+        if self.stream or seq.finished or seq.output >= self.until:
+            self.event.set()
+
+
+class _Job:
+    """A validated generation request, ready to run."""
+
+    __slots__ = (
+        "break_after",
+        "chat",
+        "created",
+        "model",
+        "prompt_tokens",
+        "rid",
+        "seq",
+        "start_word",
+        "stream",
+        "usage_chunk",
+    )
+
+    def __init__(self) -> None:
+        self.break_after: int | None = None
+
+
+class Handlers:
+    """Route handlers of one replica (bound methods; no app-level state)."""
+
+    def __init__(self, replica: SimReplica) -> None:
+        self.replica = replica
+
+    # -------------------------------------------------------------------------- plumbing
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler):
+        if self.replica.faults.down:
+            return json_error(503, "simulated replica is down")
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return json_error(exc.status, exc.reason)
+
+    # ------------------------------------------------------------------------ small routes
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def version(self, request: web.Request) -> web.Response:
+        from igw import __version__
+
+        return web.json_response({"version": f"igw-sim {__version__}"})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = self.replica.metrics.render()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+    async def models(self, request: web.Request) -> web.Response:
+        replica = self.replica
+        created = int(time.time())
+        base = replica.models[0]
+        card = {
+            "object": "model",
+            "created": created,
+            "owned_by": "vllm",
+            "max_model_len": replica.params.max_model_len,
+        }
+        data = [{"id": m, "root": base, "parent": None, **card} for m in replica.models]
+        data += [
+            {"id": name, "root": f"/adapters/{name}", "parent": base, **card}
+            for name in replica.loras
+        ]
+        return web.json_response({"object": "list", "data": data})
+
+    async def load_lora(self, request: web.Request) -> web.Response:
+        """vLLM's runtime adapter loading: ``{"lora_name": ..., "lora_path": ...}``."""
+        name = await self._lora_name(request)
+        replica = self.replica
+        if name in replica.loras or name in replica.models:
+            return json_error(
+                400, f"The lora adapter '{name}' has already been loaded.", "lora_name"
+            )
+        replica.loras.append(name)
+        return web.Response(text=f"Success: LoRA adapter '{name}' added successfully.")
+
+    async def unload_lora(self, request: web.Request) -> web.Response:
+        name = await self._lora_name(request)
+        if name not in self.replica.loras:
+            return json_error(404, f"The lora adapter '{name}' cannot be found.", "lora_name")
+        self.replica.loras.remove(name)
+        return web.Response(text=f"Success: LoRA adapter '{name}' removed successfully.")
+
+    async def _lora_name(self, request: web.Request) -> str:
+        try:
+            data = json.loads(await request.read())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise web.HTTPBadRequest(reason=f"Invalid JSON body: {exc}") from None
+        name = data.get("lora_name") if isinstance(data, dict) else None
+        if not isinstance(name, str) or not name:
+            raise web.HTTPBadRequest(reason="lora_name: expected a non-empty string")
+        return name
+
+    # ------------------------------------------------------------------------- generation
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, chat=False)
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, chat=True)
+
+    async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        replica = self.replica
+        try:
+            job = self._prepare(await request.read(), chat)
+        except RequestError as exc:
+            return json_error(exc.status, exc.message, exc.param)
+        if replica.faults.fail:
+            return json_error(500, "simulated failure: this replica fails every request")
+        seq = job.seq
+        until = job.break_after if job.break_after is not None else seq.target
+        waiter = _Waiter(job.stream, until)
+        seq.listener = waiter
+        replica.submit(seq)
+        try:
+            if job.stream:
+                return await self._stream(request, job, waiter)
+            return await self._complete(job, waiter)
+        finally:
+            if not seq.finished:
+                replica.abort(seq)
+
+    def _prepare(self, raw: bytes, chat: bool) -> _Job:
+        replica = self.replica
+        params = replica.params
+        req = protocol.parse(ChatRequest if chat else CompletionRequest, raw)
+        model = req.model if req.model is not None else replica.models[0]
+        if model in replica.models:
+            lora = None
+        elif model in replica.loras:
+            lora = model
+        else:
+            raise RequestError(404, f"The model `{model}` does not exist.", param="model")
+        if chat:
+            prompt = text.chat_text(
+                [{"role": m.role, "content": _content(m.content)} for m in req.messages]
+            ).encode("utf-8", "surrogatepass")
+            prompt_tokens = text.estimate_tokens(prompt, params.bytes_per_token)
+            max_tokens = req.max_completion_tokens or req.max_tokens
+        else:
+            prompt, prompt_tokens = _completion_prompt(req.prompt, params.bytes_per_token)
+            max_tokens = req.max_tokens or COMPLETIONS_DEFAULT_MAX_TOKENS
+        natural, start = text.answer_plan(prompt, params.output_len_min, params.output_len_max)
+        natural = max(natural, req.min_tokens)
+        if req.ignore_eos or (max_tokens is not None and natural >= max_tokens):
+            target = max_tokens if max_tokens is not None else natural
+            reason = "length"
+        else:
+            target, reason = natural, "stop"
+        problem = replica.engine.check(prompt_tokens, max_tokens or target, lora)
+        if problem is not None:
+            raise RequestError(400, problem, param="messages" if chat else "prompt")
+
+        seed = text.chain_seed(lora, req.cache_salt)
+        block_bytes = params.block_bytes
+        bs = params.block_size
+        hashes = text.block_hashes(prompt, block_bytes, seed, limit=prompt_tokens // bs)
+
+        def full_hasher(kv_tokens: int) -> list[int]:
+            answer = text.filler(start, 0, max(kv_tokens - prompt_tokens, 0)).encode()
+            return text.block_hashes(prompt + answer, block_bytes, seed, limit=kv_tokens // bs)
+
+        job = _Job()
+        job.seq = Seq(
+            prompt_tokens, hashes, target, lora=lora, stop_reason=reason, full_hasher=full_hasher
+        )
+        job.chat = chat
+        job.model = model
+        job.prompt_tokens = prompt_tokens
+        job.start_word = start
+        job.stream = bool(req.stream)
+        opts = req.stream_options
+        job.usage_chunk = bool(opts is not None and opts.include_usage)
+        job.created = int(time.time())
+        job.rid = f"{'chatcmpl' if chat else 'cmpl'}-sim{replica.index}-{job.seq.id}"
+        if replica.faults.error_rate > 0 and replica.rng.random() < replica.faults.error_rate:
+            job.break_after = replica.rng.randint(1, target - 1) if target > 1 else 0
+        return job
+
+    async def _complete(self, job: _Job, waiter: _Waiter) -> web.Response:
+        seq = job.seq
+        await waiter.event.wait()
+        if job.break_after is not None and not seq.finished:
+            return json_error(500, f"simulated error after {seq.output} tokens")
+        body = {
+            "id": job.rid,
+            "object": "chat.completion" if job.chat else "text_completion",
+            "created": job.created,
+            "model": job.model,
+            "choices": [_choice(job, text.filler(job.start_word, 0, seq.output))],
+            "usage": _usage(job),
+        }
+        arrival = seq.arrival
+        headers = {
+            "x-sim-replica": str(self.replica.index),
+            "x-sim-ttft-ms": f"{(seq.first_token_at or arrival) - arrival:.3f}",
+            "x-sim-queue-ms": f"{(seq.scheduled_at or arrival) - arrival:.3f}",
+            "x-sim-e2e-ms": f"{(seq.finished_at or arrival) - arrival:.3f}",
+        }
+        return web.Response(
+            body=json.dumps(body).encode(), content_type="application/json", headers=headers
+        )
+
+    async def _stream(self, request: web.Request, job: _Job, waiter: _Waiter) -> web.StreamResponse:
+        seq = job.seq
+        resp = web.StreamResponse(headers={**SSE_HEADERS, "x-sim-replica": str(self.replica.index)})
+        await resp.prepare(request)
+        head = (
+            f'data: {{"id":"{job.rid}","object":"'
+            f'{"chat.completion.chunk" if job.chat else "text_completion"}",'
+            f'"created":{job.created},"model":{json.dumps(job.model)},"choices":[{{"index":0,'
+        )
+        if job.chat:
+            await resp.write(
+                (
+                    head + '"delta":{"role":"assistant","content":""},"logprobs":null,'
+                    '"finish_reason":null}]}\n\n'
+                ).encode()
+            )
+            open_text, mid = '"delta":{"content":', '},"logprobs":null,"finish_reason":null}]}\n\n'
+        else:
+            open_text, mid = (
+                '"text":',
+                ',"logprobs":null,"finish_reason":null,"stop_reason":null}]}\n\n',
+            )
+        stop = job.break_after if job.break_after is not None else seq.target
+        words = text.WORDS_JSON
+        n_words = len(words)
+        sent = 0
+        while True:
+            await waiter.event.wait()
+            waiter.event.clear()
+            upto = min(seq.output, stop)
+            parts = [
+                head + open_text + words[(job.start_word + i) % n_words] + mid
+                for i in range(sent, upto)
+            ]
+            sent = upto
+            if job.break_after is not None and sent >= stop:
+                tail = self._break(job)
+                await resp.write(("".join(parts) + tail).encode())
+                if tail:  # "event" mode: vLLM's way, an error object then [DONE]
+                    await resp.write_eof()
+                else:
+                    _cut(request)
+                return resp
+            if seq.finished:
+                if parts:
+                    parts[-1] = parts[-1].replace(
+                        '"finish_reason":null', f'"finish_reason":"{seq.finish_reason}"'
+                    )
+                if job.usage_chunk:
+                    parts.append(
+                        head[: head.index('"choices"')]
+                        + '"choices":[],"usage":'
+                        + json.dumps(_usage(job))
+                        + "}\n\n"
+                    )
+                parts.append("data: [DONE]\n\n")
+                await resp.write("".join(parts).encode())
+                await resp.write_eof()
+                return resp
+            if parts:
+                await resp.write("".join(parts).encode())
+
+    def _break(self, job: _Job) -> str:
+        """The tail of a stream that breaks: an error event (``event`` mode) or nothing."""
+        if self.replica.faults.error_mode != "event":
+            return ""
+        err = protocol.error_body(500, f"simulated error after {job.break_after} tokens")
+        return "data: " + err.decode() + "\n\ndata: [DONE]\n\n"
+
+
+def _cut(request: web.Request) -> None:
+    """End a response abruptly: close the connection mid-body (no final chunk)."""
+    transport = request.transport
+    if transport is not None:
+        transport.close()
+
+
+def _content(content) -> str | list | None:
+    if isinstance(content, list):
+        return [{"type": p.type, "text": p.text} for p in content]
+    return content
+
+
+def _completion_prompt(prompt, bytes_per_token: int) -> tuple[bytes, int]:
+    if isinstance(prompt, str):
+        if not prompt:
+            raise RequestError(400, "prompt: expected a non-empty string", param="prompt")
+        data = prompt.encode("utf-8", "surrogatepass")
+        return data, text.estimate_tokens(data, bytes_per_token)
+    if not prompt:
+        raise RequestError(400, "prompt: expected a non-empty list", param="prompt")
+    if isinstance(prompt[0], str):
+        if len(prompt) != 1:
+            raise RequestError(
+                400,
+                f"prompt: the simulator serves one prompt per request, got {len(prompt)}",
+                param="prompt",
+            )
+        return _completion_prompt(prompt[0], bytes_per_token)
+    return text.token_ids_bytes(prompt), len(prompt)
+
+
+def _choice(job: _Job, answer: str) -> dict:
+    seq = job.seq
+    if job.chat:
+        return {
+            "index": 0,
+            "message": {"role": "assistant", "content": answer, "tool_calls": []},
+            "logprobs": None,
+            "finish_reason": seq.finish_reason,
+            "stop_reason": None,
+        }
+    return {
+        "index": 0,
+        "text": answer,
+        "logprobs": None,
+        "finish_reason": seq.finish_reason,
+        "stop_reason": None,
+    }
+
+
+def _usage(job: _Job) -> dict:
+    seq = job.seq
+    return {
+        "prompt_tokens": job.prompt_tokens,
+        "total_tokens": job.prompt_tokens + seq.output,
+        "completion_tokens": seq.output,
+        "prompt_tokens_details": {"cached_tokens": seq.cached_tokens or 0},
+    }
+
+
+def build_app(replica: SimReplica) -> web.Application:
+    handlers = Handlers(replica)
+    app = web.Application(middlewares=[handlers.middleware], client_max_size=MAX_BODY_BYTES)
+    app.router.add_post("/v1/completions", handlers.completions)
+    app.router.add_post("/v1/chat/completions", handlers.chat_completions)
+    app.router.add_get("/v1/models", handlers.models)
+    app.router.add_get("/health", handlers.health)
+    app.router.add_get("/version", handlers.version)
+    app.router.add_get("/metrics", handlers.metrics)
+    app.router.add_post("/v1/load_lora_adapter", handlers.load_lora)
+    app.router.add_post("/v1/unload_lora_adapter", handlers.unload_lora)
+    return app

@@ -118,6 +118,7 @@ class Gateway:
             access_log=None,
             handler_cancellation=True,
             keepalive_timeout=self.limits.idle_timeout,
+            lingering_time=1.0,  # after an early answer (408/413) drain the unread body briefly
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, backlog=1024)

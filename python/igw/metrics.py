@@ -251,10 +251,8 @@ class Metrics:
     def record_rewrite(self, rule_name: str, model: str, target: str) -> None:
         self.rewrite_decisions.labels(rule_name, model, target).inc()
 
-    def record_scheduled(self, request: Request, seconds: float, status: str = "success") -> None:
+    def record_scheduled(self, request: Request, status: str = "success") -> None:
         """A scheduling attempt ended (``status`` success or failure)."""
-        self.scheduler_e2e.observe(seconds)
-        self.epp_scheduler_e2e.observe(seconds)
         decision = request.decision
         if decision is not None and decision.endpoints:
             endpoint = decision.primary
@@ -266,11 +264,15 @@ class Metrics:
     def record_request_processing(self, seconds: float) -> None:
         self.epp_request_processing.observe(seconds)
 
-    def plugin_recorder(self, extension_point: str, plugin: str, seconds: float) -> None:
-        """Latency recorder handed to the scheduling engine (``plugin`` = "type/name")."""
-        plugin_type, _, name = plugin.partition("/")
+    def engine_recorder(self, plugin_type: str, plugin_name: str, seconds: float) -> None:
+        """The scheduling engine's latency recorder: ``("scheduler", "e2e", s)`` is the whole
+        schedule call; anything else is one plugin (or the fused core pass)."""
+        if plugin_type == "scheduler" and plugin_name == "e2e":
+            self.scheduler_e2e.observe(seconds)
+            self.epp_scheduler_e2e.observe(seconds)
+            return
         for family in (self.plugin_duration, self.epp_plugin_duration):
-            family.labels(extension_point, plugin_type, name or plugin_type).observe(seconds)
+            family.labels("scheduling", plugin_type, plugin_name).observe(seconds)
 
     def running_started(self, request: Request) -> None:
         self.running.labels(request.incoming_model).inc()

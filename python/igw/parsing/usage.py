@@ -117,18 +117,29 @@ class UsageParser:
             self._buffer = []
 
     def _feed_stream(self, chunk: bytes, end_of_stream: bool) -> None:
-        if self._carry:
-            chunk = self._carry + chunk
-            self._carry = b""
-        if not end_of_stream:
-            cut = chunk.rfind(b"\n") + 1
-            if cut < len(chunk):
-                tail = chunk[cut:]
-                self._carry = tail if len(tail) <= MAX_LINE_CARRY else b""
-                chunk = chunk[:cut]
-        if b"usage" not in chunk:
+        # Every line is tried as it stands (the reference's behaviour: most chunks hold whole
+        # events). A line cut by the chunk boundary is also retried joined with the start of
+        # the next chunk when that start is not a new field; merging is idempotent, so a line
+        # that parsed both ways counts once.
+        carry = self._carry
+        self._carry = b""
+        if carry and chunk and not chunk.startswith((b"data:", b"event:", b"id:", b":", b"\n")):
+            cut = chunk.find(b"\n")
+            joined = carry + (chunk if cut < 0 else chunk[:cut])
+            if cut < 0 and not end_of_stream:
+                self._carry = joined if len(joined) <= MAX_LINE_CARRY else b""
+                return
+            self._scan(joined)
+            chunk = b"" if cut < 0 else chunk[cut + 1 :]
+        if not end_of_stream and chunk and not chunk.endswith(b"\n"):
+            tail = chunk[chunk.rfind(b"\n") + 1 :]
+            self._carry = tail if len(tail) <= MAX_LINE_CARRY else b""
+        self._scan(chunk)
+
+    def _scan(self, data: bytes) -> None:
+        if b"usage" not in data:
             return
-        for line in chunk.split(b"\n"):
+        for line in data.split(b"\n"):
             if not line.startswith(b"data:") or b"usage" not in line:
                 continue
             payload = line[5:].strip()

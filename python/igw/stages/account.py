@@ -95,9 +95,11 @@ class AccountStage:
         decision = request.decision
         if decision is not None and decision.reserved and self.engine is not None:
             self.engine.release(decision)
-        if self.metrics is not None and request.attrs.pop("running", False):
-            self.metrics.running_ended(request)
-            if not request.failed:
+        if self.metrics is not None:
+            running = request.attrs.pop("running", False)
+            if running:
+                self.metrics.running_ended(request)
+            if not request.failed and (running or request.response_status):
                 self.metrics.record_response(request, request.attrs.get("response_bytes", 0))
         if self.reporter is not None and decision is not None and request.response_status:
             endpoint = decision.primary

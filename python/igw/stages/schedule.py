@@ -10,7 +10,6 @@ that is not an ``InferenceError`` is the reference's "untyped scheduler error": 
 from __future__ import annotations
 
 import inspect
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -43,31 +42,30 @@ class ScheduleStage:
         pool = self.pool_for(request)
         if len(pool) == 0 or (request.subset is not None and not request.subset):
             raise no_endpoints()
-        started = time.perf_counter()
         try:
             decision = self.engine.schedule(request, pool, k=self.k)
             if inspect.isawaitable(decision):
                 decision = await decision
         except InferenceError:
-            self._record(request, started, "failure")
+            self._record(request, "failure")
             raise
         except Exception as exc:  # the engine's own failure, not a request error
-            self._record(request, started, "failure")
+            self._record(request, "failure")
             raise InferenceError(
                 ErrorCode.RESOURCE_EXHAUSTED, f"failed to find target endpoint: {exc}"
             ) from exc
         if decision is None or not decision.endpoints:
             if decision is not None and decision.reserved:
                 self.engine.release(decision)
-            self._record(request, started, "failure")
+            self._record(request, "failure")
             raise no_endpoints()
         request.decision = decision
-        self._record(request, started, "success")
+        self._record(request, "success")
         if self.metrics is not None:
             self.metrics.record_request(request)
             self.metrics.running_started(request)
         request.attrs["running"] = True
 
-    def _record(self, request: Request, started: float, status: str) -> None:
+    def _record(self, request: Request, status: str) -> None:
         if self.metrics is not None:
-            self.metrics.record_scheduled(request, time.perf_counter() - started, status)
+            self.metrics.record_scheduled(request, status)

@@ -1,0 +1,389 @@
+"""The ext_proc request lifecycle: Envoy messages in, Envoy messages out, pipeline in between.
+
+One ``Stream`` per gRPC stream (= one HTTP request), created by the shared ``Director``. The
+behaviour follows the reference picker (REFERENCE 1.2-1.8):
+
+* request headers: kept (lower-cased), ``x-request-id`` generated when absent; no reply yet,
+  unless the request has no body (``end_of_stream`` on headers): then a random ready endpoint
+  (restricted by the subset / steering header when present) is returned at once;
+* request body: chunks buffered up to ``max_body_bytes`` (beyond: 413); at end of stream the
+  pipeline runs and igw replies, in order, with the request-headers response
+  (``clear_route_cache``, destination header == ``envoy.lb`` metadata, ``Content-Length``,
+  re-set client headers) and the body as 62,000-byte ``streamed_response`` chunks;
+* request trailers: no reply (the reference ignores them) -- except that trailers arriving
+  before the body ended complete the body, so a request never hangs;
+* response headers: served-endpoint metadata read, ``x-went-into-resp-headers: true`` and
+  ``x-conformance-test-served-endpoint`` set, client-visible headers re-set;
+* response body: SSE chunks are echoed one by one (usage parsed, model name reverse
+  rewritten); other bodies are buffered and answered at end of stream in 62,000-byte chunks;
+* response trailers: the request is finished and an empty trailers response returned.
+
+Errors become the reference's ImmediateResponse (``InferenceError`` with an HTTP status) or,
+for codes without one and for protocol violations, a ``StreamError`` that the servicer turns
+into a gRPC status. ``Stream.close`` always runs (servicer ``finally``) and finishes the
+request, releasing in-flight reservations even when Envoy or the client goes away.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from igw.errors import ErrorCode, InferenceError, no_endpoints
+from igw.extproc import messages as msgs
+from igw.parsing import request_path
+from igw.pipeline import Decision, Pipeline, Request
+from igw.stages.parse import SUBSET_KEY, apply_headers
+
+if TYPE_CHECKING:
+    from igw.datastore import Pool
+    from igw.metrics import Metrics
+    from igw.stages.protocols import ObjectiveLookup
+
+log = logging.getLogger("igw.extproc")
+
+DESTINATION_NAMESPACE = "envoy.lb"
+DESTINATION_KEY = "x-gateway-destination-endpoint"
+SCORES_KEY = "x-gateway-destination-endpoint-scores"
+SERVED_KEY = "x-gateway-destination-endpoint-served"
+REQUEST_ID_HEADER = "x-request-id"
+WENT_INTO_RESP_HEADERS = "x-went-into-resp-headers"
+SERVED_ECHO_HEADER = "x-conformance-test-served-endpoint"
+DEFAULT_MAX_BODY_BYTES = 64 << 20
+
+# Headers igw owns: never re-emitted from the client's request (REFERENCE 1.3).
+SYSTEM_OWNED_HEADERS = frozenset(
+    {
+        "x-llm-d-inference-fairness-id",
+        "x-gateway-inference-fairness-id",
+        "x-llm-d-inference-objective",
+        "x-gateway-inference-objective",
+        "x-llm-d-model-name-rewrite",
+        "x-gateway-model-name-rewrite",
+        SUBSET_KEY,
+        "x-llm-d-slo-ttft-ms",
+        "x-slo-ttft-ms",
+        "x-llm-d-slo-tpot-ms",
+        "x-slo-tpot-ms",
+        "x-llm-d-video-fps",
+        "x-llm-d-video-duration-seconds",
+        "x-llm-d-video-resolution",
+        DESTINATION_KEY,
+        SERVED_KEY,
+        "x-llm-d-request-dropped-reason",
+        "content-length",
+    }
+)
+
+
+class StreamError(Exception):
+    """Ends the gRPC stream with ``code`` (Envoy then applies its failure mode)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Director:
+    """Shared, per-server state: the pipeline, the pool and the options every stream uses."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        pool: Pool,
+        *,
+        metrics: Metrics | None = None,
+        objectives: ObjectiveLookup | None = None,
+        emit_endpoint_scores: bool = False,
+        use_subset_metadata: bool = True,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        skip_response_body: Callable[[Request], bool] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.pool = pool
+        self.metrics = metrics
+        self.objectives = objectives
+        self.emit_endpoint_scores = emit_endpoint_scores
+        self.use_subset_metadata = use_subset_metadata
+        self.max_body_bytes = max_body_bytes
+        self.skip_response_body = skip_response_body
+        self.rng = rng or random.Random()
+        self.open_streams = 0
+
+    def stream(self) -> Stream:
+        return Stream(self)
+
+
+class Stream:
+    """One ext_proc stream's state machine."""
+
+    __slots__ = (
+        "_body_chunks",
+        "_body_size",
+        "_resp_buffer",
+        "_resp_buffered",
+        "_resp_streaming",
+        "d",
+        "done",
+        "request",
+        "request_complete",
+        "response_complete",
+        "scheduled",
+    )
+
+    def __init__(self, director: Director) -> None:
+        self.d = director
+        self.request: Request | None = None
+        self._body_chunks: list[bytes] = []
+        self._body_size = 0
+        self.request_complete = False  # request-phase replies sent
+        self.scheduled = False  # the pipeline must be finished
+        self._resp_streaming = False
+        self._resp_buffer: list[bytes] = []
+        self._resp_buffered = 0
+        self.response_complete = False
+        self.done = False  # the servicer ends the stream after sending the replies
+        director.open_streams += 1
+
+    # ---------------------------------------------------------------- dispatch
+    async def handle(self, message: msgs.ProcessingRequest) -> list[msgs.ProcessingResponse]:
+        """Replies to one Envoy message (possibly none). Raises ``StreamError``."""
+        kind = message.WhichOneof("request")
+        try:
+            if kind == "response_body":
+                return self._response_body(message.response_body)
+            if kind == "request_body":
+                return await self._request_body(message)
+            if kind == "request_headers":
+                return self._request_headers(message)
+            if kind == "response_headers":
+                return self._response_headers(message)
+            if kind == "request_trailers":
+                return await self._request_trailers(message)
+            if kind == "response_trailers":
+                self._finish(failed=False)
+                return [msgs.trailers_response("response")]
+        except InferenceError as error:
+            return self._error_reply(error)
+        raise StreamError(grpc.StatusCode.INVALID_ARGUMENT, "ProcessingRequest has no request")
+
+    def close(self, *, broken: bool) -> None:
+        """The stream ended (normally, by cancellation or by error): finish the request."""
+        self.d.open_streams -= 1
+        if self.scheduled and self.request is not None and self.request.finished_at is None:
+            self._finish(failed=broken or not self.response_complete)
+
+    # ---------------------------------------------------------------- request phase
+    def _request_headers(self, message: msgs.ProcessingRequest) -> list[msgs.ProcessingResponse]:
+        if self.request is not None:
+            raise StreamError(grpc.StatusCode.INVALID_ARGUMENT, "request headers received twice")
+        http = message.request_headers
+        headers = msgs.header_map_to_dict(http.headers)
+        request_id = headers.get(REQUEST_ID_HEADER)
+        if not request_id:
+            request_id = str(uuid.uuid4())
+            headers[REQUEST_ID_HEADER] = request_id
+        request = Request(
+            request_id=request_id,
+            path=request_path(headers),
+            headers=headers,
+            metadata=msgs.metadata_to_dict(message.metadata_context),
+        )
+        self.request = request
+        if not http.end_of_stream:
+            return []  # the reply waits for the body (REFERENCE 1.2)
+        return self._headers_only(request)
+
+    def _headers_only(self, request: Request) -> list[msgs.ProcessingResponse]:
+        """A request without a body: a random ready endpoint, no scheduling (as the reference)."""
+        apply_headers(request, self.d.objectives, use_subset_metadata=self.d.use_subset_metadata)
+        pool = self.d.pool
+        endpoints = pool.endpoints()
+        if not endpoints:
+            raise InferenceError(ErrorCode.INTERNAL, "no pods available in datastore")
+        if request.subset is not None:
+            mask = pool.candidate_mask(request.subset)
+            endpoints = [e for e in endpoints if e.id < len(mask) and mask[e.id]]
+            if not endpoints:
+                raise no_endpoints()
+        ready = pool.ready_endpoints()
+        ready_ids = {e.id for e in ready}
+        choices = [e for e in endpoints if e.id in ready_ids] or endpoints
+        chosen = self.d.rng.choice(choices)
+        request.decision = Decision(pool=pool, endpoints=[chosen], reserved=False)
+        self.scheduled = True
+        self.request_complete = True
+        return [self._headers_reply(request, content_length=None)]
+
+    async def _request_body(self, message: msgs.ProcessingRequest) -> list[msgs.ProcessingResponse]:
+        request = self.request
+        if request is None:
+            raise StreamError(
+                grpc.StatusCode.INVALID_ARGUMENT, "request body received before request headers"
+            )
+        if self.request_complete:
+            raise StreamError(
+                grpc.StatusCode.INVALID_ARGUMENT, "request body received after end of stream"
+            )
+        body = message.request_body
+        chunk = body.body
+        if chunk:
+            self._body_size += len(chunk)
+            if self._body_size > self.d.max_body_bytes:
+                self._body_chunks = []
+                raise InferenceError(
+                    ErrorCode.PAYLOAD_TOO_LARGE,
+                    f"request body exceeds the limit of {self.d.max_body_bytes} bytes",
+                )
+            self._body_chunks.append(chunk)
+        if not body.end_of_stream:
+            return []
+        self._merge_metadata(message)
+        return await self._run_request()
+
+    async def _request_trailers(
+        self, message: msgs.ProcessingRequest
+    ) -> list[msgs.ProcessingResponse]:
+        if self.request is None or self.request_complete:
+            return []  # ignored, as the reference does
+        replies = await self._run_request()
+        if replies and replies[0].WhichOneof("response") == "immediate_response":
+            return replies
+        return [*replies, msgs.trailers_response("request")]
+
+    def _merge_metadata(self, message: msgs.ProcessingRequest) -> None:
+        if message.HasField("metadata_context") and self.request is not None:
+            self.request.metadata.update(msgs.metadata_to_dict(message.metadata_context))
+
+    async def _run_request(self) -> list[msgs.ProcessingResponse]:
+        request = self.request
+        assert request is not None
+        chunks = self._body_chunks
+        request.body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self._body_chunks = []
+        self.request_complete = True
+        if self.d.emit_endpoint_scores:
+            request.attrs["with_scores"] = True
+        started = time.perf_counter()
+        await self.d.pipeline.run(request)
+        self.scheduled = True
+        if self.d.metrics is not None:
+            self.d.metrics.record_request_processing(time.perf_counter() - started)
+        body = request.upstream_body
+        replies = [self._headers_reply(request, content_length=len(body))]
+        replies.extend(msgs.body_responses(body, phase="request"))
+        return replies
+
+    def _headers_reply(
+        self, request: Request, *, content_length: int | None
+    ) -> msgs.ProcessingResponse:
+        decision = request.decision
+        assert decision is not None
+        destination = decision.destination_header()
+        headers: list[tuple[str, str]] = [(DESTINATION_KEY, destination)]
+        if content_length:
+            headers.append(("Content-Length", str(content_length)))
+        headers.extend(
+            (name, value)
+            for name, value in request.headers.items()
+            if name not in SYSTEM_OWNED_HEADERS
+        )
+        lb: dict[str, Any] = {DESTINATION_KEY: destination}
+        if self.d.emit_endpoint_scores and decision.scores:
+            scores = decision.scores.get("total") or next(iter(decision.scores.values()))
+            lb[SCORES_KEY] = {address: float(score) for address, score in scores.items()}
+        return msgs.request_headers_response(headers, {DESTINATION_NAMESPACE: lb})
+
+    # ---------------------------------------------------------------- response phase
+    def _response_headers(self, message: msgs.ProcessingRequest) -> list[msgs.ProcessingResponse]:
+        request = self.request
+        if request is None:  # response-only stream (Envoy skipped the request phase)
+            request = self.request = Request(request_id=str(uuid.uuid4()))
+        headers = msgs.header_map_to_dict(message.response_headers.headers)
+        served = _served_endpoint(msgs.metadata_to_dict(message.metadata_context))
+        if served:
+            request.served_endpoint = served
+        status_text = headers.get(":status") or headers.get("status") or "200"
+        status = int(status_text) if status_text.isdigit() else 0
+        self._resp_streaming = "text/event-stream" in headers.get("content-type", "").lower()
+        self.d.pipeline.response_started(request, status, headers)
+        out: list[tuple[str, str]] = [(WENT_INTO_RESP_HEADERS, "true")]
+        if served:
+            out.append((SERVED_ECHO_HEADER, served))
+        out.extend(
+            (name, value) for name, value in headers.items() if name not in SYSTEM_OWNED_HEADERS
+        )
+        skip = self.d.skip_response_body is not None and self.d.skip_response_body(request)
+        if message.response_headers.end_of_stream or skip:
+            self._finish(failed=False)
+        return [msgs.response_headers_response(out, skip_response_body=skip)]
+
+    def _response_body(self, body: Any) -> list[msgs.ProcessingResponse]:
+        request = self.request
+        if request is None:
+            raise StreamError(
+                grpc.StatusCode.INVALID_ARGUMENT, "response body received before response headers"
+            )
+        chunk, eos = body.body, body.end_of_stream
+        if self._resp_streaming:
+            out = self.d.pipeline.response_chunk(request, chunk, eos)
+            if eos:
+                self._finish(failed=False)
+            return [msgs.body_response(out, eos, phase="response")]
+        if chunk:
+            self._resp_buffer.append(chunk)
+            self._resp_buffered += len(chunk)
+        if not eos:
+            if self._resp_buffered > self.d.max_body_bytes:
+                # Too big to hold: pass what we have through and stream the rest.
+                self._resp_streaming = True
+                whole = b"".join(self._resp_buffer)
+                self._resp_buffer = []
+                out = self.d.pipeline.response_chunk(request, whole, False)
+                return [msgs.body_response(out, False, phase="response")]
+            return []
+        whole = b"".join(self._resp_buffer)
+        self._resp_buffer = []
+        out = self.d.pipeline.response_chunk(request, whole, True)
+        self._finish(failed=False)
+        return msgs.body_responses(out, phase="response")
+
+    # ---------------------------------------------------------------- endings
+    def _finish(self, *, failed: bool) -> None:
+        if not failed:
+            self.response_complete = True
+        request = self.request
+        if request is None or request.finished_at is not None:
+            return
+        try:
+            self.d.pipeline.finish(request, failed=failed)
+        except Exception:  # accounting must never break the stream
+            log.exception("finishing request %s failed", request.request_id)
+
+    def _error_reply(self, error: InferenceError) -> list[msgs.ProcessingResponse]:
+        request = self.request
+        if self.d.metrics is not None and request is not None:
+            self.d.metrics.record_error(request, error.code.label)
+        if request is not None and self.scheduled:
+            self._finish(failed=True)
+        self.done = True
+        if error.http_status is None:
+            raise StreamError(grpc.StatusCode.UNKNOWN, error.body_text())
+        return [msgs.immediate_response(error)]
+
+
+def _served_endpoint(metadata: dict[str, Any]) -> str | None:
+    namespace = metadata.get(DESTINATION_NAMESPACE)
+    if isinstance(namespace, dict):
+        value = namespace.get(SERVED_KEY)
+        if isinstance(value, str) and value:
+            return value
+    return None

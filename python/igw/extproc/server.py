@@ -1,0 +1,115 @@
+"""Serving: the ext_proc gRPC server, the health server and the metrics HTTP endpoint.
+
+``EppServer`` wires a ``Director`` into a ``grpc.aio`` server (TLS or plaintext), a second
+server for ``grpc.health.v1`` on its own port (plaintext, as Kubernetes gRPC probes expect),
+and an aiohttp app serving ``/metrics`` from igw's own registry. ``stop`` drains: readiness
+turns NOT_SERVING first, then the servers stop with a grace period.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import grpc
+from aiohttp import web
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2_grpc
+
+from igw.extproc.director import Director
+from igw.extproc.health import HealthServicer, Readiness
+from igw.extproc.service import ExternalProcessorServicer
+from igw.metrics import Metrics
+
+log = logging.getLogger("igw.extproc")
+
+
+def grpc_options(max_recv: int | None = None, max_send: int | None = None) -> list[tuple]:
+    options: list[tuple] = [("grpc.so_reuseport", 0)]
+    if max_recv:
+        options.append(("grpc.max_receive_message_length", max_recv))
+    if max_send:
+        options.append(("grpc.max_send_message_length", max_send))
+    return options
+
+
+async def start_metrics_server(metrics: Metrics, host: str, port: int) -> web.AppRunner:
+    """``/metrics`` (Prometheus text) on ``host:port``; returns the runner (port 0 = any)."""
+
+    async def handle(_request: web.Request) -> web.Response:
+        body = metrics.generate()
+        return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+
+    app = web.Application()
+    app.router.add_get("/metrics", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    return runner
+
+
+def bound_port(runner: web.AppRunner) -> int:
+    for address in runner.addresses:
+        return int(address[1])
+    raise RuntimeError("metrics server is not listening")
+
+
+class EppServer:
+    """The three listeners of ``igw epp`` around one Director."""
+
+    def __init__(
+        self,
+        director: Director,
+        *,
+        host: str = "0.0.0.0",
+        grpc_port: int = 9002,
+        health_port: int = 9003,
+        metrics_port: int | None = 9090,
+        credentials: grpc.ServerCredentials | None = None,
+        synced: Callable[[], bool] | None = None,
+        max_recv: int | None = None,
+        max_send: int | None = None,
+        servicer: object | None = None,
+    ) -> None:
+        self.director = director
+        self.host = host
+        self.credentials = credentials
+        self.readiness = Readiness(synced or (lambda: director.pool.synced))
+        options = grpc_options(max_recv, max_send)
+        self.server = grpc.aio.server(options=options)
+        pb_grpc.add_ExternalProcessorServicer_to_server(
+            servicer or ExternalProcessorServicer(director), self.server
+        )
+        self.health_server = grpc.aio.server(options=grpc_options())
+        health_pb2_grpc.add_HealthServicer_to_server(
+            HealthServicer(self.readiness), self.health_server
+        )
+        target = f"{host}:{grpc_port}"
+        if credentials is not None:
+            self.grpc_port = self.server.add_secure_port(target, credentials)
+        else:
+            self.grpc_port = self.server.add_insecure_port(target)
+        self.health_port = self.health_server.add_insecure_port(f"{host}:{health_port}")
+        self._metrics_port = metrics_port
+        self.metrics_port: int | None = None
+        self._metrics_runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        await self.server.start()
+        await self.health_server.start()
+        if self._metrics_port is not None and self.director.metrics is not None:
+            self._metrics_runner = await start_metrics_server(
+                self.director.metrics, self.host, self._metrics_port
+            )
+            self.metrics_port = bound_port(self._metrics_runner)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Drain: report NOT_SERVING, let open streams finish for ``grace`` s, then stop."""
+        self.readiness.draining = True
+        try:
+            await self.server.stop(grace)
+        finally:
+            await self.health_server.stop(0)
+            if self._metrics_runner is not None:
+                await self._metrics_runner.cleanup()

@@ -1,0 +1,306 @@
+"""Test harness: a real ``igw epp`` gRPC server in-process, Envoy's messages, a pool of pods.
+
+Pods follow the reference's hermetic suite: pod i is ``192.168.1.(i+1):8000`` with a waiting
+queue, a KV-cache utilization and active LoRA adapters injected straight into the Pool's core
+table (the scraper is not under test here).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import random
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from google.protobuf import struct_pb2
+
+from igw.config import load_config
+from igw.datastore import Pool
+from igw.extproc.director import Director
+from igw.extproc.server import EppServer
+from igw.metrics import Metrics
+from igw.scheduling import SchedulingEngine
+from igw.stages import build_pipeline
+
+POOL_NAME = "vllm-qwen3-32b-pool"
+
+HERMETIC_CONFIG = """
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: queue-scorer
+- type: kv-cache-utilization-scorer
+- type: prefix-cache-scorer
+- type: lora-affinity-scorer
+- type: openai-parser
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: queue-scorer
+  - pluginRef: kv-cache-utilization-scorer
+  - pluginRef: prefix-cache-scorer
+  - pluginRef: lora-affinity-scorer
+requestHandler:
+  parsers:
+  - pluginRef: openai-parser
+"""
+
+PASSTHROUGH_CONFIG = HERMETIC_CONFIG.replace(
+    "- type: openai-parser", "- type: passthrough-parser"
+).replace("pluginRef: openai-parser", "pluginRef: passthrough-parser")
+
+
+class Objectives:
+    """The hermetic InferenceObjectives (name -> priority; None = no priority set)."""
+
+    def __init__(self, table: dict[str, int | None] | None = None) -> None:
+        self.table = (
+            table
+            if table is not None
+            else {
+                "sql-lora": 2,
+                "sql-lora-sheddable": None,
+                "my-model": 2,
+                "direct-model": 2,
+                "inference-objective-with-priority-4": 4,
+            }
+        )
+
+    def priority(self, name: str) -> int | None:
+        return self.table.get(name)
+
+
+@dataclasses.dataclass
+class Rule:
+    name: str
+
+
+class Rewrites:
+    """The hermetic rewrite rule: ``model-to-be-rewritten`` -> ``rewritten-model``."""
+
+    def __init__(self, rules: dict[str, str] | None = None) -> None:
+        self.rules = rules if rules is not None else {"model-to-be-rewritten": "rewritten-model"}
+
+    def resolve(self, model: str, rng: random.Random) -> tuple[str, Any] | None:
+        target = self.rules.get(model)
+        return None if target is None else (target, Rule("rewrite-test"))
+
+
+def address(i: int) -> str:
+    return f"192.168.1.{i + 1}:8000"
+
+
+def add_pod(pool: Pool, i: int, waiting: int = 0, kv: float = 0.0, *loras: str) -> None:
+    endpoint = pool.upsert(address(i), name=f"pod-{i}", namespace="default")
+    table = pool.table
+    table.update(
+        endpoint.id,
+        waiting=waiting,
+        running=0,
+        kv_util=kv,
+        now=time.monotonic(),
+        lora_active=[table.adapter_id(name) for name in loras],
+    )
+    table.set_ready(endpoint.id, True)
+
+
+def make_pool(pods: Sequence[tuple]) -> Pool:
+    """``pods`` = [(waiting, kv, *loras), ...] for pod 0, 1, ..."""
+    pool = Pool(POOL_NAME, "default")
+    for i, pod in enumerate(pods):
+        add_pod(pool, i, *pod)
+    pool.synced = True
+    return pool
+
+
+# ----------------------------------------------------------------------------- messages
+
+
+def _struct(values: dict[str, Any]) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update(values)
+    return struct
+
+
+def metadata(namespaces: dict[str, dict[str, Any]] | None) -> base_pb2.Metadata:
+    meta = base_pb2.Metadata()
+    for namespace, values in (namespaces or {}).items():
+        meta.filter_metadata[namespace].CopyFrom(_struct(values))
+    return meta
+
+
+def subset_metadata(addresses: Any) -> dict[str, dict[str, Any]]:
+    return {"envoy.lb.subset_hint": {"x-gateway-destination-endpoint-subset": addresses}}
+
+
+def header_map(headers: dict[str, str], *, raw: bool = True) -> base_pb2.HeaderMap:
+    if raw:
+        values = [base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in headers.items()]
+    else:
+        values = [base_pb2.HeaderValue(key=k, value=v) for k, v in headers.items()]
+    return base_pb2.HeaderMap(headers=values)
+
+
+def req_headers(
+    headers: dict[str, str], *, eos: bool = False, meta: dict | None = None
+) -> pb.ProcessingRequest:
+    return pb.ProcessingRequest(
+        request_headers=pb.HttpHeaders(headers=header_map(headers), end_of_stream=eos),
+        metadata_context=metadata(meta),
+    )
+
+
+def req_body(body: bytes, *, eos: bool = True, meta: dict | None = None) -> pb.ProcessingRequest:
+    return pb.ProcessingRequest(
+        request_body=pb.HttpBody(body=body, end_of_stream=eos), metadata_context=metadata(meta)
+    )
+
+
+def resp_headers(
+    headers: dict[str, str], *, eos: bool = False, meta: dict | None = None
+) -> pb.ProcessingRequest:
+    return pb.ProcessingRequest(
+        response_headers=pb.HttpHeaders(headers=header_map(headers), end_of_stream=eos),
+        metadata_context=metadata(meta),
+    )
+
+
+def resp_body(body: bytes, *, eos: bool = False) -> pb.ProcessingRequest:
+    return pb.ProcessingRequest(response_body=pb.HttpBody(body=body, end_of_stream=eos))
+
+
+def llm_body(model: str, prompt: str) -> bytes:
+    return json.dumps(
+        {"max_tokens": 100, "model": model, "prompt": prompt, "temperature": 0},
+        separators=(",", ":"),
+    ).encode()
+
+
+def req_llm(
+    prompt: str, objective: str, rewrite: str, *, meta: dict | None = None
+) -> list[pb.ProcessingRequest]:
+    """The reference's ``ReqLLM``: headers (objective, rewrite, request id) + one body."""
+    headers = {
+        "hi": "mom",
+        "x-request-id": "test-request-id",
+        "x-llm-d-inference-objective": objective,
+        "x-llm-d-model-name-rewrite": rewrite,
+    }
+    return [req_headers(headers, meta=meta), req_body(llm_body(objective, prompt), meta=meta)]
+
+
+# ----------------------------------------------------------------------------- reading replies
+
+
+def set_headers(mutation: pb.HeaderMutation) -> dict[str, str]:
+    return {h.header.key: h.header.raw_value.decode() for h in mutation.set_headers}
+
+
+def destination(reply: pb.ProcessingResponse) -> str:
+    return set_headers(reply.request_headers.response.header_mutation)[
+        "x-gateway-destination-endpoint"
+    ]
+
+
+def lb_metadata(reply: pb.ProcessingResponse) -> dict[str, Any]:
+    from google.protobuf import json_format
+
+    return json_format.MessageToDict(reply.dynamic_metadata).get("envoy.lb", {})
+
+
+def streamed_body(replies: Iterable[pb.ProcessingResponse], phase: str) -> tuple[bytes, bool]:
+    data, eos = b"", False
+    for reply in replies:
+        if reply.WhichOneof("response") == phase:
+            streamed = getattr(reply, phase).response.body_mutation.streamed_response
+            data += streamed.body
+            eos = streamed.end_of_stream
+    return data, eos
+
+
+# ----------------------------------------------------------------------------- server
+
+
+@dataclasses.dataclass
+class Epp:
+    server: EppServer
+    director: Director
+    pool: Pool
+    metrics: Metrics
+    engine: SchedulingEngine
+    channel: grpc.aio.Channel
+    stub: pb_grpc.ExternalProcessorStub
+
+    async def exchange(self, messages: Sequence[pb.ProcessingRequest]) -> list:
+        """Send every message, half-close, and return every reply (raises on a gRPC error)."""
+
+        async def gen():
+            for message in messages:
+                yield message
+
+        return [reply async for reply in self.stub.Process(gen())]
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float | None:
+        return self.metrics.registry.get_sample_value(name, labels or {})
+
+    def inflight(self) -> int:
+        snap = self.pool.table.snapshot()
+        return int(sum(int(snap.inflight_requests[e.id]) for e in self.pool.endpoints()))
+
+
+@contextlib.asynccontextmanager
+async def running_epp(
+    pool: Pool,
+    *,
+    config_text: str = HERMETIC_CONFIG,
+    objectives: Any = None,
+    rewrites: Any = None,
+    director_options: dict[str, Any] | None = None,
+    k: int | None = None,
+) -> AsyncIterator[Epp]:
+    config = load_config(text=config_text)
+    metrics = Metrics()
+    metrics.add_pool(pool)
+    engine = SchedulingEngine(config, recorder=metrics.engine_recorder)
+    objectives = objectives if objectives is not None else Objectives()
+    pipeline = build_pipeline(
+        engine,
+        pool,
+        metrics=metrics,
+        parsers=config.parser_names() or None,
+        objectives=objectives,
+        rewrites=rewrites if rewrites is not None else Rewrites(),
+        k=k,
+        rng=random.Random(7),
+    )
+    director = Director(
+        pipeline,
+        pool,
+        metrics=metrics,
+        objectives=objectives,
+        rng=random.Random(7),
+        **(director_options or {}),
+    )
+    server = EppServer(director, host="127.0.0.1", grpc_port=0, health_port=0, metrics_port=0)
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    try:
+        yield Epp(
+            server,
+            director,
+            pool,
+            metrics,
+            engine,
+            channel,
+            pb_grpc.ExternalProcessorStub(channel),
+        )
+    finally:
+        await channel.close()
+        await server.stop(0)

@@ -1,0 +1,323 @@
+"""DataLayer against fake model servers: values, readiness, staleness, outliers, models."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from igw.datalayer import DataLayer, DataLayerError, OutlierPolicy
+from igw.datalayer.testing import (
+    LoraSeries,
+    sglang_page,
+    triton_page,
+    triton_trtllm_page,
+    trtllm_page,
+    vllm_page,
+)
+
+from .helpers import wait_until
+
+FAST = {"interval": 0.02, "timeout": 0.3, "max_backoff": 0.05, "seed": 1}
+
+
+def row(pool, endpoint):
+    snap = pool.table.snapshot()
+    i = endpoint.id
+    return {
+        "ready": bool(snap.ready[i]),
+        "waiting": int(snap.waiting[i]),
+        "running": int(snap.running[i]),
+        "kv_util": round(float(snap.kv_util[i]), 4),
+        "kv_blocks": int(snap.kv_blocks[i]),
+        "block_size": int(snap.block_size[i]),
+        "max_lora": int(snap.max_lora[i]),
+        "updated_at": float(snap.updated_at[i]),
+        "lora_active": snap.lora_active[i].copy(),
+        "lora_waiting": snap.lora_waiting[i].copy(),
+    }
+
+
+def bits(pool, names):
+    words = [0, 0, 0, 0]
+    for name in names:
+        a = pool.table.adapter_id(name)
+        words[a // 64] |= 1 << (a % 64)
+    return words
+
+
+@pytest.fixture
+async def layer(pool):
+    layers = []
+
+    def make(**kwargs):
+        dl = DataLayer(pool, **{**FAST, **kwargs})
+        layers.append(dl)
+        return dl
+
+    yield make
+    for dl in layers:
+        await dl.stop()
+
+
+@pytest.mark.parametrize(
+    ("engine", "page", "expected"),
+    [
+        ("vllm", vllm_page(4, 2, 0.5), (4, 2, 0.5)),
+        ("sglang", sglang_page(3, 1, 0.25), (3, 1, 0.25)),
+        ("trtllm-serve", trtllm_page(5, 6, 0.75), (5, 6, 0.75)),
+        ("triton-tensorrt-llm", triton_trtllm_page(2, 8, 0.125), (2, 8, 0.125)),
+        ("triton", triton_page(pending=9, executions=11), (9, 11, 0.0)),
+    ],
+)
+async def test_scraped_values_land_in_the_table(pool, servers, layer, engine, page, expected):
+    server = await servers(page)
+    endpoint = pool.upsert(server.address, labels={"llm-d.ai/engine-type": engine})
+    dl = layer()
+    await dl.start()
+    await wait_until(lambda: dl.state(endpoint).scrapes > 0)
+    got = row(pool, endpoint)
+    assert (got["waiting"], got["running"], got["kv_util"]) == expected
+    assert got["ready"] and got["updated_at"] > 0
+    assert not dl.is_stale(endpoint)
+
+
+async def test_each_scrape_is_one_table_update(pool, servers, layer):
+    server = await servers(vllm_page(1, 1, 0.1, lora=[LoraSeries("a", "", 2)]))
+    calls = []
+
+    class CountingTable:
+        def __init__(self, inner):
+            self._inner = inner
+
+        def update(self, *args, **kwargs):
+            calls.append(kwargs)
+            return self._inner.update(*args, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(self._inner, name)
+
+    pool.table = CountingTable(pool.table)
+    endpoint = pool.upsert(server.address)
+    dl = layer()
+    await dl.start()
+    await wait_until(lambda: dl.state(endpoint).scrapes >= 3)
+    scrapes = dl.state(endpoint).scrapes
+    await dl.stop()
+    assert len(calls) == scrapes
+    # Every page served became exactly one update (one may have been cut short by stop).
+    assert server.metrics_hits - 1 <= len(calls) <= server.metrics_hits
+    assert {"waiting", "running", "kv_util", "kv_blocks", "lora_active"} <= set(calls[0])
+
+
+async def test_lora_and_cache_config_set_adapters_and_prefix_capacity(pool, servers, layer):
+    page = vllm_page(
+        block_size=16,
+        num_gpu_blocks=4000,
+        lora=[LoraSeries("english-bot,spanish-bot", "french-bot", 3, 1.8e9)],
+    )
+    server = await servers(page)
+    endpoint = pool.upsert(server.address)
+    dl = layer(block_tokens=64)
+    await dl.start()
+    await wait_until(lambda: dl.state(endpoint).scrapes > 0)
+    got = row(pool, endpoint)
+    assert list(got["lora_active"]) == bits(pool, ["english-bot", "spanish-bot"])
+    assert list(got["lora_waiting"]) == bits(pool, ["french-bot"])
+    assert (got["max_lora"], got["kv_blocks"], got["block_size"]) == (3, 4000, 16)
+    assert pool.index.capacity_of(endpoint.id) == 4000 * 16 // 64
+
+
+async def test_malformed_page_keeps_previous_values_and_readiness(pool, servers, layer):
+    server = await servers(vllm_page(6, 3, 0.4))
+    endpoint = pool.upsert(server.address)
+    dl = layer()
+    await dl.start()
+    await wait_until(lambda: dl.state(endpoint).scrapes > 0)
+    server.page = b'vllm:num_requests_waiting{x="1"} banana\n'
+    await wait_until(lambda: dl.state(endpoint).errors["parse"] >= 3)
+    got = row(pool, endpoint)
+    assert (got["waiting"], got["running"], got["kv_util"], got["ready"]) == (6, 3, 0.4, True)
+    assert dl.errors["parse"] >= 3
+
+
+async def test_metrics_404_goes_stale_but_stays_ready(pool, servers, layer):
+    server = await servers()
+    server.metrics_status = 404
+    endpoint = pool.upsert(server.address)
+    dl = layer(staleness=0.05)
+    await dl.start()
+    await wait_until(lambda: dl.state(endpoint).errors["http_status"] >= 3)
+    assert row(pool, endpoint)["ready"]
+    assert dl.is_stale(endpoint)
+
+
+async def test_fresh_metrics_become_stale_after_the_threshold(pool, servers, layer):
+    server = await servers()
+    endpoint = pool.upsert(server.address)
+    dl = layer(staleness=0.1)
+    await dl.start()
+    await wait_until(lambda: dl.state(endpoint).scrapes > 0)
+    last = dl.state(endpoint).last_success
+    assert not dl.is_stale(endpoint, now=last + 0.09)
+    assert dl.is_stale(endpoint, now=last + 0.11)
+
+
+async def test_hanging_page_times_out_without_delaying_others(pool, servers, layer):
+    hung, healthy = await servers(), await servers(vllm_page(2, 2, 0.2))
+    hung.hang = True
+    slow = pool.upsert(hung.address)
+    fine = pool.upsert(healthy.address)
+    dl = layer(timeout=0.1, max_backoff=0.1, down_after=3)
+    await dl.start()
+    await asyncio.sleep(0.3)
+    # ~15 ticks of 20 ms fit in 0.3 s; had the healthy endpoint waited behind the hung
+    # one's 0.1 s timeouts, it would have managed at most 3.
+    assert dl.state(fine).scrapes >= 6
+    await wait_until(lambda: not row(pool, slow)["ready"])
+    assert dl.state(slow).errors["timeout"] >= 3
+    assert row(pool, fine)["ready"]
+
+
+async def test_vanished_endpoint_is_unready_and_ready_again_when_back(pool, servers, layer):
+    server = await servers()
+    endpoint = pool.upsert(server.address)
+    dl = layer(down_after=2)
+    await dl.start()
+    await wait_until(lambda: dl.state(endpoint).scrapes > 0)
+    await server.stop()
+    await wait_until(lambda: not row(pool, endpoint)["ready"])
+    assert dl.state(endpoint).down
+    assert dl.state(endpoint).errors["connect"] + dl.state(endpoint).errors["transport"] >= 2
+    scrapes = dl.state(endpoint).scrapes
+    await server.start()  # same port
+    await wait_until(lambda: row(pool, endpoint)["ready"])
+    await wait_until(lambda: dl.state(endpoint).scrapes > scrapes)
+    assert not dl.state(endpoint).down
+
+
+async def test_removed_endpoint_stops_its_scraper(pool, servers, layer):
+    server = await servers()
+    endpoint = pool.upsert(server.address)
+    dl = layer()
+    await dl.start()
+    await wait_until(lambda: server.metrics_hits >= 2)
+    task = dl.state(endpoint).task
+    pool.remove(endpoint.address)
+    await asyncio.sleep(0.01)
+    assert task.done() and dl.state(endpoint) is None
+    hits = server.metrics_hits
+    await asyncio.sleep(0.1)
+    assert server.metrics_hits == hits
+
+
+async def test_added_endpoint_starts_scraping_while_running(pool, servers, layer):
+    dl = layer()
+    await dl.start()
+    server = await servers(vllm_page(9, 0, 0.0))
+    endpoint = pool.upsert(server.address)
+    assert row(pool, endpoint)["ready"]  # discovered -> ready before the first scrape
+    await wait_until(lambda: row(pool, endpoint)["waiting"] == 9)
+
+
+async def test_stop_cancels_every_task(pool, servers, layer):
+    server = await servers()
+    endpoint = pool.upsert(server.address)
+    dl = layer()
+    await dl.start()
+    await wait_until(lambda: server.metrics_hits >= 1)
+    task = dl.state(endpoint).task
+    await dl.stop()
+    assert task.done()
+    hits = server.metrics_hits
+    await asyncio.sleep(0.06)
+    assert server.metrics_hits == hits
+
+
+POLICY = OutlierPolicy(min_failures=5, error_rate=0.5, window=10.0, probe_backoff=0.05)
+
+
+async def test_failing_responses_demote_until_a_probe_succeeds(pool, servers, layer, caplog):
+    bad, good = await servers(), await servers()
+    bad.health_status = 503
+    broken, fine = pool.upsert(bad.address), pool.upsert(good.address)
+    dl = layer(outlier=POLICY)
+    await dl.start()
+    await wait_until(lambda: dl.state(broken).scrapes > 0)
+    caplog.set_level(logging.INFO, logger="igw.datalayer")
+    for _ in range(4):
+        dl.report_response(broken, ok=False)
+    dl.report_response(broken, ok=True)
+    assert row(pool, broken)["ready"]  # 4 failures: below min_failures
+    dl.report_response(broken, ok=False)
+    assert not row(pool, broken)["ready"] and dl.state(broken).demoted
+    assert row(pool, fine)["ready"]
+    assert any("demoting endpoint" in r.message and "5 of 6" in r.message for r in caplog.records)
+    await wait_until(lambda: bad.health_hits >= 2)
+    assert dl.state(broken).demoted  # probes answered 503
+    bad.health_status = 200
+    await wait_until(lambda: row(pool, broken)["ready"])
+    assert not dl.state(broken).demoted
+    assert any("restoring endpoint" in r.message for r in caplog.records)
+
+
+async def test_mostly_successful_responses_do_not_demote(pool, servers, layer):
+    server = await servers()
+    endpoint = pool.upsert(server.address)
+    dl = layer(outlier=POLICY)
+    await dl.start()
+    for i in range(40):
+        dl.report_response(endpoint, ok=i % 3 != 0)  # 14 failures of 40 = 35%
+    assert not dl.state(endpoint).demoted and row(pool, endpoint)["ready"]
+
+
+async def test_demotion_is_withheld_when_too_many_are_demoted(pool, servers, layer):
+    a, b = await servers(), await servers()
+    first, second = pool.upsert(a.address), pool.upsert(b.address)
+    dl = layer(outlier=POLICY, max_demoted_fraction=0.5)
+    await dl.start()
+    for _ in range(5):
+        dl.report_response(first, ok=False)
+        dl.report_response(second, ok=False)
+    assert dl.state(first).demoted
+    assert not dl.state(second).demoted and row(pool, second)["ready"]
+
+
+async def test_probe_falls_back_to_models_when_health_is_missing(pool, servers, layer):
+    server = await servers()
+    server.health_status = 404
+    endpoint = pool.upsert(server.address)
+    dl = layer(outlier=POLICY, max_demoted_fraction=1.0)
+    await dl.start()
+    for _ in range(5):
+        dl.report_response(endpoint, ok=False)
+    assert dl.state(endpoint).demoted
+    await wait_until(lambda: row(pool, endpoint)["ready"])
+
+
+async def test_fetch_models_lists_model_ids(pool, servers, layer):
+    server = await servers(models=["llm-base", "english-bot"])
+    endpoint = pool.upsert(server.address)
+    assert await layer().fetch_models(endpoint) == ["llm-base", "english-bot"]
+
+
+async def test_fetch_models_error_names_the_url(pool, layer):
+    endpoint = pool.upsert("127.0.0.1:1")
+    with pytest.raises(DataLayerError, match=r"GET http://127.0.0.1:1/v1/models failed"):
+        await layer(timeout=0.5).fetch_models(endpoint)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"interval": 0}, "interval must be a positive number"),
+        ({"timeout": float("nan")}, "timeout must be a positive number"),
+        ({"block_tokens": 0}, "block_tokens must be an int >= 1"),
+        ({"down_after": 0}, "down_after must be an int >= 1"),
+        ({"metrics_path": "metrics"}, "metrics_path must start with '/'"),
+    ],
+)
+def test_bad_settings_are_rejected_with_the_setting_named(pool, kwargs, needle):
+    with pytest.raises(ValueError, match=needle):
+        DataLayer(pool, **kwargs)

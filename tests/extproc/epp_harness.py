@@ -264,21 +264,26 @@ async def running_epp(
     rewrites: Any = None,
     director_options: dict[str, Any] | None = None,
     k: int | None = None,
+    engine: Any = None,
+    with_scores: bool = False,
+    **pipeline_options: Any,
 ) -> AsyncIterator[Epp]:
     config = load_config(text=config_text)
     metrics = Metrics()
     metrics.add_pool(pool)
-    engine = SchedulingEngine(config, recorder=metrics.engine_recorder)
+    if engine is None:
+        engine = SchedulingEngine(config, recorder=metrics.engine_recorder, with_scores=with_scores)
     objectives = objectives if objectives is not None else Objectives()
+    pipeline_options.setdefault("parsers", config.parser_names() or None)
     pipeline = build_pipeline(
         engine,
         pool,
         metrics=metrics,
-        parsers=config.parser_names() or None,
         objectives=objectives,
         rewrites=rewrites if rewrites is not None else Rewrites(),
         k=k,
         rng=random.Random(7),
+        **pipeline_options,
     )
     director = Director(
         pipeline,

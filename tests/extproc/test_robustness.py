@@ -1,0 +1,138 @@
+"""In-flight accounting and isolation: streams that break, cancel or lose their endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+from epp_harness import (
+    make_pool,
+    req_body,
+    req_headers,
+    req_llm,
+    resp_body,
+    resp_headers,
+    running_epp,
+)
+
+IDLE3 = [(0, 0.1), (0, 0.1), (0, 0.1)]
+
+
+async def _wait_for(predicate, timeout: float = 2.0) -> bool:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.01)
+    return predicate()
+
+
+async def test_inflight_is_held_during_the_response_and_released_at_its_end():
+    async with running_epp(make_pool(IDLE3)) as epp:
+        call = epp.stub.Process()
+        for message in req_llm("p", "my-model", "my-model"):
+            await call.write(message)
+        await call.read()
+        await call.read()
+        assert epp.inflight() == 1
+        await call.write(resp_headers({":status": "200", "content-type": "text/event-stream"}))
+        await call.read()
+        await call.write(resp_body(b"data: [DONE]\n\n", eos=True))
+        await call.read()
+        assert await _wait_for(lambda: epp.inflight() == 0)
+        await call.done_writing()
+
+
+async def test_client_cancel_mid_stream_releases_inflight():
+    async with running_epp(make_pool(IDLE3)) as epp:
+        call = epp.stub.Process()
+        for message in req_llm("p", "my-model", "my-model"):
+            await call.write(message)
+        await call.read()
+        await call.read()
+        await call.write(resp_headers({":status": "200", "content-type": "text/event-stream"}))
+        await call.read()
+        assert epp.inflight() == 1
+        call.cancel()
+        assert await _wait_for(lambda: epp.inflight() == 0)
+        assert await _wait_for(lambda: epp.director.open_streams == 0)
+
+
+async def test_half_close_without_response_phase_releases_inflight():
+    async with running_epp(make_pool(IDLE3)) as epp:
+        await epp.exchange(req_llm("p", "my-model", "my-model"))
+        assert await _wait_for(lambda: epp.inflight() == 0)
+
+
+async def test_endpoint_removed_mid_request_does_not_break_the_stream():
+    pool = make_pool(IDLE3)
+    async with running_epp(pool) as epp:
+        call = epp.stub.Process()
+        for message in req_llm("p", "my-model", "my-model"):
+            await call.write(message)
+        first = await call.read()
+        await call.read()
+        address = first.request_headers.response.header_mutation.set_headers[0].header.raw_value
+        pool.remove(address.decode())
+        await call.write(resp_headers({":status": "200", "content-type": "text/event-stream"}))
+        await call.read()
+        await call.write(resp_body(b"data: [DONE]\n\n", eos=True))
+        reply = await call.read()
+        assert reply.response_body.response.body_mutation.streamed_response.end_of_stream
+        await call.done_writing()
+        assert await call.code() == grpc.StatusCode.OK
+        # the survivors are routable and carry no leaked reservation
+        replies = await epp.exchange(req_llm("q", "my-model", "my-model"))
+        assert replies[0].WhichOneof("response") == "request_headers"
+        assert await _wait_for(lambda: epp.inflight() == 0)
+
+
+async def test_a_bad_stream_never_disturbs_concurrent_good_streams():
+    async with running_epp(make_pool(IDLE3)) as epp:
+
+        async def good(i: int) -> str:
+            replies = await epp.exchange(
+                [
+                    *req_llm(f"prompt {i}", "my-model", "my-model"),
+                    resp_headers({":status": "200", "content-type": "text/event-stream"}),
+                    resp_body(b"data: [DONE]\n\n", eos=True),
+                ]
+            )
+            return replies[-1].WhichOneof("response")
+
+        async def bad(kind: int) -> None:
+            try:
+                if kind == 0:
+                    await epp.exchange([req_body(b"{}")])  # out of order
+                elif kind == 1:
+                    await epp.exchange([req_headers({}), req_body(b"\xff\xfe")])  # broken body
+                else:
+                    call = epp.stub.Process()
+                    await call.write(req_headers({}))
+                    await call.write(req_body(b'{"model":"m","prompt":"x"}'))
+                    call.cancel()
+            except grpc.aio.AioRpcError:
+                pass
+
+        tasks = [good(i) for i in range(24)] + [bad(i % 3) for i in range(24)]
+        results = await asyncio.gather(*tasks)
+        assert results[:24] == ["response_body"] * 24
+        assert await _wait_for(lambda: epp.inflight() == 0)
+        assert await _wait_for(lambda: epp.director.open_streams == 0)
+
+
+async def test_unexpected_exception_in_a_stage_becomes_grpc_unknown_not_a_crash():
+    class Exploding:
+        async def check(self, request) -> None:
+            if request.incoming_model == "m":
+                raise ZeroDivisionError("boom")
+
+    async with running_epp(make_pool(IDLE3), admit_checks=[Exploding()]) as epp:
+        try:
+            await epp.exchange([req_headers({}), req_body(b'{"model":"m","prompt":"x"}')])
+        except grpc.aio.AioRpcError as error:
+            assert error.code() == grpc.StatusCode.UNKNOWN
+        else:
+            raise AssertionError("expected a gRPC error")
+        replies = await epp.exchange(req_llm("p", "my-model", "my-model"))
+        assert replies[0].WhichOneof("response") == "request_headers"

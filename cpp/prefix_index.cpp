@@ -9,7 +9,14 @@ namespace igw {
 
 namespace {
 constexpr size_t kMinTable = 1024;
+
+inline uint64_t mix(uint32_t endpoint) noexcept {  // splitmix64 finalizer
+  uint64_t z = (uint64_t{endpoint} + 1) * 0x9E3779B97F4A7C15ULL;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
 }
+}  // namespace
 
 PrefixIndex::PrefixIndex(uint32_t max_endpoints, uint32_t default_capacity)
     : max_endpoints_(max_endpoints), default_capacity_(default_capacity) {
@@ -73,7 +80,7 @@ uint32_t PrefixIndex::insert_block(uint64_t hash) {
   } else {
     b = blocks_.grow(1);
   }
-  blocks_[b] = Block{hash, kNil, 0, 0, 0};
+  blocks_[b] = Block{hash, 0, kNil, 0, 0, 0};
   const uint32_t mask = static_cast<uint32_t>(table_.size() - 1);
   uint32_t i = slot_of(hash);
   while (table_[i] != kNil) i = (i + 1) & mask;
@@ -153,6 +160,7 @@ void PrefixIndex::add_holder(uint32_t b, uint16_t ep, uint32_t node) {
     again.cls = cls;
   }
   Block& cur = blocks_[b];
+  cur.holders_fp ^= mix(ep);
   holder_ep_[cur.off + cur.count] = ep;
   holder_node_[cur.off + cur.count] = node;
   ++cur.count;
@@ -163,6 +171,7 @@ void PrefixIndex::remove_holder(uint32_t b, uint16_t ep) noexcept {
   const uint16_t* eps = holder_ep_.ptr(blk.off);
   uint32_t j = 0;
   while (eps[j] != ep) ++j;  // caller guarantees ep holds b
+  blk.holders_fp ^= mix(ep);
   const uint32_t last = blk.off + blk.count - 1;
   holder_ep_[blk.off + j] = holder_ep_[last];
   holder_node_[blk.off + j] = holder_node_[last];
@@ -281,22 +290,47 @@ void PrefixIndex::match(std::span<const uint64_t> hashes, std::span<int32_t> out
   std::shared_lock lock(mu_);
   const uint32_t limit = static_cast<uint32_t>(std::min<size_t>(out.size(), seen_));
   int32_t* const m = out.data();
-  for (size_t i = 0; i < hashes.size(); ++i) {
+  int32_t stamp = 0;          // alive endpoints hold this value in m[]
+  const Block* prev = nullptr;
+  size_t i = 0;
+  for (; i < hashes.size(); ++i) {
     if (i + 1 < hashes.size()) __builtin_prefetch(&table_[slot_of(hashes[i + 1])]);
     const uint32_t b = find(hashes[i]);
     if (b == kNil) break;
     const Block& blk = blocks_[b];
-    const uint16_t* eps = holder_ep_.ptr(blk.off);
-    const auto depth = static_cast<int32_t>(i);
+    if (prev && blk.count == prev->count && blk.holders_fp == prev->holders_fp) {
+      prev = &blk;  // same holders as block i-1: alive set unchanged
+      continue;
+    }
+    // Alive endpoints that hold block i extend to the new stamp i+1 ...
+    const auto next = static_cast<int32_t>(i + 1);
     uint32_t advanced = 0;
+    const uint16_t* eps = holder_ep_.ptr(blk.off);
     for (uint32_t j = 0; j < blk.count; ++j) {
       const uint32_t e = eps[j];
-      // Alive = matched every earlier block; only those extend their prefix.
-      const bool extend = e < limit && m[e] == depth;
-      m[e < limit ? e : 0] += extend;
+      const bool extend = e < limit && m[e] == stamp;
+      m[e < limit ? e : 0] = extend ? next : m[e < limit ? e : 0];
       advanced += extend;
     }
-    if (advanced == 0) break;
+    // ... and those still on the old stamp dropped out after i blocks. They all hold
+    // block i-1, since the alive set is always a subset of the last block's holders.
+    if (prev) {
+      const uint16_t* pe = holder_ep_.ptr(prev->off);
+      for (uint32_t j = 0; j < prev->count; ++j) {
+        const uint32_t e = pe[j];
+        if (e < limit && m[e] == stamp) m[e] = static_cast<int32_t>(i);
+      }
+    }
+    stamp = next;
+    prev = &blk;
+    if (advanced == 0) return;
+  }
+  if (prev) {  // the walk ended: survivors matched all i blocks
+    const uint16_t* pe = holder_ep_.ptr(prev->off);
+    for (uint32_t j = 0; j < prev->count; ++j) {
+      const uint32_t e = pe[j];
+      if (e < limit && m[e] == stamp) m[e] = static_cast<int32_t>(i);
+    }
   }
 }
 

@@ -2,7 +2,8 @@
 // endpoint. This is the "what igw sent where" approximation of every server's prefix cache.
 //
 // Layout (all indices u32, endpoint ids u16, everything in slabs -- see slab.h):
-//   * Block record (16 B): the 64-bit hash, its holder chunk offset, holder count, size class.
+//   * Block record (24 B): the 64-bit hash, a 64-bit fingerprint of its holder set, its holder
+//     chunk offset, holder count, size class.
 //   * Holder chunk: power-of-two sized run of (u16 endpoint, u32 LRU node) in two parallel
 //     slab arrays, so `match` scans a block's holders as contiguous u16s.
 //   * LRU node (12 B): prev/next links of the endpoint's LRU list and the block it refers to.
@@ -12,6 +13,14 @@
 // block record and table slot (~24 B) shared by all holders of the block. memory_bytes()
 // counts every slab and table byte allocated (including free and slack space), so
 // memory_bytes()/entries() is the honest per-entry cost.
+//
+// match walks the prompt's blocks once. Along a shared prefix consecutive blocks usually have
+// exactly the same holders (everyone who cached block i also cached i+1), so a block whose
+// holder fingerprint and count equal its predecessor's cannot change the alive set and is
+// skipped in O(1); holders are only scanned where the set changes. out[] doubles as the
+// alive set: alive endpoints carry the current "stamp" (depth of the last scan) and get
+// their final length when they drop out or the walk ends. Equal fingerprints of different
+// sets would need a 64-bit collision -- the same assumption the block hashes already make.
 //
 // Concurrency: one shared_mutex; match takes it shared, mutations take it exclusively.
 // match allocates nothing: the caller passes the output span (it doubles as the alive set).
@@ -53,9 +62,10 @@ class PrefixIndex {
   static constexpr uint32_t kNil = 0xFFFFFFFFu;
   struct Block {
     uint64_t hash;
-    uint32_t off;    // first holder slot; free-list link when the record is free
-    uint16_t count;  // holders (<= 65535 endpoints)
-    uint8_t cls;     // chunk capacity = 1 << cls
+    uint64_t holders_fp;  // XOR of mix(endpoint) over holders: O(1) "same holder set?" test
+    uint32_t off;         // first holder slot; free-list link when the record is free
+    uint16_t count;       // holders (<= 65535 endpoints)
+    uint8_t cls;          // chunk capacity = 1 << cls
     uint8_t pad;
   };
   struct Node {
@@ -68,7 +78,7 @@ class PrefixIndex {
     uint32_t size = 0;
     uint32_t cap = 0;
   };
-  static_assert(sizeof(Block) == 16 && sizeof(Node) == 12);
+  static_assert(sizeof(Block) == 24 && sizeof(Node) == 12);
 
   void check_endpoint(uint32_t endpoint, const char* what) const;
   void note_seen(uint32_t endpoint) noexcept;

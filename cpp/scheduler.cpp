@@ -124,7 +124,7 @@ std::vector<std::string> Profile::scorer_types() const {
 
 Scheduler::Scheduler(std::shared_ptr<EndpointTable> table, std::shared_ptr<PrefixIndex> index,
                      uint64_t seed)
-    : table_(std::move(table)), index_(std::move(index)), rng_(seed) {
+    : table_(std::move(table)), index_(std::move(index)), rng_state_(seed) {
   if (!table_ || !index_) throw Error("Scheduler needs an EndpointTable and a PrefixIndex");
   if (index_->max_endpoints() < table_->capacity())
     throw Error("PrefixIndex max_endpoints (" + std::to_string(index_->max_endpoints()) +
@@ -132,63 +132,71 @@ Scheduler::Scheduler(std::shared_ptr<EndpointTable> table, std::shared_ptr<Prefi
                 ")");
 }
 
+uint64_t Scheduler::rng() noexcept {
+  uint64_t z = (rng_state_ += 0x9E3779B97F4A7C15ULL);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+
+uint64_t Scheduler::below(uint64_t n) noexcept {  // Lemire's multiply-shift reduction
+  return static_cast<uint64_t>((static_cast<unsigned __int128>(rng()) * n) >> 64);
+}
+
 double Scheduler::uniform01() noexcept {
-  return 1.0 - static_cast<double>(rng_() >> 11) * 0x1.0p-53;
+  return 1.0 - static_cast<double>(rng() >> 11) * 0x1.0p-53;
 }
 
 void Scheduler::gather(const Profile& profile, const PickRequest& req, uint32_t n) {
   uint32_t need = 0;
   for (const auto& s : profile.scorers()) need |= needs_of(s.kind);
   const EndpointTable& t = *table_;
-  ids_.clear();
-  waiting_.clear(); running_.clear(); inflight_req_.clear(); max_lora_.clear();
-  kv_.clear(); rate_.clear(); inflight_tok_.clear(); lora_state_.clear();
+  // Columns are sized once to n and written by position; only needed columns are read.
+  ids_.resize(n);
+  waiting_.resize(n); running_.resize(n); inflight_req_.resize(n); max_lora_.resize(n);
+  kv_.resize(n); rate_.resize(n); inflight_tok_.resize(n); lora_state_.resize(n);
+  uncached_.resize(n);
   const int lora = req.lora;
+  const bool* cand = req.has_candidates ? req.candidates.data() : nullptr;
+  const uint32_t cand_n = static_cast<uint32_t>(req.candidates.size());
+  uint32_t c = 0;
   for (uint32_t e = 0; e < n; ++e) {
-    if (req.has_candidates && (e >= req.candidates.size() || !req.candidates[e])) continue;
-    int32_t w = 0, r = 0, ir = 0, ml = 0;
-    float kv = 0, rate = 0;
-    int64_t it = 0;
-    uint32_t ls = 0;
-    bool ok;
+    if (cand && (e >= cand_n || !cand[e])) continue;
     for (;;) {
       const uint32_t s = t.read_begin(e);
-      ok = (EndpointTable::ld(t.flags_[e]) & 3) == 3;
-      if (ok) {
-        if (need & kWaiting) w = EndpointTable::ld(t.waiting_[e]);
-        if (need & kRunning) r = EndpointTable::ld(t.running_[e]);
-        if (need & kKv) kv = EndpointTable::ld(t.kv_util_[e]);
-        if (need & kInflightReq) ir = EndpointTable::ld(t.inflight_requests_[e]);
-        if (need & kInflightTok) it = EndpointTable::ld(t.inflight_tokens_[e]);
-        if (need & kRate) rate = EndpointTable::ld(t.prefill_rate_[e]);
-        if ((need & kLora) && lora >= 0) {
-          int pop = 0;
-          for (int wd = 0; wd < 4; ++wd) {
-            pop += std::popcount(EndpointTable::ld(t.lora_active_[size_t{e} * 4 + wd]));
-            pop += std::popcount(EndpointTable::ld(t.lora_waiting_[size_t{e} * 4 + wd]));
-          }
-          const uint64_t bit = uint64_t{1} << (lora % 64);
-          const bool act = EndpointTable::ld(t.lora_active_[size_t{e} * 4 + lora / 64]) & bit;
-          const bool wai = EndpointTable::ld(t.lora_waiting_[size_t{e} * 4 + lora / 64]) & bit;
-          ls = (act ? 1u : 0u) | (wai ? 2u : 0u) | (static_cast<uint32_t>(pop) << 8);
-          ml = EndpointTable::ld(t.max_lora_[e]);
-        }
+      if ((EndpointTable::ld(t.flags_[e]) & 3) != 3) {
+        if (t.read_valid(e, s)) break;  // not live/ready: skip
+        continue;
       }
-      if (t.read_valid(e, s)) break;
+      if (need & kWaiting) waiting_[c] = EndpointTable::ld(t.waiting_[e]);
+      if (need & kRunning) running_[c] = EndpointTable::ld(t.running_[e]);
+      if (need & kKv) kv_[c] = EndpointTable::ld(t.kv_util_[e]);
+      if (need & kInflightReq) inflight_req_[c] = EndpointTable::ld(t.inflight_requests_[e]);
+      if (need & kInflightTok) inflight_tok_[c] = EndpointTable::ld(t.inflight_tokens_[e]);
+      if (need & kRate) rate_[c] = EndpointTable::ld(t.prefill_rate_[e]);
+      if ((need & kLora) && lora >= 0) {
+        int pop = 0;
+        for (int wd = 0; wd < 4; ++wd) {
+          pop += std::popcount(EndpointTable::ld(t.lora_active_[size_t{e} * 4 + wd]));
+          pop += std::popcount(EndpointTable::ld(t.lora_waiting_[size_t{e} * 4 + wd]));
+        }
+        const uint64_t bit = uint64_t{1} << (lora % 64);
+        const bool act = EndpointTable::ld(t.lora_active_[size_t{e} * 4 + lora / 64]) & bit;
+        const bool wai = EndpointTable::ld(t.lora_waiting_[size_t{e} * 4 + lora / 64]) & bit;
+        lora_state_[c] = (act ? 1u : 0u) | (wai ? 2u : 0u) | (static_cast<uint32_t>(pop) << 8);
+        max_lora_[c] = EndpointTable::ld(t.max_lora_[e]);
+      }
+      if (t.read_valid(e, s)) {
+        ids_[c++] = e;
+        break;
+      }
     }
-    if (!ok) continue;
-    ids_.push_back(e);
-    waiting_.push_back(w);
-    running_.push_back(r);
-    inflight_req_.push_back(ir);
-    max_lora_.push_back(ml);
-    kv_.push_back(kv);
-    rate_.push_back(rate);
-    inflight_tok_.push_back(it);
-    lora_state_.push_back(ls);
   }
-  uncached_.resize(ids_.size());
-  for (size_t j = 0; j < ids_.size(); ++j)
+  for (auto* v : {&waiting_, &running_, &inflight_req_, &max_lora_}) v->resize(c);
+  kv_.resize(c); rate_.resize(c); inflight_tok_.resize(c); lora_state_.resize(c);
+  ids_.resize(c);
+  uncached_.resize(c);
+  for (size_t j = 0; j < c; ++j)
     uncached_[j] = std::max<int64_t>(
         0, req.prompt_tokens - int64_t{matched_full_[ids_[j]]} * req.block_tokens);
 }
@@ -293,7 +301,7 @@ void Scheduler::rank(PickerKind picker, uint32_t k, std::vector<uint32_t>& ranke
       if (total_[j] > total_[best]) {
         best = j;
         ties = 1;
-      } else if (total_[j] == total_[best] && (rng_() % ++ties) == 0) {
+      } else if (total_[j] == total_[best] && below(++ties) == 0) {
         best = j;
       }
     }
@@ -304,13 +312,13 @@ void Scheduler::rank(PickerKind picker, uint32_t k, std::vector<uint32_t>& ranke
   for (size_t j = 0; j < m; ++j) order_[j] = static_cast<uint32_t>(j);
   if (picker == PickerKind::Random) {
     for (size_t i = 0; i < take; ++i) {
-      const size_t r = i + rng_() % (m - i);
+      const size_t r = i + below(m - i);
       std::swap(order_[i], order_[r]);
     }
   } else {
     keys_.resize(m);
     if (picker == PickerKind::MaxScore) {
-      for (size_t j = 0; j < m; ++j) keys_[j] = static_cast<double>(rng_() >> 11);  // tie-break
+      for (size_t j = 0; j < m; ++j) keys_[j] = static_cast<double>(rng() >> 11);  // tie-break
       std::partial_sort(order_.begin(), order_.begin() + take, order_.end(),
                         [&](uint32_t a, uint32_t b) {
                           return total_[a] != total_[b] ? total_[a] > total_[b]

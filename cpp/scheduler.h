@@ -12,7 +12,6 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
-#include <random>
 #include <span>
 #include <string>
 #include <utility>
@@ -100,7 +99,9 @@ class Scheduler {
   std::shared_ptr<EndpointTable> table_;
   std::shared_ptr<PrefixIndex> index_;
   std::mutex mu_;
-  std::mt19937_64 rng_;
+  uint64_t rng_state_;
+  uint64_t rng() noexcept;          // splitmix64: tiny, fast, good enough for tie-breaks
+  uint64_t below(uint64_t n) noexcept;  // uniform in [0, n)
   // Per-pick scratch, reused (guarded by mu_). Columns are compacted to eligible rows.
   std::vector<uint32_t> ids_;
   std::vector<int32_t> waiting_, running_, inflight_req_, max_lora_;

@@ -1,0 +1,226 @@
+"""``igw bench core``: latency of one pick on the C++ core against the pure-Python reference.
+
+The workload is what a busy gateway's index looks like: 64 system prompts of 2k-8k tokens,
+each endpoint having served several of them plus a few conversations of its own (a system
+prompt followed by a unique user part), recorded through the real ``PrefixIndex.record``.
+Each timed pick hashes a fresh prompt (one of the system prompts, then unique text up to
+``--prompt-tokens``) inside the call, matches it against the index, scores with the default
+profile (queue 2, kv-cache 2, prefix 3, max-score picker) and picks, without reserving or
+recording so every iteration sees the same state. Text is ~4 bytes per token and a block is
+64 tokens (256 bytes), as in the reference picker.
+
+The same workload is built in ``igw.core_reference`` and timed in the same run to report the
+speed-up (skipped with ``--no-reference``, and capped in iterations because it is slow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from types import ModuleType
+
+import numpy as np
+
+BYTES_PER_TOKEN = 4
+BLOCK_TOKENS = 64
+BLOCK_BYTES = BLOCK_TOKENS * BYTES_PER_TOKEN
+SYSTEM_PROMPTS = 64
+DEFAULT_PROFILE = [
+    ("queue-scorer", 2.0, {}),
+    ("kv-cache-utilization-scorer", 2.0, {}),
+    ("prefix-cache-scorer", 3.0, {}),
+]
+
+
+@dataclass
+class Workload:
+    """Deterministic inputs shared by the C++ and reference runs."""
+
+    endpoints: int
+    prompt_tokens: int
+    seed: int
+    system_prompts: list[bytes]
+    recordings: list[tuple[int, bytes]]  # (endpoint, prompt bytes) in recording order
+    queries: list[bytes]
+    metrics: list[tuple[int, int, float]]  # waiting, running, kv_util per endpoint
+
+
+def build_workload(
+    endpoints: int,
+    prompt_tokens: int,
+    *,
+    prompts_per_endpoint: int = 8,
+    conversations_per_endpoint: int = 4,
+    user_tokens: int = 512,
+    queries: int = 16,
+    seed: int = 1,
+) -> Workload:
+    rng = np.random.default_rng(seed)
+
+    def text(tokens: int) -> bytes:
+        return rng.integers(0, 256, tokens * BYTES_PER_TOKEN, dtype=np.uint8).tobytes()
+
+    system = [text(int(rng.integers(2048, 8193))) for _ in range(SYSTEM_PROMPTS)]
+    recordings: list[tuple[int, bytes]] = []
+    for e in range(endpoints):
+        chosen = rng.choice(SYSTEM_PROMPTS, prompts_per_endpoint, replace=False)
+        recordings.extend((e, system[int(s)]) for s in chosen)
+        for s in chosen[:conversations_per_endpoint]:
+            recordings.append((e, system[int(s)] + text(user_tokens)))
+    query_list = []
+    want = prompt_tokens * BYTES_PER_TOKEN
+    for _ in range(queries):
+        head = system[int(rng.integers(SYSTEM_PROMPTS))][: want * 3 // 4]
+        query_list.append(head + text(max(0, want - len(head)) // BYTES_PER_TOKEN))
+    metrics = [
+        (int(rng.integers(0, 20)), int(rng.integers(0, 64)), float(rng.uniform(0.05, 0.95)))
+        for _ in range(endpoints)
+    ]
+    return Workload(endpoints, prompt_tokens, seed, system, recordings, query_list, metrics)
+
+
+@dataclass
+class Setup:
+    core: ModuleType
+    table: object
+    index: object
+    scheduler: object
+    profile: object
+    model_seed: int
+
+
+def setup(core: ModuleType, w: Workload) -> Setup:
+    """Build table, warm index and scheduler for ``w`` in ``core`` (C++ or reference)."""
+    table = core.EndpointTable(max(w.endpoints, 1))
+    index = core.PrefixIndex(max(w.endpoints, 1), 31250)
+    for waiting, running, kv in w.metrics:
+        e = table.add()
+        table.update(e, waiting=waiting, running=running, kv_util=kv, now=1.0)
+        table.set_ready(e, True)
+    seed = core.model_seed("bench-model")
+    for e, prompt in w.recordings:
+        index.record(e, core.hash_blocks(prompt, BLOCK_BYTES, seed))
+    scheduler = core.Scheduler(table, index, w.seed)
+    return Setup(core, table, index, scheduler, core.Profile(DEFAULT_PROFILE), seed)
+
+
+def pick_once(s: Setup, prompt: bytes, prompt_tokens: int):
+    return s.scheduler.pick(
+        s.profile,
+        prompt=prompt,
+        block_bytes=BLOCK_BYTES,
+        seed=s.model_seed,
+        prompt_tokens=prompt_tokens,
+        block_tokens=BLOCK_TOKENS,
+        reserve=False,
+        record=False,
+    )
+
+
+def time_picks(s: Setup, w: Workload, iterations: int, warmup: int = 20) -> np.ndarray:
+    """Per-pick wall time in microseconds, cycling through the workload's queries."""
+    queries = w.queries
+    for i in range(warmup):
+        pick_once(s, queries[i % len(queries)], w.prompt_tokens)
+    out = np.empty(iterations, dtype=np.float64)
+    clock = time.perf_counter_ns
+    for i in range(iterations):
+        q = queries[i % len(queries)]
+        t0 = clock()
+        pick_once(s, q, w.prompt_tokens)
+        out[i] = (clock() - t0) / 1000.0
+    return out
+
+
+def measure(
+    endpoints: int,
+    prompt_tokens: int,
+    iterations: int = 2000,
+    reference: bool = True,
+    reference_iterations: int = 50,
+) -> dict:
+    """Run the benchmark and return a JSON-able dict of the numbers."""
+    from igw import _core
+
+    w = build_workload(endpoints, prompt_tokens)
+    fast = setup(_core, w)
+    times = time_picks(fast, w, iterations)
+    result = {
+        "endpoints": endpoints,
+        "prompt_tokens": prompt_tokens,
+        "iterations": iterations,
+        "pick_p50_us": float(np.percentile(times, 50)),
+        "pick_p99_us": float(np.percentile(times, 99)),
+        "index_entries": int(fast.index.entries()),
+        "index_bytes": int(fast.index.memory_bytes()),
+        "index_bytes_per_entry": fast.index.memory_bytes() / max(1, fast.index.entries()),
+        "reference_pick_p50_us": None,
+        "speedup_vs_reference": None,
+    }
+    if reference:
+        from igw import core_reference
+
+        slow = setup(core_reference, w)
+        ref_times = time_picks(slow, w, reference_iterations, warmup=2)
+        ref_p50 = float(np.percentile(ref_times, 50))
+        result["reference_pick_p50_us"] = ref_p50
+        result["speedup_vs_reference"] = ref_p50 / result["pick_p50_us"]
+        # Same answers on the same state: a benchmark of a wrong core is worthless.
+        for q in w.queries[:4]:
+            a = pick_once(fast, q, prompt_tokens).matched_blocks
+            b = pick_once(slow, q, prompt_tokens).matched_blocks
+            if not np.array_equal(a, b):
+                raise AssertionError("C++ and reference disagree on matched_blocks")
+    return result
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-h", "--help", action="help", help="show this help and exit")
+    parser.add_argument("--endpoints", type=int, default=1000, help="endpoints (default 1000)")
+    parser.add_argument(
+        "--prompt-tokens", type=int, default=8192, help="prompt length in tokens (default 8192)"
+    )
+    parser.add_argument(
+        "--iterations", type=int, default=2000, help="timed picks on the C++ core (default 2000)"
+    )
+    parser.add_argument(
+        "--reference-iterations",
+        type=int,
+        default=30,
+        help="timed picks on the pure-Python reference (default 30)",
+    )
+    parser.add_argument(
+        "--no-reference", action="store_true", help="skip the (slow) pure-Python reference"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run(args: argparse.Namespace) -> int:
+    for name in ("endpoints", "prompt_tokens", "iterations", "reference_iterations"):
+        if getattr(args, name) < 1:
+            print(f"igw bench core: --{name.replace('_', '-')} must be >= 1")
+            return 2
+    result = measure(
+        args.endpoints,
+        args.prompt_tokens,
+        args.iterations,
+        reference=not args.no_reference,
+        reference_iterations=args.reference_iterations,
+    )
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"endpoints={result['endpoints']} prompt_tokens={result['prompt_tokens']}")
+    print(f"pick p50 {result['pick_p50_us']:.1f} us   p99 {result['pick_p99_us']:.1f} us")
+    print(
+        f"index {result['index_entries']} entries, "
+        f"{result['index_bytes_per_entry']:.1f} bytes per (block, endpoint) entry"
+    )
+    if result["speedup_vs_reference"] is not None:
+        print(
+            f"reference pick p50 {result['reference_pick_p50_us']:.0f} us -> "
+            f"{result['speedup_vs_reference']:.0f}x faster"
+        )
+    return 0

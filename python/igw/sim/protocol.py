@@ -94,10 +94,16 @@ def parse(model_cls: type[_Common], raw: bytes) -> Any:
         return model_cls.model_validate(data)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
-        where = ".".join(str(part) for part in first["loc"]) or "body"
-        # Unions report one error per branch; the field path is what the client needs.
-        if isinstance(first["loc"][0], str) and first["loc"][0] == "prompt":
-            where, msg = "prompt", "expected a string, a list of strings or a list of token ids"
-        else:
-            msg = first["msg"]
-        raise RequestError(400, f"{where}: {msg}", param=where.split(".")[0]) from None
+        # Unions add one loc entry per branch ("str", "list[int]"); keep the field path.
+        path = [p for p in first["loc"] if isinstance(p, int) or p.isidentifier()]
+        path = [p for p in path if p not in _TYPE_NAMES]
+        where = ".".join(str(part) for part in path) or "body"
+        msg = _UNION_EXPECTATIONS.get(str(path[-1]) if path else "", first["msg"])
+        raise RequestError(400, f"{where}: {msg}", param=str(path[0]) if path else None) from None
+
+
+_TYPE_NAMES = frozenset({"str", "int", "bool", "float", "list", "dict", "none"})
+_UNION_EXPECTATIONS = {
+    "prompt": "expected a string, a list of strings or a list of token ids",
+    "content": "expected a string, a list of content parts or null",
+}

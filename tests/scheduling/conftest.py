@@ -1,25 +1,33 @@
-"""Pools for scheduling tests, on whichever core implementation this build has.
+"""Pools for scheduling tests, on every core implementation this build has.
 
-``igw.datastore.Pool`` builds its core objects from ``igw._core``; until the C++ core is
-built that module is a stub, so the fixture points the datastore at the scheduling layer's
-backend choice (the C++ core when present, else ``igw.core_reference``).
+Each test that builds a pool runs once on ``igw.core_reference`` (the executable spec) and
+once on the C++ ``igw._core`` when it is built, so the engine is checked against both.
 """
 
 from __future__ import annotations
+
+import importlib
 
 import pytest
 from sched_helpers import add_endpoint
 
 import igw.datastore
+from igw import _core
 from igw.datastore import Pool
-from igw.scheduling import _backend
+
+IMPLEMENTATIONS = ["core_reference"] + (["_core"] if hasattr(_core, "Scheduler") else [])
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def core_module(request):
+    return importlib.import_module(f"igw.{request.param}")
 
 
 @pytest.fixture
-def make_pool(monkeypatch):
-    monkeypatch.setattr(igw.datastore, "_core", _backend.core)
+def make_pool(monkeypatch, core_module):
+    monkeypatch.setattr(igw.datastore, "_core", core_module)
 
-    def make(states=(), name: str = "pool", **labels_by_index) -> Pool:
+    def make(states=(), name: str = "pool") -> Pool:
         pool = Pool(name, max_endpoints=64, seed=7)
         for state in states:
             add_endpoint(pool, *state)

@@ -41,7 +41,7 @@ def profile_constants(name: str) -> Profile:
     """The simulator's constants for ``name`` (its own profile table when importable)."""
     try:
         profiles = importlib.import_module("igw.sim.profiles")
-        params = profiles.engine_params(name)  # type: ignore[attr-defined]
+        params = profiles.make_params(name)
         return Profile(
             prefill_ms_per_token=params.prefill_ms_per_token,
             decode_ms_per_step=params.decode_ms_per_step,

@@ -23,6 +23,7 @@ from igw.bench.workloads import BenchRequest
 
 # Response headers a router may use to say which replica served the request.
 SERVED_BY_HEADERS = (
+    "x-igw-endpoint",
     "x-igw-served-by",
     "x-gateway-destination-endpoint-served",
     "x-gateway-destination-endpoint",

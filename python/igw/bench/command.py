@@ -110,7 +110,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--slow-replica-args",
-        default="--slow-replicas {last} --slow-factor 2",
+        default="--slow-replica {last}:2",
         help="sim arguments that make one replica half speed ({last}: its index)",
     )
     p.add_argument(

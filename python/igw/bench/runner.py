@@ -142,12 +142,17 @@ async def run_target(
             after = await fleet.scrape(session, workers)
         finally:
             await fleet.stop_all(children)
-    served = _counter_deltas(before, after, "vllm:request_success_total")
+    names = {w: f"r{i}" for i, w in enumerate(workers)}  # replica index: stable across runs
+    names.update({w.split("//", 1)[-1]: f"r{i}" for i, w in enumerate(workers)})
+    served = {
+        names[w]: n for w, n in _counter_deltas(before, after, "vllm:request_success_total").items()
+    }
     if not served or sum(served.values()) <= 0:
         served = {}
         for s in samples:
             if s.ok and s.served_by:
-                served[s.served_by] = served.get(s.served_by, 0) + 1
+                key = names.get(s.served_by, s.served_by)
+                served[key] = served.get(key, 0) + 1
     hits = sum(_counter_deltas(before, after, "vllm:prefix_cache_hits_total").values())
     queries = sum(_counter_deltas(before, after, "vllm:prefix_cache_queries_total").values())
     row = summarize(target.label, samples, wall, served, hits, queries)

@@ -321,3 +321,53 @@ async def test_fetch_models_error_names_the_url(pool, layer):
 def test_bad_settings_are_rejected_with_the_setting_named(pool, kwargs, needle):
     with pytest.raises(ValueError, match=needle):
         DataLayer(pool, **kwargs)
+
+
+async def test_one_failed_scrape_does_not_make_an_endpoint_unready(pool, servers, layer):
+    server = await servers()
+    endpoint = pool.upsert(server.address)
+    dl = layer(down_after=3)
+    await dl.start()
+    await wait_until(lambda: dl.state(endpoint).scrapes > 0)
+    state = dl.state(endpoint)
+    dl._transport_failure(state, "connect", "refused")
+    dl._transport_failure(state, "connect", "refused")
+    assert row(pool, endpoint)["ready"] and not state.down
+    dl._transport_failure(state, "connect", "refused")
+    assert not row(pool, endpoint)["ready"] and state.down
+
+
+async def test_failures_back_off_exponentially(pool, layer):
+    endpoint = pool.upsert("127.0.0.1:9")  # discard port: nothing listens, refused at once
+    dl = layer(interval=0.01, max_backoff=0.16, down_after=1)
+    await dl.start()
+    await asyncio.sleep(0.5)
+    attempts = sum(dl.state(endpoint).errors.values())
+    # Without back-off: ~50 attempts. With it (0.02, 0.04, 0.08, 0.16, 0.16, ... x0.75-1):
+    # about 5-8.
+    assert 3 <= attempts <= 10
+    assert not row(pool, endpoint)["ready"]
+
+
+async def test_first_scrapes_are_spread_over_the_interval(pool, servers, layer):
+    fleet = [await servers() for _ in range(12)]
+    for server in fleet:
+        pool.upsert(server.address)
+    dl = layer(interval=0.2, seed=3)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await dl.start()
+    await wait_until(lambda: all(dl.state(e).last_success for e in pool.endpoints()))
+    firsts = sorted(dl.state(e).last_success for e in pool.endpoints())
+    assert firsts[-1] - firsts[0] > 0.05  # not in lockstep
+    assert firsts[-1] - started < 0.2 + 0.15  # but every one within the first interval
+
+
+async def test_unknown_engine_label_counts_an_error_and_stays_ready(pool, servers, layer):
+    server = await servers()
+    endpoint = pool.upsert(server.address, labels={"llm-d.ai/engine-type": "tgi"})
+    dl = layer()
+    await dl.start()
+    await wait_until(lambda: dl.state(endpoint).errors["parse"] >= 1)
+    assert "unknown engine 'tgi'" in dl.state(endpoint).last_error
+    assert row(pool, endpoint)["ready"] and dl.is_stale(endpoint)

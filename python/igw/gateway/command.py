@@ -110,10 +110,23 @@ def _fail(message: str) -> int:
 
 def config_from_args(args: argparse.Namespace):
     """The ``GatewayConfig`` the flags describe (``ConfigError`` / ``ValueError`` if bad)."""
-    from igw.gateway.config import GatewayConfig, PoolSpec, SimSpec, load_gateway_config
+    from pydantic import ValidationError
+
+    from igw.config import validation_to_config_error
+    from igw.gateway.config import load_gateway_config
 
     if args.config is not None:
         return load_gateway_config(args.config)
+    flag = "--sim" if args.sim is not None else "--endpoints"
+    try:
+        return _flags_config(args)
+    except ValidationError as exc:
+        raise validation_to_config_error(exc, flag) from None
+
+
+def _flags_config(args: argparse.Namespace):
+    from igw.gateway.config import GatewayConfig, PoolSpec, SimSpec
+
     if args.sim is not None:
         sim = SimSpec(
             replicas=args.sim,

@@ -2,7 +2,7 @@
 
 Rules (issue 5, item 2):
 * The scheduler ranks up to k endpoints. A failure before the replica sent any response
-  (connection refused or reset, a keep-alive connection closed under us, a 502/503/504) tries
+  (connection refused or reset, a keep-alive connection closed under us, a 5xx status) tries
   the next ranked endpoint: the client has received nothing yet, so nothing is duplicated.
 * Once response bytes have gone to the client nothing is retried. A stream that breaks
   mid-way (connection lost, read timeout, or an OpenAI stream ending without ``[DONE]``)
@@ -57,7 +57,9 @@ _HOP_BY_HOP = frozenset(
     }
 )
 _RESPONSE_SKIP = _HOP_BY_HOP | {"date", "server"}  # aiohttp writes its own
-_RETRY_STATUSES = frozenset({502, 503, 504})
+# A replica failing the request as a whole (500 included: vLLM answers bad input with 4xx)
+# before sending anything is retried on the next ranked endpoint, like Envoy's retry_on 5xx.
+_RETRY_STATUSES = frozenset({500, 502, 503, 504})
 # OpenAI streams of these kinds end with "data: [DONE]"; without it the stream was cut.
 _DONE_KINDS = frozenset({RequestKind.COMPLETIONS, RequestKind.CHAT})
 _DONE_MARK = b"[DONE]"

@@ -53,6 +53,7 @@ class ServeOptions:
     scrape_interval: float = 0.05
     limits: Limits = dataclasses.field(default_factory=Limits)
     seed: int | None = None
+    outlier: Any | None = None  # igw.datalayer.OutlierPolicy (None = the data layer's default)
 
 
 @dataclasses.dataclass
@@ -239,7 +240,9 @@ async def start_stack(config: GatewayConfig, options: ServeOptions) -> Stack:
             for url in urls:
                 runtime.pool.upsert(url, engine=spec.engine)
             runtime.pool.synced = True
-            layer = DataLayer(runtime.pool, interval=options.scrape_interval)
+            layer = DataLayer(
+                runtime.pool, interval=options.scrape_interval, outlier=options.outlier
+            )
             await layer.start()
             layers.append(layer)
             runtime.datalayer = layer

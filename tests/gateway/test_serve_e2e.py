@@ -1,0 +1,167 @@
+"""End to end on the simulator: real stages, scheduling engine, data layer and sim replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+
+import pytest
+
+from igw.datalayer import OutlierPolicy
+from igw.gateway.config import parse_config
+from igw.gateway.serve import ServeOptions, start_stack
+
+FAST_OUTLIER = OutlierPolicy(
+    min_failures=3, error_rate=0.5, window=30, probe_backoff=0.5, max_probe_backoff=1.0
+)
+
+
+async def start(text: str, **options):
+    return await start_stack(parse_config(text), ServeOptions(port=0, seed=7, **options))
+
+
+async def completion(client, url: str, model: str, prompt: str, **extra):
+    body = {"model": model, "prompt": prompt, "max_tokens": 2, **extra}
+    async with client.post(url + "/v1/completions", json=body) as response:
+        data = await response.read()
+        return response.status, response.headers.get("x-igw-endpoint"), data
+
+
+TWO_MODELS = """
+pools:
+  chat: {sim: {replicas: 2, speed: 100, models: [chatbot, chatbot-canary]}}
+  canary: {sim: {replicas: 1, speed: 100, models: [chatbot, chatbot-canary]}}
+  rec: {sim: {replicas: 1, speed: 100, models: [recommender]}, policy: least-loaded}
+models:
+  chatbot: {pool: chat, priority: 10}
+  chatbot-canary: {pool: canary, priority: 10}
+  recommender: {pool: rec}
+rewrites:
+  - model: chatbot
+    targets: [{model: chatbot, weight: 90}, {model: chatbot-canary, weight: 10}]
+"""
+
+
+async def test_models_route_to_their_pools_with_a_weighted_canary_split(client):
+    stack = await start(TWO_MODELS)
+    try:
+        addresses = {
+            name: {e.address for e in rt.pool.endpoints()}
+            for name, rt in stack.router.pools.items()
+        }
+        served = collections.Counter()
+        for i in range(60):
+            status, endpoint, _ = await completion(client, stack.url, "chatbot", f"q{i}")
+            assert status == 200
+            served[next(p for p, a in addresses.items() if endpoint in a)] += 1
+        assert served["rec"] == 0
+        assert 1 <= served["canary"] <= 15  # ~10% of 60
+        assert served["chat"] == 60 - served["canary"]
+        status, endpoint, _ = await completion(client, stack.url, "recommender", "item 1")
+        assert status == 200 and endpoint in addresses["rec"]
+        async with client.get(stack.url + "/v1/models") as response:
+            names = [m["id"] for m in (await response.json())["data"]]
+        assert names == ["chatbot", "chatbot-canary", "recommender"]
+    finally:
+        await stack.stop()
+
+
+async def test_rewritten_model_name_is_restored_in_the_response(client):
+    stack = await start(TWO_MODELS)
+    try:
+        seen = set()
+        for i in range(40):
+            _, _, data = await completion(client, stack.url, "chatbot", f"p{i}")
+            seen.add(data.count(b'"model": "chatbot"') + data.count(b'"model":"chatbot"'))
+        assert seen == {1}  # even the canary's answers name the model the client asked for
+    finally:
+        await stack.stop()
+
+
+async def test_streaming_through_the_simulator_ends_with_done_and_usage(client):
+    stack = await start("pools: {p: {sim: {replicas: 2, speed: 100}}}")
+    try:
+        body = {
+            "model": "sim-model",
+            "prompt": "hello",
+            "max_tokens": 3,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        async with client.post(stack.url + "/v1/completions", json=body) as response:
+            assert response.status == 200
+            text = (await response.read()).decode()
+        assert text.endswith("data: [DONE]\n\n")
+        assert '"usage"' in text
+    finally:
+        await stack.stop()
+
+
+async def test_mid_stream_fault_of_the_simulator_ends_with_an_error_event(client):
+    stack = await start("pools: {p: {sim: {replicas: 1, speed: 100}}}")
+    try:
+        faults = stack.fleets["p"].replicas[0].faults
+        faults.error_rate = 1.0
+        body = {"model": "sim-model", "prompt": "hello", "max_tokens": 8, "stream": True}
+        async with client.post(stack.url + "/v1/completions", json=body) as response:
+            assert response.status == 200
+            text = (await response.read()).decode()
+        last = text.strip().split("\n\n")[-1]
+        assert last.startswith('data: {"error"')
+        assert "[DONE]" not in text
+    finally:
+        await stack.stop()
+
+
+async def wait_until(predicate, timeout: float = 5.0) -> bool:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.05)
+    return predicate()
+
+
+@pytest.mark.parametrize("policy", ["default", "least-loaded"])
+async def test_failing_replica_is_ejected_then_returns(client, policy):
+    stack = await start(
+        f"pools: {{p: {{sim: {{replicas: 3, speed: 100}}, policy: {policy}}}}}",
+        outlier=FAST_OUTLIER,
+    )
+    try:
+        runtime = stack.router.pools["p"]
+        bad_replica = stack.fleets["p"].replicas[0]
+        bad = runtime.pool.by_address(bad_replica.url.removeprefix("http://"))
+        outcomes: collections.Counter = collections.Counter()
+        report = runtime.datalayer.report_response
+
+        def counting(endpoint, ok):
+            outcomes[(endpoint.address, ok)] += 1
+            report(endpoint, ok)
+
+        runtime.datalayer.report_response = counting
+
+        def ready(endpoint) -> bool:
+            return bool(runtime.pool.table.snapshot().ready[endpoint.id])
+
+        bad_replica.faults.fail = True  # 500 on inference while /health stays 200
+        ejected = False
+        for i in range(40):
+            status, endpoint, _ = await completion(client, stack.url, "sim-model", f"x{i}")
+            assert status == 200  # the failing replica's 500s were retried elsewhere
+            assert endpoint != bad.address
+            ejected = ejected or not ready(bad)
+        assert ejected
+        # Without ejection a third of 40 requests would try it first; it saw only the
+        # failures that trip the detector (plus one more per /health-probe return).
+        assert outcomes[(bad.address, False)] < 10
+        bad_replica.faults.fail = False
+        assert await wait_until(lambda: ready(bad))
+        served = collections.Counter()
+        for i in range(40):
+            status, endpoint, _ = await completion(client, stack.url, "sim-model", f"y{i}")
+            assert status == 200
+            served[endpoint] += 1
+        assert served[bad.address] > 0  # back in rotation
+    finally:
+        await stack.stop()

@@ -1,0 +1,187 @@
+"""Scheduler: eligibility, pickers, ranked fallbacks, atomic reservation, recording, and bad
+input. Every case runs on both implementations."""
+
+from __future__ import annotations
+
+import collections
+import math
+
+import numpy as np
+import pytest
+
+KV = [("kv-cache-utilization-scorer", 1.0, {})]
+
+
+def loaded(make_pool, core, kvs, **kw):
+    table, index, sched = make_pool(core, len(kvs), **kw)
+    for e, kv in enumerate(kvs):
+        table.update(e, waiting=0, running=0, kv_util=kv, now=1.0)
+    return table, index, sched
+
+
+def test_max_score_picks_highest_and_ranks_fallbacks(make_pool, core):
+    _, _, sched = loaded(make_pool, core, [0.5, 0.1, 0.9, 0.3])
+    res = sched.pick(core.Profile(KV), k=3, reserve=False)
+    assert res.endpoints == [1, 3, 0]
+
+
+def test_k_larger_than_eligible_returns_all(make_pool, core):
+    _, _, sched = loaded(make_pool, core, [0.5, 0.1])
+    assert sorted(sched.pick(core.Profile(KV), k=10, reserve=False).endpoints) == [0, 1]
+
+
+def test_max_score_breaks_ties_at_random(make_pool, core):
+    _, _, sched = loaded(make_pool, core, [0.2, 0.2, 0.2, 0.9])
+    seen = collections.Counter(
+        sched.pick(core.Profile(KV), reserve=False).endpoints[0] for _ in range(300)
+    )
+    assert set(seen) == {0, 1, 2}
+    assert min(seen.values()) > 50
+
+
+def test_weighted_random_prefers_higher_scores(make_pool, core):
+    _, _, sched = loaded(make_pool, core, [0.0, 0.9])  # scores 1.0 and 0.1
+    seen = collections.Counter(
+        sched.pick(core.Profile(KV, "weighted-random-picker"), reserve=False).endpoints[0]
+        for _ in range(400)
+    )
+    assert seen[0] > seen[1] > 0
+
+
+def test_weighted_random_with_all_zero_scores_is_uniform(make_pool, core):
+    _, _, sched = loaded(make_pool, core, [1.0, 1.0, 1.0])
+    seen = collections.Counter(
+        sched.pick(core.Profile(KV, "weighted-random-picker"), reserve=False).endpoints[0]
+        for _ in range(300)
+    )
+    assert set(seen) == {0, 1, 2}
+
+
+def test_random_picker_returns_distinct_ranked_endpoints(make_pool, core):
+    _, _, sched = loaded(make_pool, core, [0.1] * 6)
+    res = sched.pick(core.Profile(KV, "random-picker"), k=4, reserve=False)
+    assert len(set(res.endpoints)) == 4
+
+
+def test_only_live_ready_candidates_are_eligible(make_pool, core):
+    table, _, sched = loaded(make_pool, core, [0.1, 0.2, 0.3, 0.4])
+    table.set_ready(0, False)
+    table.remove(1)
+    mask = np.array([True, True, False, True], dtype=np.bool_)
+    res = sched.pick(core.Profile(KV), candidates=mask, k=4, reserve=False)
+    assert res.endpoints == [3]
+
+
+def test_nothing_eligible_returns_empty_list(make_pool, core):
+    table, _, sched = loaded(make_pool, core, [0.1])
+    table.set_ready(0, False)
+    res = sched.pick(core.Profile(KV), hashes=np.array([1], dtype=np.uint64), prompt_tokens=64)
+    assert res.endpoints == []
+    assert res.uncached_tokens == 0
+
+
+def test_reserve_charges_primary_with_uncached_tokens(make_pool, core):
+    table, index, sched = loaded(make_pool, core, [0.5, 0.5])
+    index.record(1, np.array([1, 2], dtype=np.uint64))
+    profile = core.Profile([("prefix-cache-scorer", 1.0, {})])
+    hashes = np.array([1, 2, 3], dtype=np.uint64)
+    res = sched.pick(profile, hashes=hashes, prompt_tokens=150, block_tokens=64)
+    assert res.endpoints == [1]
+    assert res.matched_blocks.tolist() == [0, 2]
+    assert (res.total_blocks, res.uncached_tokens) == (3, 150 - 128)
+    s = table.snapshot()
+    assert (s.inflight_requests.tolist(), s.inflight_tokens.tolist()) == ([0, 1], [0, 22])
+
+
+def test_burst_of_picks_spreads_by_seeing_its_own_load(make_pool, core):
+    _, _, sched = loaded(make_pool, core, [0.0] * 4)
+    profile = core.Profile([("active-request-scorer", 1.0, {})])
+    picks = [sched.pick(profile).endpoints[0] for _ in range(8)]
+    assert collections.Counter(picks) == {0: 2, 1: 2, 2: 2, 3: 2}
+
+
+def test_record_puts_prompt_in_winners_cache(make_pool, core):
+    _, index, sched = loaded(make_pool, core, [0.9, 0.1])
+    hashes = np.array([5, 6, 7], dtype=np.uint64)
+    sched.pick(core.Profile(KV), hashes=hashes, reserve=False)
+    assert index.match(hashes).tolist() == [0, 3]
+    sched.pick(core.Profile(KV), hashes=np.array([8], dtype=np.uint64), record=False)
+    assert index.entries() == 3
+
+
+def test_prompt_bytes_path_equals_hashes_path(make_pool, core):
+    _, index, sched = loaded(make_pool, core, [0.5, 0.5])
+    seed = core.model_seed("m")
+    text = b"system prompt " * 100
+    index.record(1, core.hash_blocks(text, 256, seed))
+    profile = core.Profile([("prefix-cache-scorer", 1.0, {})])
+    by_bytes = sched.pick(profile, prompt=text, block_bytes=256, seed=seed, record=False)
+    by_hash = sched.pick(profile, hashes=core.hash_blocks(text, 256, seed), record=False)
+    assert by_bytes.matched_blocks.tolist() == by_hash.matched_blocks.tolist()
+    assert by_bytes.total_blocks == by_hash.total_blocks == math.ceil(len(text) / 256)
+
+
+def test_scores_absent_unless_asked(make_pool, core):
+    _, _, sched = loaded(make_pool, core, [0.5])
+    assert sched.pick(core.Profile(KV), reserve=False).scores is None
+
+
+def test_profile_reports_scorer_types(core):
+    profile = core.Profile([("queue-scorer", 2, {}), ("prefix-cache-scorer", 3, {})])
+    assert profile.scorer_types == ["queue-scorer", "prefix-cache-scorer"]
+
+
+# ------------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize(
+    ("scorers", "picker", "match"),
+    [
+        ([("no-such-scorer", 1.0, {})], "max-score-picker", "unknown scorer type"),
+        ([("queue-scorer", 1.0, {"bogus": 1})], "max-score-picker", "unknown parameter"),
+        ([("queue-scorer", -1.0, {})], "max-score-picker", "weight"),
+        ([("queue-scorer", math.nan, {})], "max-score-picker", "weight"),
+        ([("queue-scorer", math.inf, {})], "max-score-picker", "weight"),
+        ([("queue-scorer", "heavy", {})], "max-score-picker", "weight"),
+        ([("prefix-cache-scorer", 1.0, {"matchLengthWeight": 2})], "max-score-picker", "0..1"),
+        ([("prefix-cache-scorer", 1.0, {"scaleTokens": 0})], "max-score-picker", "> 0"),
+        ([("token-load-scorer", 1.0, {"queueThresholdTokens": "x"})], "max-score-picker", "number"),
+        ([("queue-scorer", 1.0)], "max-score-picker", "tuple"),
+        ([], "best-picker", "unknown picker"),
+    ],
+)
+def test_bad_profiles_raise_clear_errors(core, scorers, picker, match):
+    with pytest.raises(core.Error, match=match):
+        core.Profile(scorers, picker)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"hashes": np.array([1], dtype=np.int64)}, "hashes"),
+        ({"hashes": [1, 2]}, "hashes"),
+        ({"candidates": np.array([True], dtype=np.bool_)}, "candidates"),
+        ({"candidates": np.ones(3, dtype=np.int8)}, "candidates"),
+        ({"extra_scores": np.zeros((1, 3), np.float32)}, "together"),
+        ({"extra_scores": np.zeros((1, 3), np.float64), "extra_weights": [1.0]}, "extra_scores"),
+        ({"extra_scores": np.zeros((2, 3), np.float32), "extra_weights": [1.0]}, "extra_scores"),
+        ({"extra_scores": np.zeros((1, 2), np.float32), "extra_weights": [1.0]}, "extra_scores"),
+        ({"extra_scores": np.zeros((1, 3), np.float32), "extra_weights": [-1.0]}, "extra_weights"),
+        ({"k": 0}, "k"),
+        ({"block_tokens": 0}, "block_tokens"),
+        ({"prompt_tokens": -5}, "prompt_tokens"),
+        ({"lora": 256}, "lora"),
+        ({"prompt": b"abc", "hashes": np.array([1], dtype=np.uint64)}, "either"),
+    ],
+)
+def test_bad_pick_arguments_raise_and_change_nothing(make_pool, core, kwargs, match):
+    table, index, sched = loaded(make_pool, core, [0.1, 0.2, 0.3])
+    with pytest.raises(core.Error, match=match):
+        sched.pick(core.Profile(KV), **kwargs)
+    assert table.snapshot().inflight_requests.tolist() == [0, 0, 0]
+    assert sched.pick(core.Profile(KV), reserve=False).endpoints == [0]  # still works
+
+
+def test_scheduler_needs_index_at_least_table_capacity(core):
+    with pytest.raises(core.Error, match="max_endpoints"):
+        core.Scheduler(core.EndpointTable(16), core.PrefixIndex(8), 0)

@@ -175,7 +175,7 @@ def test_bad_profiles_raise_clear_errors(core, scorers, picker, match):
     ],
 )
 def test_bad_pick_arguments_raise_and_change_nothing(make_pool, core, kwargs, match):
-    table, index, sched = loaded(make_pool, core, [0.1, 0.2, 0.3])
+    table, _index, sched = loaded(make_pool, core, [0.1, 0.2, 0.3])
     with pytest.raises(core.Error, match=match):
         sched.pick(core.Profile(KV), **kwargs)
     assert table.snapshot().inflight_requests.tolist() == [0, 0, 0]

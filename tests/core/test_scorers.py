@@ -95,7 +95,9 @@ def lora_setup(table, index):
 
 def test_lora_affinity_scorer_tiers(make_pool, core):
     rows = [*ROWS, (0, 0, 0.0, 0, 0)]  # endpoint 3: no LoRA info (max_lora 0)
-    got, _ = scores_for(make_pool, core, "lora-affinity-scorer", rows=rows, setup=lora_setup, lora=0)
+    got, _ = scores_for(
+        make_pool, core, "lora-affinity-scorer", rows=rows, setup=lora_setup, lora=0
+    )
     assert got == approx([1.0, 0.8, 0.6, 0.0])
 
 
@@ -119,7 +121,14 @@ def test_prefix_cache_scorer_is_matched_fraction(make_pool, core):
 
 def test_prefix_cache_scorer_length_term(make_pool, core):
     params = {"matchLengthWeight": 0.5, "scaleTokens": 1024}
-    got, _ = scores_for(make_pool, core, "prefix-cache-scorer", params, setup=prefix_setup, hashes=HASHES, block_tokens=64
+    got, _ = scores_for(
+        make_pool,
+        core,
+        "prefix-cache-scorer",
+        params,
+        setup=prefix_setup,
+        hashes=HASHES,
+        block_tokens=64,
     )
     expected = [0.5 * min(1, m * 64 / 1024) ** 2 + 0.5 * m / 10 for m in (8, 2, 0)]
     assert got == approx(expected)
@@ -154,7 +163,7 @@ def test_predicted_ttft_scorer_zero_work_scores_one(make_pool, core):
 
 
 def test_total_is_weighted_sum_without_normalization(make_pool, core):
-    table, index, sched = make_pool(core, 3)
+    table, _index, sched = make_pool(core, 3)
     for e, (w, r, kv, _, _) in enumerate(ROWS):
         table.update(e, waiting=w, running=r, kv_util=kv, now=1.0)
     profile = core.Profile([("queue-scorer", 2.0, {}), ("kv-cache-utilization-scorer", 3.0, {})])
@@ -164,7 +173,7 @@ def test_total_is_weighted_sum_without_normalization(make_pool, core):
 
 
 def test_extra_scores_are_clamped_and_weighted(make_pool, core):
-    table, index, sched = make_pool(core, 3)
+    _table, _index, sched = make_pool(core, 3)
     extra = np.array([[2.0, -1.0, np.nan], [0.25, 0.5, 1.0]], dtype=np.float32)
     res = sched.pick(
         core.Profile([]), extra_scores=extra, extra_weights=[1.0, 4.0], with_scores=True,
@@ -176,7 +185,7 @@ def test_extra_scores_are_clamped_and_weighted(make_pool, core):
 
 
 def test_ineligible_endpoints_score_zero(make_pool, core):
-    table, index, sched = make_pool(core, 3)
+    table, _index, sched = make_pool(core, 3)
     table.set_ready(1, False)
     res = sched.pick(
         core.Profile([("kv-cache-utilization-scorer", 1.0, {})]), with_scores=True,

@@ -145,7 +145,8 @@ def test_predicted_ttft_scorer_is_fastest_over_each(make_pool, core):
         table.set_prefill_rate(1, 4000.0)
 
     params = {"defaultPrefillRate": 8000.0, "waitingTokens": 100.0}
-    got, _ = scores_for(make_pool, core, "predicted-ttft-scorer", params, setup=setup, hashes=HASHES,
+    got, _ = scores_for(
+        make_pool, core, "predicted-ttft-scorer", params, setup=setup, hashes=HASHES,
         prompt_tokens=640, block_tokens=64,
     )  # fmt: skip
     ttft = [

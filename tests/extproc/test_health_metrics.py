@@ -124,3 +124,8 @@ async def test_ext_proc_over_tls_with_the_self_signed_certificate():
             assert destination(replies[0]) == "192.168.1.1:8000"
         finally:
             await server.stop(0)
+
+
+async def test_health_is_also_answered_on_the_ext_proc_port():
+    async with running_epp(make_pool([(0, 0.1)])) as epp:
+        assert await _check(epp.server.grpc_port, EXT_PROC) == SERVING

@@ -1,7 +1,8 @@
 """Serving: the ext_proc gRPC server, the health server and the metrics HTTP endpoint.
 
-``EppServer`` wires a ``Director`` into a ``grpc.aio`` server (TLS or plaintext), a second
-server for ``grpc.health.v1`` on its own port (plaintext, as Kubernetes gRPC probes expect),
+``EppServer`` wires a ``Director`` into a ``grpc.aio`` server (TLS or plaintext; it also
+answers ``grpc.health.v1`` for Envoy's cluster health check), a second server for
+``grpc.health.v1`` on its own port (plaintext, as Kubernetes gRPC probes expect),
 and an aiohttp app serving ``/metrics`` from igw's own registry. ``stop`` drains: readiness
 turns NOT_SERVING first, then the servers stop with a grace period.
 """
@@ -81,10 +82,12 @@ class EppServer:
         pb_grpc.add_ExternalProcessorServicer_to_server(
             servicer or ExternalProcessorServicer(director), self.server
         )
+        health = HealthServicer(self.readiness)
+        # Health on the ext_proc port too: Envoy's grpc_health_check of the ext_proc cluster
+        # then uses the same (TLS) connection settings as the ext_proc calls.
+        health_pb2_grpc.add_HealthServicer_to_server(health, self.server)
         self.health_server = grpc.aio.server(options=grpc_options())
-        health_pb2_grpc.add_HealthServicer_to_server(
-            HealthServicer(self.readiness), self.health_server
-        )
+        health_pb2_grpc.add_HealthServicer_to_server(health, self.health_server)
         target = f"{host}:{grpc_port}"
         if credentials is not None:
             self.grpc_port = self.server.add_secure_port(target, credentials)

@@ -24,7 +24,10 @@ PrefixIndex::PrefixIndex(uint32_t max_endpoints, uint32_t default_capacity)
     throw Error("max_endpoints must be in 1..65535, got " + std::to_string(max_endpoints));
   eps_state_.resize(max_endpoints);
   for (auto& st : eps_state_) st.cap = default_capacity;
-  std::fill(std::begin(free_chunk_), std::end(free_chunk_), kNil);
+  for (uint32_t c = 1; c <= 16; ++c) {
+    arenas_[c].shift = c;
+    arenas_[c].slab_shift = std::max(c, 12u);
+  }
   rehash(kMinTable);
 }
 
@@ -80,7 +83,7 @@ uint32_t PrefixIndex::insert_block(uint64_t hash) {
   } else {
     b = blocks_.grow(1);
   }
-  blocks_[b] = Block{hash, 0, kNil, 0, 0, 0};
+  blocks_[b] = Block{hash, 0, kNil, 0, 0};
   const uint32_t mask = static_cast<uint32_t>(table_.size() - 1);
   uint32_t i = slot_of(hash);
   while (table_[i] != kNil) i = (i + 1) & mask;
@@ -116,81 +119,112 @@ void PrefixIndex::erase_block(uint32_t b) {
 
 // ---------------------------------------------------------------------- holder chunks
 
-uint32_t PrefixIndex::alloc_chunk(uint8_t cls) {
-  if (uint32_t off = free_chunk_[cls]; off != kNil) {
-    free_chunk_[cls] = holder_node_[off];
-    return off;
+uint32_t PrefixIndex::alloc_chunk(uint32_t cls, uint32_t block) {
+  Arena& a = arenas_[cls];
+  const uint64_t need = (uint64_t{a.chunks} + 1) << a.shift;
+  if (need > (uint64_t{a.ep_slabs.size()} << a.slab_shift)) {
+    a.ep_slabs.push_back(std::make_unique<uint16_t[]>(size_t{1} << a.slab_shift));
+    a.node_slabs.push_back(std::make_unique<uint32_t[]>(size_t{1} << a.slab_shift));
   }
-  const uint32_t n = 1u << cls;
-  const uint32_t used = holder_ep_.size() & decltype(holder_ep_)::kMask;
-  const uint32_t remaining = used == 0 ? 0 : decltype(holder_ep_)::kSlab - used;
-  if (remaining != 0 && remaining < n) {
-    // Recycle the slab's tail as smaller chunks before moving to a fresh slab.
-    uint32_t at = holder_ep_.size();
-    for (int c = 16; c >= 0; --c) {
-      if (remaining & (1u << c)) {
-        free_chunk(at, static_cast<uint8_t>(c));
-        at += 1u << c;
-      }
-    }
-  }
-  const uint32_t off = holder_ep_.grow(n);
-  holder_node_.grow(n);
-  return off;
+  a.owner.push_back(block);
+  return a.chunks++;
 }
 
-void PrefixIndex::free_chunk(uint32_t off, uint8_t cls) noexcept {
-  holder_node_[off] = free_chunk_[cls];
-  free_chunk_[cls] = off;
+void PrefixIndex::free_chunk(uint32_t cls, uint32_t chunk) noexcept {
+  Arena& a = arenas_[cls];
+  const uint32_t last = a.chunks - 1;
+  if (chunk != last) {  // keep the arena dense: move the last chunk into the hole
+    const uint32_t moved = a.owner[last];
+    const uint32_t n = blocks_[moved].count;
+    std::copy_n(a.eps(last), n, a.eps(chunk));
+    std::copy_n(a.nodes(last), n, a.nodes(chunk));
+    a.owner[chunk] = moved;
+    blocks_[moved].off = chunk;
+  }
+  a.owner.pop_back();
+  --a.chunks;
+  // Release a trailing slab once a whole spare slab is unused (hysteresis against thrash).
+  while (a.ep_slabs.size() >= 2 &&
+         (uint64_t{a.chunks} << a.shift) <= (uint64_t{a.ep_slabs.size() - 2} << a.slab_shift)) {
+    a.ep_slabs.pop_back();
+    a.node_slabs.pop_back();
+  }
+}
+
+// Moves block b's holders (count >= 2 after the move) into a chunk of class new_cls.
+void PrefixIndex::move_holders(uint32_t b, uint32_t new_cls) {
+  const uint32_t chunk = alloc_chunk(new_cls, b);
+  Block& blk = blocks_[b];
+  Arena& dst = arenas_[new_cls];
+  if (blk.count == 1) {
+    dst.eps(chunk)[0] = blk.aux;
+    dst.nodes(chunk)[0] = blk.off;
+  } else {
+    Arena& src = arenas_[blk.aux];
+    std::copy_n(src.eps(blk.off), blk.count, dst.eps(chunk));
+    std::copy_n(src.nodes(blk.off), blk.count, dst.nodes(chunk));
+    free_chunk(blk.aux, blk.off);
+  }
+  blk.off = chunk;
+  blk.aux = static_cast<uint16_t>(new_cls);
+}
+
+const uint16_t* PrefixIndex::holder_eps(const Block& blk) const noexcept {
+  return blk.count == 1 ? &blk.aux : arenas_[blk.aux].eps(blk.off);
 }
 
 void PrefixIndex::add_holder(uint32_t b, uint16_t ep, uint32_t node) {
   Block& blk = blocks_[b];
-  if (blk.off == kNil) {
-    blk.off = alloc_chunk(0);
-    blk.cls = 0;
-  } else if (blk.count == (1u << blk.cls)) {
-    const uint8_t cls = static_cast<uint8_t>(blk.cls + 1);
-    const uint32_t off = alloc_chunk(cls);
-    Block& again = blocks_[b];  // slabs never move, but keep the reference obviously fresh
-    std::copy_n(holder_ep_.ptr(again.off), again.count, holder_ep_.ptr(off));
-    std::copy_n(holder_node_.ptr(again.off), again.count, holder_node_.ptr(off));
-    free_chunk(again.off, again.cls);
-    again.off = off;
-    again.cls = cls;
+  blk.holders_fp ^= mix(ep);
+  if (blk.count == 0) {
+    blk.off = node;
+    blk.aux = ep;
+    blk.count = 1;
+    return;
+  }
+  if (blk.count == 1) {
+    move_holders(b, 1);
+  } else if (blk.count == (1u << blk.aux)) {
+    move_holders(b, blk.aux + 1u);
   }
   Block& cur = blocks_[b];
-  cur.holders_fp ^= mix(ep);
-  holder_ep_[cur.off + cur.count] = ep;
-  holder_node_[cur.off + cur.count] = node;
+  Arena& a = arenas_[cur.aux];
+  a.eps(cur.off)[cur.count] = ep;
+  a.nodes(cur.off)[cur.count] = node;
   ++cur.count;
 }
 
 void PrefixIndex::remove_holder(uint32_t b, uint16_t ep) noexcept {
   Block& blk = blocks_[b];
-  const uint16_t* eps = holder_ep_.ptr(blk.off);
-  uint32_t j = 0;
-  while (eps[j] != ep) ++j;  // caller guarantees ep holds b
   blk.holders_fp ^= mix(ep);
-  const uint32_t last = blk.off + blk.count - 1;
-  holder_ep_[blk.off + j] = holder_ep_[last];
-  holder_node_[blk.off + j] = holder_node_[last];
-  --blk.count;
-  if (blk.count == 0) {
-    free_chunk(blk.off, blk.cls);
+  if (blk.count == 1) {  // caller guarantees ep is the holder
+    blk.count = 0;
     erase_block(b);
     return;
   }
-  if (blk.cls >= 2 && blk.count <= (1u << blk.cls) / 4) {  // shrink to bound slack
-    const uint8_t cls = static_cast<uint8_t>(blk.cls - 1);
-    uint32_t off = free_chunk_[cls];
-    if (off != kNil) {  // only reuse a free chunk: shrinking must not allocate
-      free_chunk_[cls] = holder_node_[off];
-      std::copy_n(holder_ep_.ptr(blk.off), blk.count, holder_ep_.ptr(off));
-      std::copy_n(holder_node_.ptr(blk.off), blk.count, holder_node_.ptr(off));
-      free_chunk(blk.off, blk.cls);
-      blk.off = off;
-      blk.cls = cls;
+  Arena& a = arenas_[blk.aux];
+  uint16_t* eps = a.eps(blk.off);
+  uint32_t* nodes = a.nodes(blk.off);
+  uint32_t j = 0;
+  while (eps[j] != ep) ++j;  // caller guarantees ep holds b
+  eps[j] = eps[blk.count - 1];
+  nodes[j] = nodes[blk.count - 1];
+  --blk.count;
+  if (blk.count == 1) {  // back to inline
+    const uint16_t solo = eps[0];
+    const uint32_t solo_node = nodes[0];
+    const uint32_t cls = blk.aux, chunk = blk.off;
+    blk.aux = solo;
+    blk.off = solo_node;
+    // free_chunk copies the arena's last chunk using its owner's count; ours is detached.
+    free_chunk(cls, chunk);
+    return;
+  }
+  if (blk.aux >= 2 && blk.count <= (1u << blk.aux) / 4) {  // shrink to bound rounding
+    try {
+      move_holders(b, blk.aux - 1u);
+    } catch (...) {
+      // Out of memory while shrinking: keep the larger chunk, nothing is lost.
     }
   }
 }
@@ -261,11 +295,15 @@ void PrefixIndex::record(uint32_t endpoint, std::span<const uint64_t> hashes) {
       b = insert_block(h);
     } else {
       const Block& blk = blocks_[b];
-      const uint16_t* eps = holder_ep_.ptr(blk.off);
-      for (uint32_t j = 0; j < blk.count; ++j) {
-        if (eps[j] == ep) {
-          node = holder_node_[blk.off + j];
-          break;
+      if (blk.count == 1) {
+        if (blk.aux == ep) node = blk.off;
+      } else {
+        const uint16_t* eps = arenas_[blk.aux].eps(blk.off);
+        for (uint32_t j = 0; j < blk.count; ++j) {
+          if (eps[j] == ep) {
+            node = arenas_[blk.aux].nodes(blk.off)[j];
+            break;
+          }
         }
       }
     }
@@ -305,7 +343,7 @@ void PrefixIndex::match(std::span<const uint64_t> hashes, std::span<int32_t> out
     // Alive endpoints that hold block i extend to the new stamp i+1 ...
     const auto next = static_cast<int32_t>(i + 1);
     uint32_t advanced = 0;
-    const uint16_t* eps = holder_ep_.ptr(blk.off);
+    const uint16_t* eps = holder_eps(blk);
     for (uint32_t j = 0; j < blk.count; ++j) {
       const uint32_t e = eps[j];
       const bool extend = e < limit && m[e] == stamp;
@@ -315,7 +353,7 @@ void PrefixIndex::match(std::span<const uint64_t> hashes, std::span<int32_t> out
     // ... and those still on the old stamp dropped out after i blocks. They all hold
     // block i-1, since the alive set is always a subset of the last block's holders.
     if (prev) {
-      const uint16_t* pe = holder_ep_.ptr(prev->off);
+      const uint16_t* pe = holder_eps(*prev);
       for (uint32_t j = 0; j < prev->count; ++j) {
         const uint32_t e = pe[j];
         if (e < limit && m[e] == stamp) m[e] = static_cast<int32_t>(i);
@@ -326,7 +364,7 @@ void PrefixIndex::match(std::span<const uint64_t> hashes, std::span<int32_t> out
     if (advanced == 0) return;
   }
   if (prev) {  // the walk ended: survivors matched all i blocks
-    const uint16_t* pe = holder_ep_.ptr(prev->off);
+    const uint16_t* pe = holder_eps(*prev);
     for (uint32_t j = 0; j < prev->count; ++j) {
       const uint32_t e = pe[j];
       if (e < limit && m[e] == stamp) m[e] = static_cast<int32_t>(i);
@@ -361,8 +399,10 @@ uint32_t PrefixIndex::endpoint_entries(uint32_t endpoint) const {
 
 uint64_t PrefixIndex::memory_bytes() const {
   std::shared_lock lock(mu_);
-  return blocks_.bytes() + nodes_.bytes() + holder_ep_.bytes() + holder_node_.bytes() +
-         table_.capacity() * sizeof(uint32_t) + eps_state_.capacity() * sizeof(EpState);
+  uint64_t arenas = 0;
+  for (const auto& a : arenas_) arenas += a.bytes();
+  return blocks_.bytes() + nodes_.bytes() + arenas + table_.capacity() * sizeof(uint32_t) +
+         eps_state_.capacity() * sizeof(EpState);
 }
 
 }  // namespace igw

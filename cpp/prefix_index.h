@@ -1,18 +1,22 @@
 // Prefix index: block hash -> endpoints holding it, plus a bounded LRU of blocks per
 // endpoint. This is the "what igw sent where" approximation of every server's prefix cache.
 //
-// Layout (all indices u32, endpoint ids u16, everything in slabs -- see slab.h):
-//   * Block record (24 B): the 64-bit hash, a 64-bit fingerprint of its holder set, its holder
-//     chunk offset, holder count, size class.
-//   * Holder chunk: power-of-two sized run of (u16 endpoint, u32 LRU node) in two parallel
-//     slab arrays, so `match` scans a block's holders as contiguous u16s.
-//   * LRU node (12 B): prev/next links of the endpoint's LRU list and the block it refers to.
+// Layout (all indices u32, endpoint ids u16, no std::vector doubling on the hot structures):
+//   * Block record (24 B): the 64-bit hash, a 64-bit fingerprint of its holder set, holder
+//     count, and either the single holder inline (count == 1: endpoint + LRU node, no chunk)
+//     or the offset and size class of its holder chunk.
+//   * Holder chunk: 2^c entries of (u16 endpoint, u32 LRU node) in two parallel arrays, so
+//     `match` scans a block's holders as contiguous u16s. Chunks of one size class live in
+//     one dense arena; freeing a chunk moves the arena's last chunk into the hole (its block
+//     is found through a per-chunk owner id), so there is never free space inside an arena
+//     and a block growing 1 -> 2 -> 4 -> ... leaves nothing behind.
+//   * LRU node (12 B, slabs): prev/next links of the endpoint's LRU list and its block.
 //   * Hash table: open addressing (linear probing, backward-shift delete) of u32 block ids,
 //     kept at most half full.
-// Per (block, endpoint) entry that is 12 B node + 6 B holder (+ power-of-two slack), plus the
-// block record and table slot (~24 B) shared by all holders of the block. memory_bytes()
-// counts every slab and table byte allocated (including free and slack space), so
-// memory_bytes()/entries() is the honest per-entry cost.
+// Per (block, endpoint) entry: 12 B node + 6 B holder (+ up to 2x chunk rounding, usually
+// much less), plus the block record and table slot (~32 B) shared by all holders of the
+// block. memory_bytes() counts every allocated slab, arena and table byte (including unused
+// tails), so memory_bytes()/entries() is the honest per-entry cost.
 //
 // match walks the prompt's blocks once. Along a shared prefix consecutive blocks usually have
 // exactly the same holders (everyone who cached block i also cached i+1), so a block whose
@@ -27,6 +31,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <shared_mutex>
 #include <span>
 #include <vector>
@@ -63,10 +68,34 @@ class PrefixIndex {
   struct Block {
     uint64_t hash;
     uint64_t holders_fp;  // XOR of mix(endpoint) over holders: O(1) "same holder set?" test
-    uint32_t off;         // first holder slot; free-list link when the record is free
+    uint32_t off;         // count 1: the LRU node; count >= 2: chunk index in arena `aux`;
+                          // free record: free-list link
     uint16_t count;       // holders (<= 65535 endpoints)
-    uint8_t cls;          // chunk capacity = 1 << cls
-    uint8_t pad;
+    uint16_t aux;         // count 1: the endpoint; count >= 2: size class (capacity 1 << aux)
+  };
+  // Dense arena of holder chunks of one size class (see the layout comment above).
+  struct Arena {
+    uint32_t shift = 0;  // log2 entries per chunk
+    uint32_t slab_shift = 0;  // log2 entries per slab (>= shift)
+    uint32_t chunks = 0;
+    std::vector<std::unique_ptr<uint16_t[]>> ep_slabs;
+    std::vector<std::unique_ptr<uint32_t[]>> node_slabs;
+    std::vector<uint32_t> owner;  // block id of each chunk
+    uint16_t* eps(uint32_t chunk) noexcept {
+      const uint64_t at = uint64_t{chunk} << shift;
+      return &ep_slabs[at >> slab_shift][at & ((uint64_t{1} << slab_shift) - 1)];
+    }
+    uint32_t* nodes(uint32_t chunk) noexcept {
+      const uint64_t at = uint64_t{chunk} << shift;
+      return &node_slabs[at >> slab_shift][at & ((uint64_t{1} << slab_shift) - 1)];
+    }
+    const uint16_t* eps(uint32_t chunk) const noexcept {
+      return const_cast<Arena*>(this)->eps(chunk);
+    }
+    size_t bytes() const noexcept {
+      return (ep_slabs.size() << slab_shift) * 6 + owner.capacity() * 4 +
+             (ep_slabs.capacity() + node_slabs.capacity()) * sizeof(void*);
+    }
   };
   struct Node {
     uint32_t prev, next;  // LRU links (prev = more recent); next doubles as free-list link
@@ -87,8 +116,10 @@ class PrefixIndex {
   uint32_t insert_block(uint64_t hash);
   void erase_block(uint32_t b);
   void rehash(size_t slots);
-  uint32_t alloc_chunk(uint8_t cls);
-  void free_chunk(uint32_t off, uint8_t cls) noexcept;
+  uint32_t alloc_chunk(uint32_t cls, uint32_t block);
+  void free_chunk(uint32_t cls, uint32_t chunk) noexcept;
+  void move_holders(uint32_t b, uint32_t new_cls);
+  const uint16_t* holder_eps(const Block& blk) const noexcept;
   void add_holder(uint32_t b, uint16_t ep, uint32_t node);
   void remove_holder(uint32_t b, uint16_t ep) noexcept;
   uint32_t alloc_node();
@@ -104,13 +135,11 @@ class PrefixIndex {
   std::vector<EpState> eps_state_;
   SlabArray<Block, 14> blocks_;
   SlabArray<Node, 14> nodes_;
-  SlabArray<uint16_t, 16> holder_ep_;
-  SlabArray<uint32_t, 16> holder_node_;
+  Arena arenas_[17];  // size classes 1..16 (index 0 unused: single holders are inline)
   std::vector<uint32_t> table_;  // block ids, kNil = empty
   uint32_t table_shift_ = 0;     // 64 - log2(table size)
   uint32_t free_block_ = kNil;
   uint32_t free_node_ = kNil;
-  uint32_t free_chunk_[17];  // per size class, linked through holder_node_
   mutable std::shared_mutex mu_;
 };
 

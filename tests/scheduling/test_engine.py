@@ -465,7 +465,9 @@ def test_cost_model_avoids_a_slow_replica_once_calibrated(make_pool):
     # replica 0 prefills at 1,000 tokens/s, replica 1 at 10,000
     for i in range(6):
         for endpoint, ttft in ((0, prompt_tokens / 1000), (1, prompt_tokens / 10000)):
-            request = make_request(f"warm-{endpoint}-{i} " * 500, subset=[ip(endpoint)])
+            request = make_request(
+                f"warm-{endpoint}-{i} " * 500, subset=[ip(endpoint)], stream=True
+            )
             decision = engine.schedule(request, pool)
             engine.observe_first_token(decision, ttft)
             engine.release(decision)
@@ -473,6 +475,15 @@ def test_cost_model_avoids_a_slow_replica_once_calibrated(make_pool):
     assert rates[0] < rates[1]
     cold = [engine.schedule(make_request(f"cold {i} " * 800), pool) for i in range(4)]
     assert all(d.primary.address == ip(1) for d in cold[:2])
+
+
+def test_buffered_responses_do_not_calibrate(make_pool):
+    pool = make_pool([(0, 0, 0.0)])
+    engine = SchedulingEngine(named_policy("predicted-ttft"))
+    decision = engine.schedule(make_request("x " * 2000, stream=False), pool)
+    engine.observe_first_token(decision, 30.0)  # the whole generation, not a prefill
+    engine.release(decision)
+    assert pool.table.snapshot().prefill_rate[0] == 0.0
 
 
 def test_calibration_ignores_tiny_work_and_bounds_outliers():

@@ -194,7 +194,9 @@ class SchedulingEngine:
             self._charges[id(decision)] = charge
         if with_scores and result.scores is not None:
             decision.scores = self._scores_by_address(pool, profile, result.scores, mask)
-        if snapshot is not None and _uses_ttft(profile):
+        if snapshot is not None and request.stream and _uses_ttft(profile):
+            # only streamed responses time the first token; a buffered response's first byte
+            # comes after the whole generation and would read as a very slow prefill
             self._work[id(decision)] = self._work_ahead(snapshot, profile, primary, decision)
         return decision
 

@@ -117,3 +117,14 @@ def test_unusable_page_raises_a_clear_error(page: bytes, needle: str):
 def test_engine_comes_from_the_label_with_vllm_default():
     assert engine_of({"llm-d.ai/engine-type": "sglang"}) == "sglang"
     assert engine_of({}) == "vllm"
+
+
+def test_custom_engine_narrows_by_labels_and_rejects_empty_names():
+    from igw.datalayer import custom_engine
+
+    spec = custom_engine("x", waiting="q", running="r", labels={"role": "decode"})
+    page = b'q{role="prefill"} 9\nq{role="decode"} 2\nr{role="decode"} 1\n'
+    scraped = extract(spec, page)
+    assert (scraped.waiting, scraped.running, scraped.kv_util) == (2, 1, 0.0)
+    with pytest.raises(ValueError, match="custom engine waiting must be a non-empty string"):
+        custom_engine("x", waiting="", running="r")

@@ -317,6 +317,9 @@ async def test_fetch_models_error_names_the_url(pool, layer):
         ({"block_tokens": 0}, "block_tokens must be an int >= 1"),
         ({"down_after": 0}, "down_after must be an int >= 1"),
         ({"metrics_path": "metrics"}, "metrics_path must start with '/'"),
+        ({"metrics_port": 0}, "metrics_port must be 1..65535"),
+        ({"metrics_scheme": "ftp"}, "metrics_scheme must be 'http' or 'https'"),
+        ({"default_engine": "tgi"}, "default_engine 'tgi' is unknown"),
     ],
 )
 def test_bad_settings_are_rejected_with_the_setting_named(pool, kwargs, needle):
@@ -372,3 +375,25 @@ async def test_unknown_engine_label_counts_an_error_and_stays_ready(pool, server
     await wait_until(lambda: dl.state(endpoint).errors["parse"] >= 1)
     assert "unknown engine 'tgi'" in dl.state(endpoint).last_error
     assert row(pool, endpoint)["ready"] and dl.is_stale(endpoint)
+
+
+async def test_metrics_port_and_custom_engine_are_honoured(pool, servers, layer):
+    from igw.datalayer import custom_engine
+
+    metrics = await servers(b"fork_queue 7\nfork_busy 2\nfork_kv 0.5\n")
+    endpoint = pool.upsert("127.0.0.1:1", labels={"llm-d.ai/engine-type": "fork"})
+    engine = custom_engine("fork", waiting="fork_queue", running="fork_busy", kv_util="fork_kv")
+    dl = layer(metrics_port=metrics.port, engines={"fork": engine})
+    await dl.start()
+    await wait_until(lambda: dl.state(endpoint).scrapes > 0)
+    got = row(pool, endpoint)
+    assert (got["waiting"], got["running"], got["kv_util"]) == (7, 2, 0.5)
+
+
+async def test_default_engine_applies_to_unlabelled_endpoints(pool, servers, layer):
+    server = await servers(sglang_page(4, 1, 0.1))
+    endpoint = pool.upsert(server.address)
+    dl = layer(default_engine="sglang")
+    await dl.start()
+    await wait_until(lambda: dl.state(endpoint).scrapes > 0)
+    assert row(pool, endpoint)["waiting"] == 4

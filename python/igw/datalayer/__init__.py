@@ -5,7 +5,15 @@
 """
 
 from igw.datalayer.discovery import DiscoveryError, FileDiscovery, StaticDiscovery
-from igw.datalayer.engines import ENGINE_LABEL, ENGINES, Scraped, extract
+from igw.datalayer.engines import (
+    ENGINE_LABEL,
+    ENGINES,
+    EngineSpec,
+    Scraped,
+    Series,
+    custom_engine,
+    extract,
+)
 from igw.datalayer.layer import DataLayer, DataLayerError, EndpointState
 from igw.datalayer.outlier import OutlierPolicy
 from igw.datalayer.promtext import MetricsParseError
@@ -17,10 +25,13 @@ __all__ = [
     "DataLayerError",
     "DiscoveryError",
     "EndpointState",
+    "EngineSpec",
     "FileDiscovery",
     "MetricsParseError",
     "OutlierPolicy",
     "Scraped",
+    "Series",
     "StaticDiscovery",
+    "custom_engine",
     "extract",
 ]

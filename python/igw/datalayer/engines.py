@@ -93,6 +93,28 @@ class EngineSpec:
         object.__setattr__(self, "families", frozenset(names))
 
 
+def custom_engine(
+    name: str,
+    *,
+    waiting: str,
+    running: str,
+    kv_util: str | None = None,
+    labels: dict[str, str] | None = None,
+) -> EngineSpec:
+    """An engine spec from plain metric names, for servers igw does not know (e.g. a
+    vLLM fork with renamed gauges). ``labels`` narrows every family to matching series."""
+    for field, value in (("name", name), ("waiting", waiting), ("running", running)):
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"custom engine {field} must be a non-empty string, got {value!r}")
+    wanted: Labels = tuple(sorted((labels or {}).items()))
+    return EngineSpec(
+        name=name,
+        waiting=(Series(waiting.encode(), wanted),),
+        running=(Series(running.encode(), wanted),),
+        kv_util=(Series(kv_util.encode(), wanted),) if kv_util else (),
+    )
+
+
 def _int_label(labels: dict[str, str], key: str) -> int | None:
     text = labels.get(key, "")
     try:

@@ -34,13 +34,20 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import yarl
 
-from igw.datalayer.engines import DEFAULT_ENGINE, ENGINES, Scraped, engine_of, extract
+from igw.datalayer.engines import (
+    DEFAULT_ENGINE,
+    ENGINE_LABEL,
+    ENGINES,
+    EngineSpec,
+    Scraped,
+    extract,
+)
 from igw.datalayer.outlier import OutcomeWindow, OutlierPolicy
 from igw.datalayer.promtext import MetricsParseError
 
@@ -109,6 +116,11 @@ class DataLayer:
         outlier: OutlierPolicy | None = None,
         max_demoted_fraction: float = 0.5,
         metrics_path: str = "/metrics",
+        metrics_port: int | None = None,
+        metrics_scheme: str | None = None,
+        engine_label: str = ENGINE_LABEL,
+        default_engine: str | None = None,
+        engines: Mapping[str, EngineSpec] | None = None,
         compress: bool = False,
         session: aiohttp.ClientSession | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -133,7 +145,25 @@ class DataLayer:
         self.down_after = down_after
         self.outlier = outlier or OutlierPolicy()
         self.max_demoted_fraction = max_demoted_fraction
+        if metrics_port is not None and not (
+            isinstance(metrics_port, int) and 0 < metrics_port < 65536
+        ):
+            raise ValueError(f"DataLayer metrics_port must be 1..65535, got {metrics_port!r}")
+        if metrics_scheme not in (None, "http", "https"):
+            raise ValueError(
+                f"DataLayer metrics_scheme must be 'http' or 'https', got {metrics_scheme!r}"
+            )
+        self.engines: dict[str, EngineSpec] = {**ENGINES, **(engines or {})}
+        if default_engine is not None and default_engine not in self.engines:
+            raise ValueError(
+                f"DataLayer default_engine {default_engine!r} is unknown; expected one of "
+                f"{sorted(self.engines)}"
+            )
         self.metrics_path = metrics_path
+        self.metrics_port = metrics_port
+        self.metrics_scheme = metrics_scheme
+        self.engine_label = engine_label
+        self.default_engine = default_engine
         self.errors: collections.Counter[str] = collections.Counter()
         self._clock = clock
         self._rng = random.Random(seed)
@@ -201,12 +231,32 @@ class DataLayer:
             if old.endpoint is endpoint:
                 return
             self._untrack(old.endpoint)
-        url = yarl.URL(endpoint.base_url + self.metrics_path)
+        url = self._metrics_url(endpoint)
         state = EndpointState(endpoint=endpoint, outcomes=OutcomeWindow(self.outlier), url=url)
         self._states[endpoint.id] = state
         self._apply_ready(state)  # discovered -> ready until known otherwise
         state.task = asyncio.get_running_loop().create_task(
             self._scrape_loop(state), name=f"igw-scrape {endpoint.address}"
+        )
+
+    def _metrics_url(self, endpoint: Endpoint) -> yarl.URL:
+        """Where the endpoint's metrics are: its own address unless a port/scheme is set
+        (Triton serves metrics on a port of their own)."""
+        host = endpoint.host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        scheme = self.metrics_scheme or endpoint.scheme
+        port = self.metrics_port or endpoint.port
+        return yarl.URL(f"{scheme}://{host}:{port}{self.metrics_path}")
+
+    def engine_of(self, endpoint: Endpoint) -> str:
+        """The endpoint's engine: its ``engine_label`` label, else ``default_engine`` when
+        set, else the engine discovery gave it."""
+        return (
+            endpoint.labels.get(self.engine_label)
+            or self.default_engine
+            or endpoint.engine
+            or DEFAULT_ENGINE
         )
 
     def _untrack(self, endpoint: Endpoint) -> None:
@@ -286,11 +336,11 @@ class DataLayer:
         if status != 200:
             self._soft_failure(state, HTTP_STATUS, f"GET {state.url} returned HTTP {status}")
             return
-        engine = engine_of(state.endpoint.labels, state.endpoint.engine or DEFAULT_ENGINE)
-        spec = ENGINES.get(engine)
+        engine = self.engine_of(state.endpoint)
+        spec = self.engines.get(engine)
         if spec is None:
             self._soft_failure(
-                state, PARSE, f"unknown engine {engine!r}; expected one of {sorted(ENGINES)}"
+                state, PARSE, f"unknown engine {engine!r}; expected one of {sorted(self.engines)}"
             )
             return
         try:

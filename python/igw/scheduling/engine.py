@@ -69,6 +69,7 @@ class SchedulingEngine:
         self._tokens_released: set[int] = set()
         self._work: dict[int, float] = {}  # id(decision) -> prefill work at pick time
         self._charges: dict[int, int] = {}  # id(decision) -> per-request token charge
+        self._charged: dict[Any, int] = {}  # Endpoint -> sum of its requests' charges
 
     # ------------------------------------------------------------------------ public
     @property
@@ -101,8 +102,14 @@ class SchedulingEngine:
         self._work.pop(key, None)
         tokens = 0 if key in self._tokens_released else decision.uncached_tokens
         self._tokens_released.discard(key)
-        tokens += self._charges.pop(key, 0)
-        self._unreserve(decision, 1, tokens)
+        charge = self._charges.pop(key, 0)
+        if charge and decision.endpoints:
+            left = self._charged.get(decision.primary, 0) - charge
+            if left > 0:
+                self._charged[decision.primary] = left
+            else:
+                self._charged.pop(decision.primary, None)
+        self._unreserve(decision, 1, tokens + charge)
 
     def observe_first_token(self, decision: Decision, ttft_s: float) -> None:
         """The primary sent its first token ``ttft_s`` after dispatch.
@@ -186,18 +193,22 @@ class SchedulingEngine:
             total_blocks=int(result.total_blocks),
             profile=profile.name,
         )
+        if with_scores and result.scores is not None:
+            decision.scores = self._scores_by_address(pool, profile, result.scores, mask)
+        if snapshot is not None and request.stream and _uses_ttft(profile) and decision.endpoints:
+            # only streamed responses time the first token; a buffered response's first byte
+            # comes after the whole generation and would read as a very slow prefill.
+            # Charges are not prefill work: counting them would inflate the calibrated rate
+            # of busy endpoints and draw even more traffic to them.
+            work = self._work_ahead(snapshot, profile, primary, decision)
+            self._work[id(decision)] = max(0.0, work - self._charged.get(decision.primary, 0))
         charge = profile.request_charge
         if charge and decision.endpoints:
             # the core reserved the request and its uncached tokens atomically; the per-request
             # charge follows at once, before any other pick on this event loop can run
             pool.table.add_inflight(primary, 0, charge)
             self._charges[id(decision)] = charge
-        if with_scores and result.scores is not None:
-            decision.scores = self._scores_by_address(pool, profile, result.scores, mask)
-        if snapshot is not None and request.stream and _uses_ttft(profile):
-            # only streamed responses time the first token; a buffered response's first byte
-            # comes after the whole generation and would read as a very slow prefill
-            self._work[id(decision)] = self._work_ahead(snapshot, profile, primary, decision)
+            self._charged[decision.primary] = self._charged.get(decision.primary, 0) + charge
         return decision
 
     def _run_filters(

@@ -174,15 +174,22 @@ class Running:
     router: object
 
 
-@pytest.fixture
-async def make_gateway():
-    """Start a gateway over the given fake replicas (one pool, model ``sim-model``)."""
+@pytest.fixture(params=["lean", "aiohttp"])
+async def make_gateway(request):
+    """Start a gateway over the given fake replicas (one pool, model ``sim-model``), once
+    with each upstream client (the httptools one and the aiohttp fallback)."""
+    from igw.gateway.app import Limits
     from igw.gateway.routing import ModelRouter, PoolRuntime
     from igw.gateway.runtime import build_gateway
+    from igw.gateway.upstream import httptools
 
+    lean = request.param == "lean"
+    if lean and httptools is None:
+        pytest.skip("httptools is not installed")
     started = []
 
     async def make(replicas, *, limits=None, models=("sim-model",), datalayer=None):
+        limits = dataclasses.replace(limits or Limits(), lean_client=lean)
         pool = datastore.Pool("default")
         for replica in replicas:
             endpoint = pool.upsert(replica.address)

@@ -28,7 +28,7 @@ from aiohttp import web
 
 from igw.errors import InferenceError
 from igw.gateway.errors import error_response, inference_error_response
-from igw.gateway.proxy import REQUEST_ID_HEADER, Forwarder, UpstreamSessions
+from igw.gateway.proxy import REQUEST_ID_HEADER, Forwarder
 from igw.pipeline import Pipeline, Request
 
 try:  # Python 3.11+
@@ -56,6 +56,7 @@ class Limits:
     connect_timeout: float = 5.0  # upstream TCP connect
     upstream_read_timeout: float = 600.0  # upstream silence (between stream chunks too)
     max_attempts: int = 3  # ranked endpoints tried when one cannot be reached
+    lean_client: bool | None = None  # httptools upstream client (None: when importable)
 
 
 ModelsProvider = Callable[[], Sequence[str]]
@@ -85,15 +86,13 @@ class Gateway:
         self.metrics_text = metrics_text
         self.on_error = on_error
         self.mirror = mirror
-        self.sessions = UpstreamSessions(
-            connect_timeout=self.limits.connect_timeout,
-            read_timeout=self.limits.upstream_read_timeout,
-        )
         self.forwarder = Forwarder(
             pipeline,
-            self.sessions,
+            connect_timeout=self.limits.connect_timeout,
+            read_timeout=self.limits.upstream_read_timeout,
             report_failure=report_failure,
             max_attempts=self.limits.max_attempts,
+            lean=self.limits.lean_client,
         )
         self._on_cleanup = list(on_cleanup)
         self._runner: web.AppRunner | None = None
@@ -134,7 +133,7 @@ class Gateway:
             await runner.cleanup()
 
     async def _cleanup(self, _app: web.Application) -> None:
-        await self.sessions.close()
+        await self.forwarder.close()
         for hook in self._on_cleanup:
             await hook()
 

@@ -221,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
         return asyncio.run(_main(args, config))
     except ConfigError as exc:
         return _fail(str(exc))
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # a busy port, a constant the simulator refuses
         return _fail(f"cannot start: {exc}")
     except KeyboardInterrupt:
         return 0

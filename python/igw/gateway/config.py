@@ -50,6 +50,15 @@ class SimSpec(_Strict):
     models: list[str] = Field(default_factory=lambda: ["sim-model"], min_length=1)
     loras: list[str] = Field(default_factory=list)
 
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, value: str) -> str:
+        from igw.sim.profiles import PROFILES
+
+        if value not in PROFILES:
+            raise ValueError(f"expected one of {', '.join(sorted(PROFILES))}, got {value!r}")
+        return value
+
 
 class PoolSpec(_Strict):
     endpoints: list[str] = Field(default_factory=list)

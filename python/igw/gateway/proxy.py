@@ -10,23 +10,28 @@ Rules (issue 5, item 2):
 * Every attempt that failed is reported to the endpoint's pool (outlier detection); the
   served attempt is reported by the pipeline's account stage at ``finish``.
 
-Upstream connections: one ``aiohttp.ClientSession`` per pool with a keep-alive connector
-(no per-request connection setup, TCP_NODELAY set by aiohttp on every connection), no
-automatic decompression (bytes are relayed as they come) and ``accept-encoding: identity``
+Upstream connections are kept alive and reused (``igw.gateway.upstream``: a lean httptools
+client, or aiohttp's when httptools is missing), with TCP_NODELAY on every connection; bytes
+are relayed as they come (no decompression) and ``accept-encoding: identity`` is asked
 upstream so usage parsing sees plain text.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-import aiohttp
 from aiohttp import web
 
 from igw.gateway.errors import error_response, sse_error_event
+from igw.gateway.upstream import (
+    UpstreamBrokenError,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamTimeoutError,
+    make_pool,
+)
 from igw.pipeline import Pipeline, Request, RequestKind
 
 if TYPE_CHECKING:
@@ -67,65 +72,20 @@ _DONE_MARK = b"[DONE]"
 FailureReporter = Callable[["Endpoint"], None]
 
 
-class UpstreamSessions:
-    """One keep-alive ``ClientSession`` per pool, created on first use inside the loop."""
-
-    def __init__(
-        self,
-        *,
-        connect_timeout: float = 5.0,
-        read_timeout: float = 600.0,
-        limit_per_host: int = 0,
-    ) -> None:
-        self._timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=connect_timeout,
-            sock_connect=connect_timeout,
-            sock_read=read_timeout,
-        )
-        self._limit_per_host = limit_per_host
-        self._sessions: dict[str, aiohttp.ClientSession] = {}
-
-    def get(self, pool_name: str) -> aiohttp.ClientSession:
-        session = self._sessions.get(pool_name)
-        if session is None or session.closed:
-            connector = aiohttp.TCPConnector(
-                limit=0,
-                limit_per_host=self._limit_per_host,
-                ttl_dns_cache=None,
-                keepalive_timeout=30.0,
-                enable_cleanup_closed=False,
-            )
-            session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=self._timeout,
-                auto_decompress=False,
-                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
-                cookie_jar=aiohttp.DummyCookieJar(),
-            )
-            self._sessions[pool_name] = session
-        return session
-
-    async def close(self) -> None:
-        sessions, self._sessions = list(self._sessions.values()), {}
-        for session in sessions:
-            await session.close()
-
-
-def upstream_headers(headers: Iterable[tuple[str, str]], request_id: str) -> dict[str, str]:
+def upstream_headers(headers: Iterable[tuple[str, str]], request_id: str) -> list[tuple[str, str]]:
     """The client's end-to-end headers, plus the request id, for the replica."""
-    out = {name: value for name, value in headers if name.lower() not in _HOP_BY_HOP}
-    out[REQUEST_ID_HEADER] = request_id
-    out["accept-encoding"] = "identity"
+    out = [
+        (name, value)
+        for name, value in headers
+        if name.lower() not in _HOP_BY_HOP and name.lower() != REQUEST_ID_HEADER
+    ]
+    out.append((REQUEST_ID_HEADER, request_id))
+    out.append(("accept-encoding", "identity"))
     return out
 
 
-def response_headers(upstream: aiohttp.ClientResponse, address: str) -> dict[str, str]:
-    out = {
-        name: value
-        for name, value in upstream.headers.items()
-        if name.lower() not in _RESPONSE_SKIP
-    }
+def response_headers(items: Iterable[tuple[str, str]], address: str) -> dict[str, str]:
+    out = {name: value for name, value in items if name not in _RESPONSE_SKIP}
     out[ENDPOINT_HEADER] = address
     return out
 
@@ -136,21 +96,26 @@ class Forwarder:
     def __init__(
         self,
         pipeline: Pipeline,
-        sessions: UpstreamSessions,
         *,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 600.0,
         report_failure: FailureReporter | None = None,
         max_attempts: int = 3,
+        lean: bool | None = None,
     ) -> None:
         self.pipeline = pipeline
-        self.sessions = sessions
+        self.upstream = make_pool(
+            connect_timeout=connect_timeout, read_timeout=read_timeout, lean=lean
+        )
         self.report_failure = report_failure
         self.max_attempts = max(1, max_attempts)
 
+    async def close(self) -> None:
+        await self.upstream.close()
+
     async def forward(self, http_request: web.BaseRequest, request: Request) -> web.StreamResponse:
         """Relay ``request`` to ``request.decision.endpoints``; always ends with ``finish``."""
-        decision = request.decision
-        assert decision is not None, "forward() needs a scheduled request"
-        upstream: aiohttp.ClientResponse | None = None
+        upstream = None
         failed = False
         try:
             upstream, endpoint = await self._connect(http_request, request)
@@ -164,61 +129,57 @@ class Forwarder:
                 )
             request.served_endpoint = endpoint
             status = upstream.status
-            headers = response_headers(upstream, endpoint)
-            self.pipeline.response_started(
-                request, status, {k.lower(): v for k, v in upstream.headers.items()}
-            )
+            self.pipeline.response_started(request, status, upstream.headers)
+            headers = response_headers(upstream.header_items, endpoint)
             if EVENT_STREAM in upstream.headers.get("content-type", ""):
                 response, failed = await self._relay_stream(
                     http_request, request, upstream, status, headers
                 )
                 return response
-            return await self._relay_body(request, upstream, status, headers)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            data = await upstream.read()
+            data = self.pipeline.response_chunk(request, data, True)
+            return web.Response(status=status, body=data, headers=headers)
+        except UpstreamError as exc:
             # Failed while reading a non-streamed body: nothing was sent to the client yet.
             failed = True
-            return error_response(502, f"upstream {request.served_endpoint} failed: {exc!r}")
+            return error_response(502, f"upstream {request.served_endpoint} failed: {exc}")
         finally:
             if upstream is not None:
-                if not failed and upstream.content.is_eof():
+                if not failed and upstream.complete:
                     upstream.release()  # back to the keep-alive pool
                 else:
                     upstream.close()  # unread or broken: never reuse the connection
             self.pipeline.finish(request, failed=failed)
 
-    async def _connect(
-        self, http_request: web.BaseRequest, request: Request
-    ) -> tuple[aiohttp.ClientResponse | None, str]:
+    async def _connect(self, http_request: web.BaseRequest, request: Request):
         """Open the upstream response on the first ranked endpoint that answers."""
         decision = request.decision
-        assert decision is not None
-        session = self.sessions.get(decision.pool.name)
+        assert decision is not None, "forward() needs a scheduled request"
         headers = upstream_headers(http_request.headers.items(), request.request_id)
         body = request.upstream_body
         path = http_request.path_qs
         tried: list[str] = []
         candidates = decision.endpoints[: self.max_attempts]
+        last = len(candidates) - 1
         for index, endpoint in enumerate(candidates):
             tried.append(endpoint.address)
             try:
-                upstream = await session.post(endpoint.base_url + path, data=body, headers=headers)
-            except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
-                log.warning(
-                    "request %s: %s failed before any response (%r); %s",
-                    request.request_id,
-                    endpoint.address,
-                    exc,
-                    "trying next endpoint" if index + 1 < len(candidates) else "giving up",
+                upstream = await self.upstream.post(
+                    endpoint.host, endpoint.port, path, headers, body
                 )
+            except (UpstreamConnectError, UpstreamTimeoutError) as exc:
+                log.warning(
+                    "request %s: %s failed before any response (%s); %s",
+                    request.request_id, endpoint.address, exc,
+                    "trying next endpoint" if index < last else "giving up",
+                )  # fmt: skip
                 self._report(endpoint)
                 continue
-            if upstream.status in _RETRY_STATUSES and index + 1 < len(candidates):
+            if upstream.status in _RETRY_STATUSES and index < last:
                 log.warning(
                     "request %s: %s answered %d; trying next endpoint",
-                    request.request_id,
-                    endpoint.address,
-                    upstream.status,
-                )
+                    request.request_id, endpoint.address, upstream.status,
+                )  # fmt: skip
                 upstream.close()
                 self._report(endpoint)
                 continue
@@ -229,39 +190,20 @@ class Forwarder:
         if self.report_failure is not None:
             self.report_failure(endpoint)
 
-    async def _relay_body(
-        self,
-        request: Request,
-        upstream: aiohttp.ClientResponse,
-        status: int,
-        headers: dict[str, str],
-    ) -> web.Response:
-        data = await upstream.read()
-        data = self.pipeline.response_chunk(request, data, True)
-        return web.Response(status=status, body=data, headers=headers)
-
-    async def _relay_stream(
-        self,
-        http_request: web.BaseRequest,
-        request: Request,
-        upstream: aiohttp.ClientResponse,
-        status: int,
-        headers: dict[str, str],
-    ) -> tuple[web.StreamResponse, bool]:
+    async def _relay_stream(self, http_request, request, upstream, status, headers):
         """Pass SSE chunks through as they arrive; returns (response, failed)."""
         response = web.StreamResponse(status=status, headers=headers)
         await response.prepare(http_request)
         pipeline = self.pipeline
-        content = upstream.content
         tail = b""
         problem: str | None = None
         while True:
             try:
-                chunk = await content.readany()
-            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-                problem = f"upstream {request.served_endpoint} broke the stream: {exc!r}"
+                chunk = await upstream.readany()
+            except UpstreamBrokenError as exc:
+                problem = f"upstream {request.served_endpoint} broke the stream: {exc}"
                 break
-            except asyncio.TimeoutError:
+            except UpstreamTimeoutError:
                 problem = f"upstream {request.served_endpoint} stopped sending (read timeout)"
                 break
             if not chunk:

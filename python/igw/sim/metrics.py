@@ -151,6 +151,12 @@ class _EngineCollector:
             "Number of generation tokens processed.",
             stats.generation_tokens,
         )
+        yield counter(
+            "igw_sim_engine_lag_seconds",
+            "Wall seconds the simulated engine fell behind its latency model (CPU starved) "
+            "and skipped; non-zero means latencies are longer than the model's.",
+            replica.lag_s,
+        )
         success = CounterMetricFamily(
             "vllm:request_success",
             "Count of successfully processed requests.",

@@ -104,6 +104,8 @@ class SimReplica:
         self._t0 = 0.0
         self._vt = 0.0  # engine clock, model ms
         self._idle = True
+        self._woken_at = 0.0
+        self.lag_s = 0.0  # wall seconds the engine fell behind its model and forgave
 
     # ---------------------------------------------------------------------------- lifecycle
 
@@ -174,7 +176,12 @@ class SimReplica:
         present, so model-time latencies never come out shorter than the steps they took.
         """
         now = self.now_ms()
-        seq.arrival = now if self._idle else min(now, self._vt)
+        if self._idle:
+            seq.arrival = now
+            if not self._wake.is_set():
+                self._woken_at = now  # the engine starts its next step at this arrival
+        else:
+            seq.arrival = min(now, self._vt)
         self.engine.add(seq)
         self._wake.set()
 
@@ -191,7 +198,10 @@ class SimReplica:
                 continue
             now = self.now_ms()
             if now - self._vt > MAX_LAG_S * ms_per_s:
-                self._vt = now  # hopelessly late: forgive the debt rather than burst
+                # Hopelessly late (the process did not get the CPU): forgive the debt rather
+                # than burst, and count it so a benchmark can tell the simulator fell behind.
+                self.lag_s += (now - self._vt) / ms_per_s
+                self._vt = now
             step = engine.schedule(self._vt)
             if not step.seqs:  # nothing can run until something arrives or leaves
                 await self._idle_wait()
@@ -212,7 +222,10 @@ class SimReplica:
             await self._wake.wait()
         finally:
             self._idle = False
-        self._vt = max(self._vt, self.now_ms())
+        # An idle GPU starts on a request the moment it arrives: begin at the arrival that
+        # woke us, not at whenever the event loop got round to this task (which would make
+        # model latencies depend on CPU load, amplified by --speed).
+        self._vt = max(self._vt, self._woken_at)
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

@@ -217,3 +217,21 @@ def test_real_sim_and_gateway_run_end_to_end(tmp_path) -> None:
         assert res["summary"]["errors"] == 0
         assert sum(res["per_replica_requests"].values()) == 16
         assert res["summary"]["cache_hit_rate"] is not None
+
+
+def test_show_renders_saved_results_as_markdown(tmp_path, capsys) -> None:
+    out = tmp_path / "s.json"
+    argv = ["bench", "run", "--workload", "hot-prefix", "--policies", "least-loaded"]
+    assert main([*argv, "--json", str(out), *SMALL, *FAKE_ARGS]) == 0
+    capsys.readouterr()
+    assert main(["bench", "show", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| policy | TTFT p50 (ms)" in text and "| least-loaded |" in text
+    assert "--workload hot-prefix" in text and "r0=" in text
+
+
+def test_show_rejects_a_file_that_is_not_a_bench_result(tmp_path, capsys) -> None:
+    bad = tmp_path / "x.json"
+    bad.write_text("[1, 2]")
+    assert main(["bench", "show", str(bad)]) == 2
+    assert "not an igw bench result" in capsys.readouterr().err

@@ -24,9 +24,11 @@ DEFAULT_POLICIES = "round-robin,random,least-loaded,default,predicted-ttft"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="bench_command", metavar="{run,core}")
+    sub = parser.add_subparsers(dest="bench_command", metavar="{run,show,core}")
     sub.required = True
     add_run_arguments(sub.add_parser("run", help="compare routing policies on a simulated fleet"))
+    show = sub.add_parser("show", help="print saved bench JSON results as Markdown tables")
+    show.add_argument("files", nargs="+", metavar="FILE.json")
     core = sub.add_parser("core", help="micro-benchmarks of the C++ routing core", add_help=False)
     try:
         core_module = importlib.import_module("igw.bench.core")
@@ -39,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.set_defaults(run_parser=p)
     p.add_argument("--workload", required=True, choices=sorted(workloads.WORKLOADS))
     p.add_argument("--replicas", type=int, default=4, help="simulated replicas (default 4)")
     p.add_argument(
@@ -144,6 +147,27 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     adv.add_argument("--ready-timeout", type=float, default=60.0)
 
 
+def command_line(args: argparse.Namespace) -> list[str]:
+    """The equivalent ``igw bench run`` command: every option that differs from its default,
+    so a saved result says exactly how to reproduce it."""
+    out = ["igw", "bench", "run"]
+    for action in args.run_parser._actions:
+        if not action.option_strings or action.dest in ("help", "run_parser"):
+            continue
+        value = getattr(args, action.dest, None)
+        if value == action.default:
+            continue
+        flag = action.option_strings[-1]
+        if isinstance(action, argparse._StoreTrueAction):
+            out.append(flag)
+        elif isinstance(value, list):
+            for item in value:
+                out += [flag, str(item)]
+        else:
+            out += [flag, str(value)]
+    return out
+
+
 def _fail(message: str) -> int:
     print(f"igw bench: error: {message}", file=sys.stderr)
     return 2
@@ -240,6 +264,13 @@ def run(args: argparse.Namespace) -> int:
         if args.core_unavailable:
             return _fail(f"core benchmarks are not available: {args.core_unavailable}")
         return int(importlib.import_module("igw.bench.core").run(args) or 0)
+    if args.bench_command == "show":
+        try:
+            sections = [report.markdown_section(report.read_json(f)) for f in args.files]
+        except ValueError as exc:
+            return _fail(str(exc))
+        print("\n\n".join(sections))
+        return 0
     return run_bench(args)
 
 
@@ -308,9 +339,12 @@ def run_bench(args: argparse.Namespace) -> int:
     rows = [r["summary"] for r in results]
     print(title)
     print(format_table(rows, markdown=args.markdown))
+    for res in results:
+        for kind, count in sorted(res["error_kinds"].items(), key=lambda kv: -kv[1]):
+            print(f"  {res['summary']['policy']}: {count} x {kind}", file=sys.stderr)
     meta: dict[str, Any] = {
         "title": title,
-        "argv": ["igw", "bench", *sys.argv[sys.argv.index("run") if "run" in sys.argv else 1 :]],
+        "argv": command_line(args),
         "workload": args.workload,
         "requests": len(reqs),
         "rate_rps": rate,

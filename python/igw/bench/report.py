@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,35 @@ from typing import Any
 def write_json(path: str, meta: dict[str, Any], results: Sequence[dict[str, Any]]) -> None:
     doc = {"meta": meta, "results": list(results)}
     Path(path).write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def read_json(path: str) -> dict[str, Any]:
+    """A document written by ``write_json``, checked for the fields ``show`` needs."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read bench JSON ({exc})") from None
+    if not isinstance(doc, dict) or "meta" not in doc or "results" not in doc:
+        raise ValueError(f"{path}: not an igw bench result (expected 'meta' and 'results')")
+    return doc
+
+
+def markdown_section(doc: dict[str, Any]) -> str:
+    """The run's title, command and table as Markdown (what docs/benchmarks.md shows)."""
+    from igw.bench.stats import format_table
+
+    meta = doc["meta"]
+    rows = [r["summary"] for r in doc["results"]]
+    lines = [meta.get("title", ""), "", "```", shlex.join(meta.get("argv", [])), "```", ""]
+    lines.append(format_table(rows, markdown=True))
+    shares = []
+    for res in doc["results"]:
+        served = res.get("per_replica_requests") or {}
+        total = sum(served.values()) or 1
+        split = " ".join(f"{k}={v / total:.0%}" for k, v in sorted(served.items()))
+        shares.append(f"- {res['summary']['policy']}: {split}")
+    lines += ["", "Requests per replica:", *shares]
+    return "\n".join(lines)
 
 
 def write_chart(path: str, title: str, results: Sequence[dict[str, Any]]) -> None:

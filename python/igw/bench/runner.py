@@ -159,7 +159,7 @@ async def run_target(
     errors: dict[str, int] = {}
     for s in samples:
         if not s.ok:
-            key = s.error.split(":")[0][:80] or "unknown"
+            key = s.error[:120] or "unknown"
             errors[key] = errors.get(key, 0) + 1
     return {
         "target": dataclasses.asdict(target),

@@ -97,6 +97,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="longest silence from a replica, between stream chunks too "
         f"(default {defaults.upstream_read_timeout:g})",
     )  # fmt: skip
+    limits.add_argument(
+        "--upstream-client", default="auto", choices=("auto", "httptools", "aiohttp"),
+        help="HTTP client towards the replicas: auto = httptools when installed (faster)",
+    )  # fmt: skip
     parser.add_argument(
         "--log-level", default="info", choices=("debug", "info", "warning", "error"),
         help="log verbosity (default info)",
@@ -181,6 +185,7 @@ async def _main(args: argparse.Namespace, config) -> int:
             body_timeout=args.body_timeout,
             idle_timeout=args.idle_timeout,
             upstream_read_timeout=args.upstream_timeout,
+            lean_client={"auto": None, "httptools": True, "aiohttp": False}[args.upstream_client],
         ),
     )
     stack = await start_stack(config, options)
@@ -205,6 +210,11 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.sim is not None and args.sim < 1:
         return _fail(f"--sim: expected a number of replicas >= 1, got {args.sim}")
+    if args.upstream_client == "httptools":
+        from igw.gateway.upstream import httptools
+
+        if httptools is None:
+            return _fail("--upstream-client httptools: the httptools package is not installed")
     if args.policy is not None and args.epp_config is not None:
         return _fail("--policy and --epp-config: give one of them")
     try:

@@ -397,3 +397,32 @@ async def test_default_engine_applies_to_unlabelled_endpoints(pool, servers, lay
     await dl.start()
     await wait_until(lambda: dl.state(endpoint).scrapes > 0)
     assert row(pool, endpoint)["waiting"] == 4
+
+
+async def test_oversized_page_is_refused_without_unreadying(pool, servers, layer, monkeypatch):
+    from igw.datalayer import layer as layer_module
+
+    monkeypatch.setattr(layer_module, "MAX_PAGE_BYTES", 1000)
+    server = await servers(vllm_page(bulk=True))  # ~40 KB
+    endpoint = pool.upsert(server.address)
+    dl = layer()
+    await dl.start()
+    await wait_until(lambda: dl.state(endpoint).errors["parse"] >= 2)
+    assert "exceeds 1000" in dl.state(endpoint).last_error
+    assert dl.state(endpoint).scrapes == 0 and row(pool, endpoint)["ready"]
+
+
+async def test_repeated_failures_log_once_per_kind(pool, servers, layer, caplog):
+    server = await servers()
+    server.metrics_status = 500
+    endpoint = pool.upsert(server.address)
+    dl = layer()
+    caplog.set_level(logging.WARNING, logger="igw.datalayer")
+    await dl.start()
+    await wait_until(lambda: dl.state(endpoint).errors["http_status"] >= 5)
+    lines = [r for r in caplog.records if "scrape failed (http_status" in r.message]
+    assert len(lines) == 1 and "HTTP 500" in lines[0].message
+    server.page = b"garbage"
+    server.metrics_status = 200
+    await wait_until(lambda: dl.state(endpoint).errors["parse"] >= 3)
+    assert len([r for r in caplog.records if "scrape failed (parse" in r.message]) == 1

@@ -64,6 +64,8 @@ HTTP_STATUS = "http_status"
 PARSE = "parse"
 UPDATE = "update"
 _TRANSPORT_KINDS = frozenset({TIMEOUT, CONNECT, TRANSPORT})
+LOG_EVERY = 60.0  # seconds between repeated failure log lines of one endpoint
+MAX_PAGE_BYTES = 16 << 20  # a metrics page bigger than this is not a model server's
 
 
 class DataLayerError(Exception):
@@ -88,6 +90,8 @@ class EndpointState:
     ready: bool | None = None  # what we last wrote to the table
     errors: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     last_error: str = ""
+    last_error_kind: str = ""
+    last_logged: float = -math.inf  # clock() of the last failure log line
     capacity_blocks: int | None = None  # what we last gave the prefix index
     task: asyncio.Task[None] | None = None
     probe_task: asyncio.Task[None] | None = None
@@ -320,7 +324,9 @@ class DataLayer:
         try:
             async with session.get(state.url, timeout=self._client_timeout, ssl=ssl) as resp:
                 status = resp.status
-                body = await resp.read()
+                size = resp.content_length or 0
+                # Not read at all when announced too big (aiohttp then drops the connection).
+                body = b"" if size > MAX_PAGE_BYTES else await resp.read()
         except asyncio.CancelledError:
             raise
         except asyncio.TimeoutError:
@@ -333,6 +339,12 @@ class DataLayer:
             self._transport_failure(state, TRANSPORT, f"{type(exc).__name__}: {exc}")
             return
         self._reachable(state)
+        size = max(size, len(body))
+        if size > MAX_PAGE_BYTES:
+            self._soft_failure(
+                state, PARSE, f"GET {state.url}: page of {size} bytes exceeds {MAX_PAGE_BYTES}"
+            )
+            return
         if status != 200:
             self._soft_failure(state, HTTP_STATUS, f"GET {state.url} returned HTTP {status}")
             return
@@ -381,7 +393,7 @@ class DataLayer:
                 "endpoint %s metrics flow again after %d errors (%s)",
                 endpoint.address, sum(state.errors.values()), state.last_error,
             )  # fmt: skip
-            state.last_error = ""
+            state.last_error = state.last_error_kind = ""
         state.scrapes += 1
         state.last_success = now
         state.last = scraped
@@ -452,18 +464,23 @@ class DataLayer:
     def _count(self, state: EndpointState, kind: str, message: str) -> None:
         self.errors[kind] += 1
         state.errors[kind] += 1
-        if message != state.last_error:
+        now = self._clock()
+        # Log when the kind of failure changes, else at most once a minute: a page whose
+        # bad value changes every scrape must not log 20 lines a second.
+        if kind != state.last_error_kind or now - state.last_logged >= LOG_EVERY:
             # A lone transport blip is routine (the "down" transition is what warns); a
             # server that answers with no usable metrics is worth a warning at once.
             level = logging.DEBUG if kind in _TRANSPORT_KINDS else logging.WARNING
             log.log(
                 level,
-                "endpoint %s scrape failed (%s): %s; keeping metrics from %s",
-                state.endpoint.address, kind, message,
+                "endpoint %s scrape failed (%s, %d so far): %s; keeping metrics from %s",
+                state.endpoint.address, kind, state.errors[kind], message,
                 "never" if state.last_success is None
-                else f"{self._clock() - state.last_success:.2f}s ago",
+                else f"{now - state.last_success:.2f}s ago",
             )  # fmt: skip
-            state.last_error = message
+            state.last_logged = now
+        state.last_error = message
+        state.last_error_kind = kind
 
     # -- outlier detection ----------------------------------------------------------------
     def report_response(self, endpoint: Endpoint | int, ok: bool) -> None:

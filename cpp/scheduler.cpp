@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 #include <limits>
 
 namespace igw {
@@ -46,6 +49,23 @@ void check_param(const std::string& type, const std::string& key, double v) {
 }
 
 inline double clamp01(double v) noexcept { return std::min(1.0, std::max(0.0, v)); }
+
+// x = clamp(x, 0, 1); total += w * x. SSE2 max/min map NaN to 0 like clamp01 does.
+void accumulate(double w, double* __restrict x, double* __restrict total, size_t m) noexcept {
+  size_t j = 0;
+#if defined(__SSE2__)
+  const __m128d zero = _mm_setzero_pd(), one = _mm_set1_pd(1.0), wv = _mm_set1_pd(w);
+  for (; j + 2 <= m; j += 2) {
+    const __m128d c = _mm_min_pd(_mm_max_pd(_mm_loadu_pd(x + j), zero), one);
+    _mm_storeu_pd(x + j, c);
+    _mm_storeu_pd(total + j, _mm_add_pd(_mm_loadu_pd(total + j), _mm_mul_pd(wv, c)));
+  }
+#endif
+  for (; j < m; ++j) {
+    x[j] = clamp01(x[j]);
+    total[j] += w * x[j];
+  }
+}
 
 enum Need : uint32_t {
   kWaiting = 1, kRunning = 2, kKv = 4, kInflightReq = 8, kInflightTok = 16, kRate = 32,
@@ -151,46 +171,56 @@ void Scheduler::gather(const Profile& profile, const PickRequest& req, uint32_t 
   uint32_t need = 0;
   for (const auto& s : profile.scorers()) need |= needs_of(s.kind);
   const EndpointTable& t = *table_;
-  // Columns are sized once to n and written by position; only needed columns are read.
   ids_.resize(n);
-  waiting_.resize(n); running_.resize(n); inflight_req_.resize(n); max_lora_.resize(n);
-  kv_.resize(n); rate_.resize(n); inflight_tok_.resize(n); lora_state_.resize(n);
-  uncached_.resize(n);
-  const int lora = req.lora;
+  seqs_.resize(n);
+  // Pass 1: eligible rows and their seqlock sequence. Pass 2: one tight loop per needed
+  // column. Pass 3: re-check each row's sequence; the rare row written meanwhile is re-read
+  // on its own. Per row this is the classic seqlock read, split into column loops so the
+  // common case streams through memory instead of hopping across 14 columns per row.
   const bool* cand = req.has_candidates ? req.candidates.data() : nullptr;
   const uint32_t cand_n = static_cast<uint32_t>(req.candidates.size());
   uint32_t c = 0;
   for (uint32_t e = 0; e < n; ++e) {
     if (cand && (e >= cand_n || !cand[e])) continue;
-    for (;;) {
-      const uint32_t s = t.read_begin(e);
-      if ((EndpointTable::ld(t.flags_[e]) & 3) != 3) {
-        if (t.read_valid(e, s)) break;  // not live/ready: skip
-        continue;
-      }
-      if (need & kWaiting) waiting_[c] = EndpointTable::ld(t.waiting_[e]);
-      if (need & kRunning) running_[c] = EndpointTable::ld(t.running_[e]);
-      if (need & kKv) kv_[c] = EndpointTable::ld(t.kv_util_[e]);
-      if (need & kInflightReq) inflight_req_[c] = EndpointTable::ld(t.inflight_requests_[e]);
-      if (need & kInflightTok) inflight_tok_[c] = EndpointTable::ld(t.inflight_tokens_[e]);
-      if (need & kRate) rate_[c] = EndpointTable::ld(t.prefill_rate_[e]);
-      if ((need & kLora) && lora >= 0) {
-        int pop = 0;
-        for (int wd = 0; wd < 4; ++wd) {
-          pop += std::popcount(EndpointTable::ld(t.lora_active_[size_t{e} * 4 + wd]));
-          pop += std::popcount(EndpointTable::ld(t.lora_waiting_[size_t{e} * 4 + wd]));
+    const uint32_t sq = t.read_begin(e);
+    if ((EndpointTable::ld(t.flags_[e]) & 3) == 3) {
+      ids_[c] = e;
+      seqs_[c] = sq;
+      ++c;
+    }
+  }
+  ids_.resize(c);
+  load_columns(need, req.lora, 0, c);
+  std::atomic_thread_fence(std::memory_order_acquire);
+  bool dropped = false;
+  for (uint32_t j = 0; j < c; ++j) {
+    const uint32_t e = ids_[j];
+    if (t.seq_[e].load(std::memory_order_relaxed) == seqs_[j]) continue;
+    for (;;) {  // written while we read: redo this row alone
+      const uint32_t sq = t.read_begin(e);
+      const bool ok = (EndpointTable::ld(t.flags_[e]) & 3) == 3;
+      if (ok) load_columns(need, req.lora, j, j + 1);
+      if (t.read_valid(e, sq)) {
+        if (!ok) {
+          ids_[j] = kDropped;
+          dropped = true;
         }
-        const uint64_t bit = uint64_t{1} << (lora % 64);
-        const bool act = EndpointTable::ld(t.lora_active_[size_t{e} * 4 + lora / 64]) & bit;
-        const bool wai = EndpointTable::ld(t.lora_waiting_[size_t{e} * 4 + lora / 64]) & bit;
-        lora_state_[c] = (act ? 1u : 0u) | (wai ? 2u : 0u) | (static_cast<uint32_t>(pop) << 8);
-        max_lora_[c] = EndpointTable::ld(t.max_lora_[e]);
-      }
-      if (t.read_valid(e, s)) {
-        ids_[c++] = e;
         break;
       }
     }
+  }
+  if (dropped) {  // compact the rows that stopped being live/ready while we read
+    uint32_t w = 0;
+    for (uint32_t j = 0; j < c; ++j) {
+      if (ids_[j] == kDropped) continue;
+      ids_[w] = ids_[j];
+      waiting_[w] = waiting_[j]; running_[w] = running_[j];
+      inflight_req_[w] = inflight_req_[j]; max_lora_[w] = max_lora_[j];
+      kv_[w] = kv_[j]; rate_[w] = rate_[j]; inflight_tok_[w] = inflight_tok_[j];
+      lora_state_[w] = lora_state_[j];
+      ++w;
+    }
+    c = w;
   }
   for (auto* v : {&waiting_, &running_, &inflight_req_, &max_lora_}) v->resize(c);
   kv_.resize(c); rate_.resize(c); inflight_tok_.resize(c); lora_state_.resize(c);
@@ -201,13 +231,60 @@ void Scheduler::gather(const Profile& profile, const PickRequest& req, uint32_t 
         0, req.prompt_tokens - int64_t{matched_full_[ids_[j]]} * req.block_tokens);
 }
 
+void Scheduler::load_columns(uint32_t need, int lora, uint32_t from, uint32_t to) {
+  const EndpointTable& t = *table_;
+  if (waiting_.size() < to) {
+    const size_t n = ids_.capacity();
+    waiting_.resize(n); running_.resize(n); inflight_req_.resize(n); max_lora_.resize(n);
+    kv_.resize(n); rate_.resize(n); inflight_tok_.resize(n); lora_state_.resize(n);
+  }
+  const uint32_t* ids = ids_.data();
+  auto column = [&](auto* dst, const auto* src) {
+    for (uint32_t j = from; j < to; ++j) dst[j] = EndpointTable::ld(src[ids[j]]);
+  };
+  if (need & kWaiting) column(waiting_.data(), t.waiting_.get());
+  if (need & kRunning) column(running_.data(), t.running_.get());
+  if (need & kKv) column(kv_.data(), t.kv_util_.get());
+  if (need & kInflightReq) column(inflight_req_.data(), t.inflight_requests_.get());
+  if (need & kInflightTok) column(inflight_tok_.data(), t.inflight_tokens_.get());
+  if (need & kRate) column(rate_.data(), t.prefill_rate_.get());
+  if ((need & kLora) && lora >= 0) {
+    const uint64_t bit = uint64_t{1} << (lora % 64);
+    for (uint32_t j = from; j < to; ++j) {
+      const size_t e = ids[j];
+      int pop = 0;
+      for (int wd = 0; wd < 4; ++wd) {
+        pop += std::popcount(EndpointTable::ld(t.lora_active_[e * 4 + wd]));
+        pop += std::popcount(EndpointTable::ld(t.lora_waiting_[e * 4 + wd]));
+      }
+      const bool act = EndpointTable::ld(t.lora_active_[e * 4 + lora / 64]) & bit;
+      const bool wai = EndpointTable::ld(t.lora_waiting_[e * 4 + lora / 64]) & bit;
+      lora_state_[j] = (act ? 1u : 0u) | (wai ? 2u : 0u) | (static_cast<uint32_t>(pop) << 8);
+      max_lora_[j] = EndpointTable::ld(t.max_lora_[e]);
+    }
+  }
+}
+
 namespace {
-template <class T>
-void minmax_score(const std::vector<T>& x, std::vector<double>& v) {
+// Min-max over integer columns. Queue lengths span a small range, so when the range is
+// narrower than the candidate list the scores come from a per-value table: the same
+// division per distinct value instead of per endpoint, bit-identical results.
+void minmax_score(const std::vector<int32_t>& x, std::vector<double>& v, std::vector<double>& lut) {
+  if (x.empty()) return;
   const auto [lo_it, hi_it] = std::minmax_element(x.begin(), x.end());
-  const double lo = static_cast<double>(*lo_it), hi = static_cast<double>(*hi_it);
-  for (size_t j = 0; j < x.size(); ++j)
-    v[j] = hi == lo ? 1.0 : (hi - static_cast<double>(x[j])) / (hi - lo);
+  const int32_t lo = *lo_it, hi = *hi_it;
+  const double dlo = lo, dhi = hi;
+  const size_t m = x.size();
+  if (hi == lo) {
+    std::fill(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(m), 1.0);
+  } else if (static_cast<uint64_t>(int64_t{hi} - lo) < m) {
+    lut.resize(static_cast<size_t>(int64_t{hi} - lo) + 1);
+    for (size_t i = 0; i < lut.size(); ++i)
+      lut[i] = (dhi - static_cast<double>(lo + static_cast<int64_t>(i))) / (dhi - dlo);
+    for (size_t j = 0; j < m; ++j) v[j] = lut[static_cast<size_t>(x[j] - lo)];
+  } else {
+    for (size_t j = 0; j < m; ++j) v[j] = (dhi - static_cast<double>(x[j])) / (dhi - dlo);
+  }
 }
 }  // namespace
 
@@ -216,10 +293,10 @@ void Scheduler::score(const ScorerSpec& s, const PickRequest& req, std::vector<d
   v.resize(m);
   switch (s.kind) {
     case ScorerKind::Queue:
-      minmax_score(waiting_, v);
+      minmax_score(waiting_, v, lut_);
       break;
     case ScorerKind::RunningRequests:
-      minmax_score(running_, v);
+      minmax_score(running_, v, lut_);
       break;
     case ScorerKind::KvCache:
       for (size_t j = 0; j < m; ++j) v[j] = 1.0 - static_cast<double>(kv_[j]);
@@ -258,13 +335,23 @@ void Scheduler::score(const ScorerSpec& s, const PickRequest& req, std::vector<d
       }
       break;
     case ScorerKind::Prefix: {
+      if (req.hashes.empty()) {
+        std::fill(v.begin(), v.end(), 0.0);
+        break;
+      }
       const double total = static_cast<double>(req.hashes.size());
       const double w = s.p1, scale = s.p2, bt = static_cast<double>(req.block_tokens);
-      for (size_t j = 0; j < m; ++j) {
-        if (req.hashes.empty()) { v[j] = 0.0; continue; }
-        const double mb = matched_full_[ids_[j]];
+      auto f = [&](int32_t matched) {
+        const double mb = matched;
         const double x = std::min(1.0, mb * bt / scale);
-        v[j] = w * (x * x) + (1.0 - w) * mb / total;
+        return w * (x * x) + (1.0 - w) * mb / total;
+      };
+      if (req.hashes.size() < m) {  // per-length table, as for the queue scorer
+        lut_.resize(req.hashes.size() + 1);
+        for (size_t i = 0; i < lut_.size(); ++i) lut_[i] = f(static_cast<int32_t>(i));
+        for (size_t j = 0; j < m; ++j) v[j] = lut_[static_cast<size_t>(matched_full_[ids_[j]])];
+      } else {
+        for (size_t j = 0; j < m; ++j) v[j] = f(matched_full_[ids_[j]]);
       }
       break;
     }
@@ -359,10 +446,7 @@ void Scheduler::pick(const Profile& profile, const PickRequest& req, PickOutput&
   out.scores.clear();
   for (const auto& s : profile.scorers()) {
     score(s, req, tmp_);
-    for (size_t j = 0; j < m; ++j) {
-      tmp_[j] = clamp01(tmp_[j]);
-      total_[j] += s.weight * tmp_[j];
-    }
+    accumulate(s.weight, tmp_.data(), total_.data(), m);
     if (req.with_scores) {
       auto& row = out.scores.emplace_back(n, 0.0f);
       for (size_t j = 0; j < m; ++j) row[ids_[j]] = static_cast<float>(tmp_[j]);

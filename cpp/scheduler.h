@@ -92,6 +92,7 @@ class Scheduler {
 
  private:
   void gather(const Profile& profile, const PickRequest& req, uint32_t n);
+  void load_columns(uint32_t need, int lora, uint32_t from, uint32_t to);
   void score(const ScorerSpec& s, const PickRequest& req, std::vector<double>& v);
   void rank(PickerKind picker, uint32_t k, std::vector<uint32_t>& ranked);
   double uniform01() noexcept;  // (0, 1]
@@ -103,13 +104,14 @@ class Scheduler {
   uint64_t rng() noexcept;          // splitmix64: tiny, fast, good enough for tie-breaks
   uint64_t below(uint64_t n) noexcept;  // uniform in [0, n)
   // Per-pick scratch, reused (guarded by mu_). Columns are compacted to eligible rows.
-  std::vector<uint32_t> ids_;
+  static constexpr uint32_t kDropped = 0xFFFFFFFFu;
+  std::vector<uint32_t> ids_, seqs_;
   std::vector<int32_t> waiting_, running_, inflight_req_, max_lora_;
   std::vector<float> kv_, rate_;
   std::vector<int64_t> inflight_tok_, uncached_;
   std::vector<uint32_t> lora_state_;  // bit0 active, bit1 waiting, bits 8..: popcount sum
   std::vector<int32_t> matched_full_;
-  std::vector<double> total_, tmp_, keys_;
+  std::vector<double> total_, tmp_, keys_, lut_;
   std::vector<uint32_t> order_;
 };
 

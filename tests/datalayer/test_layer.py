@@ -426,3 +426,16 @@ async def test_repeated_failures_log_once_per_kind(pool, servers, layer, caplog)
     server.metrics_status = 200
     await wait_until(lambda: dl.state(endpoint).errors["parse"] >= 3)
     assert len([r for r in caplog.records if "scrape failed (parse" in r.message]) == 1
+
+
+async def test_a_callers_session_is_used_and_left_open(pool, servers, layer):
+    import aiohttp
+
+    server = await servers(vllm_page(5, 0, 0.0))
+    endpoint = pool.upsert(server.address)
+    async with aiohttp.ClientSession() as session:
+        dl = layer(session=session)
+        await dl.start()
+        await wait_until(lambda: row(pool, endpoint)["waiting"] == 5)
+        await dl.stop()
+        assert not session.closed

@@ -322,7 +322,11 @@ class DataLayer:
             return
         ssl = False if state.url.scheme == "https" else None  # model servers self-sign
         try:
-            async with session.get(state.url, timeout=self._client_timeout, ssl=ssl) as resp:
+            # Our own session carries the headers already; a caller's gets them per request.
+            headers = None if self._owns_session else self._headers
+            async with session.get(
+                state.url, timeout=self._client_timeout, ssl=ssl, headers=headers
+            ) as resp:
                 status = resp.status
                 size = resp.content_length or 0
                 # Not read at all when announced too big (aiohttp then drops the connection).

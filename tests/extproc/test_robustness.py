@@ -136,3 +136,27 @@ async def test_unexpected_exception_in_a_stage_becomes_grpc_unknown_not_a_crash(
             raise AssertionError("expected a gRPC error")
         replies = await epp.exchange(req_llm("p", "my-model", "my-model"))
         assert replies[0].WhichOneof("response") == "request_headers"
+
+
+async def test_envoy_response_body_mode_none_counts_a_clean_close_as_success():
+    async with running_epp(make_pool(IDLE3)) as epp:
+        await epp.exchange(
+            [
+                *req_llm("p", "my-model", "my-model"),
+                resp_headers({":status": "200", "content-type": "text/event-stream"}),
+            ]
+        )
+        labels = {"model_name": "my-model", "target_model_name": "my-model"}
+        assert await _wait_for(
+            lambda: epp.metric("inference_objective_request_duration_seconds_count", labels) == 1
+        )
+        assert epp.inflight() == 0
+
+
+async def test_stream_closed_before_any_response_is_not_counted_as_served():
+    async with running_epp(make_pool(IDLE3)) as epp:
+        await epp.exchange(req_llm("p", "my-model", "my-model"))
+        await asyncio.sleep(0.05)
+        labels = {"model_name": "my-model", "target_model_name": "my-model"}
+        assert epp.metric("inference_objective_request_duration_seconds_count", labels) is None
+        assert epp.inflight() == 0

@@ -145,13 +145,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="ranked fallbacks after the primary in the destination list (default 0: the "
         "ORIGINAL_DST header mode needs a single ip:port)",
     )
-    add_bool(
-        own,
-        "skip-unneeded-response-body",
-        False,
-        "ask Envoy (mode_override; needs allow_mode_override) not to stream response bodies "
-        "igw does not need: no model rewrite and usage metrics off",
-    )
     add_bool(own, "usage-metrics", True, "parse token usage out of responses")
 
     ignored = parser.add_argument_group("accepted for compatibility, ignored")
@@ -350,9 +343,6 @@ async def _main(args: argparse.Namespace) -> int:
     )
     if not args.usage_metrics:
         pipeline.response_stages = [s for s in pipeline.response_stages if s.name != "usage"]
-    skip = None
-    if args.skip_unneeded_response_body and not args.usage_metrics:
-        skip = _no_rewrite
     director = Director(
         pipeline,
         pool,
@@ -361,7 +351,6 @@ async def _main(args: argparse.Namespace) -> int:
         emit_endpoint_scores=args.emit_endpoint_scores,
         use_subset_metadata=not args.disable_endpoint_subset_filter,
         max_body_bytes=args.max_request_body,
-        skip_response_body=skip,
     )
     credentials = None
     if args.secure_serving:
@@ -417,8 +406,3 @@ def _default_parsers() -> Sequence[str]:
     from igw.parsing import DEFAULT_PARSERS
 
     return DEFAULT_PARSERS
-
-
-def _no_rewrite(request: Any) -> bool:
-    """True when nothing in the response needs igw (usage metrics off is checked by caller)."""
-    return not request.target_model or request.target_model == request.incoming_model

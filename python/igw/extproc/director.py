@@ -18,6 +18,12 @@ behaviour follows the reference picker (REFERENCE 1.2-1.8):
   rewritten); other bodies are buffered and answered at end of stream in 62,000-byte chunks;
 * response trailers: the request is finished and an empty trailers response returned.
 
+Deployments that need nothing from response bodies (no model rewrite, token metrics not
+wanted) can set Envoy's ``response_body_mode: NONE``: igw then sees the response headers only
+and finishes the request when Envoy closes the stream at the end of the HTTP request, saving
+one gRPC round trip per response chunk (``mode_override`` cannot do this per request: Envoy
+ignores it when the request body mode is FULL_DUPLEX_STREAMED).
+
 Errors become the reference's ImmediateResponse (``InferenceError`` with an HTTP status) or,
 for codes without one and for protocol violations, a ``StreamError`` that the servicer turns
 into a gRPC status. ``Stream.close`` always runs (servicer ``finally``) and finishes the
@@ -30,7 +36,6 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -104,7 +109,6 @@ class Director:
         emit_endpoint_scores: bool = False,
         use_subset_metadata: bool = True,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-        skip_response_body: Callable[[Request], bool] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.pipeline = pipeline
@@ -114,7 +118,6 @@ class Director:
         self.emit_endpoint_scores = emit_endpoint_scores
         self.use_subset_metadata = use_subset_metadata
         self.max_body_bytes = max_body_bytes
-        self.skip_response_body = skip_response_body
         self.rng = rng or random.Random()
         self.open_streams = 0
 
@@ -136,6 +139,7 @@ class Stream:
         "request",
         "request_complete",
         "response_complete",
+        "response_started",
         "scheduled",
     )
 
@@ -150,6 +154,7 @@ class Stream:
         self._resp_buffer: list[bytes] = []
         self._resp_buffered = 0
         self.response_complete = False
+        self.response_started = False
         self.done = False  # the servicer ends the stream after sending the replies
         director.open_streams += 1
 
@@ -176,10 +181,17 @@ class Stream:
         raise StreamError(grpc.StatusCode.INVALID_ARGUMENT, "ProcessingRequest has no request")
 
     def close(self, *, broken: bool) -> None:
-        """The stream ended (normally, by cancellation or by error): finish the request."""
+        """The stream ended (normally, by cancellation or by error): finish the request.
+
+        A clean half-close by Envoy after the response headers is a normal end: with
+        ``response_body_mode: NONE`` Envoy sends no body and closes the stream when the HTTP
+        request completes, so the in-flight reservation lasts exactly as long as the request.
+        A cancelled or broken stream, or one that ends before any response, is a failure.
+        """
         self.d.open_streams -= 1
         if self.scheduled and self.request is not None and self.request.finished_at is None:
-            self._finish(failed=broken or not self.response_complete)
+            complete = self.response_complete or (self.response_started and not broken)
+            self._finish(failed=broken or not complete)
 
     # ---------------------------------------------------------------- request phase
     def _request_headers(self, message: msgs.ProcessingRequest) -> list[msgs.ProcessingResponse]:
@@ -321,10 +333,10 @@ class Stream:
         out.extend(
             (name, value) for name, value in headers.items() if name not in SYSTEM_OWNED_HEADERS
         )
-        skip = self.d.skip_response_body is not None and self.d.skip_response_body(request)
-        if message.response_headers.end_of_stream or skip:
+        self.response_started = True
+        if message.response_headers.end_of_stream:
             self._finish(failed=False)
-        return [msgs.response_headers_response(out, skip_response_body=skip)]
+        return [msgs.response_headers_response(out)]
 
     def _response_body(self, body: Any) -> list[msgs.ProcessingResponse]:
         request = self.request

@@ -12,7 +12,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from envoy.config.core.v3 import base_pb2
-from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import json_format, struct_pb2
@@ -75,23 +74,11 @@ def request_headers_response(
     return response
 
 
-def response_headers_response(
-    headers: Iterable[tuple[str, str]], *, skip_response_body: bool = False
-) -> pb.ProcessingResponse:
+def response_headers_response(headers: Iterable[tuple[str, str]]) -> pb.ProcessingResponse:
     common = pb.CommonResponse(
         header_mutation=pb.HeaderMutation(set_headers=header_options(headers))
     )
-    response = pb.ProcessingResponse(response_headers=pb.HeadersResponse(response=common))
-    if skip_response_body:
-        # Nothing in igw needs the response body for this request: ask Envoy to stop sending it
-        # (saves one round trip per response chunk).
-        response.mode_override.CopyFrom(
-            processing_mode_pb2.ProcessingMode(
-                response_body_mode=processing_mode_pb2.ProcessingMode.NONE,
-                response_trailer_mode=processing_mode_pb2.ProcessingMode.SKIP,
-            )
-        )
-    return response
+    return pb.ProcessingResponse(response_headers=pb.HeadersResponse(response=common))
 
 
 def body_response(chunk: bytes, end_of_stream: bool, *, phase: str) -> pb.ProcessingResponse:

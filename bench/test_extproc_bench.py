@@ -1,0 +1,419 @@
+"""Benchmarks of the ext_proc path (``igw epp``): CPU per message and per request, streams/s,
+added latency.
+
+The server runs in its own process (this file with ``serve``), so its CPU is read from
+``/proc/<pid>/stat`` without the client's share; the client is grpc.aio in the test process
+and plays Envoy: request headers, the body in 62 KB chunks, then response headers and the
+streamed response body, reading igw's replies as Envoy would.
+
+Workloads
+* agentic: a 100k-token prompt (about 400 KB of text) in 62 KB chunks, then 1,000 SSE response
+  chunks (the issue's target: <= 40 ms server CPU per request);
+* agentic with Envoy's ``response_body_mode: NONE`` (a deployment choice when neither model
+  rewrite nor token metrics need the response): the client sends the response headers and
+  then closes the stream, as Envoy does (``mode_override`` cannot get this per request: Envoy
+  ignores it when the request body is FULL_DUPLEX_STREAMED);
+* small: a short chat request and a 10-chunk response, for streams/s and the added latency
+  (time from the last request-body message to igw's routing reply) at concurrency 1 and 64.
+
+Micro-benchmarks (pytest-benchmark) time the pure Python per-message work without gRPC.
+
+``IGW_BENCH_QUICK=1`` keeps the whole file under about 30 s. Figures are printed (``-s``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = os.environ.get("IGW_BENCH_QUICK") == "1"
+CHUNK = 62_000
+ENDPOINTS = 8
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# ============================================================================ server process
+
+
+def _serve(argv: list[str]) -> None:
+    """Run an EppServer over a pool of fake endpoints with injected metrics; print its port."""
+    sys.path.insert(0, str(ROOT / "python"))
+    import igw.datastore
+    from igw.scheduling import _backend
+
+    igw.datastore._core = _backend.core
+    from igw.config import load_config
+    from igw.datastore import Pool
+    from igw.extproc.director import Director
+    from igw.extproc.server import EppServer
+    from igw.metrics import Metrics
+    from igw.scheduling import SchedulingEngine
+    from igw.stages import build_pipeline
+
+    generator = "--generator" in argv
+
+    async def main() -> None:
+        pool = Pool("bench", "default")
+        for i in range(ENDPOINTS):
+            endpoint = pool.upsert(f"10.0.0.{i + 1}:8000")
+            pool.table.update(
+                endpoint.id, waiting=i % 3, running=1, kv_util=0.1 * (i % 5), now=1e12
+            )
+            pool.table.set_ready(endpoint.id, True)
+        pool.synced = True
+        metrics = Metrics()
+        metrics.add_pool(pool)
+        engine = SchedulingEngine(load_config(), recorder=metrics.engine_recorder)
+        pipeline = build_pipeline(engine, pool, metrics=metrics)
+        director = Director(pipeline, pool, metrics=metrics)
+        servicer = None
+        if generator:
+            servicer = _GeneratorServicer(director)
+        server = EppServer(
+            director,
+            host="127.0.0.1",
+            grpc_port=0,
+            health_port=0,
+            metrics_port=None,
+            servicer=servicer,
+        )
+        await server.start()
+        print(server.grpc_port, flush=True)
+        await asyncio.Event().wait()
+
+    if "--uvloop" in argv:
+        import uvloop
+
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
+
+
+class _GeneratorServicer:
+    """Variant servicer using the request iterator + ``yield`` (measured against read/write)."""
+
+    def __init__(self, director) -> None:
+        self.director = director
+
+    async def Process(self, request_iterator, context):
+        stream = self.director.stream()
+        broken = True
+        try:
+            async for message in request_iterator:
+                for reply in await stream.handle(message):
+                    yield reply
+                if stream.done:
+                    break
+            broken = False
+        finally:
+            stream.close(broken=broken)
+
+
+class Server:
+    def __init__(self, *flags: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "serve", *flags],
+            stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(ROOT / "python")},
+        )
+        assert self.proc.stdout is not None
+        self.port = int(self.proc.stdout.readline())
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICKS
+
+    def close(self) -> None:
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+# ============================================================================ client (Envoy)
+
+
+def _messages():
+    sys.path.insert(0, str(ROOT / "python"))
+    from envoy.config.core.v3 import base_pb2
+    from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+    return base_pb2, pb
+
+
+def agentic_prompt(tokens: int = 100_000, seed: int = 1) -> str:
+    rng = random.Random(seed)
+    words = ["alpha", "beta", "gamma", "delta", "tool", "call", "result", "file", "line", "def"]
+    out, size = [], 0
+    while size < tokens * 4:
+        word = rng.choice(words)
+        out.append(word)
+        size += len(word) + 1
+    return " ".join(out)
+
+
+def request_messages(body: bytes, path: str = "/v1/chat/completions") -> list:
+    base_pb2, pb = _messages()
+    headers = base_pb2.HeaderMap(
+        headers=[
+            base_pb2.HeaderValue(key=":path", raw_value=path.encode()),
+            base_pb2.HeaderValue(key=":method", raw_value=b"POST"),
+            base_pb2.HeaderValue(key="content-type", raw_value=b"application/json"),
+            base_pb2.HeaderValue(key="x-request-id", raw_value=b"bench"),
+        ]
+    )
+    out = [pb.ProcessingRequest(request_headers=pb.HttpHeaders(headers=headers))]
+    for start in range(0, len(body), CHUNK):
+        end = start + CHUNK
+        out.append(
+            pb.ProcessingRequest(
+                request_body=pb.HttpBody(body=body[start:end], end_of_stream=end >= len(body))
+            )
+        )
+    return out
+
+
+def response_messages(chunks: int) -> tuple:
+    base_pb2, pb = _messages()
+    headers = base_pb2.HeaderMap(
+        headers=[
+            base_pb2.HeaderValue(key=":status", raw_value=b"200"),
+            base_pb2.HeaderValue(key="content-type", raw_value=b"text/event-stream"),
+        ]
+    )
+    head = pb.ProcessingRequest(response_headers=pb.HttpHeaders(headers=headers))
+    event = (
+        b'data: {"id":"c","object":"chat.completion.chunk","model":"m","choices":[{"index":0,'
+        b'"delta":{"content":"tok"}}]}\n\n'
+    )
+    last = b'data: {"choices":[],"usage":{"prompt_tokens":100000,"completion_tokens":1000}}\n\n'
+    body = [pb.ProcessingRequest(response_body=pb.HttpBody(body=event)) for _ in range(chunks - 1)]
+    body.append(
+        pb.ProcessingRequest(response_body=pb.HttpBody(body=last + b"data: [DONE]\n\n",
+                                                       end_of_stream=True))
+    )  # fmt: skip
+    return head, body
+
+
+async def one_request(stub, req_msgs, resp_head, resp_body) -> tuple[float, int]:
+    """Plays one HTTP request through the picker; returns (routing latency s, messages).
+
+    An empty ``resp_body`` plays Envoy with ``response_body_mode: NONE``."""
+    call = stub.Process()
+    sent = 0
+    for message in req_msgs:
+        await call.write(message)
+        sent += 1
+    last_sent = time.perf_counter()
+    first = await call.read()
+    latency = time.perf_counter() - last_sent
+    assert first.WhichOneof("response") == "request_headers", first
+    for _ in range(len(req_msgs) - 1):  # the body comes back in as many 62 KB chunks
+        await call.read()
+    await call.write(resp_head)
+    sent += 1
+    await call.read()
+    for message in resp_body:
+        await call.write(message)
+        sent += 1
+        await call.read()
+    await call.done_writing()
+    assert await call.code() is not None
+    return latency, sent
+
+
+async def drive(port: int, n: int, concurrency: int, req_msgs, resp_head, resp_body) -> dict:
+    import grpc
+    from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+
+    latencies: list[float] = []
+    messages = 0
+    async with grpc.aio.insecure_channel(
+        f"127.0.0.1:{port}",
+        options=[("grpc.max_receive_message_length", 64 << 20)],
+    ) as channel:
+        stub = pb_grpc.ExternalProcessorStub(channel)
+        await one_request(stub, req_msgs, resp_head, resp_body)  # warm-up
+        queue = list(range(n))
+
+        async def worker() -> None:
+            nonlocal messages
+            while queue:
+                queue.pop()
+                latency, sent = await one_request(stub, req_msgs, resp_head, resp_body)
+                latencies.append(latency)
+                messages += sent
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "requests": n,
+        "messages": messages,
+        "elapsed_s": elapsed,
+        "p50_ms": 1e3 * latencies[len(latencies) // 2],
+        "p99_ms": 1e3 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+        "mean_ms": 1e3 * sum(latencies) / len(latencies),
+    }
+
+
+def measure(flags: tuple[str, ...], n: int, concurrency: int, req_msgs, resp_head, resp_body):
+    server = Server(*flags)
+    try:
+        before = server.cpu_seconds()
+        stats = asyncio.run(drive(server.port, n, concurrency, req_msgs, resp_head, resp_body))
+        # the warm-up request is included in the CPU window: count it
+        cpu = server.cpu_seconds() - before
+        stats["server_cpu_per_request_ms"] = 1e3 * cpu / (n + 1)
+        stats["server_cpu_per_message_us"] = 1e6 * cpu / (stats["messages"] * (n + 1) / n)
+        stats["streams_per_s"] = n / stats["elapsed_s"]
+        return stats
+    finally:
+        server.close()
+
+
+def _print(name: str, stats: dict) -> None:
+    shown = {k: round(v, 3) if isinstance(v, float) else v for k, v in stats.items()}
+    print(f"\n[extproc bench] {name}: {json.dumps(shown)}")
+
+
+# ============================================================================ end-to-end
+
+
+def _agentic_body() -> bytes:
+    prompt = agentic_prompt()
+    return json.dumps(
+        {
+            "model": "m",
+            "stream": True,
+            "messages": [
+                {"role": "system", "content": "You are a coding agent."},
+                {"role": "user", "content": prompt},
+            ],
+        }
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    ("name", "flags", "response_chunks"),
+    [
+        ("agentic", (), 1000),
+        ("agentic, Envoy response_body_mode NONE", (), 0),
+        ("agentic, generator servicer", ("--generator",), 1000),
+        ("agentic, uvloop", ("--uvloop",), 1000),
+    ],
+)
+def test_agentic_cpu_per_request(name, flags, response_chunks):
+    body = _agentic_body()
+    req_msgs = request_messages(body)
+    resp_head, resp_body = response_messages(max(1, response_chunks))
+    resp_body = resp_body if response_chunks else []
+    # CPU time has a 10 ms tick: cheap variants need more requests for a usable figure
+    n = (3 if QUICK else 10) if response_chunks else (30 if QUICK else 100)
+    stats = measure(flags, n, 1, req_msgs, resp_head, resp_body)
+    stats["prompt_bytes"] = len(body)
+    _print(name, stats)
+    if name == "agentic":
+        # a loose guard against regressions well beyond the 40 ms target
+        assert stats["server_cpu_per_request_ms"] < 400
+
+
+@pytest.mark.parametrize("concurrency", [1, 64])
+def test_small_requests_streams_per_second_and_added_latency(concurrency):
+    body = json.dumps(
+        {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi " * 200}]}
+    ).encode()
+    req_msgs = request_messages(body)
+    resp_head, resp_body = response_messages(10)
+    n = (60 if QUICK else 300) if concurrency == 1 else (256 if QUICK else 1024)
+    stats = measure((), n, concurrency, req_msgs, resp_head, resp_body)
+    _print(f"small c={concurrency}", stats)
+    assert stats["streams_per_s"] > 0
+
+
+# ============================================================================ micro (no gRPC)
+
+
+@pytest.fixture(scope="module")
+def director():
+    sys.path.insert(0, str(ROOT / "python"))
+    import igw.datastore
+    from igw.scheduling import _backend
+
+    saved = igw.datastore._core
+    igw.datastore._core = _backend.core
+    from igw.datastore import Pool
+    from igw.extproc.director import Director
+    from igw.metrics import Metrics
+    from igw.scheduling import SchedulingEngine
+    from igw.stages import build_pipeline
+
+    pool = Pool("bench")
+    for i in range(ENDPOINTS):
+        endpoint = pool.upsert(f"10.0.0.{i + 1}:8000")
+        pool.table.update(endpoint.id, waiting=i % 3, running=1, kv_util=0.1, now=1e12)
+        pool.table.set_ready(endpoint.id, True)
+    metrics = Metrics()
+    engine = SchedulingEngine()
+    yield Director(build_pipeline(engine, pool, metrics=metrics), pool, metrics=metrics)
+    igw.datastore._core = saved
+
+
+def test_micro_response_chunk_handling(benchmark, director):
+    """Python work for one streamed response chunk (usage scan, rewrite probe, reply proto)."""
+    req_msgs = request_messages(b'{"model":"m","messages":[{"role":"user","content":"x"}]}')
+    resp_head, resp_body = response_messages(2)
+    stream = director.stream()
+
+    async def setup():
+        for message in req_msgs:
+            await stream.handle(message)
+        await stream.handle(resp_head)
+
+    asyncio.run(setup())
+    chunk = resp_body[0]
+
+    def step():
+        coro = stream.handle(chunk)
+        try:
+            coro.send(None)
+        except StopIteration as done:
+            return done.value
+
+    benchmark(step)
+    stream.close(broken=False)
+
+
+def test_micro_agentic_request_phase(benchmark, director):
+    """Python work of the request phase for a 400 KB prompt: join, parse, hash, schedule."""
+    req_msgs = request_messages(_agentic_body())
+
+    def run():
+        stream = director.stream()
+
+        async def go():
+            for message in req_msgs:
+                await stream.handle(message)
+
+        asyncio.run(go())
+        stream.close(broken=False)
+
+    benchmark.pedantic(run, rounds=3 if QUICK else 10, iterations=1)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["serve"]:
+    _serve(sys.argv[2:])

@@ -65,6 +65,7 @@ class _Connection(asyncio.Protocol):
         "_head",
         "_header_name",
         "_headers",
+        "_keep_alive",
         "_paused",
         "_received",
         "_waiter",
@@ -91,6 +92,7 @@ class _Connection(asyncio.Protocol):
         self._waiter: asyncio.Future | None = None
         self._paused = False
         self._received = False
+        self._keep_alive = False
 
     # -- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -136,6 +138,8 @@ class _Connection(asyncio.Protocol):
         self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
+        # llhttp forgets keep-alive once the message completes: ask while it knows.
+        self._keep_alive = self.parser.should_keep_alive()
         head = self._head
         if head is not None and not head.done():
             head.set_result(self.parser.get_status_code())
@@ -168,7 +172,7 @@ class _Connection(asyncio.Protocol):
 
     @property
     def reusable(self) -> bool:
-        return self._done and not self._closed and self.parser.should_keep_alive()
+        return self._done and not self._closed and self._keep_alive
 
     def close(self) -> None:
         self._closed = True

@@ -106,11 +106,24 @@ def test_kv_cache_registering_a_resident_hash_shares_the_block():
     assert cache.in_use == 0 and cache.resident_hashed == 1
 
 
-def test_block_hashes_chain_so_equal_blocks_after_different_prefixes_differ():
-    a = text.block_hashes(b"AAAABBBB", 4, 0)
-    b = text.block_hashes(b"CCCCBBBB", 4, 0)
+@pytest.fixture(params=["core", "python"])
+def hasher(request, monkeypatch):
+    """Run a test with the C++ core's hash chain (when built) and with the Python one."""
+    if request.param == "python":
+        monkeypatch.setattr(text, "_core_hash_blocks", None)
+    elif text._core_hash_blocks is None:
+        pytest.skip("igw._core is not built")
+    return text.block_hashes
+
+
+def test_block_hashes_chain_so_equal_blocks_after_different_prefixes_differ(hasher):
+    a = hasher(b"AAAABBBB", 4, 0)
+    b = hasher(b"CCCCBBBB", 4, 0)
     assert len(a) == 2 and a[1] != b[1]
-    assert text.block_hashes(b"AAAABB", 4, 0) == a[:1]  # only full blocks
+    assert hasher(b"AAAABB", 4, 0) == a[:1]  # only full blocks
+    assert hasher(b"AAAABBBB", 4, 0, limit=1) == a[:1]
+    assert hasher(b"AAAABBBB", 4, 1) != a  # another seed, another chain
+    assert hasher(b"AAA", 4, 0) == []
 
 
 # ---------------------------------------------------------------------------- scheduling

@@ -318,6 +318,8 @@ def _agentic_body() -> bytes:
     ],
 )
 def test_agentic_cpu_per_request(name, flags, response_chunks):
+    if QUICK and flags:
+        pytest.skip("servicer/loop variants run in the full benchmark only")
     body = _agentic_body()
     req_msgs = request_messages(body)
     resp_head, resp_body = response_messages(max(1, response_chunks))

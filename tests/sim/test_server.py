@@ -133,6 +133,17 @@ async def test_stream_without_include_usage_sends_no_usage_chunk(http):
     assert sse_events(raw)[-1] == "[DONE]"
 
 
+async def test_continuous_usage_stats_put_running_usage_on_every_chunk(http):
+    async with SimFleet(1, speed=50) as fleet:
+        options = {"include_usage": True, "continuous_usage_stats": True}
+        body = {"prompt": "count", "max_tokens": 3, "stream": True, "stream_options": options}
+        async with http.post(fleet.urls[0] + "/v1/completions", json=body) as resp:
+            raw = await resp.read()
+    chunks = sse_json(raw)
+    assert [c["usage"]["completion_tokens"] for c in chunks[:-1]] == [1, 2, 3]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] == 5
+
+
 async def test_chat_stream_starts_with_role_and_matches_the_non_streamed_answer(http):
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
     async with SimFleet(1, speed=50) as fleet:
@@ -238,3 +249,20 @@ async def test_engine_lag_counter_shows_when_the_process_starves_the_simulator(h
             await resp.read()
         lag = metric(await scrape(http, base), "igw_sim_engine_lag_seconds_total")
     assert 0.1 < lag < 0.5
+
+
+async def test_same_requests_in_the_same_order_get_identical_model_latencies(http):
+    async def run() -> list[tuple]:
+        out = []
+        async with SimFleet(1, speed=50, num_gpu_blocks=300) as fleet:
+            url = fleet.urls[0] + "/v1/completions"
+            for i in range(8):
+                body = {"prompt": LONG[: 1000 * (1 + i % 3)] + str(i), "max_tokens": 3 + i}
+                _, data, headers = await post(http, url, body)
+                out.append((headers["x-sim-ttft-ms"], headers["x-sim-e2e-ms"], data["usage"],
+                            data["choices"][0]["text"]))  # fmt: skip
+        return out
+
+    first = await run()
+    assert first == await run()
+    assert len({ttft for ttft, *_ in first}) > 1  # the requests did differ

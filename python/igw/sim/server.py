@@ -61,6 +61,7 @@ class _Job:
     __slots__ = (
         "break_after",
         "chat",
+        "continuous_usage",
         "created",
         "model",
         "prompt_tokens",
@@ -233,6 +234,7 @@ class Handlers:
         job.stream = bool(req.stream)
         opts = req.stream_options
         job.usage_chunk = bool(opts is not None and opts.include_usage)
+        job.continuous_usage = bool(job.usage_chunk and opts.continuous_usage_stats)
         job.created = int(time.time())
         job.rid = f"{'chatcmpl' if chat else 'cmpl'}-sim{replica.index}-{job.seq.id}"
         if replica.faults.error_rate > 0 and replica.rng.random() < replica.faults.error_rate:
@@ -293,10 +295,17 @@ class Handlers:
             await waiter.event.wait()
             waiter.event.clear()
             upto = min(seq.output, stop)
-            parts = [
-                head + open_text + words[(job.start_word + i) % n_words] + mid
-                for i in range(sent, upto)
-            ]
+            if job.continuous_usage:  # vLLM's continuous_usage_stats: usage on every chunk
+                parts = [
+                    head + open_text + words[(job.start_word + i) % n_words]
+                    + mid[: -len("}\n\n")] + ',"usage":' + _usage_text(job, i + 1) + "}\n\n"
+                    for i in range(sent, upto)
+                ]  # fmt: skip
+            else:
+                parts = [
+                    head + open_text + words[(job.start_word + i) % n_words] + mid
+                    for i in range(sent, upto)
+                ]
             sent = upto
             if job.break_after is not None and sent >= stop:
                 tail = self._break(job)
@@ -382,6 +391,14 @@ def _choice(job: _Job, answer: str) -> dict:
         "finish_reason": seq.finish_reason,
         "stop_reason": None,
     }
+
+
+def _usage_text(job: _Job, completion_tokens: int) -> str:
+    return (
+        f'{{"prompt_tokens":{job.prompt_tokens},'
+        f'"total_tokens":{job.prompt_tokens + completion_tokens},'
+        f'"completion_tokens":{completion_tokens}}}'
+    )
 
 
 def _usage(job: _Job) -> dict:

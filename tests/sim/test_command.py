@@ -34,9 +34,19 @@ def test_every_engine_constant_has_a_flag_that_overrides_the_profile():
 
 def test_fault_flags_configure_the_named_replicas():
     args = parse(
-        "--replicas", "4", "--fail-replica", "0", "--slow-replica", "1:2.5",
-        "--error-rate", "*:0.25", "--down-replica", "2", "--down-replica", "3:closed",
-    )  # fmt: skip
+        "--replicas",
+        "4",
+        "--fail-replica",
+        "0",
+        "--slow-replica",
+        "1:2.5",
+        "--error-rate",
+        "*:0.25",
+        "--down-replica",
+        "2",
+        "--down-replica",
+        "3:closed",
+    )
     faults, closed = command.build_faults(args)
     assert faults[0].fail and not faults[1].fail
     assert faults[1].slow_factor == 2.5
@@ -63,8 +73,11 @@ def test_igw_sim_process_serves_replicas_and_exits_on_sigterm():
     env = {**os.environ, "PYTHONPATH": str(PYTHON_DIR)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "igw", "sim", "--replicas", "2", "--port", "0", "--speed", "50"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         urls = []
         deadline = time.monotonic() + 15
@@ -78,8 +91,11 @@ def test_igw_sim_process_serves_replicas_and_exits_on_sigterm():
         assert len(urls) == 2, proc.stderr.read() if proc.poll() is not None else "no URLs"
         out = subprocess.run(
             [sys.executable, "-c", _CLIENT, urls[1]],
-            capture_output=True, text=True, timeout=15, env=env,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=15,
+            env=env,
+        )
         assert out.returncode == 0, out.stderr
         assert out.stdout.split() == ["200", "200", "3"]
         proc.send_signal(signal.SIGTERM)

@@ -11,10 +11,17 @@ from igw.sim.profiles import make_params
 
 def params(**kw) -> EngineParams:
     base = dict(
-        block_size=4, num_gpu_blocks=64, max_num_seqs=8, max_num_batched_tokens=64,
-        max_model_len=256, decode_ms_per_step=10.0, decode_ms_per_seq=0.5,
-        decode_ms_per_kv_token=0.01, prefill_ms_per_token=1.0, lora_load_ms=30.0,
-    )  # fmt: skip
+        block_size=4,
+        num_gpu_blocks=64,
+        max_num_seqs=8,
+        max_num_batched_tokens=64,
+        max_model_len=256,
+        decode_ms_per_step=10.0,
+        decode_ms_per_seq=0.5,
+        decode_ms_per_kv_token=0.01,
+        prefill_ms_per_token=1.0,
+        lora_load_ms=30.0,
+    )
     base.update(kw)
     return EngineParams(**base)
 

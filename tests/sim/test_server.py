@@ -105,8 +105,12 @@ async def test_metrics_export_cache_config_and_lora_info_for_the_picker(http):
 
 async def test_completion_stream_has_one_chunk_per_token_a_usage_chunk_and_done(http):
     async with SimFleet(1, speed=50) as fleet:
-        body = {"prompt": "Once upon a time", "max_tokens": 5, "stream": True,
-                "stream_options": {"include_usage": True}}  # fmt: skip
+        body = {
+            "prompt": "Once upon a time",
+            "max_tokens": 5,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
         async with http.post(fleet.urls[0] + "/v1/completions", json=body) as resp:
             assert resp.headers["Content-Type"].startswith("text/event-stream")
             raw = await resp.read()
@@ -216,8 +220,9 @@ async def test_runtime_lora_loading_adds_a_servable_adapter(http):
     async with SimFleet(1, speed=100) as fleet:
         base = fleet.urls[0]
         missing, _, _ = await post(http, base + "/v1/completions", {"model": "de", "prompt": "x"})
-        async with http.post(base + "/v1/load_lora_adapter",
-                             json={"lora_name": "de", "lora_path": "/tmp/de"}) as resp:  # fmt: skip
+        async with http.post(
+            base + "/v1/load_lora_adapter", json={"lora_name": "de", "lora_path": "/tmp/de"}
+        ) as resp:
             loaded = resp.status
         served, _, _ = await post(http, base + "/v1/completions", {"model": "de", "prompt": "x"})
     assert (missing, loaded, served) == (404, 200, 200)
@@ -259,8 +264,14 @@ async def test_same_requests_in_the_same_order_get_identical_model_latencies(htt
             for i in range(8):
                 body = {"prompt": LONG[: 1000 * (1 + i % 3)] + str(i), "max_tokens": 3 + i}
                 _, data, headers = await post(http, url, body)
-                out.append((headers["x-sim-ttft-ms"], headers["x-sim-e2e-ms"], data["usage"],
-                            data["choices"][0]["text"]))  # fmt: skip
+                out.append(
+                    (
+                        headers["x-sim-ttft-ms"],
+                        headers["x-sim-e2e-ms"],
+                        data["usage"],
+                        data["choices"][0]["text"],
+                    )
+                )
         return out
 
     first = await run()

@@ -23,22 +23,28 @@ from igw.sim.replica import ERROR_MODES, Faults
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--replicas", type=int, default=1, help="replicas to serve (default 1)")
     parser.add_argument(
-        "--port", type=int, default=8000,
+        "--port",
+        type=int,
+        default=8000,
         help="port of replica 0; replica i listens on PORT+i; 0 picks free ports (default 8000)",
-    )  # fmt: skip
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument(
         "--profile", default="default", choices=sorted(PROFILES), help="hardware profile"
     )
     parser.add_argument(
-        "--speed", type=float, default=1.0,
+        "--speed",
+        type=float,
+        default=1.0,
         help="run the model this many times faster than real time (tests use 10-100)",
-    )  # fmt: skip
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of fault injection")
     parser.add_argument(
-        "--model", action="append", metavar="NAME",
+        "--model",
+        action="append",
+        metavar="NAME",
         help=f"served model name; repeat for aliases (default {DEFAULT_MODEL})",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--lora", action="append", default=[], metavar="NAME", help="LoRA adapter name; repeat"
     )
@@ -53,26 +59,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         )
     faults = parser.add_argument_group("fault injection (replica index I, or * for all)")
     faults.add_argument(
-        "--fail-replica", action="append", default=[], metavar="I",
+        "--fail-replica",
+        action="append",
+        default=[],
+        metavar="I",
         help="answer every inference request with 500 while /health stays 200",
-    )  # fmt: skip
+    )
     faults.add_argument(
-        "--slow-replica", action="append", default=[], metavar="I:FACTOR",
+        "--slow-replica",
+        action="append",
+        default=[],
+        metavar="I:FACTOR",
         help="make every engine step FACTOR times longer",
-    )  # fmt: skip
+    )
     faults.add_argument(
-        "--error-rate", action="append", default=[], metavar="I:P",
+        "--error-rate",
+        action="append",
+        default=[],
+        metavar="I:P",
         help="break a request mid-stream with probability P",
-    )  # fmt: skip
+    )
     faults.add_argument(
-        "--error-mode", choices=ERROR_MODES, default="abort",
+        "--error-mode",
+        choices=ERROR_MODES,
+        default="abort",
         help="how a stream breaks: abort = connection closed without [DONE]; "
         "event = an error event then [DONE] (vLLM's way)",
-    )  # fmt: skip
+    )
     faults.add_argument(
-        "--down-replica", action="append", default=[], metavar="I[:closed]",
+        "--down-replica",
+        action="append",
+        default=[],
+        metavar="I[:closed]",
         help="503 on every path incl. /health; with :closed the port is not even open",
-    )  # fmt: skip
+    )
 
 
 def _indexes(text: str, n: int, flag: str) -> list[int]:
@@ -132,10 +152,17 @@ def make_fleet(args: argparse.Namespace) -> tuple[SimFleet, list[int]]:
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(EngineParams)}
     faults, closed = build_faults(args)
     fleet = SimFleet(
-        args.replicas, profile=args.profile, host=args.host, port=args.port, speed=args.speed,
-        seed=args.seed, models=args.model or [DEFAULT_MODEL], loras=args.lora, faults=faults,
+        args.replicas,
+        profile=args.profile,
+        host=args.host,
+        port=args.port,
+        speed=args.speed,
+        seed=args.seed,
+        models=args.model or [DEFAULT_MODEL],
+        loras=args.lora,
+        faults=faults,
         **overrides,
-    )  # fmt: skip
+    )
     return fleet, closed
 
 

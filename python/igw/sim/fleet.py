@@ -65,11 +65,18 @@ class SimFleet:
         self.port = port
         self.replicas: list[SimReplica] = [
             SimReplica(
-                i, self.params, models=models, loras=loras, speed=speed, seed=seed,
-                host=host, port=port + i if port else 0, faults=faults.get(i),
+                i,
+                self.params,
+                models=models,
+                loras=loras,
+                speed=speed,
+                seed=seed,
+                host=host,
+                port=port + i if port else 0,
+                faults=faults.get(i),
             )
             for i in range(replicas)
-        ]  # fmt: skip
+        ]
         self._started = False
 
     @property
@@ -90,9 +97,9 @@ class SimFleet:
                     socks.append(bind_socket(r.host, r.port))
                 except OSError as exc:
                     raise OSError(
-                        exc.errno, f"replica {r.index}: cannot listen on {r.host}:{r.port}: "
-                        f"{exc.strerror}"
-                    ) from exc  # fmt: skip
+                        exc.errno,
+                        f"replica {r.index}: cannot listen on {r.host}:{r.port}: {exc.strerror}",
+                    ) from exc
         except OSError:
             for s in socks:
                 s.close()

@@ -297,10 +297,15 @@ class Handlers:
             upto = min(seq.output, stop)
             if job.continuous_usage:  # vLLM's continuous_usage_stats: usage on every chunk
                 parts = [
-                    head + open_text + words[(job.start_word + i) % n_words]
-                    + mid[: -len("}\n\n")] + ',"usage":' + _usage_text(job, i + 1) + "}\n\n"
+                    head
+                    + open_text
+                    + words[(job.start_word + i) % n_words]
+                    + mid[: -len("}\n\n")]
+                    + ',"usage":'
+                    + _usage_text(job, i + 1)
+                    + "}\n\n"
                     for i in range(sent, upto)
-                ]  # fmt: skip
+                ]
             else:
                 parts = [
                     head + open_text + words[(job.start_word + i) % n_words] + mid

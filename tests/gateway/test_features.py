@@ -90,3 +90,66 @@ async def test_upstream_connections_have_tcp_nodelay(replicas, client):
         again.release()
     finally:
         await pool.close()
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", b"hello"),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n",
+            b"hello",
+        ),
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nhello", b"hello"),  # until EOF
+    ],
+)
+async def test_upstream_client_reads_every_body_framing(raw, expected):
+    from igw.gateway.upstream import UpstreamPool, httptools
+
+    if httptools is None:
+        pytest.skip("httptools is not installed")
+
+    async def answer(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(raw)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = UpstreamPool()
+    try:
+        response = await pool.post("127.0.0.1", port, "/v1/completions", [], b"")
+        assert await response.read() == expected
+        response.release()
+    finally:
+        await pool.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_upstream_client_reports_a_body_cut_short_as_broken():
+    from igw.gateway.upstream import UpstreamBrokenError, UpstreamPool, httptools
+
+    if httptools is None:
+        pytest.skip("httptools is not installed")
+
+    async def answer(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\nonly ten b")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = UpstreamPool()
+    try:
+        response = await pool.post("127.0.0.1", port, "/v1/completions", [], b"")
+        with pytest.raises(UpstreamBrokenError):
+            await response.read()
+        response.close()
+    finally:
+        await pool.close()
+        server.close()
+        await server.wait_closed()

@@ -68,6 +68,7 @@ class _Connection(asyncio.Protocol):
         "_keep_alive",
         "_paused",
         "_received",
+        "_until_eof",
         "_waiter",
         "key",
         "parser",
@@ -93,6 +94,7 @@ class _Connection(asyncio.Protocol):
         self._paused = False
         self._received = False
         self._keep_alive = False
+        self._until_eof = False  # body delimited by the connection closing (no length)
 
     # -- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -112,15 +114,12 @@ class _Connection(asyncio.Protocol):
             self._fail(UpstreamBrokenError(f"invalid HTTP response from the replica: {exc}"))
             self.close()
 
-    def eof_received(self) -> bool:
-        try:
-            self.parser.feed_data(b"")  # lets an EOF-delimited body complete
-        except httptools.HttpParserError:
-            pass
-        return False
-
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        if self._until_eof and exc is None and not self._done:
+            self._done = True  # HTTP/1.0-style body: the close is its end
+            self._keep_alive = False
+            self._wake()
         if not self._done:
             if not self._received:
                 self._fail(UpstreamConnectError(f"connection closed by the replica ({exc!r})"))
@@ -140,6 +139,14 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         # llhttp forgets keep-alive once the message completes: ask while it knows.
         self._keep_alive = self.parser.should_keep_alive()
+        names = {name for name, _ in self._headers}
+        status = self.parser.get_status_code()
+        self._until_eof = (
+            "content-length" not in names
+            and "transfer-encoding" not in names
+            and status not in (204, 304)
+            and status >= 200
+        )
         head = self._head
         if head is not None and not head.done():
             head.set_result(self.parser.get_status_code())

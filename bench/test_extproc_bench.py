@@ -46,7 +46,6 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 def _serve(argv: list[str]) -> None:
     """Run an EppServer over a pool of fake endpoints with injected metrics; print its port."""
-    sys.path.insert(0, str(ROOT / "python"))
     import igw.datastore
     from igw.scheduling import _backend
 
@@ -118,12 +117,19 @@ class _GeneratorServicer:
             stream.close(broken=broken)
 
 
+def _igw_root() -> str:
+    """Where this process imports igw from; the server child imports the same copy."""
+    import igw
+
+    return str(Path(igw.__file__).resolve().parents[1])
+
+
 class Server:
     def __init__(self, *flags: str) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, __file__, "serve", *flags],
             stdout=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": str(ROOT / "python")},
+            env={**os.environ, "PYTHONPATH": _igw_root()},
         )
         assert self.proc.stdout is not None
         self.port = int(self.proc.stdout.readline())
@@ -147,7 +153,6 @@ class Server:
 
 
 def _messages():
-    sys.path.insert(0, str(ROOT / "python"))
     from envoy.config.core.v3 import base_pb2
     from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
@@ -352,7 +357,6 @@ def test_small_requests_streams_per_second_and_added_latency(concurrency):
 
 @pytest.fixture(scope="module")
 def director():
-    sys.path.insert(0, str(ROOT / "python"))
     import igw.datastore
     from igw.scheduling import _backend
 

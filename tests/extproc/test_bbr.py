@@ -14,6 +14,7 @@ import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from epp_harness import req_body, req_headers, set_headers, streamed_body
 
+import igw
 from igw.extproc.bbr import BbrServicer
 
 
@@ -76,7 +77,8 @@ async def test_body_before_headers_is_invalid_argument():
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "python")}
+# the child imports the same igw as this process (source tree or installed package)
+ENV = {**os.environ, "PYTHONPATH": str(Path(igw.__file__).resolve().parents[1])}
 
 
 async def test_bbr_process_starts_and_routes():

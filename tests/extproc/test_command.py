@@ -10,18 +10,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import grpc
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from epp_harness import destination, req_llm
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+import igw
 from igw.datalayer.testing import FakeModelServer, vllm_page
 from igw.extproc import command
 from igw.extproc.flags import parse_bool, parse_duration, parse_size
 
-REPO = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "PYTHONPATH": str(REPO / "python")}
+# the child imports the same igw as this process (source tree or installed package)
+ENV = {**os.environ, "PYTHONPATH": str(Path(igw.__file__).resolve().parents[1])}
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -148,14 +150,26 @@ async def test_epp_process_starts_answers_health_and_routes(tmp_path):
     try:
         assert proc.stdout is not None
         line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
-        match = re.search(r"on 0\.0\.0\.0:(\d+) \(plaintext\), health on :(\d+)", line)
+        match = re.search(
+            r"on 0\.0\.0\.0:(\d+) \(plaintext\), health on :(\d+), metrics on :(\d+)", line
+        )
         assert match, line
-        grpc_port, health_port = int(match.group(1)), int(match.group(2))
+        grpc_port, health_port, metrics_port = (int(g) for g in match.groups())
         async with grpc.aio.insecure_channel(f"127.0.0.1:{health_port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
             reply = await health.Check(health_pb2.HealthCheckRequest(service="readiness"))
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
-        await asyncio.sleep(0.5)  # a few scrapes
+        # wait until both endpoints have been scraped (the pool gauges show the busy queue)
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        needle = 'inference_pool_average_queue_size{name="pool-a"} 15.0'
+        async with aiohttp.ClientSession() as session:
+            for _ in range(200):
+                async with session.get(url) as response:
+                    if needle in await response.text():
+                        break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("endpoints were never scraped")
         async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
             stub = pb_grpc.ExternalProcessorStub(channel)
 

@@ -291,6 +291,7 @@ void minmax_score(const std::vector<int32_t>& x, std::vector<double>& v, std::ve
 void Scheduler::score(const ScorerSpec& s, const PickRequest& req, std::vector<double>& v) {
   const size_t m = ids_.size();
   v.resize(m);
+  if (m == 0) return;  // nothing eligible: min/max over candidates is undefined
   switch (s.kind) {
     case ScorerKind::Queue:
       minmax_score(waiting_, v, lut_);

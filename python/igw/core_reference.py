@@ -672,6 +672,11 @@ class Scheduler:
             unc_all = [max(0, prompt_tokens - int(matched_all[e]) * block_tokens) for e in range(n)]
             scores: dict[str, np.ndarray] = {}
             total = [0.0] * len(eligible)
+            if with_scores:  # every scorer gets an array, even with nothing eligible
+                for kind, _, _ in profile._scorers:
+                    scores[kind] = np.zeros(n, dtype=np.float32)
+                for j in range(len(extra)):
+                    scores[f"extra[{j}]"] = np.zeros(n, dtype=np.float32)
             if eligible:
                 erows = [rows[e] for e in eligible]
                 ctx = {

@@ -185,3 +185,23 @@ def test_bad_pick_arguments_raise_and_change_nothing(make_pool, core, kwargs, ma
 def test_scheduler_needs_index_at_least_table_capacity(core):
     with pytest.raises(core.Error, match="max_endpoints"):
         core.Scheduler(core.EndpointTable(16), core.PrefixIndex(8), 0)
+
+
+ALL_SCORERS = [
+    "queue-scorer", "running-requests-size-scorer", "kv-cache-utilization-scorer",
+    "prefix-cache-scorer", "lora-affinity-scorer", "active-request-scorer",
+    "token-load-scorer", "load-aware-scorer", "predicted-ttft-scorer",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("scorer", ALL_SCORERS)
+def test_every_scorer_survives_nothing_eligible(make_pool, core, scorer):
+    table, _, sched = loaded(make_pool, core, [0.1, 0.2])
+    table.set_ready(0, False)
+    table.set_ready(1, False)
+    res = sched.pick(
+        core.Profile([(scorer, 1.0, {})]), hashes=np.array([1], dtype=np.uint64),
+        lora=0, with_scores=True,
+    )  # fmt: skip
+    assert res.endpoints == []
+    assert res.scores[scorer].tolist() == [0.0, 0.0]

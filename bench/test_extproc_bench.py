@@ -16,6 +16,9 @@ Workloads
 * small: a short chat request and a 10-chunk response, for streams/s and the added latency
   (time from the last request-body message to igw's routing reply) at concurrency 1 and 64.
 
+* the same agentic workload against a plain servicer with no igw logic (the baseline the
+  other figures are read against: what the gRPC transport alone costs per message);
+
 Micro-benchmarks (pytest-benchmark) time the pure Python per-message work without gRPC.
 
 ``IGW_BENCH_QUICK=1`` keeps the whole file under about 30 s. Figures are printed (``-s``).
@@ -77,6 +80,8 @@ def _serve(argv: list[str]) -> None:
         servicer = None
         if generator:
             servicer = _GeneratorServicer(director)
+        if "--plain" in argv:
+            servicer = _PlainServicer()
         server = EppServer(
             director,
             host="127.0.0.1",
@@ -122,6 +127,46 @@ def _igw_root() -> str:
     import igw
 
     return str(Path(igw.__file__).resolve().parents[1])
+
+
+class _PlainServicer:
+    """The baseline: the same message protocol with no igw logic (no parsing, no scheduling,
+    no accounting): echo every body chunk, answer headers with an empty mutation."""
+
+    async def Process(self, request_iterator, context):
+        import grpc
+        from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+        def body(chunk: bytes, eos: bool) -> pb.BodyResponse:
+            return pb.BodyResponse(
+                response=pb.CommonResponse(
+                    body_mutation=pb.BodyMutation(
+                        streamed_response=pb.StreamedBodyResponse(body=chunk, end_of_stream=eos)
+                    )
+                )
+            )
+
+        pending: list[bytes] = []
+        while True:
+            message = await context.read()
+            if message is grpc.aio.EOF:
+                return
+            kind = message.WhichOneof("request")
+            if kind == "request_body":
+                pending.append(message.request_body.body)
+                if message.request_body.end_of_stream:
+                    await context.write(pb.ProcessingResponse(request_headers=pb.HeadersResponse()))
+                    for i, chunk in enumerate(pending):
+                        eos = i == len(pending) - 1
+                        await context.write(pb.ProcessingResponse(request_body=body(chunk, eos)))
+                    pending = []
+            elif kind == "response_headers":
+                await context.write(pb.ProcessingResponse(response_headers=pb.HeadersResponse()))
+            elif kind == "response_body":
+                chunk = message.response_body
+                await context.write(
+                    pb.ProcessingResponse(response_body=body(chunk.body, chunk.end_of_stream))
+                )
 
 
 class Server:
@@ -318,12 +363,13 @@ def _agentic_body() -> bytes:
     [
         ("agentic", (), 1000),
         ("agentic, Envoy response_body_mode NONE", (), 0),
+        ("agentic, plain servicer baseline (no igw logic)", ("--plain",), 1000),
         ("agentic, generator servicer", ("--generator",), 1000),
         ("agentic, uvloop", ("--uvloop",), 1000),
     ],
 )
 def test_agentic_cpu_per_request(name, flags, response_chunks):
-    if QUICK and flags:
+    if QUICK and flags and flags != ("--plain",):
         pytest.skip("servicer/loop variants run in the full benchmark only")
     body = _agentic_body()
     req_msgs = request_messages(body)

@@ -28,7 +28,7 @@ if not hasattr(_core, "EndpointTable"):  # the C++ core has not landed in this b
 
 @dataclasses.dataclass
 class ReplicaBehaviour:
-    mode: str = "ok"  # ok | fail503 | break_stream | no_done | slow_json
+    mode: str = "ok"  # ok | fail503 | break_stream | no_done | slow_json | stall_stream
     chunks: int = 3
     break_after: int = 1
     model: str = "sim-model"
@@ -112,6 +112,8 @@ class FakeReplica:
                     await b.gate.get()
                 event = {"choices": [{"index": 0, "text": f"t{i}"}], "model": data.get("model")}
                 await response.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+                if b.mode == "stall_stream":
+                    await asyncio.sleep(30)  # alive but silent
                 if b.mode == "break_stream" and i + 1 >= b.break_after:
                     assert request.transport is not None
                     request.transport.abort()  # the replica dies mid-stream

@@ -70,6 +70,21 @@ async def test_mid_stream_break_ends_with_error_event_and_is_not_retried(
     assert gw.engine.released == 1
 
 
+async def test_replica_silent_mid_stream_is_cut_by_the_read_timeout(replicas, make_gateway, client):
+    from igw.gateway.app import Limits
+
+    replicas[0].behaviour.mode = "stall_stream"
+    gw = await make_gateway(replicas[:1], limits=Limits(upstream_read_timeout=0.3))
+    started = asyncio.get_running_loop().time()
+    async with client.post(gw.url + "/v1/completions", json=stream_body()) as response:
+        text = (await response.read()).decode()
+    assert asyncio.get_running_loop().time() - started < 5
+    events = [e for e in text.split("\n\n") if e]
+    assert '"t0"' in events[0]
+    assert "read timeout" in json.loads(events[-1].removeprefix("data: "))["error"]["message"]
+    assert gw.engine.released == 1
+
+
 async def test_stream_without_done_is_reported_as_broken(replicas, make_gateway, client):
     replicas[0].behaviour.mode = "no_done"
     gw = await make_gateway(replicas[:1])

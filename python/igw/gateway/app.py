@@ -144,8 +144,11 @@ class Gateway:
         if length is not None and length > limits.client_max_size:
             return _too_large(limits.client_max_size)
         try:
-            async with _timeout(limits.body_timeout):
+            if http_request.content.is_eof():  # all of it arrived with the head: no timer
                 body = await http_request.read()
+            else:
+                async with _timeout(limits.body_timeout):
+                    body = await http_request.read()
         except web.HTTPRequestEntityTooLarge:
             return _too_large(limits.client_max_size)
         except asyncio.TimeoutError:

@@ -37,6 +37,11 @@ LOW_WATER = 64 * 1024
 MAX_IDLE_PER_HOST = 256
 
 
+def _expire(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_exception(asyncio.TimeoutError())
+
+
 class UpstreamError(ConnectionError):
     """The replica could not be reached or broke the response."""
 
@@ -216,15 +221,17 @@ class UpstreamResponse:
                 return b""
             if conn._error is not None:
                 raise conn._error
-            conn._waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            waiter = conn._waiter = loop.create_future()
+            timer = loop.call_later(self._read_timeout, _expire, waiter)
             try:
-                async with _timeout(self._read_timeout):
-                    await conn._waiter
+                await waiter
             except asyncio.TimeoutError:
                 raise UpstreamTimeoutError(
                     f"no data from the replica for {self._read_timeout:g}s"
                 ) from None
             finally:
+                timer.cancel()
                 conn._waiter = None
         chunk = conn._chunks.popleft()
         conn._buffered -= len(chunk)
@@ -308,12 +315,13 @@ class UpstreamPool:
 
     async def _send(self, conn: _Connection, data: bytes) -> UpstreamResponse:
         conn._reset()
-        head = conn._head = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        head = conn._head = loop.create_future()
         assert conn.transport is not None
         conn.transport.write(data)
+        timer = loop.call_later(self.read_timeout, _expire, head)  # cheaper than a Timeout
         try:
-            async with _timeout(self.read_timeout):
-                status = await head
+            status = await head
         except asyncio.TimeoutError:
             conn.close()
             raise UpstreamTimeoutError(
@@ -322,6 +330,8 @@ class UpstreamPool:
         except BaseException:
             conn.close()
             raise
+        finally:
+            timer.cancel()
         return UpstreamResponse(self, conn, status)
 
     def _finished(self, conn: _Connection) -> None:

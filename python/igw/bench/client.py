@@ -112,7 +112,7 @@ async def send_one(
                     continue
                 data = line[5:].strip()
                 if data == b"[DONE]":
-                    break
+                    continue  # read to the end so the keep-alive connection is reused
                 try:
                     event = json.loads(data)
                 except ValueError:

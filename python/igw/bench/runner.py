@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import shlex
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -140,6 +142,13 @@ async def run_target(
             samples, wall = await replay(router, requests, model, settings.duration_max, progress)
             await asyncio.sleep(0.2)  # let the replicas' counters catch up with the last stream
             after = await fleet.scrape(session, workers)
+            died = {c.name: c.proc.poll() for c in children if c.proc.poll() is not None}
+            for name, code in died.items():
+                print(
+                    f"igw bench: {name} exited with code {code} during the run "
+                    f"(negative = killed by that signal); see {log_dir}/{name}.log",
+                    file=sys.stderr,
+                )
         finally:
             await fleet.stop_all(children)
     names = {w: f"r{i}" for i, w in enumerate(workers)}  # replica index: stable across runs
@@ -169,6 +178,7 @@ async def run_target(
         "cache_queries": queries,
         "error_kinds": errors,
         "commands": commands,
+        "children_died": died,
         "samples": {
             "ttft_ms": [None if s.ttft is None else round(s.ttft * 1e3, 2) for s in samples],
             "e2e_ms": [None if s.e2e is None else round(s.e2e * 1e3, 2) for s in samples],
@@ -186,5 +196,16 @@ async def run_all(
         log_dir = Path(settings.log_dir)
         await asyncio.to_thread(log_dir.mkdir, parents=True, exist_ok=True)
         return [await run_target(t, requests, settings, log_dir) for t in targets]
-    with tempfile.TemporaryDirectory(prefix="igw-bench-") as tmp:
-        return [await run_target(t, requests, settings, Path(tmp)) for t in targets]
+    tmp = Path(tempfile.mkdtemp(prefix="igw-bench-"))
+    results = []
+    try:
+        for t in targets:
+            results.append(await run_target(t, requests, settings, tmp))
+    except BaseException:
+        print(f"igw bench: child process logs kept in {tmp}", file=sys.stderr)
+        raise
+    if any(r["summary"]["errors"] for r in results):
+        print(f"igw bench: some requests failed; child process logs kept in {tmp}", file=sys.stderr)
+    else:
+        await asyncio.to_thread(shutil.rmtree, tmp, True)
+    return results

@@ -322,3 +322,38 @@ def test_h100_profile_decode_step_is_bounded_by_weight_reads():
     clock.step()
     decode_ms = clock.engine.schedule(clock.now).duration_ms
     assert 4.8 < decode_ms < 5.0  # 4.8 weights + 1,001 tokens x 128 KiB at 3.35 TB/s
+
+
+def replay(p: EngineParams, arrivals: list[tuple[float, bytes]]) -> list[Seq]:
+    """Feed timed arrivals to one engine on a fake clock; returns the finished requests."""
+    engine = Engine(p)
+    clock = FakeClock(engine)
+    seqs = []
+    pending = sorted(arrivals, key=lambda a: a[0])
+    while pending or engine.has_work():
+        while pending and pending[0][0] <= clock.now:
+            seqs.append(clock.submit(seq_for(pending.pop(0)[1], p, target=8)))
+        if engine.has_work():
+            clock.step()
+        else:
+            clock.now = pending[0][0]
+    return seqs
+
+
+def test_prefix_affinity_routing_beats_round_robin_when_caches_cannot_hold_every_group():
+    # 8 groups of 240-token shared prefixes; each replica's cache holds ~4 of them.
+    p = params(block_size=16, num_gpu_blocks=64, max_num_batched_tokens=512, max_model_len=512)
+    prefixes = [bytes([65 + g]) * 4 * 240 for g in range(8)]
+    groups = [(i * 5 + i // 2) % 8 for i in range(160)]  # every group hits both parities
+    requests = [(i * 30.0, prefixes[g] + b"question %04d" % i) for i, g in enumerate(groups)]
+
+    def mean_ttft(route) -> float:
+        per_replica: list[list] = [[], []]
+        for i, (at, prompt) in enumerate(requests):
+            per_replica[route(i, prompt)].append((at, prompt))
+        seqs = [s for arrivals in per_replica for s in replay(p, arrivals)]
+        return sum(ttft(s) for s in seqs) / len(seqs)
+
+    round_robin = mean_ttft(lambda i, prompt: i % 2)
+    affinity = mean_ttft(lambda i, prompt: (prompt[0] - 65) % 2)  # a group sticks to a replica
+    assert affinity < 0.5 * round_robin

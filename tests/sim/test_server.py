@@ -186,6 +186,22 @@ async def test_token_id_prompt_counts_one_token_per_id(http):
     assert body["usage"]["prompt_tokens"] == 37
 
 
+async def test_tokenize_counts_what_the_engine_charges_and_is_stable(http):
+    messages = [{"role": "user", "content": "How many tokens is this?"}]
+    async with SimFleet(1, speed=100) as fleet:
+        base = fleet.urls[0]
+        _, tok, _ = await post(http, base + "/tokenize", {"prompt": "abcdefgh12"})
+        _, again, _ = await post(http, base + "/tokenize", {"prompt": "abcdefgh12"})
+        _, chat_tok, _ = await post(http, base + "/tokenize", {"messages": messages})
+        _, chat, _ = await post(
+            http, base + "/v1/chat/completions", {"messages": messages, "max_tokens": 1}
+        )
+        status, error, _ = await post(http, base + "/tokenize", {"model": "x", "prompt": "a"})
+    assert tok["count"] == 3 and len(tok["tokens"]) == 3 and tok == again
+    assert chat_tok["count"] == chat["usage"]["prompt_tokens"]
+    assert status == 404 and error["error"]["param"] == "model"
+
+
 async def test_models_route_lists_served_names_and_adapters(http):
     async with SimFleet(1, models=["sim-model", "alias"], loras=["fr"]) as fleet:
         async with http.get(fleet.urls[0] + "/v1/models") as resp:

@@ -82,6 +82,11 @@ def error_body(status: int, message: str, param: str | None = None) -> bytes:
 
 def parse(model_cls: type[_Common], raw: bytes) -> Any:
     """Decode and validate a request body, raising ``RequestError`` (400) when invalid."""
+    return validate(model_cls, decode(raw))
+
+
+def decode(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or ``RequestError`` (400)."""
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -90,6 +95,11 @@ def parse(model_cls: type[_Common], raw: bytes) -> Any:
         raise RequestError(400, "Invalid JSON body: nested too deeply") from None
     if not isinstance(data, dict):
         raise RequestError(400, f"Request body must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def validate(model_cls: type[_Common], data: dict[str, Any]) -> Any:
+    """Check a decoded body against ``model_cls``; ``RequestError`` (400) names the field."""
     try:
         return model_cls.model_validate(data)
     except ValidationError as exc:

@@ -154,6 +154,48 @@ class Handlers:
             raise web.HTTPBadRequest(reason="lora_name: expected a non-empty string")
         return name
 
+    async def tokenize(self, request: web.Request) -> web.Response:
+        """vLLM's ``/tokenize``: ``{"prompt": ...}`` or ``{"messages": [...]}`` -> ids.
+
+        The ids are pseudo-tokens (``text.pseudo_token_ids``): the count is what the
+        engine charges for the prompt, and equal text always gives equal ids.
+        """
+        raw = await request.read()
+        params = self.replica.params
+        try:
+            data = protocol.decode(raw)
+            chat = "messages" in data
+            req = protocol.validate(ChatRequest if chat else CompletionRequest, data)
+            self._resolve_model(req.model)
+            if chat:
+                prompt = _chat_prompt(req)
+                ids = text.pseudo_token_ids(prompt, params.bytes_per_token)
+            elif isinstance(req.prompt, list) and req.prompt and isinstance(req.prompt[0], int):
+                ids = list(req.prompt)
+            else:
+                prompt, _ = _completion_prompt(req.prompt, params.bytes_per_token)
+                ids = text.pseudo_token_ids(prompt, params.bytes_per_token)
+        except RequestError as exc:
+            return json_error(exc.status, exc.message, exc.param)
+        return web.json_response(
+            {
+                "count": len(ids),
+                "max_model_len": params.max_model_len,
+                "tokens": ids,
+                "token_strs": None,
+            }
+        )
+
+    def _resolve_model(self, model: str | None) -> tuple[str, str | None]:
+        """(served name, LoRA adapter or None) for a request's ``model``; 404 if unknown."""
+        replica = self.replica
+        model = model if model is not None else replica.models[0]
+        if model in replica.models:
+            return model, None
+        if model in replica.loras:
+            return model, model
+        raise RequestError(404, f"The model `{model}` does not exist.", param="model")
+
     # ------------------------------------------------------------------------- generation
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
@@ -187,17 +229,9 @@ class Handlers:
         replica = self.replica
         params = replica.params
         req = protocol.parse(ChatRequest if chat else CompletionRequest, raw)
-        model = req.model if req.model is not None else replica.models[0]
-        if model in replica.models:
-            lora = None
-        elif model in replica.loras:
-            lora = model
-        else:
-            raise RequestError(404, f"The model `{model}` does not exist.", param="model")
+        model, lora = self._resolve_model(req.model)
         if chat:
-            prompt = text.chat_text(
-                [{"role": m.role, "content": _content(m.content)} for m in req.messages]
-            ).encode("utf-8", "surrogatepass")
+            prompt = _chat_prompt(req)
             prompt_tokens = text.estimate_tokens(prompt, params.bytes_per_token)
             max_tokens = req.max_completion_tokens or req.max_tokens
         else:
@@ -354,6 +388,11 @@ def _cut(request: web.Request) -> None:
         transport.close()
 
 
+def _chat_prompt(req: ChatRequest) -> bytes:
+    messages = [{"role": m.role, "content": _content(m.content)} for m in req.messages]
+    return text.chat_text(messages).encode("utf-8", "surrogatepass")
+
+
 def _content(content) -> str | list | None:
     if isinstance(content, list):
         return [{"type": p.type, "text": p.text} for p in content]
@@ -425,6 +464,7 @@ def build_app(replica: SimReplica) -> web.Application:
     app.router.add_get("/health", handlers.health)
     app.router.add_get("/version", handlers.version)
     app.router.add_get("/metrics", handlers.metrics)
+    app.router.add_post("/tokenize", handlers.tokenize)
     app.router.add_post("/v1/load_lora_adapter", handlers.load_lora)
     app.router.add_post("/v1/unload_lora_adapter", handlers.unload_lora)
     return app

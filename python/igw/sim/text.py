@@ -71,6 +71,14 @@ def token_ids_bytes(ids: Sequence[int]) -> bytes:
     return out.tobytes()
 
 
+def pseudo_token_ids(data: bytes, bytes_per_token: int) -> list[int]:
+    """The ids ``/tokenize`` reports: each ``bytes_per_token`` slice as a little-endian int
+    (the last one zero-padded), so equal text gives equal ids and the count matches the
+    estimate the engine uses."""
+    step = bytes_per_token
+    return [int.from_bytes(data[i : i + step], "little") for i in range(0, len(data), step)]
+
+
 def estimate_tokens(data: bytes, bytes_per_token: int) -> int:
     return max(1, -(-len(data) // bytes_per_token))
 

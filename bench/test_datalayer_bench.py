@@ -4,10 +4,12 @@
    scanner (``igw.datalayer.engines.extract``), against ``prometheus_client.parser`` doing
    the general parse of the same page. The ratio is printed and stored in ``extra_info``.
 2. Scraping 100 fake vLLM endpoints every 50 ms through ``DataLayer`` for a few seconds
-   (``IGW_BENCH_QUICK=1``: shorter). The fake servers run in a child process so only the
-   scraper's CPU is counted: ``time.process_time()`` delta / wall time = cores used. Target
-   (issue 4): <= 0.5 core. Reported, not asserted (a shared 2-core CI box is noisy); the test
-   fails only if the scraping itself is unhealthy (errors, too few scrapes).
+   (``IGW_BENCH_QUICK=1``: shorter), once per page transport (aiohttp's client; the lean
+   httptools connection) and event loop (asyncio; uvloop, which igw's commands use). The
+   fake servers run in a child process so only the scraper's CPU is counted:
+   ``time.process_time()`` delta / wall time = cores used. Target (issue 4): <= 0.5 core.
+   Reported, not asserted (a shared 2-core CI box is noisy); the test fails only if the
+   scraping itself is unhealthy (errors, too few scrapes).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import igw.datastore
 from igw.datalayer import DataLayer
 from igw.datalayer.engines import ENGINES, extract
 from igw.datalayer.testing import LoraSeries, vllm_page
+from igw.datalayer.transport import HAVE_HTTPTOOLS
 
 QUICK = os.environ.get("IGW_BENCH_QUICK") == "1"
 ENDPOINTS = 100
@@ -101,11 +104,11 @@ def _start_fake_fleet() -> tuple[subprocess.Popen[str], list[int]]:
     return proc, [int(p) for p in line.split(",")]
 
 
-async def _scrape_fleet(ports: list[int]) -> dict[str, float]:
+async def _scrape_fleet(ports: list[int], transport: str = "auto") -> dict[str, float]:
     pool = _pool()
     for port in ports:
         pool.upsert(f"127.0.0.1:{port}")
-    layer = DataLayer(pool, interval=INTERVAL, timeout=1.0, seed=7)
+    layer = DataLayer(pool, interval=INTERVAL, timeout=1.0, seed=7, transport=transport)
     await layer.start()
     try:
         await asyncio.sleep(0.5)  # warm-up: connections open, phases spread
@@ -135,11 +138,38 @@ async def _scrape_fleet(ports: list[int]) -> dict[str, float]:
     }
 
 
-def test_scrape_100_endpoints_every_50ms_cpu(benchmark, capsys):
+def _uvloop_run():
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.run
+
+
+VARIANTS = [
+    ("aiohttp", "asyncio"),
+    pytest.param(
+        "httptools",
+        "asyncio",
+        marks=pytest.mark.skipif(not HAVE_HTTPTOOLS, reason="httptools not installed"),
+    ),
+    pytest.param(
+        "httptools",
+        "uvloop",
+        marks=pytest.mark.skipif(
+            not HAVE_HTTPTOOLS or _uvloop_run() is None, reason="httptools/uvloop missing"
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize(("transport", "loop"), VARIANTS)
+def test_scrape_100_endpoints_every_50ms_cpu(benchmark, capsys, transport, loop):
+    run = asyncio.run if loop == "asyncio" else _uvloop_run()
     proc, ports = _start_fake_fleet()
     try:
         result = benchmark.pedantic(
-            lambda: asyncio.run(_scrape_fleet(ports)), rounds=1, iterations=1
+            lambda: run(_scrape_fleet(ports, transport)), rounds=1, iterations=1
         )
     finally:
         proc.kill()
@@ -149,8 +179,9 @@ def test_scrape_100_endpoints_every_50ms_cpu(benchmark, capsys):
     benchmark.extra_info.update(result)
     with capsys.disabled():
         print(
-            f"\nscrape {result['endpoints']} endpoints every {INTERVAL * 1000:.0f} ms for "
-            f"{result['seconds']} s: {result['scrapes_per_s']}/s (of {result['expected_per_s']}), "
+            f"\n[{transport} on {loop}] scrape {result['endpoints']} endpoints every "
+            f"{INTERVAL * 1000:.0f} ms for {result['seconds']} s: "
+            f"{result['scrapes_per_s']}/s (of {result['expected_per_s']}), "
             f"{result['cores']} cores (user {result['user_cores']}, system "
             f"{result['system_cores']}; {result['cpu_us_per_scrape']} us CPU per scrape; "
             f"target <= 0.5 core), errors {result['errors']}"

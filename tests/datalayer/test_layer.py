@@ -16,6 +16,7 @@ from igw.datalayer.testing import (
     trtllm_page,
     vllm_page,
 )
+from igw.datalayer.transport import HAVE_HTTPTOOLS
 
 from .helpers import wait_until
 
@@ -47,12 +48,21 @@ def bits(pool, names):
     return words
 
 
-@pytest.fixture
-async def layer(pool):
+TRANSPORTS = [
+    "aiohttp",
+    pytest.param(
+        "httptools", marks=pytest.mark.skipif(not HAVE_HTTPTOOLS, reason="httptools not installed")
+    ),
+]
+
+
+@pytest.fixture(params=TRANSPORTS)
+async def layer(pool, request):
+    """DataLayer factory; every test using it runs once per page-fetching transport."""
     layers = []
 
     def make(**kwargs):
-        dl = DataLayer(pool, **{**FAST, **kwargs})
+        dl = DataLayer(pool, **{**FAST, "transport": request.param, **kwargs})
         layers.append(dl)
         return dl
 
@@ -320,6 +330,7 @@ async def test_fetch_models_error_names_the_url(pool, layer):
         ({"metrics_port": 0}, "metrics_port must be 1..65535"),
         ({"metrics_scheme": "ftp"}, "metrics_scheme must be 'http' or 'https'"),
         ({"default_engine": "tgi"}, "default_engine 'tgi' is unknown"),
+        ({"transport": "curl"}, "transport must be 'auto', 'aiohttp' or 'httptools'"),
     ],
 )
 def test_bad_settings_are_rejected_with_the_setting_named(pool, kwargs, needle):
@@ -408,7 +419,7 @@ async def test_oversized_page_is_refused_without_unreadying(pool, servers, layer
     dl = layer()
     await dl.start()
     await wait_until(lambda: dl.state(endpoint).errors["parse"] >= 2)
-    assert "exceeds 1000" in dl.state(endpoint).last_error
+    assert "too big" in dl.state(endpoint).last_error
     assert dl.state(endpoint).scrapes == 0 and row(pool, endpoint)["ready"]
 
 

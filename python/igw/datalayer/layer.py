@@ -50,6 +50,7 @@ from igw.datalayer.engines import (
 )
 from igw.datalayer.outlier import OutcomeWindow, OutlierPolicy
 from igw.datalayer.promtext import MetricsParseError
+from igw.datalayer.transport import HAVE_HTTPTOOLS, TOO_BIG, AiohttpFetch, FetchError, LeanFetch
 
 if TYPE_CHECKING:
     from igw.datastore import Endpoint, Pool
@@ -93,6 +94,7 @@ class EndpointState:
     last_error_kind: str = ""
     last_logged: float = -math.inf  # clock() of the last failure log line
     capacity_blocks: int | None = None  # what we last gave the prefix index
+    fetch: AiohttpFetch | LeanFetch | None = None
     task: asyncio.Task[None] | None = None
     probe_task: asyncio.Task[None] | None = None
 
@@ -126,6 +128,7 @@ class DataLayer:
         default_engine: str | None = None,
         engines: Mapping[str, EngineSpec] | None = None,
         compress: bool = False,
+        transport: str = "auto",
         session: aiohttp.ClientSession | None = None,
         clock: Callable[[], float] = time.monotonic,
         seed: int | None = None,
@@ -163,6 +166,15 @@ class DataLayer:
                 f"DataLayer default_engine {default_engine!r} is unknown; expected one of "
                 f"{sorted(self.engines)}"
             )
+        if transport not in ("auto", "aiohttp", "httptools"):
+            raise ValueError(
+                f"DataLayer transport must be 'auto', 'aiohttp' or 'httptools', got {transport!r}"
+            )
+        if transport == "httptools" and not HAVE_HTTPTOOLS:
+            raise ValueError("DataLayer transport 'httptools' needs the httptools package")
+        self.transport = (
+            ("httptools" if HAVE_HTTPTOOLS else "aiohttp") if transport == "auto" else transport
+        )
         self.metrics_path = metrics_path
         self.metrics_port = metrics_port
         self.metrics_scheme = metrics_scheme
@@ -210,6 +222,9 @@ class DataLayer:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        for state in self._states.values():
+            if state.fetch is not None:
+                state.fetch.close()
         self._states.clear()
         if self._owns_session and self._session is not None:
             await self._session.close()
@@ -237,10 +252,23 @@ class DataLayer:
             self._untrack(old.endpoint)
         url = self._metrics_url(endpoint)
         state = EndpointState(endpoint=endpoint, outcomes=OutcomeWindow(self.outlier), url=url)
+        state.fetch = self._fetcher(url)
         self._states[endpoint.id] = state
         self._apply_ready(state)  # discovered -> ready until known otherwise
         state.task = asyncio.get_running_loop().create_task(
             self._scrape_loop(state), name=f"igw-scrape {endpoint.address}"
+        )
+
+    def _fetcher(self, url: yarl.URL) -> AiohttpFetch | LeanFetch:
+        if self.transport == "httptools":
+            return LeanFetch(url, headers=self._headers, max_bytes=MAX_PAGE_BYTES)
+        assert self._session is not None
+        return AiohttpFetch(
+            self._session,
+            url,
+            # Our own session carries the headers already; a caller's gets them per request.
+            headers=None if self._owns_session else self._headers,
+            max_bytes=MAX_PAGE_BYTES,
         )
 
     def _metrics_url(self, endpoint: Endpoint) -> yarl.URL:
@@ -272,6 +300,8 @@ class DataLayer:
             if task is not None:
                 task.cancel()
         state.task = state.probe_task = None
+        if state.fetch is not None:
+            state.fetch.close()
 
     # -- queries --------------------------------------------------------------------------
     def state(self, endpoint: Endpoint | int) -> EndpointState | None:
@@ -317,38 +347,18 @@ class DataLayer:
             await asyncio.sleep(max(0.0, deadline - now))
 
     async def _scrape(self, state: EndpointState) -> None:
-        session = self._session
-        if session is None:
+        if state.fetch is None:
             return
-        ssl = False if state.url.scheme == "https" else None  # model servers self-sign
         try:
-            # Our own session carries the headers already; a caller's gets them per request.
-            headers = None if self._owns_session else self._headers
-            async with session.get(
-                state.url, timeout=self._client_timeout, ssl=ssl, headers=headers
-            ) as resp:
-                status = resp.status
-                size = resp.content_length or 0
-                # Not read at all when announced too big (aiohttp then drops the connection).
-                body = b"" if size > MAX_PAGE_BYTES else await resp.read()
-        except asyncio.CancelledError:
-            raise
-        except asyncio.TimeoutError:
-            self._transport_failure(state, TIMEOUT, f"no answer within {self.timeout:g}s")
-            return
-        except aiohttp.ClientConnectorError as exc:
-            self._transport_failure(state, CONNECT, f"cannot connect: {exc.os_error}")
-            return
-        except (aiohttp.ClientError, OSError) as exc:
-            self._transport_failure(state, TRANSPORT, f"{type(exc).__name__}: {exc}")
+            status, body = await state.fetch.get(self.timeout)
+        except FetchError as exc:
+            if exc.kind == TOO_BIG:  # the server answered: up, but no usable metrics
+                self._reachable(state)
+                self._soft_failure(state, PARSE, str(exc))
+            else:
+                self._transport_failure(state, exc.kind, str(exc))
             return
         self._reachable(state)
-        size = max(size, len(body))
-        if size > MAX_PAGE_BYTES:
-            self._soft_failure(
-                state, PARSE, f"GET {state.url}: page of {size} bytes exceeds {MAX_PAGE_BYTES}"
-            )
-            return
         if status != 200:
             self._soft_failure(state, HTTP_STATUS, f"GET {state.url} returned HTTP {status}")
             return

@@ -1,9 +1,10 @@
 """The data layer: one scraper task per endpoint, readiness, staleness and outlier demotion.
 
 ``DataLayer`` subscribes to a ``Pool``'s membership. For every endpoint it runs one asyncio
-task that GETs ``/metrics`` every ``interval`` seconds over a shared keep-alive connection
-pool, reads the endpoint engine's figures (``engines.extract``) and writes them to the core's
-endpoint table in ONE ``table.update`` call, so a reader never sees half a scrape.
+task that GETs ``/metrics`` every ``interval`` seconds over a kept-alive connection (its own
+lean httptools connection when httptools is installed, else aiohttp's shared pool: see
+``transport``), reads the endpoint engine's figures (``engines.extract``) and writes them to
+the core's endpoint table in ONE ``table.update`` call, so a reader never sees half a scrape.
 
 Readiness (``table.set_ready``) is the AND of three facts:
 * discovered (the endpoint is in the pool);

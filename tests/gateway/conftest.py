@@ -43,6 +43,7 @@ class FakeReplica:
         self.hits = 0
         self.bodies: list[bytes] = []
         self.headers: list[dict[str, str]] = []
+        self.paths: list[str] = []
         self.cancelled = 0
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -83,6 +84,7 @@ class FakeReplica:
         self.hits += 1
         body = await request.read()
         self.bodies.append(body)
+        self.paths.append(request.path_qs)
         self.headers.append(dict(request.headers))
         b = self.behaviour
         if b.mode == "fail503":

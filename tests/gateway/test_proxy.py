@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
+
 COMPLETION = {"model": "sim-model", "prompt": "Once upon a time", "max_tokens": 4}
 
 
@@ -142,3 +144,40 @@ async def test_request_id_is_forwarded_upstream(replicas, make_gateway, client):
     sent = {k.lower(): v for k, v in replicas[0].headers[0].items()}
     assert sent["x-request-id"] == "abc-123"
     assert sent["authorization"] == "Bearer k"
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/embeddings", {"model": "sim-model", "input": ["a", "b"]}),
+        ("/v1/responses", {"model": "sim-model", "input": "hello"}),
+        (
+            "/v1/chat/completions",
+            {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}]},
+        ),
+    ],
+)
+async def test_every_openai_path_is_proxied_to_the_same_path(
+    replicas, make_gateway, client, path, body
+):
+    gw = await make_gateway(replicas[:1])
+    async with client.post(gw.url + path + "?x=1", json=body) as response:
+        assert response.status == 200
+    assert json.loads(replicas[0].bodies[0]) == body
+    assert replicas[0].paths[0] == path + "?x=1"
+
+
+async def test_a_stage_that_crashes_gives_500_json_and_releases(replicas, make_gateway, client):
+    gw = await make_gateway(replicas[:1])
+
+    class Boom:
+        name = "boom"
+
+        async def process(self, request):
+            raise RuntimeError("bug")
+
+    gw.gateway.pipeline.stages.append(Boom())  # after schedule: the reservation exists
+    async with client.post(gw.url + "/v1/completions", json=COMPLETION) as response:
+        assert response.status == 500
+        assert (await response.json())["error"]["code"] == "internal_error"
+    assert gw.engine.released == gw.engine.reserved == 1

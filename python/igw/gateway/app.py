@@ -175,12 +175,21 @@ class Gateway:
             if self.on_error is not None:
                 self.on_error(request, err)
             return inference_error_response(err)
-        except BaseException:
+        except Exception:
+            # A bug in a stage must not leak a reservation nor answer in non-OpenAI form.
+            log.exception("request %s: pipeline failed", request.request_id)
+            if request.decision is not None:
+                self.pipeline.finish(request, failed=True)
+            return error_response(500, "internal error in the gateway", code="internal_error")
+        except BaseException:  # cancelled: the client went away during flow control
             if request.decision is not None:
                 self.pipeline.finish(request, failed=True)
             raise
         if self.mirror is not None:
-            self.mirror(request)
+            try:
+                self.mirror(request)
+            except Exception:  # a shadow copy must never cost the real request
+                log.exception("request %s: mirroring failed", request.request_id)
         return await self.forwarder.forward(http_request, request)
 
     async def handle_models(self, _request: web.Request) -> web.Response:

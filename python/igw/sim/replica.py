@@ -177,9 +177,10 @@ class SimReplica:
         """
         now = self.now_ms()
         if self._idle:
-            seq.arrival = now
             if not self._wake.is_set():
                 self._woken_at = now  # the engine starts its next step at this arrival
+            # Requests that arrive before the engine task runs join that same first step.
+            seq.arrival = self._woken_at
         else:
             seq.arrival = min(now, self._vt)
         self.engine.add(seq)

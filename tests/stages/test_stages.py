@@ -312,3 +312,22 @@ def test_build_pipeline_stage_order():
     assert [s.name for s in pipeline.stages] == [
         "parse", "admit", "guard.in", "route", "flowcontrol", "schedule"]  # fmt: skip
     assert [s.name for s in pipeline.response_stages] == ["usage", "reverse-rewrite", "account"]
+
+
+async def test_large_bodies_are_parsed_off_the_event_loop(monkeypatch):
+    import igw.stages.parse as parse_module
+
+    monkeypatch.setattr(parse_module, "OFFLOAD_BYTES", 10)
+    threads = []
+    original = ParseStage.apply
+
+    def spy(self, request):
+        import threading
+
+        threads.append(threading.current_thread() is threading.main_thread())
+        original(self, request)
+
+    monkeypatch.setattr(ParseStage, "apply", spy)
+    request = request_for({"model": "m", "prompt": "a long enough prompt"})
+    await ParseStage().process(request)
+    assert threads == [False] and request.incoming_model == "m"

@@ -9,6 +9,7 @@ conformance steering header ``test-epp-endpoint-selection`` wins over the metada
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from igw.parsing import ParserRegistry, parse_body
@@ -21,6 +22,7 @@ DEFAULT_FAIRNESS_ID = "default-flow"
 SUBSET_NAMESPACE = "envoy.lb.subset_hint"
 SUBSET_KEY = "x-gateway-destination-endpoint-subset"
 TEST_SELECTION_HEADER = "test-epp-endpoint-selection"
+OFFLOAD_BYTES = 4 << 20  # bodies above this are decoded off the event loop
 
 
 def split_addresses(value: Any) -> list[str] | None:
@@ -79,7 +81,12 @@ class ParseStage:
         self.use_subset_metadata = use_subset_metadata
 
     async def process(self, request: Request) -> None:
-        self.apply(request)
+        if len(request.body) > OFFLOAD_BYTES:
+            # Decoding tens of MB of JSON takes long enough to stall every other stream on the
+            # event loop; in a thread the loop keeps running between GIL switches.
+            await asyncio.to_thread(self.apply, request)
+        else:
+            self.apply(request)
 
     def apply(self, request: Request) -> None:
         """Synchronous body of ``process`` (no awaits needed: everything is in memory)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import ssl
 from collections.abc import Callable
 
 import aiohttp
@@ -34,7 +35,9 @@ async def raw_server():
     """Start a server whose answers a test scripts; yields a factory returning the URL."""
     servers = []
 
-    async def start(respond: Responder, *, close_after: bool = False, delay=None) -> yarl.URL:
+    async def start(
+        respond: Responder, *, close_after: bool = False, delay=None, tls=None
+    ) -> yarl.URL:
         count = 0
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -58,9 +61,10 @@ async def raw_server():
             finally:
                 writer.close()
 
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=tls)
         servers.append(server)
-        return yarl.URL(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/metrics")
+        scheme = "https" if tls else "http"
+        return yarl.URL(f"{scheme}://127.0.0.1:{server.sockets[0].getsockname()[1]}/metrics")
 
     yield start
     for server in servers:
@@ -176,3 +180,46 @@ async def test_timeout_then_the_next_answer_is_not_the_late_one(raw_server, fetc
     assert info.value.kind == TIMEOUT
     status, body = await fetch.get(1.0)
     assert (status, body) == (200, b"answer 2")
+
+
+def _self_signed_context(tmp_path) -> ssl.SSLContext:
+    """A server TLS context with a throwaway self-signed certificate (as pods often have)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "model-server")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "tls.crt", tmp_path / "tls.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_path, key_path)
+    return context
+
+
+async def test_https_with_a_self_signed_certificate(raw_server, fetcher, tmp_path):
+    url = await raw_server(lambda n: ok(b"secure"), tls=_self_signed_context(tmp_path))
+    fetch = fetcher(url)
+    assert await fetch.get(2.0) == (200, b"secure")
+    assert await fetch.get(2.0) == (200, b"secure")

@@ -20,6 +20,7 @@ that names the URL; neither ever raises anything else for network trouble.
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import ssl as ssl_module
 import zlib
@@ -54,10 +55,12 @@ class FetchError(Exception):
         self.kind = kind
 
 
+@functools.lru_cache(maxsize=1)
 def _insecure_context() -> ssl_module.SSLContext:
     # Model servers behind a pool commonly use self-signed certificates; the reference
-    # picker scrapes them with verification off by default.
-    context = ssl_module.create_default_context()
+    # picker scrapes them with verification off by default. One shared context: building
+    # one per endpoint would cost milliseconds each on the event loop.
+    context = ssl_module.SSLContext(ssl_module.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl_module.CERT_NONE
     return context

@@ -108,7 +108,21 @@ def _positive(name: str, value: float) -> float:
 
 class DataLayer:
     """Scrapes every endpoint of ``pool`` and keeps its table rows, readiness and prefix
-    capacity current. Create it, ``await start()``, and ``await stop()`` on shutdown."""
+    capacity current. Create it, ``await start()``, and ``await stop()`` on shutdown.
+
+    ``interval`` scrape period (s); ``timeout`` per scrape (s); ``staleness`` age after which
+    ``is_stale`` is true (s); ``block_tokens`` the prefix index's block size in tokens (the
+    LRU capacity is ``num_gpu_blocks * block_size // block_tokens``); ``down_after``
+    transport failures in a row that make an endpoint not ready; ``max_backoff`` cap of the
+    failure back-off (s); ``outlier`` demotion policy; ``max_demoted_fraction`` most of the
+    pool that may be demoted at once (like Envoy's max ejection percent: a fleet-wide fault
+    must not empty the pool; a one-endpoint pool is never demoted at the default 0.5);
+    ``metrics_path`` / ``metrics_port`` / ``metrics_scheme`` where pages live;
+    ``engine_label`` / ``default_engine`` / ``engines`` how an endpoint's engine is found
+    and described; ``compress`` ask for gzip pages; ``transport`` "auto", "aiohttp" or
+    "httptools"; ``session`` an aiohttp session to use (left open); ``clock`` and ``seed``
+    for tests.
+    """
 
     def __init__(
         self,

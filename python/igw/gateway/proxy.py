@@ -18,6 +18,7 @@ upstream so usage parsing sees plain text.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
@@ -113,8 +114,11 @@ class Forwarder:
     async def close(self) -> None:
         await self.upstream.close()
 
+    def _finish(self, request: Request, failed: bool) -> None:
+        self.pipeline.finish(request, failed=failed)
+
     async def forward(self, http_request: web.BaseRequest, request: Request) -> web.StreamResponse:
-        """Relay ``request`` to ``request.decision.endpoints``; always ends with ``finish``."""
+        """Relay ``request`` to ``request.decision.endpoints``; ``finish`` always follows."""
         upstream = None
         failed = False
         try:
@@ -149,7 +153,9 @@ class Forwarder:
                     upstream.release()  # back to the keep-alive pool
                 else:
                     upstream.close()  # unread or broken: never reuse the connection
-            self.pipeline.finish(request, failed=failed)
+            # The account stage (metrics, release, outlier report) runs right after this
+            # task has handed the answer to the socket: off the latency path, still once.
+            asyncio.get_running_loop().call_soon(self._finish, request, failed)
 
     async def _connect(self, http_request: web.BaseRequest, request: Request):
         """Open the upstream response on the first ranked endpoint that answers."""

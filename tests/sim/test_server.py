@@ -65,6 +65,9 @@ async def test_requests_beyond_max_num_seqs_wait_and_take_longer(http):
     queue = sorted(float(h["x-sim-queue-ms"]) for _, _, h in results)
     assert queue[0] < 50 and queue[-1] > 300  # the last pair waited for two batches
     assert e2e[-1] > 2.5 * e2e[0]
+    # The second pair starts in the step right after the first pair finishes (model time).
+    assert queue[2] == pytest.approx(e2e[0], abs=1.0)
+    assert metric(values, "igw_sim_engine_lag_seconds_total") == 0
 
 
 async def test_metrics_track_running_requests_kv_usage_and_prefix_hits(http):

@@ -43,6 +43,9 @@ try:  # the compiled core, when built; the pure-Python chain below otherwise
     from igw._core import hash_blocks as _core_hash_blocks
 except ImportError:  # pragma: no cover - depends on the build
     _core_hash_blocks = None
+else:
+    # The first call imports numpy (~0.1 s); pay it now, not inside an engine step.
+    _core_hash_blocks(b"warm-up!", 8, 0, 1)
 
 
 def chat_text(messages: Sequence[dict]) -> str:

@@ -165,3 +165,22 @@ async def test_failing_replica_is_ejected_then_returns(client, policy):
         assert served[bad.address] > 0  # back in rotation
     finally:
         await stack.stop()
+
+
+async def test_lora_adapters_on_a_shared_base_model_are_served(client):
+    stack = await start(
+        "pools: {base: {sim: {replicas: 2, speed: 100, models: [llm-base],"
+        " loras: [english-bot, spanish-bot]}}}"
+    )
+    try:
+        assert stack.router.is_adapter("english-bot")
+        assert not stack.router.is_adapter("llm-base")
+        for model in ("english-bot", "spanish-bot", "llm-base"):
+            status, _, data = await completion(client, stack.url, model, "Hello")
+            assert status == 200
+            assert f'"model": "{model}"'.encode() in data
+        async with client.get(stack.url + "/v1/models") as response:
+            names = {m["id"] for m in (await response.json())["data"]}
+        assert names == {"llm-base", "english-bot", "spanish-bot"}
+    finally:
+        await stack.stop()

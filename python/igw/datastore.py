@@ -108,6 +108,11 @@ class Pool:
         for endpoint in self._by_address.values():
             listener("added", endpoint)
 
+    def unsubscribe(self, listener: MembershipListener) -> None:
+        """Stop delivering membership events to ``listener`` (no-op if it is not subscribed)."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
     def upsert(self, address: str, **attributes) -> Endpoint:
         """Add an endpoint or update its attributes (labels, name, engine, models)."""
         address = normalize_address(address)

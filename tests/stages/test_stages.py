@@ -252,6 +252,29 @@ async def test_pipeline_finish_releases_once_and_reports_the_served_endpoint():
                                              {"model_name": "m"}) == 0  # fmt: skip
 
 
+async def test_client_disconnect_mid_response_does_not_blame_the_endpoint():
+    pool = pool_of((0, 0.1))
+    reporter = Reporter()
+    pipeline = build_pipeline(FakeEngine(), pool, reporter=reporter)
+    request = request_for({"model": "m", "prompt": "p"})
+    await pipeline.run(request)
+    pipeline.response_started(request, 200, {})
+    pipeline.finish(request, failed=True)
+    assert reporter.reports == []
+
+
+async def test_upstream_error_flag_blames_the_endpoint():
+    pool = pool_of((0, 0.1))
+    reporter = Reporter()
+    pipeline = build_pipeline(FakeEngine(), pool, reporter=reporter)
+    request = request_for({"model": "m", "prompt": "p"})
+    await pipeline.run(request)
+    pipeline.response_started(request, 200, {})
+    request.attrs["upstream_error"] = True
+    pipeline.finish(request, failed=True)
+    assert reporter.reports == [("10.0.0.1:8000", False)]
+
+
 async def test_failed_request_reports_not_ok_and_records_no_latency():
     pool = pool_of((0, 0.1))
     engine, reporter, metrics = FakeEngine(), Reporter(), Metrics()

@@ -2,7 +2,8 @@
 
 ``AccountStage.on_finish`` is where in-flight reservations are released (``engine.release``),
 the running gauge is decremented, latency/size/token metrics are recorded and the data layer
-hears whether the endpoint served well. ``Pipeline.finish`` guarantees it runs once.
+hears whether the endpoint served well (see ``_outcome``). ``Pipeline.finish`` guarantees it
+runs once.
 """
 
 from __future__ import annotations
@@ -101,10 +102,25 @@ class AccountStage:
                 self.metrics.running_ended(request)
             if not request.failed and (running or request.response_status):
                 self.metrics.record_response(request, request.attrs.get("response_bytes", 0))
-        if self.reporter is not None and decision is not None and request.response_status:
-            endpoint = decision.primary
-            if request.served_endpoint and request.served_endpoint != endpoint.address:
-                served = decision.pool.by_address(request.served_endpoint)
-                endpoint = served or endpoint
-            ok = not request.failed and request.response_status < 500
-            self.reporter.report_response(endpoint, ok)
+        if self.reporter is not None and decision is not None and decision.endpoints:
+            ok = _outcome(request)
+            if ok is not None:
+                endpoint = decision.primary
+                if request.served_endpoint and request.served_endpoint != endpoint.address:
+                    endpoint = decision.pool.by_address(request.served_endpoint) or endpoint
+                self.reporter.report_response(endpoint, ok)
+
+
+def _outcome(request: Request) -> bool | None:
+    """What the response says about the endpoint: True (served), False (its fault), None.
+
+    A 5xx status, or ``attrs["upstream_error"]`` set by a front end that saw the upstream
+    break (the standalone gateway), is the endpoint's fault. A stream that merely ended early
+    without either (client gone, Envoy cancelled) says nothing about the endpoint: not
+    reported, so client disconnects never demote a healthy replica.
+    """
+    if request.attrs.get("upstream_error") or request.response_status >= 500:
+        return False
+    if not request.response_status:
+        return None
+    return None if request.failed else True

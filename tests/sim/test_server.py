@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import random
+import socket
 import time
 
 import pytest
@@ -296,3 +298,34 @@ async def test_same_requests_in_the_same_order_get_identical_model_latencies(htt
     first = await run()
     assert first == await run()
     assert len({ttft for ttft, *_ in first}) > 1  # the requests did differ
+
+
+async def test_fleet_on_a_base_port_uses_consecutive_ports(http):
+    rng = random.Random()
+    for _ in range(5):  # a random block; retry if another process holds one of its ports
+        base = rng.randrange(20000, 60000)
+        fleet = SimFleet(3, port=base)
+        try:
+            await fleet.start()
+        except OSError:
+            continue
+        try:
+            ports = [r.port for r in fleet.replicas]
+            async with http.get(fleet.urls[2] + "/health") as resp:
+                status = resp.status
+        finally:
+            await fleet.stop()
+        assert ports == [base, base + 1, base + 2]
+        assert status == 200
+        return
+    pytest.skip("no free block of 3 ports found")
+
+
+async def test_busy_port_fails_the_fleet_start_naming_the_replica():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        fleet = SimFleet(1, port=port)
+        with pytest.raises(OSError, match=f"replica 0: cannot listen on 127.0.0.1:{port}"):
+            await fleet.start()

@@ -215,7 +215,6 @@ async def start_stack(config: GatewayConfig, options: ServeOptions) -> Stack:
     fleets: dict[str, Any] = {}
     runtimes: list[PoolRuntime] = []
     layers: list[DataLayer] = []
-    routed_pools = set(config.routes().values())
     stack: Stack | None = None
     try:
         for name, spec in config.pools.items():
@@ -246,7 +245,7 @@ async def start_stack(config: GatewayConfig, options: ServeOptions) -> Stack:
             await layer.start()
             layers.append(layer)
             runtime.datalayer = layer
-            runtime.learn_models = spec.sim is None and name not in routed_pools
+            runtime.learn_models = spec.sim is None  # config routes still win over learned names
             runtimes.append(runtime)
         for name, model in config.models.items():
             if model.lora:

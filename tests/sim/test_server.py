@@ -95,6 +95,11 @@ async def test_metrics_track_running_requests_kv_usage_and_prefix_hits(http):
     assert queries == pytest.approx(2 * 4005, abs=20)
     assert hits == pytest.approx(4005, abs=20)
     assert metric(after, "vllm:time_to_first_token_seconds_count") == 2
+    # 4,005 tokens prefilled cold at 0.1 ms, at speed 5: ~0.08 s of the first request's time.
+    prefill = metric(after, "vllm:request_prefill_time_seconds_sum")
+    assert 0.08 < prefill < 0.1
+    assert metric(after, "vllm:request_prompt_tokens_sum") == pytest.approx(2 * 4005, abs=20)
+    assert metric(after, "vllm:request_generation_tokens_sum") == 201
     (success,) = [v for k, v in after.items() if 'finished_reason="length"' in k]
     assert success == 2
 

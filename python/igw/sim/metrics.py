@@ -93,6 +93,18 @@ E2E_BUCKETS = (
 )
 
 
+def tokens_buckets(max_value: int) -> tuple[float, ...]:
+    """1, 2, 5, 10, 20, 50, ... up to ``max_value`` (vLLM's token-count buckets)."""
+    out = []
+    scale = 1
+    while True:
+        for m in (1, 2, 5):
+            if m * scale > max_value:
+                return tuple(out)
+            out.append(float(m * scale))
+        scale *= 10
+
+
 class _EngineCollector:
     """Reads gauges and counters straight from the engine at scrape time."""
 
@@ -227,17 +239,45 @@ class ReplicaMetrics:
             E2E_BUCKETS,
         )
 
+        phases = (
+            ("prefill", "Histogram of time spent in PREFILL phase for request."),
+            ("decode", "Histogram of time spent in DECODE phase for request."),
+            ("inference", "Histogram of time spent in RUNNING phase for request."),
+        )
+        self.phase = {
+            name: hist(f"vllm:request_{name}_time_seconds", doc, E2E_BUCKETS)
+            for name, doc in phases
+        }
+        token_buckets = tokens_buckets(replica.params.max_model_len)
+        self.prompt_tokens = hist(
+            "vllm:request_prompt_tokens", "Number of prefill tokens processed.", token_buckets
+        )
+        self.generation_tokens = hist(
+            "vllm:request_generation_tokens",
+            "Number of generation tokens processed.",
+            token_buckets,
+        )
+
     def observe_finished(self, seq: Seq) -> None:
-        """Record a finished request's latencies (model ms -> wall-equivalent seconds)."""
+        """Record a finished request's latencies (model ms -> wall-equivalent seconds).
+
+        Inter-token latency is observed once per request, as its mean gap (every gap is a
+        whole engine step; per-token observations would cost a loop per token).
+        """
         scale = 1.0 / (1000.0 * self._replica.speed)
         labels = self._labels
         arrival = seq.arrival
         first = seq.first_token_at if seq.first_token_at is not None else arrival
         end = seq.finished_at if seq.finished_at is not None else first
+        scheduled = seq.scheduled_at if seq.scheduled_at is not None else arrival
         self.ttft.labels(*labels).observe((first - arrival) * scale)
         self.e2e.labels(*labels).observe((end - arrival) * scale)
-        if seq.scheduled_at is not None:
-            self.queue.labels(*labels).observe((seq.scheduled_at - arrival) * scale)
+        self.queue.labels(*labels).observe((scheduled - arrival) * scale)
+        self.phase["prefill"].labels(*labels).observe((first - scheduled) * scale)
+        self.phase["decode"].labels(*labels).observe((end - first) * scale)
+        self.phase["inference"].labels(*labels).observe((end - scheduled) * scale)
+        self.prompt_tokens.labels(*labels).observe(seq.prompt_tokens)
+        self.generation_tokens.labels(*labels).observe(seq.output)
         if seq.output > 1:
             per_token = (end - first) * scale / (seq.output - 1)
             self.tpot.labels(*labels).observe(per_token)

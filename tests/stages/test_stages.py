@@ -252,7 +252,19 @@ async def test_pipeline_finish_releases_once_and_reports_the_served_endpoint():
                                              {"model_name": "m"}) == 0  # fmt: skip
 
 
-async def test_client_disconnect_mid_response_does_not_blame_the_endpoint():
+async def test_failure_of_unknown_cause_does_not_blame_the_endpoint():
+    pool = pool_of((0, 0.1))
+    reporter = Reporter()
+    pipeline = build_pipeline(FakeEngine(), pool, reporter=reporter)
+    request = request_for({"model": "m", "prompt": "p"})
+    await pipeline.run(request)
+    pipeline.response_started(request, 200, {})
+    request.attrs["outcome_unknown"] = True
+    pipeline.finish(request, failed=True)
+    assert reporter.reports == []
+
+
+async def test_failed_stream_after_a_200_blames_the_endpoint():
     pool = pool_of((0, 0.1))
     reporter = Reporter()
     pipeline = build_pipeline(FakeEngine(), pool, reporter=reporter)
@@ -260,7 +272,7 @@ async def test_client_disconnect_mid_response_does_not_blame_the_endpoint():
     await pipeline.run(request)
     pipeline.response_started(request, 200, {})
     pipeline.finish(request, failed=True)
-    assert reporter.reports == []
+    assert reporter.reports == [("10.0.0.1:8000", False)]
 
 
 async def test_upstream_error_flag_blames_the_endpoint():

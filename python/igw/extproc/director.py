@@ -191,6 +191,10 @@ class Stream:
         self.d.open_streams -= 1
         if self.scheduled and self.request is not None and self.request.finished_at is None:
             complete = self.response_complete or (self.response_started and not broken)
+            if not complete:
+                # Envoy ended the stream early: the client may have gone, or the upstream;
+                # the picker cannot tell, so the endpoint is not blamed (nor credited).
+                self.request.attrs["outcome_unknown"] = True
             self._finish(failed=broken or not complete)
 
     # ---------------------------------------------------------------- request phase

@@ -114,13 +114,16 @@ class AccountStage:
 def _outcome(request: Request) -> bool | None:
     """What the response says about the endpoint: True (served), False (its fault), None.
 
-    A 5xx status, or ``attrs["upstream_error"]`` set by a front end that saw the upstream
-    break (the standalone gateway), is the endpoint's fault. A stream that merely ended early
-    without either (client gone, Envoy cancelled) says nothing about the endpoint: not
-    reported, so client disconnects never demote a healthy replica.
+    A 5xx status or ``attrs["upstream_error"]`` is the endpoint's fault, and so is a failed
+    request in general (the standalone gateway marks ``failed`` only for upstream trouble). A
+    front end that cannot tell whose fault a failure was sets ``attrs["outcome_unknown"]``
+    (the ext_proc service, when Envoy cancels a stream: the client may simply have left);
+    such requests are not reported, so client disconnects never demote a healthy replica.
     """
     if request.attrs.get("upstream_error") or request.response_status >= 500:
         return False
     if not request.response_status:
         return None
-    return None if request.failed else True
+    if request.failed:
+        return None if request.attrs.get("outcome_unknown") else False
+    return True

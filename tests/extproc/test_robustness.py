@@ -160,3 +160,40 @@ async def test_stream_closed_before_any_response_is_not_counted_as_served():
         labels = {"model_name": "my-model", "target_model_name": "my-model"}
         assert epp.metric("inference_objective_request_duration_seconds_count", labels) is None
         assert epp.inflight() == 0
+
+
+class _Reporter:
+    def __init__(self) -> None:
+        self.reports: list[tuple[str, bool]] = []
+
+    def report_response(self, endpoint, ok: bool) -> None:
+        self.reports.append((endpoint.address, ok))
+
+
+async def test_cancelled_stream_is_not_reported_against_the_endpoint():
+    reporter = _Reporter()
+    async with running_epp(make_pool(IDLE3), reporter=reporter) as epp:
+        call = epp.stub.Process()
+        for message in req_llm("p", "my-model", "my-model"):
+            await call.write(message)
+        await call.read()
+        await call.read()
+        await call.write(resp_headers({":status": "200", "content-type": "text/event-stream"}))
+        await call.read()
+        call.cancel()
+        assert await _wait_for(lambda: epp.inflight() == 0)
+        assert reporter.reports == []
+
+
+async def test_5xx_response_is_reported_against_the_served_endpoint():
+    reporter = _Reporter()
+    served = {"envoy.lb": {"x-gateway-destination-endpoint-served": "192.168.1.3:8000"}}
+    async with running_epp(make_pool(IDLE3), reporter=reporter) as epp:
+        await epp.exchange(
+            [
+                *req_llm("p", "my-model", "my-model"),
+                resp_headers({":status": "503"}, meta=served),
+                resp_body(b"overloaded", eos=True),
+            ]
+        )
+        assert await _wait_for(lambda: reporter.reports == [("192.168.1.3:8000", False)])

@@ -149,7 +149,7 @@ class SchedulingEngine:
             mask = pool.candidate_mask(request.subset)
             if not mask.any():
                 raise errors.no_endpoints()
-        needs_snapshot = bool(profile.filters or profile.python_scorers) or _uses_ttft(profile)
+        needs_snapshot = bool(profile.filters or profile.python_scorers) or _calibrates(profile)
         snapshot = table.snapshot() if needs_snapshot else None
         if profile.filters:
             mask = self._run_filters(request, pool, profile, snapshot, mask)
@@ -195,7 +195,7 @@ class SchedulingEngine:
         )
         if with_scores and result.scores is not None:
             decision.scores = self._scores_by_address(pool, profile, result.scores, mask)
-        if snapshot is not None and request.stream and _uses_ttft(profile) and decision.endpoints:
+        if snapshot is not None and request.stream and _calibrates(profile) and decision.endpoints:
             # only streamed responses time the first token; a buffered response's first byte
             # comes after the whole generation and would read as a very slow prefill.
             # Charges are not prefill work: counting them would inflate the calibrated rate
@@ -357,5 +357,5 @@ class SchedulingEngine:
                 log.exception("scheduling latency recorder failed")
 
 
-def _uses_ttft(profile: BuiltProfile) -> bool:
-    return any(s.type == "predicted-ttft-scorer" for s, _ in profile.core_scorers)
+def _calibrates(profile: BuiltProfile) -> bool:
+    return any(s.type == "predicted-ttft-scorer" and s.calibrate for s, _ in profile.core_scorers)

@@ -65,6 +65,7 @@ class CoreScorer:
     params: dict[str, float] = dataclasses.field(default_factory=dict)
     prefix: PrefixSettings | None = None  # prefix-cache-scorer: how prompts are hashed
     request_tokens: int = 0  # predicted-ttft-scorer: in-flight tokens charged per request
+    calibrate: bool = False  # predicted-ttft-scorer: learn prefill rates online
 
 
 @dataclasses.dataclass(frozen=True)

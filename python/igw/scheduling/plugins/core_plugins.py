@@ -87,6 +87,9 @@ class PredictedTtftParams(Params):
     # flight (until release), so cache hits are not free: a hot prefix spills over to more
     # replicas as its holder's load grows instead of piling onto one (bounded-load affinity)
     inflightRequestTokens: int = Field(default=0, ge=0)
+    # igw-only: learn each endpoint's prefill rate from observed first tokens (else every
+    # endpoint uses defaultPrefillRate)
+    calibrate: bool = True
 
     @field_validator("defaultPrefillRate", "waitingTokens")
     @classmethod
@@ -148,6 +151,7 @@ def ttft_scorer_factory(name: str, params: PredictedTtftParams) -> CoreScorer:
         type="predicted-ttft-scorer",
         params=_ttft_params(params),
         request_tokens=params.inflightRequestTokens,
+        calibrate=params.calibrate,
     )
 
 

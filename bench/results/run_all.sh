@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The routing comparisons of docs/benchmarks.md, exactly as run. Each writes one JSON file
+# here; `igw bench show bench/results/*.json` prints them as Markdown tables.
+# Needs: igw installed (or PYTHONPATH=python), sglang-router (pip install sglang-router).
+# Takes ~30 minutes on a 2-core machine; every run is bounded by --duration-max per policy.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY=${PYTHON:-python}
+OUT=bench/results
+POLICIES=${POLICIES:-round-robin,least-loaded,default,predicted-ttft}
+COMMON=(--replicas 4 --speed 0.25 --seed 1 --policies "$POLICIES" --sglang-router
+        --sglang-policies cache_aware --duration-max 150 --no-progress)
+only=${1:-all}
+
+run() {  # run NAME ARGS...
+  local name=$1
+  shift
+  if [[ $only == all || $only == "$name" ]]; then
+    echo "== $name" >&2
+    "$PY" -m igw bench run "$@" "${COMMON[@]}" --json "$OUT/$name.json"
+  fi
+}
+
+# 16 groups x 2,000-token system prompt + 64-token question, Poisson at 70% of capacity
+run shared-prefix --workload shared-prefix --requests 600 --load 0.7
+# one group gets 45% of the requests: more than one replica can serve
+run hot-prefix --workload hot-prefix --requests 600 --load 0.7
+# bursts of 32 simultaneous requests, same mean rate
+run bursty --workload bursty --requests 576 --load 0.7
+# shared-prefix on a fleet whose last replica runs at half speed
+run slow-replica --workload shared-prefix --requests 600 --load 0.6 --slow-replica
+# chat sessions of 5 turns, history growing, 1 s (wall) think time at speed 0.25 -> 4 s model
+run multi-turn --workload multi-turn --requests 600 --rate 6 --think-time 1.0

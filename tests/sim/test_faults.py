@@ -114,3 +114,25 @@ def test_faults_reject_invalid_settings_naming_the_field():
         faults.slow_factor = 0
     with pytest.raises(ValueError, match="error_mode"):
         Faults(error_mode="explode")
+
+
+async def test_faults_can_be_switched_over_http_even_while_down(http):
+    async with SimFleet(1, speed=100) as fleet:
+        base = fleet.urls[0]
+        set_url = base + "/sim/faults"
+        down, _, _ = await post(http, set_url, {"down": True, "slow_factor": 2})
+        async with http.get(base + "/health") as resp:
+            health_down = resp.status
+        async with http.get(set_url) as resp:
+            shown = await resp.json()
+        up, _, _ = await post(http, set_url, {"down": False})
+        async with http.get(base + "/health") as resp:
+            health_up = resp.status
+        unknown, err1, _ = await post(http, set_url, {"dwn": True})
+        invalid, err2, _ = await post(http, set_url, {"error_rate": 3, "fail": True})
+        faults = fleet.replicas[0].faults
+    assert (down, health_down, up, health_up) == (200, 503, 200, 200)
+    assert shown["down"] is True and shown["slow_factor"] == 2
+    assert unknown == 400 and "dwn" in err1["error"]["message"]
+    assert invalid == 400 and "error_rate" in err2["error"]["message"]
+    assert faults.fail is False  # a rejected update changes nothing

@@ -13,6 +13,7 @@ the simulated GPU took, before ``--speed``), and ``x-sim-replica`` names the rep
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from typing import TYPE_CHECKING
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's (and vLLM's) legacy-completions default
 MAX_BODY_BYTES = 64 * 1024 * 1024
+ADMIN_PREFIX = "/sim/"  # simulator-only routes; they answer even while the replica is down
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 
 
@@ -86,7 +88,7 @@ class Handlers:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler):
-        if self.replica.faults.down:
+        if self.replica.faults.down and not request.path.startswith(ADMIN_PREFIX):
             return json_error(503, "simulated replica is down")
         try:
             return await handler(request)
@@ -94,6 +96,37 @@ class Handlers:
             if exc.status < 400:
                 raise
             return json_error(exc.status, exc.reason)
+
+    # ------------------------------------------------------------------------ admin
+
+    async def get_faults(self, request: web.Request) -> web.Response:
+        return web.json_response(dataclasses.asdict(self.replica.faults))
+
+    async def set_faults(self, request: web.Request) -> web.Response:
+        """Change fault switches of a running replica: ``{"down": true, ...}`` (only the
+        fields given change). Lets a benchmark driving ``igw sim`` as a separate process
+        inject faults mid-run; answers even while the replica is ``down``."""
+        try:
+            data = protocol.decode(await request.read())
+        except RequestError as exc:
+            return json_error(exc.status, exc.message)
+        faults = self.replica.faults
+        known = {f.name for f in dataclasses.fields(faults)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            return json_error(400, f"unknown fault field(s) {unknown}; known: {sorted(known)}")
+        for name in ("down", "fail"):
+            if name in data and not isinstance(data[name], bool):
+                return json_error(400, f"{name}: expected true or false", name)
+        trial = dataclasses.replace(faults)
+        try:
+            for name, value in data.items():
+                setattr(trial, name, value)
+        except ValueError as exc:
+            return json_error(400, str(exc))
+        for name, value in data.items():  # all valid: apply together
+            setattr(faults, name, value)
+        return web.json_response(dataclasses.asdict(faults))
 
     # ------------------------------------------------------------------------ small routes
 
@@ -465,6 +498,8 @@ def build_app(replica: SimReplica) -> web.Application:
     app.router.add_get("/version", handlers.version)
     app.router.add_get("/metrics", handlers.metrics)
     app.router.add_post("/tokenize", handlers.tokenize)
+    app.router.add_get(ADMIN_PREFIX + "faults", handlers.get_faults)
+    app.router.add_post(ADMIN_PREFIX + "faults", handlers.set_faults)
     app.router.add_post("/v1/load_lora_adapter", handlers.load_lora)
     app.router.add_post("/v1/unload_lora_adapter", handlers.unload_lora)
     return app

@@ -18,6 +18,7 @@ subset hint that matches nothing -> 503 ``rejected-no-endpoints``; filters that 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -38,6 +39,19 @@ from igw.scheduling.registry import PluginRegistry
 log = logging.getLogger(__name__)
 
 Recorder = Callable[[str, str, float], None]
+
+
+@dataclasses.dataclass(slots=True)
+class _Held:
+    """What one decision holds beyond the core's reservation, until its release."""
+
+    endpoint: Any
+    charge: int = 0  # per-request tokens added to the endpoint's in-flight count
+    ahead: int = 0  # uncached tokens counted in the engine's prefill-ahead estimate
+    work: float | None = None  # prefill work ahead at pick time (streamed requests only)
+    prefilled: bool = False
+
+
 BYTES_PER_TOKEN = 4
 _PREFIX_ATTR = "igw.prefix"
 
@@ -66,10 +80,8 @@ class SchedulingEngine:
         self.with_scores = with_scores
         self.calibrator = calibrator if calibrator is not None else PrefillCalibrator()
         self._core_profiles: dict[tuple[int, str], Any] = {}
-        self._tokens_released: set[int] = set()
-        self._work: dict[int, float] = {}  # id(decision) -> prefill work at pick time
-        self._charges: dict[int, int] = {}  # id(decision) -> per-request token charge
-        self._charged: dict[Any, int] = {}  # Endpoint -> sum of its requests' charges
+        self._held: dict[int, _Held] = {}  # id(decision) -> what it still holds
+        self._ahead: dict[Any, int] = {}  # Endpoint -> uncached tokens routed, not yet prefilled
 
     # ------------------------------------------------------------------------ public
     @property
@@ -98,17 +110,12 @@ class SchedulingEngine:
         if not decision.reserved:
             return
         decision.reserved = False
-        key = id(decision)
-        self._work.pop(key, None)
-        tokens = 0 if key in self._tokens_released else decision.uncached_tokens
-        self._tokens_released.discard(key)
-        charge = self._charges.pop(key, 0)
-        if charge and decision.endpoints:
-            left = self._charged.get(decision.primary, 0) - charge
-            if left > 0:
-                self._charged[decision.primary] = left
-            else:
-                self._charged.pop(decision.primary, None)
+        held = self._held.pop(id(decision), None)
+        tokens = decision.uncached_tokens
+        charge = 0
+        if held is not None:
+            tokens = self._end_prefill(held, decision)
+            charge = held.charge
         self._unreserve(decision, 1, tokens + charge)
 
     def observe_first_token(self, decision: Decision, ttft_s: float) -> None:
@@ -118,21 +125,33 @@ class SchedulingEngine:
         count (the request itself stays in flight until ``release``), and the observation
         calibrates the endpoint's prefill rate for the predicted-ttft scorer.
         """
-        key = id(decision)
-        work = self._work.pop(key, None)
-        if decision.reserved and key not in self._tokens_released:
-            self._tokens_released.add(key)
-            self._unreserve(decision, 0, decision.uncached_tokens)
-        if work is None or not decision.endpoints:
+        held = self._held.get(id(decision))
+        if held is None or not decision.reserved or held.prefilled:
+            return
+        self._unreserve(decision, 0, self._end_prefill(held, decision))
+        if held.work is None:
             return
         endpoint = decision.primary
-        rate = self.calibrator.observe(decision.pool.name, endpoint.address, work, ttft_s)
+        rate = self.calibrator.observe(decision.pool.name, endpoint.address, held.work, ttft_s)
         if rate is not None and decision.pool.by_id(endpoint.id) is endpoint:
             try:
                 decision.pool.table.set_prefill_rate(endpoint.id, rate)
             except Exception as exc:  # endpoint removed meanwhile
                 if not is_core_error(exc):
                     raise
+
+    def _end_prefill(self, held: _Held, decision: Decision) -> int:
+        """Mark the decision's prefill done; returns the uncached tokens still reserved."""
+        if held.prefilled:
+            return 0
+        held.prefilled = True
+        if held.ahead:
+            left = self._ahead.get(held.endpoint, 0) - held.ahead
+            if left > 0:
+                self._ahead[held.endpoint] = left
+            else:
+                self._ahead.pop(held.endpoint, None)
+        return decision.uncached_tokens
 
     # ------------------------------------------------------------------------ internals
     def _schedule(self, request: Request, pool: Pool, k: int | None, with_scores: bool) -> Decision:
@@ -149,7 +168,7 @@ class SchedulingEngine:
             mask = pool.candidate_mask(request.subset)
             if not mask.any():
                 raise errors.no_endpoints()
-        needs_snapshot = bool(profile.filters or profile.python_scorers) or _calibrates(profile)
+        needs_snapshot = bool(profile.filters or profile.python_scorers)
         snapshot = table.snapshot() if needs_snapshot else None
         if profile.filters:
             mask = self._run_filters(request, pool, profile, snapshot, mask)
@@ -195,20 +214,27 @@ class SchedulingEngine:
         )
         if with_scores and result.scores is not None:
             decision.scores = self._scores_by_address(pool, profile, result.scores, mask)
-        if snapshot is not None and request.stream and _calibrates(profile) and decision.endpoints:
-            # only streamed responses time the first token; a buffered response's first byte
-            # comes after the whole generation and would read as a very slow prefill.
-            # Charges are not prefill work: counting them would inflate the calibrated rate
-            # of busy endpoints and draw even more traffic to them.
-            work = self._work_ahead(snapshot, profile, primary, decision)
-            self._work[id(decision)] = max(0.0, work - self._charged.get(decision.primary, 0))
+        if not decision.endpoints:
+            return decision
+        endpoint = decision.primary
+        held = _Held(endpoint=endpoint)
+        if profile.calibrates:
+            # the prefill work ahead of this request on its endpoint, from igw's own routing:
+            # what it sent there and has not seen a first token for, plus this request
+            ahead = self._ahead.get(endpoint, 0)
+            held.ahead = decision.uncached_tokens
+            self._ahead[endpoint] = ahead + held.ahead
+            if request.stream:
+                # only streamed responses time the first token; a buffered response's first
+                # byte comes after the whole generation and would read as a slow prefill
+                held.work = float(ahead + decision.uncached_tokens)
         charge = profile.request_charge
-        if charge and decision.endpoints:
+        if charge:
             # the core reserved the request and its uncached tokens atomically; the per-request
             # charge follows at once, before any other pick on this event loop can run
             pool.table.add_inflight(primary, 0, charge)
-            self._charges[id(decision)] = charge
-            self._charged[decision.primary] = self._charged.get(decision.primary, 0) + charge
+            held.charge = charge
+        self._held[id(decision)] = held
         return decision
 
     def _run_filters(
@@ -321,22 +347,6 @@ class SchedulingEngine:
             out[plugin] = row
         return out
 
-    @staticmethod
-    def _work_ahead(
-        snapshot: Any, profile: BuiltProfile, primary: int, decision: Decision
-    ) -> float:
-        waiting_tokens = 512.0
-        for scorer, _ in profile.core_scorers:
-            if scorer.type == "predicted-ttft-scorer":
-                waiting_tokens = scorer.params.get("waitingTokens", waiting_tokens)
-        if primary >= len(snapshot.inflight_tokens):
-            return float(decision.uncached_tokens)
-        return (
-            float(snapshot.inflight_tokens[primary])
-            + float(snapshot.waiting[primary]) * waiting_tokens
-            + float(decision.uncached_tokens)
-        )
-
     def _unreserve(self, decision: Decision, requests: int, tokens: int) -> None:
         if not decision.endpoints:
             return
@@ -355,7 +365,3 @@ class SchedulingEngine:
                 self.recorder(plugin_type, name, seconds)
             except Exception:  # metrics must never break routing
                 log.exception("scheduling latency recorder failed")
-
-
-def _calibrates(profile: BuiltProfile) -> bool:
-    return any(s.type == "predicted-ttft-scorer" and s.calibrate for s, _ in profile.core_scorers)

@@ -12,6 +12,7 @@ profile at all gets one profile named ``default`` holding every scorer, filter a
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 from igw.config import ConfigError, EndpointPickerConfig
@@ -41,14 +42,19 @@ class BuiltProfile:
     picker: CorePicker = DEFAULT_PICKER
     prefix: PrefixSettings = dataclasses.field(default_factory=PrefixSettings)
 
-    @property
+    @functools.cached_property
     def request_charge(self) -> int:
         """Tokens the engine adds to the primary's in-flight count per request (until release)."""
         return max((s.request_tokens for s, _ in self.core_scorers), default=0)
 
-    @property
+    @functools.cached_property
     def uses_lora(self) -> bool:
         return any(s.type == "lora-affinity-scorer" for s, _ in self.core_scorers)
+
+    @functools.cached_property
+    def calibrates(self) -> bool:
+        """A predicted-ttft scorer learns prefill rates from this profile's first tokens."""
+        return any(s.type == "predicted-ttft-scorer" and s.calibrate for s, _ in self.core_scorers)
 
     @property
     def needs_prefix(self) -> bool:

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import signal
 import sys
 
@@ -55,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             type=int if field.type == "int" else float,
             default=None,
             metavar="N" if field.type == "int" else "X",
-            help=f"{field.metadata['help']} (default {field.default})",
+            help=f"{field.metadata['help']} (default profile: {field.default})",
         )
     faults = parser.add_argument_group("fault injection (replica index I, or * for all)")
     faults.add_argument(
@@ -184,6 +185,7 @@ async def serve(fleet: SimFleet, closed: list[int], stop: asyncio.Event) -> None
             f"""-d '{{"model": "{fleet.models[0]}", "prompt": "Hello", "max_tokens": 8}}'""",
             flush=True,
         )
+        gc.freeze()  # start-up objects never die: keep them out of every later collection
         await stop.wait()
 
 

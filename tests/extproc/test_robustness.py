@@ -180,8 +180,11 @@ async def test_cancelled_stream_is_not_reported_against_the_endpoint():
         await call.read()
         await call.write(resp_headers({":status": "200", "content-type": "text/event-stream"}))
         await call.read()
+        await call.write(resp_body(b'data: {"choices":[]}\n\n'))
+        await call.read()
         call.cancel()
         assert await _wait_for(lambda: epp.inflight() == 0)
+        assert await _wait_for(lambda: epp.director.open_streams == 0)
         assert reporter.reports == []
 
 

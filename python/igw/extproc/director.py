@@ -133,6 +133,7 @@ class Stream:
         "_body_size",
         "_resp_buffer",
         "_resp_buffered",
+        "_resp_chunks_seen",
         "_resp_streaming",
         "d",
         "done",
@@ -153,6 +154,7 @@ class Stream:
         self._resp_streaming = False
         self._resp_buffer: list[bytes] = []
         self._resp_buffered = 0
+        self._resp_chunks_seen = False
         self.response_complete = False
         self.response_started = False
         self.done = False  # the servicer ends the stream after sending the replies
@@ -190,7 +192,10 @@ class Stream:
         """
         self.d.open_streams -= 1
         if self.scheduled and self.request is not None and self.request.finished_at is None:
-            complete = self.response_complete or (self.response_started and not broken)
+            # Envoy half-closes cleanly after the response only when it sends no response
+            # body (response_body_mode NONE); body chunks without end_of_stream mean a break.
+            clean = self.response_started and not broken and not self._resp_chunks_seen
+            complete = self.response_complete or clean
             if not complete:
                 # Envoy ended the stream early: the client may have gone, or the upstream;
                 # the picker cannot tell, so the endpoint is not blamed (nor credited).
@@ -349,6 +354,7 @@ class Stream:
                 grpc.StatusCode.INVALID_ARGUMENT, "response body received before response headers"
             )
         chunk, eos = body.body, body.end_of_stream
+        self._resp_chunks_seen = True
         if self._resp_streaming:
             out = self.d.pipeline.response_chunk(request, chunk, eos)
             if eos:

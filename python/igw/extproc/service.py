@@ -45,7 +45,8 @@ class ExternalProcessorServicer(pb_grpc.ExternalProcessorServicer):
                     await context.write(reply)
                 if stream.done:
                     break
-            broken = False
+            # A cancelled RPC also reads as EOF: only a real half-close ends cleanly.
+            broken = context.cancelled()
         except StreamError as error:
             await context.abort(error.code, error.message)
         except (asyncio.CancelledError, grpc.aio.AbortError):

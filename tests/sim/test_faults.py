@@ -136,3 +136,18 @@ async def test_faults_can_be_switched_over_http_even_while_down(http):
     assert unknown == 400 and "dwn" in err1["error"]["message"]
     assert invalid == 400 and "error_rate" in err2["error"]["message"]
     assert faults.fail is False  # a rejected update changes nothing
+
+
+async def test_an_engine_bug_fails_requests_in_flight_and_the_replica_recovers(http, caplog):
+    async with SimFleet(1, speed=100) as fleet:
+        replica = fleet.replicas[0]
+
+        def broken_schedule(now: float = 0.0):
+            raise RuntimeError("injected engine bug")
+
+        replica.engine.schedule = broken_schedule
+        failed, body, _ = await post(http, replica.url + "/v1/completions", BODY)
+        recovered, _, _ = await post(http, replica.url + "/v1/completions", BODY)
+    assert failed == 500 and "engine error" in body["error"]["message"]
+    assert recovered == 200
+    assert "injected engine bug" in caplog.text

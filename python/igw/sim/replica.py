@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import random
 import socket
 from collections.abc import Sequence
@@ -26,6 +27,8 @@ from igw.sim.metrics import ReplicaMetrics
 from igw.sim.model import Engine, EngineParams, Seq
 
 MAX_LAG_S = 0.05
+
+log = logging.getLogger("igw.sim")
 
 ERROR_MODES = ("abort", "event")
 
@@ -41,7 +44,7 @@ class Faults:
     * ``slow_factor``: every engine step takes this many times longer.
     * ``error_rate``: probability that a request breaks after a random number of tokens:
       a stream is cut (``error_mode="abort"``: connection closed with no ``[DONE]``;
-      ``"event"``: an SSE ``error`` object, then the connection closes); a non-streamed
+      ``"event"``: an SSE ``error`` object, then ``[DONE]``, as vLLM does); a non-streamed
       request gets a 500.
     """
 
@@ -190,6 +193,20 @@ class SimReplica:
         self.engine.abort(seq)
 
     async def _drive(self) -> None:
+        """Run the engine; if a step ever raises (a bug), fail the requests in flight with
+        a 500 and start over with an empty engine rather than hang every client."""
+        while True:
+            try:
+                await self._run_engine()
+            except Exception:
+                log.exception("replica %d: engine step failed; resetting the engine", self.index)
+                broken, self.engine = self.engine, Engine(self.params)
+                for seq in [*broken.running, *broken.waiting]:
+                    seq.aborted = True
+                    if seq.listener is not None:
+                        seq.listener.on_error(seq)
+
+    async def _run_engine(self) -> None:
         loop = asyncio.get_running_loop()
         engine = self.engine
         ms_per_s = 1000.0 * self.speed

@@ -45,16 +45,21 @@ def json_error(status: int, message: str, param: str | None = None) -> web.Respo
 class _Waiter:
     """Engine -> handler wake-up for one request."""
 
-    __slots__ = ("event", "stream", "until")
+    __slots__ = ("event", "failed", "stream", "until")
 
     def __init__(self, stream: bool, until: int) -> None:
         self.event = asyncio.Event()
         self.stream = stream
         self.until = until  # wake a non-streamed request early at this many tokens (faults)
+        self.failed = False  # the engine broke (a bug): answer 500 / cut the stream
 
     def on_progress(self, seq: Seq) -> None:
         if self.stream or seq.finished or seq.output >= self.until:
             self.event.set()
+
+    def on_error(self, seq: Seq) -> None:
+        self.failed = True
+        self.event.set()
 
 
 class _Job:
@@ -311,6 +316,8 @@ class Handlers:
     async def _complete(self, job: _Job, waiter: _Waiter) -> web.Response:
         seq = job.seq
         await waiter.event.wait()
+        if waiter.failed:
+            return json_error(500, "simulator engine error; see the server log")
         if job.break_after is not None and not seq.finished:
             return json_error(500, f"simulated error after {seq.output} tokens")
         body = {
@@ -361,6 +368,9 @@ class Handlers:
         while True:
             await waiter.event.wait()
             waiter.event.clear()
+            if waiter.failed:
+                _cut(request)
+                return resp
             upto = min(seq.output, stop)
             if job.continuous_usage:  # vLLM's continuous_usage_stats: usage on every chunk
                 parts = [

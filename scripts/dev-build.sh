@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # Developer loop: build igw._core with CMake into build/dev and drop the module next to the
 # Python sources, so `PYTHONPATH=python` imports the fresh build. CI uses `pip install .`.
+#
 # Usage: scripts/dev-build.sh [--sanitize]
+#   --sanitize  AddressSanitizer + UBSan build in build/asan; the package is assembled in
+#               build/asan/python/igw (sources + the instrumented module). Run tests with:
+#     LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)" \
+#     ASAN_OPTIONS=detect_leaks=0 \
+#     PYTHONPATH=build/asan/python python -m pytest -p no:cacheprovider tests/core
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python}
@@ -16,5 +22,10 @@ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
 cmake --build "$build" -j2
 if [[ $sanitize == OFF ]]; then
   cp "$build"/_core*.so python/igw/
+else
+  rm -rf "$build/python" && mkdir -p "$build/python"
+  cp -r python/igw "$build/python/igw"
+  rm -f "$build"/python/igw/_core*.so
+  cp "$build"/_core*.so "$build/python/igw/"
 fi
 echo "built $(ls "$build"/_core*.so)"

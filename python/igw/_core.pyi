@@ -109,7 +109,8 @@ class EndpointTable:
         """Write one endpoint's scraped metrics as one atomic row update.
 
         Fields left at -1 / None keep their previous value. ``kv_util`` must be within 0..1
-        (values within 1e-6 outside are clamped); negative counts are errors.
+        (values within 1e-6 outside are clamped); negative counts are errors. Adapter ids in
+        ``lora_active`` / ``lora_waiting`` must come from ``adapter_id`` (registered names).
         """
     def set_ready(self, endpoint: int, ready: bool) -> None: ...
     def set_prefill_rate(self, endpoint: int, tokens_per_second: float) -> None: ...
@@ -142,7 +143,14 @@ class PrefixIndex:
         """Number of (block, endpoint) pairs held."""
     def endpoint_entries(self, endpoint: int) -> int: ...
     def memory_bytes(self) -> int:
-        """Bytes the index holds for its entries and lookup structures (not the object)."""
+        """Bytes the index holds for its entries and lookup structures (not the object).
+
+        The C++ core counts every allocated slab, arena and table byte, unused tails included,
+        so ``memory_bytes() / entries()`` is the honest cost per (block, endpoint) entry. The
+        reference returns a rough 100 bytes per entry.
+        """
+    def blocks(self) -> int:
+        """Number of distinct blocks held by at least one endpoint."""
 
 # --------------------------------------------------------------------------- scheduler
 
@@ -171,13 +179,16 @@ class Profile:
     ) -> None: ...
     @property
     def scorer_types(self) -> list[str]: ...
+    @property
+    def picker(self) -> str: ...
 
 class PickResult:
     endpoints: list[int]  # ranked: primary first, then fallbacks (at most k)
     matched_blocks: npt.NDArray[np.int32]  # per endpoint (the index match)
     total_blocks: int
     uncached_tokens: int  # charged to the primary's in-flight tokens when reserved
-    scores: dict[str, npt.NDArray[np.float32]] | None  # per scorer type (+"total"), if asked
+    # per scorer type, "extra[j]" per Python-plugin row, and "total"; only if with_scores
+    scores: dict[str, npt.NDArray[np.float32]] | None
 
 class Scheduler:
     """Runs profiles over an EndpointTable and PrefixIndex.
@@ -187,7 +198,8 @@ class Scheduler:
     pick starts, so a burst of simultaneous requests sees its own load.
     """
 
-    def __init__(self, table: EndpointTable, index: PrefixIndex, seed: int = 0) -> None: ...
+    def __init__(self, table: EndpointTable, index: PrefixIndex, seed: int = 0) -> None:
+        """``index`` must cover every table id: ``max_endpoints >= table.capacity``."""
     def pick(
         self,
         profile: Profile,

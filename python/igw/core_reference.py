@@ -442,6 +442,10 @@ class PrefixIndex:
         with self._lock:
             return len(self._lru.get(self._check(endpoint), ()))
 
+    def blocks(self) -> int:
+        with self._lock:
+            return len(self._holders)
+
     def memory_bytes(self) -> int:
         """A rough count: CPython dict/set entries are ~100 bytes per (block, endpoint)."""
         return 100 * self.entries()

@@ -104,7 +104,7 @@ def block_hashes(data: bytes, block_bytes: int, seed: int, limit: int | None = N
     if full <= 0:
         return []
     if _core_hash_blocks is not None:
-        return _core_hash_blocks(data, block_bytes, seed, full).tolist()
+        return _core_hash_blocks(data, block_bytes, seed & _U64, full).tolist()
     out = []
     h = seed
     for off in range(0, full * block_bytes, block_bytes):

@@ -184,3 +184,19 @@ async def test_lora_adapters_on_a_shared_base_model_are_served(client):
         assert names == {"llm-base", "english-bot", "spanish-bot"}
     finally:
         await stack.stop()
+
+
+async def test_replica_down_is_routed_around_without_client_errors(client):
+    stack = await start("pools: {p: {sim: {replicas: 3, speed: 100}}}")
+    try:
+        down = stack.fleets["p"].replicas[1]
+        await down.close_port()  # connection refused from now on
+        served = collections.Counter()
+        for i in range(30):
+            status, endpoint, _ = await completion(client, stack.url, "sim-model", f"z{i}")
+            assert status == 200
+            served[endpoint] += 1
+        assert served[down.url.removeprefix("http://")] == 0
+        assert len(served) == 2
+    finally:
+        await stack.stop()

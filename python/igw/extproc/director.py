@@ -296,8 +296,16 @@ class Stream:
         started = time.perf_counter()
         await self.d.pipeline.run(request)
         self.scheduled = True
+        elapsed = time.perf_counter() - started
         if self.d.metrics is not None:
-            self.d.metrics.record_request_processing(time.perf_counter() - started)
+            self.d.metrics.record_request_processing(elapsed)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "request %s model %r -> %r priority %d routed to %s in %.2f ms",
+                request.request_id, request.incoming_model, request.target_model,
+                request.priority, request.decision.destination_header() if request.decision
+                else "-", elapsed * 1e3,
+            )  # fmt: skip
         body = request.upstream_body
         replies = [self._headers_reply(request, content_length=len(body))]
         replies.extend(msgs.body_responses(body, phase="request"))
@@ -392,6 +400,12 @@ class Stream:
 
     def _error_reply(self, error: InferenceError) -> list[msgs.ProcessingResponse]:
         request = self.request
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "request %s refused: %s",
+                request.request_id if request is not None else "-",
+                error.body_text(),
+            )
         if self.d.metrics is not None and request is not None:
             self.d.metrics.record_error(request, error.code.label)
         if request is not None and self.scheduled:

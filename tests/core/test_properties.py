@@ -63,6 +63,7 @@ def test_prefix_index_matches_reference(ops, default_capacity):
     for op, endpoint, arg in ops:
         assert apply(fast, op, endpoint, arg) == apply(ref, op, endpoint, arg), (op, endpoint)
         assert fast.entries() == ref.entries()
+        assert fast.blocks() == ref.blocks()
     for e in range(MAX_EP):
         assert fast.endpoint_entries(e) == ref.endpoint_entries(e)
         assert fast.capacity_of(e) == ref.capacity_of(e)

@@ -102,6 +102,11 @@ async def test_upstream_connections_have_tcp_nodelay(replicas, client):
             b"hello",
         ),
         (b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nhello", b"hello"),  # until EOF
+        (
+            b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+            b"hello",
+        ),
     ],
 )
 async def test_upstream_client_reads_every_body_framing(raw, expected):

@@ -70,6 +70,7 @@ class _Connection(asyncio.Protocol):
         "_head",
         "_header_name",
         "_headers",
+        "_informational",
         "_keep_alive",
         "_paused",
         "_received",
@@ -100,6 +101,7 @@ class _Connection(asyncio.Protocol):
         self._received = False
         self._keep_alive = False
         self._until_eof = False  # body delimited by the connection closing (no length)
+        self._informational = False  # a 1xx head (e.g. 103 Early Hints) precedes the real one
 
     # -- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -142,19 +144,22 @@ class _Connection(asyncio.Protocol):
         self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status < 200:  # informational: wait for the final head
+            self._informational = True
+            self._headers = []
+            return
         # llhttp forgets keep-alive once the message completes: ask while it knows.
         self._keep_alive = self.parser.should_keep_alive()
         names = {name for name, _ in self._headers}
-        status = self.parser.get_status_code()
         self._until_eof = (
             "content-length" not in names
             and "transfer-encoding" not in names
             and status not in (204, 304)
-            and status >= 200
         )
         head = self._head
         if head is not None and not head.done():
-            head.set_result(self.parser.get_status_code())
+            head.set_result(status)
 
     def on_body(self, body: bytes) -> None:
         self._chunks.append(body)
@@ -165,6 +170,9 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        if self._informational:
+            self._informational = False
+            return
         self._done = True
         self._wake()
 
@@ -314,6 +322,8 @@ class UpstreamPool:
         return await self._send(conn, data)
 
     async def _send(self, conn: _Connection, data: bytes) -> UpstreamResponse:
+        if conn._closed or conn.transport is None or conn.transport.is_closing():
+            raise UpstreamConnectError("the idle connection was closed")
         conn._reset()
         loop = asyncio.get_running_loop()
         head = conn._head = loop.create_future()

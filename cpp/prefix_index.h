@@ -133,8 +133,8 @@ class PrefixIndex {
   uint64_t entries_ = 0;
   uint64_t block_count_ = 0;
   std::vector<EpState> eps_state_;
-  SlabArray<Block, 14> blocks_;
-  SlabArray<Node, 14> nodes_;
+  SlabArray<Block, 12> blocks_;
+  SlabArray<Node, 12> nodes_;
   Arena arenas_[17];  // size classes 1..16 (index 0 unused: single holders are inline)
   std::vector<uint32_t> table_;  // block ids, kNil = empty
   uint32_t table_shift_ = 0;     // 64 - log2(table size)

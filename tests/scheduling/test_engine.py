@@ -422,7 +422,7 @@ def test_burst_spreads_by_load_accounting_and_keeps_prefix_affinity(make_pool):
     engine = SchedulingEngine(named_policy("predicted-ttft"))
     decisions = _burst(pool, engine, "fresh prefix " * 600, 32)
     counts = collections.Counter(d.primary.address for d in decisions)
-    assert len(counts) == 4  # the burst sees its own load: spread over every replica
+    assert len(counts) >= 2  # the burst sees its own load: it does not all land on one
     assert max(counts.values()) <= 12  # hot-spot factor 4 x 12/32 = 1.5 at most
     # affinity: the replica that prefilled the prefix takes the next requests while its
     # queue is short, instead of spraying the prefix across the fleet at once

@@ -30,8 +30,7 @@ def test_cost_model_spreads_a_hot_prefix_the_reference_weights_pin():
     cost = replay(named_policy("predicted-ttft"), requests, label="predicted-ttft")
     assert default.hotspot > 1.5
     assert cost.hotspot <= 1.5
-    # better on most seeds; never much worse (seed 2 of 0..5 is 1.4x: one cold-start stretch)
-    assert cost.percentile(cost.ttft_ms, 90) <= 1.5 * default.percentile(default.ttft_ms, 90)
+    assert cost.percentile(cost.ttft_ms, 90) < default.percentile(default.ttft_ms, 90)
     assert sum(cost.share) == len(requests) == len(cost.ttft_ms)
 
 

@@ -22,11 +22,14 @@ from igw.config import (
 # (queued prefill work over the calibrated prefill rate, this request's uncached tokens from
 # the prefix match); each in-flight request also counts as PER_REQUEST_TOKENS of work so that
 # cache hits are not free and a hot prefix spreads to more replicas as its holder's load
-# grows. A light prefix-cache term breaks near-ties towards the replica holding the prefix,
-# and a light KV-utilization term keeps away from replicas about to evict.
-PER_REQUEST_TOKENS = 256
+# grows. The prefix-cache term values what the TTFT of one request does not see: a miss costs
+# the whole replica a prefill (every decode on it stalls meanwhile) and evicts other prefixes.
+# A light KV-utilization term keeps away from replicas about to evict. Weights chosen with
+# igw.scheduling.replay over shared-prefix, hot-prefix, bursty, multi-turn and slow-replica
+# workloads (see docs/configuration.md for the table).
+PER_REQUEST_TOKENS = 512
 TTFT_WEIGHT = 4.0
-PREFIX_WEIGHT = 1.0
+PREFIX_WEIGHT = 3.0
 KV_WEIGHT = 0.5
 
 

@@ -252,3 +252,25 @@ async def test_plain_value_headers_are_read_as_well_as_raw_value():
         replies = await epp.exchange([message, req_body(llm_body("my-model", "p"))])
         headers = set_headers(replies[0].request_headers.response.header_mutation)
         assert headers["x-request-id"] == "plain-id"
+
+
+async def test_count_tokens_request_ends_the_stream_after_the_request_phase():
+    pool = make_pool(IDLE3)
+    async with running_epp(pool, config_text=_DEFAULT_PARSERS) as epp:
+        replies = await epp.exchange(
+            [
+                req_headers({":path": "/v1/messages/count_tokens"}),
+                req_body(b'{"model":"m","messages":[]}'),
+                resp_headers({":status": "200"}),
+            ]
+        )
+        assert [r.WhichOneof("response") for r in replies] == ["request_headers", "request_body"]
+        assert epp.inflight() == 0
+
+
+_DEFAULT_PARSERS = """
+apiVersion: llm-d.ai/v1alpha1
+kind: EndpointPickerConfig
+plugins: [{type: queue-scorer}]
+schedulingProfiles: [{name: default, plugins: [{pluginRef: queue-scorer}]}]
+"""

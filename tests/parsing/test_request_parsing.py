@@ -157,3 +157,48 @@ def test_unknown_path_without_fallback_parser_is_rejected():
 
 def test_marshal_sorts_keys_compacts_and_html_escapes_like_go():
     assert marshal({"b": 1, "a": "<x>", "c": [1, 2]}) == b'{"a":"\\u003cx\\u003e","b":1,"c":[1,2]}'
+
+
+def test_anthropic_messages_prompt_includes_system_and_text_blocks():
+    body = {
+        "model": "claude-like",
+        "system": "be terse",
+        "max_tokens": 64,
+        "stream": True,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+    }
+    parsed = parse_body("/v1/messages", json.dumps(body).encode())
+    assert (parsed.parser, parsed.kind, parsed.model) == (
+        "anthropic-parser",
+        RequestKind.CHAT,
+        "claude-like",
+    )
+    assert parsed.prompt == b"system\nbe terse\nuser\nhi\n"
+    assert (parsed.stream, parsed.max_output_tokens) == (True, 64)
+
+
+def test_anthropic_messages_without_messages_is_rejected():
+    assert _error("/v1/messages", b'{"model":"m","messages":[]}') == (
+        "invalid messages request: must have at least one message"
+    )
+
+
+def test_anthropic_count_tokens_is_forwarded_untouched_and_skips_the_response():
+    parsed = parse_body("/v1/messages/count_tokens", b"{not even json")
+    assert parsed.body_json is None and parsed.skip_response
+
+
+def test_vllm_generate_token_ids_are_the_prompt():
+    parsed = parse_body(
+        "/inference/v1/generate",
+        b'{"model":"m","token_ids":[5,6,7],"sampling_params":{"max_tokens":9}}',
+    )
+    assert parsed.parser == "vllmhttp-parser"
+    assert np.frombuffer(parsed.prompt, dtype="<u4").tolist() == [5, 6, 7]
+    assert parsed.max_output_tokens == 9
+
+
+def test_vllm_generate_without_token_ids_is_rejected():
+    assert _error("/inference/v1/generate", b'{"model":"m"}') == (
+        "invalid generate request: must have non-empty token_ids field"
+    )

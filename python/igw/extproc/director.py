@@ -195,7 +195,7 @@ class Stream:
             # Envoy half-closes cleanly after the response only when it sends no response
             # body (response_body_mode NONE); body chunks without end_of_stream mean a break.
             clean = self.response_started and not broken and not self._resp_chunks_seen
-            complete = self.response_complete or clean
+            complete = self.response_complete or clean or self.request.attrs.get("skip_response")
             if not complete:
                 # Envoy ended the stream early: the client may have gone, or the upstream;
                 # the picker cannot tell, so the endpoint is not blamed (nor credited).
@@ -309,6 +309,10 @@ class Stream:
         body = request.upstream_body
         replies = [self._headers_reply(request, content_length=len(body))]
         replies.extend(msgs.body_responses(body, phase="request"))
+        if request.attrs.get("skip_response"):
+            # Nothing to do in the response phase: end the stream after these replies and
+            # Envoy continues without sending the response (the reference's behaviour).
+            self.done = True
         return replies
 
     def _headers_reply(

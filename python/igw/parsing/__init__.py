@@ -7,10 +7,13 @@ the parser by path suffix and parses the body once.
 from __future__ import annotations
 
 from igw.parsing.openai import ParsedBody, decode_body, parse_openai, parse_passthrough
+from igw.parsing.others import parse_anthropic, parse_vllm_generate
 from igw.parsing.paths import (
+    ANTHROPIC_PARSER,
     DEFAULT_PARSERS,
     OPENAI_PARSER,
     PASSTHROUGH_PARSER,
+    VLLMHTTP_PARSER,
     ParserRegistry,
     match_suffix,
     request_path,
@@ -19,18 +22,22 @@ from igw.parsing.rewrite import ReverseRewriter, reverse_rewriter
 from igw.parsing.usage import UsageParser, usage_from_body, usage_from_mapping
 
 __all__ = [
+    "ANTHROPIC_PARSER",
     "DEFAULT_PARSERS",
     "OPENAI_PARSER",
     "PASSTHROUGH_PARSER",
+    "VLLMHTTP_PARSER",
     "ParsedBody",
     "ParserRegistry",
     "ReverseRewriter",
     "UsageParser",
     "decode_body",
     "match_suffix",
+    "parse_anthropic",
     "parse_body",
     "parse_openai",
     "parse_passthrough",
+    "parse_vllm_generate",
     "request_path",
     "reverse_rewriter",
     "usage_from_body",
@@ -45,4 +52,8 @@ def parse_body(path: str, body: bytes, registry: ParserRegistry | None = None) -
     parser = (registry or _DEFAULT_REGISTRY).resolve(path)
     if parser == OPENAI_PARSER:
         return parse_openai(path, body)
+    if parser == ANTHROPIC_PARSER:
+        return parse_anthropic(path, body)
+    if parser == VLLMHTTP_PARSER:
+        return parse_vllm_generate(path, body)
     return parse_passthrough(body)

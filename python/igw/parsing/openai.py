@@ -59,6 +59,7 @@ class ParsedBody:
     stream: bool = False
     cache_salt: str = ""
     max_output_tokens: int | None = None
+    skip_response: bool = False  # the response phase has nothing to do (e.g. count_tokens)
 
     @property
     def rewritable(self) -> bool:

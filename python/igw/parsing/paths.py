@@ -19,6 +19,8 @@ from igw.errors import bad_request
 DEFAULT_PATH = "/v1/completions"
 
 OPENAI_PARSER = "openai-parser"
+ANTHROPIC_PARSER = "anthropic-parser"
+VLLMHTTP_PARSER = "vllmhttp-parser"
 PASSTHROUGH_PARSER = "passthrough-parser"
 
 # Suffixes the OpenAI parser claims (REFERENCE 1.7).
@@ -36,9 +38,12 @@ OPENAI_PATHS = (
 # Parser types igw implements and the suffixes each claims (empty = fallback).
 KNOWN_PARSERS: dict[str, tuple[str, ...]] = {
     OPENAI_PARSER: OPENAI_PATHS,
+    ANTHROPIC_PARSER: ("messages", "messages/count_tokens"),
+    VLLMHTTP_PARSER: ("inference/v1/generate",),
     PASSTHROUGH_PARSER: (),
 }
-DEFAULT_PARSERS = (OPENAI_PARSER, PASSTHROUGH_PARSER)
+# The reference's list when the config names no parsers.
+DEFAULT_PARSERS = (OPENAI_PARSER, ANTHROPIC_PARSER, VLLMHTTP_PARSER, PASSTHROUGH_PARSER)
 
 
 def request_path(headers: Mapping[str, str]) -> str:

@@ -102,4 +102,6 @@ class ParseStage:
         request.attrs["api"] = parsed.api
         if parsed.max_output_tokens is not None:
             request.attrs["max_output_tokens"] = parsed.max_output_tokens
+        if parsed.skip_response:
+            request.attrs["skip_response"] = True
         apply_headers(request, self.objectives, use_subset_metadata=self.use_subset_metadata)

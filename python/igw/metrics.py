@@ -199,6 +199,30 @@ class Metrics:
             "llm_d_epp_request_ttft_seconds", "Time to first response byte in seconds.",
             EPP_REQUEST, buckets=GENERAL_LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
+        self.epp_request_size = Histogram(
+            "llm_d_epp_request_size_bytes", "Request body size in bytes.",
+            EPP_REQUEST, buckets=REQUEST_SIZE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.epp_response_size = Histogram(
+            "llm_d_epp_response_size_bytes", "Response body size in bytes.",
+            EPP_REQUEST, buckets=RESPONSE_SIZE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.epp_input_tokens = Histogram(
+            "llm_d_epp_request_input_tokens", "Input tokens per request.",
+            EPP_REQUEST, buckets=INPUT_TOKEN_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.epp_output_tokens = Histogram(
+            "llm_d_epp_request_output_tokens", "Output tokens per request.",
+            EPP_REQUEST, buckets=OUTPUT_TOKEN_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.epp_cached_tokens = Histogram(
+            "llm_d_epp_request_cached_tokens", "Prompt tokens served from the prefix cache.",
+            EPP_REQUEST, buckets=INPUT_TOKEN_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.epp_ntpot = Histogram(
+            "llm_d_epp_request_ntpot_seconds", "Request latency divided by output tokens.",
+            EPP_REQUEST, buckets=NTPOT_BUCKETS, registry=r,
+        )  # fmt: skip
         self.epp_running = Gauge(
             "llm_d_epp_request_running", "Number of running requests.",
             ("model_name", "target_model_name"), registry=r,
@@ -239,7 +263,9 @@ class Metrics:
         priority = str(request.priority)
         self.request_total.labels(model, target, priority).inc()
         self.epp_request_total.labels(model, target, request.fairness_id, priority).inc()
-        self.request_sizes.labels(model, target).observe(len(request.upstream_body))
+        size = len(request.upstream_body)
+        self.request_sizes.labels(model, target).observe(size)
+        self.epp_request_size.labels(model, target, request.fairness_id, priority).observe(size)
 
     def record_error(self, request: Request, code_label: str) -> None:
         model, target = request.incoming_model, request.target_model
@@ -295,16 +321,21 @@ class Metrics:
             ttft = max(0.0, request.first_byte_at - request.received_at)
             self.epp_ttft.labels(*epp_labels).observe(ttft)
         self.response_sizes.labels(model, target).observe(response_bytes)
+        self.epp_response_size.labels(*epp_labels).observe(response_bytes)
         usage = request.usage
         if usage.prompt_tokens > 0:
             self.input_tokens.labels(model, target).observe(usage.prompt_tokens)
+            self.epp_input_tokens.labels(*epp_labels).observe(usage.prompt_tokens)
         if usage.completion_tokens > 0:
             self.output_tokens.labels(model, target).observe(usage.completion_tokens)
+            self.epp_output_tokens.labels(*epp_labels).observe(usage.completion_tokens)
             ntpot = latency / usage.completion_tokens
             if math.isfinite(ntpot):
                 self.ntpot.labels(model, target).observe(ntpot)
+                self.epp_ntpot.labels(*epp_labels).observe(ntpot)
         if usage.cached_tokens > 0:
             self.cached_tokens.labels(model, target).observe(usage.cached_tokens)
+            self.epp_cached_tokens.labels(*epp_labels).observe(usage.cached_tokens)
 
     # -- exposition ----------------------------------------------------------------------
     def generate(self) -> bytes:

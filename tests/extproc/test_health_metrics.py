@@ -89,6 +89,9 @@ async def test_metrics_endpoint_exposes_reference_names_after_requests():
             'port="8000",status="success",target_model_name="my-model-v2"} 1.0',
             "llm_d_epp_request_total{",
             'llm_d_epp_ready_endpoints{name="vllm-qwen3-32b-pool"} 2.0',
+            'llm_d_epp_request_output_tokens_sum{fairness_id="default-flow",model_name="my-model",'
+            'priority="2",target_model_name="my-model-v2"} 3.0',
+            "llm_d_epp_request_size_bytes_count{",
         ):
             assert needle in text, needle
 

@@ -38,9 +38,7 @@ index_ops = st.lists(
     max_size=40,
 )
 
-SETTINGS = settings(
-    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def apply(ix, op, endpoint, arg):

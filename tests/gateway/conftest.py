@@ -17,13 +17,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from igw import _core, datastore
+from igw import datastore
 from igw.pipeline import Decision
-
-if not hasattr(_core, "EndpointTable"):  # the C++ core has not landed in this build yet
-    from igw import core_reference
-
-    datastore._core = core_reference  # type: ignore[attr-defined]
 
 
 @dataclasses.dataclass

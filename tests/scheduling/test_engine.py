@@ -494,3 +494,27 @@ def test_calibration_ignores_tiny_work_and_bounds_outliers():
     assert cal.observe("p", "a", 4000, 0.5) == pytest.approx(8000)
     after_outlier = cal.observe("p", "a", 4000, 0.0001)  # 40M tok/s: clipped to 2x
     assert after_outlier == pytest.approx(0.8 * 8000 + 0.2 * 16000)
+
+
+def test_a_broken_user_plugin_is_skipped_and_logged(make_pool, caplog):
+    class Broken:
+        def score(self, request, snapshot, endpoints):
+            raise ZeroDivisionError("bug in user code")
+
+    class WrongShape:
+        def filter(self, request, pool, snapshot, mask):
+            return np.zeros((2, 2), dtype=np.bool_)
+
+    registry = default_registry()
+    registry.register("broken", lambda n, p: Broken(), PluginKind.SCORER)
+    registry.register("wrong-shape", lambda n, p: WrongShape(), PluginKind.FILTER)
+    config = load_config(
+        text="apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\n"
+        "plugins: [{type: wrong-shape}, {type: broken}, {type: queue-scorer}]\n",
+        registry=registry,
+    )
+    pool = make_pool([(0, 5, 0.0), (1, 0, 0.0)])
+    engine = SchedulingEngine(config, registry)
+    for _ in range(3):
+        assert engine.schedule(make_request(), pool).primary.address == ip(1)
+    assert "bug in user code" in caplog.text and "wrong-shape" in caplog.text

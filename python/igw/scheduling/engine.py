@@ -13,7 +13,13 @@ timed apart; their pass is reported as ``("core-pick", <profile name>)``.
 
 Errors follow the reference picker: an empty pool -> 500 "no pods available in datastore"; a
 subset hint that matches nothing -> 503 ``rejected-no-endpoints``; filters that leave nothing
--> 429 ``rejected-saturated``; no ready endpoint among the candidates -> 503.
+-> 429 ``rejected-saturated``; no ready endpoint among the candidates -> 503. A Python plugin
+that raises or returns a wrong shape is skipped for that request (a filter passes everything,
+a scorer scores 0) and logged: a bug in user code must not take routing down.
+
+An engine is used from one event loop thread: the core's pick is atomic, and the engine's own
+bookkeeping (per-request charges, prefill-ahead estimates) is updated right after it with no
+``await`` in between, so concurrent requests on that loop see each other's load.
 """
 
 from __future__ import annotations
@@ -82,6 +88,7 @@ class SchedulingEngine:
         self._core_profiles: dict[tuple[int, str], Any] = {}
         self._held: dict[int, _Held] = {}  # id(decision) -> what it still holds
         self._ahead: dict[Any, int] = {}  # Endpoint -> uncached tokens routed, not yet prefilled
+        self._failures: dict[str, int] = {}  # Python plugin name -> failures so far
 
     # ------------------------------------------------------------------------ public
     @property
@@ -245,11 +252,15 @@ class SchedulingEngine:
             mask = np.ones(size, dtype=np.bool_)
         for plugin, type_name, name in profile.filters:
             started = time.perf_counter()
-            out = plugin.filter(request, pool, snapshot, mask)
-            self._record(type_name, name, time.perf_counter() - started)
-            out = np.asarray(out, dtype=np.bool_)
-            if out.ndim != 1:
-                raise TypeError(f"filter {name!r} returned a mask of shape {out.shape}, not 1-d")
+            try:
+                out = np.asarray(plugin.filter(request, pool, snapshot, mask), dtype=np.bool_)
+                if out.ndim != 1:
+                    raise TypeError(f"returned a mask of shape {out.shape}, not 1-d")
+            except Exception as exc:  # a broken plugin must not take requests down: fail open
+                self._plugin_failed("filter", name, exc)
+                continue
+            finally:
+                self._record(type_name, name, time.perf_counter() - started)
             if len(out) < size:
                 out = np.concatenate([out, np.zeros(size - len(out), dtype=np.bool_)])
             mask = out & np.concatenate([mask, np.zeros(max(0, len(out) - len(mask)), np.bool_)])
@@ -276,13 +287,18 @@ class SchedulingEngine:
             if not len(ids):
                 continue
             started = time.perf_counter()
-            out = np.asarray(plugin.score(request, snapshot, ids), dtype=np.float32)
-            self._record(type_name, name, time.perf_counter() - started)
-            if out.ndim != 1 or len(out) not in (len(ids), n):
-                raise TypeError(
-                    f"scorer {name!r} returned shape {out.shape}; expected ({len(ids)},) "
-                    f"aligned with endpoints or ({n},) indexed by endpoint id"
-                )
+            try:
+                out = np.asarray(plugin.score(request, snapshot, ids), dtype=np.float32)
+                if out.ndim != 1 or len(out) not in (len(ids), n):
+                    raise TypeError(
+                        f"returned shape {out.shape}; expected ({len(ids)},) aligned with "
+                        f"endpoints or ({n},) indexed by endpoint id"
+                    )
+            except Exception as exc:  # a broken plugin scores 0 everywhere; routing goes on
+                self._plugin_failed("scorer", name, exc)
+                continue
+            finally:
+                self._record(type_name, name, time.perf_counter() - started)
             if len(out) == n:
                 extra[j, ids] = out[ids]
             else:
@@ -358,6 +374,20 @@ class SchedulingEngine:
         except Exception as exc:
             if not is_core_error(exc):
                 raise
+
+    def _plugin_failed(self, kind: str, name: str, exc: Exception) -> None:
+        """Log a Python plugin's failure: the first ten, then one in a thousand."""
+        count = self._failures.get(name, 0) + 1
+        self._failures[name] = count
+        if count <= 10 or count % 1000 == 0:
+            log.error(
+                "%s %r failed (%d times so far; it is skipped for this request): %s",
+                kind,
+                name,
+                count,
+                exc,
+                exc_info=count == 1,
+            )
 
     def _record(self, plugin_type: str, name: str, seconds: float) -> None:
         if self.recorder is not None:

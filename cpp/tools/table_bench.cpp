@@ -6,6 +6,7 @@
 // If (a) is close to (b) and retries are rare, the seqlock costs readers next to nothing and
 // needs no second copy of the table. Not built by default:
 //   g++ -std=c++20 -O3 -Icpp cpp/tools/table_bench.cpp cpp/endpoint_table.cpp -o /tmp/tb -pthread
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -37,8 +38,11 @@ int main() {
     std::vector<float> kv(n);
     const int rounds = 2000;
     uint64_t retries = 0;
-    auto t0 = std::chrono::steady_clock::now();
+    std::vector<double> seq_t, raw_t;
+    using clk = std::chrono::steady_clock;
+    auto t0 = clk::now();
     for (int r = 0; r < rounds; ++r) {
+      const auto r0 = clk::now();
       uint32_t c = 0;
       for (uint32_t e = 0; e < n; ++e) {
         const uint32_t s = t.read_begin(e);
@@ -57,21 +61,25 @@ int main() {
           if (t.read_valid(ids[j], s)) break;
         }
       }
+      seq_t.push_back(std::chrono::duration<double, std::micro>(clk::now() - r0).count());
     }
-    auto t1 = std::chrono::steady_clock::now();
+    auto t1 = clk::now();
     for (int r = 0; r < rounds; ++r) {
+      const auto r0 = clk::now();
       uint32_t c = 0;
       for (uint32_t e = 0; e < n; ++e)
         if (EndpointTable::ld(t.flags_[e]) & 1) ids[c++] = e;
       for (uint32_t j = 0; j < c; ++j) w[j] = EndpointTable::ld(t.waiting_[ids[j]]);
       for (uint32_t j = 0; j < c; ++j) kv[j] = EndpointTable::ld(t.kv_util_[ids[j]]);
+      raw_t.push_back(std::chrono::duration<double, std::micro>(clk::now() - r0).count());
     }
-    auto t2 = std::chrono::steady_clock::now();
+    auto t2 = clk::now();
     stop = true;
     writer.join();
-    const double seq_us = std::chrono::duration<double, std::micro>(t1 - t0).count() / rounds;
-    const double raw_us = std::chrono::duration<double, std::micro>(t2 - t1).count() / rounds;
-    std::printf("writer %s rows=%u seqlock gather %.2f us, plain copy %.2f us, retries/gather %.3f, "
+    std::sort(seq_t.begin(), seq_t.end());
+    std::sort(raw_t.begin(), raw_t.end());
+    const double seq_us = seq_t[seq_t.size() / 2], raw_us = raw_t[raw_t.size() / 2];
+    std::printf("writer %s rows=%u seqlock gather p50 %.2f us, plain copy p50 %.2f us, retries/gather %.3f, "
                 "writes/s %.2fM\n",
                 writing ? "on " : "off", n, seq_us, raw_us, double(retries) / rounds,
                 writes.load() / std::chrono::duration<double>(t2 - t0).count() / 1e6);

@@ -205,3 +205,14 @@ def test_every_scorer_survives_nothing_eligible(make_pool, core, scorer):
     )  # fmt: skip
     assert res.endpoints == []
     assert res.scores[scorer].tolist() == [0.0, 0.0]
+
+
+def test_index_entries_of_ids_beyond_the_table_are_ignored(make_pool, core):
+    table, index, sched = loaded(make_pool, core, [0.5, 0.5])
+    prompt = np.arange(1, 21, dtype=np.uint64)
+    for e in (1, 7, 9):  # 7 and 9 are not table ids (high_water is 2)
+        index.record(e, prompt)
+    index.record(9, np.arange(100, 110, dtype=np.uint64))
+    res = sched.pick(core.Profile([("prefix-cache-scorer", 1.0, {})]), hashes=prompt)
+    assert res.matched_blocks.tolist() == [0, 20]
+    assert res.endpoints == [1]

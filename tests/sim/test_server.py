@@ -10,6 +10,7 @@ import time
 import pytest
 
 from igw.sim import SimFleet
+from igw.sim.replica import MAX_LAG_S
 
 from .helpers import metric, post, scrape, sse_events, sse_json
 
@@ -273,13 +274,14 @@ async def test_client_disconnect_frees_the_request(http):
 async def test_engine_lag_counter_shows_when_the_process_starves_the_simulator(http):
     async with SimFleet(1, speed=1) as fleet:
         base = fleet.urls[0]
-        body = {"prompt": "x", "max_tokens": 30, "ignore_eos": True, "stream": True}
+        body = {"prompt": "x", "max_tokens": 100, "ignore_eos": True, "stream": True}
         async with http.post(base + "/v1/completions", json=body) as resp:
             await resp.content.readuntil(b"\n\n")
-            time.sleep(0.2)  # noqa: ASYNC251 - deliberately starve the engine of the loop
+            # Block the loop past the catch-up window: the engine must drop the debt.
+            time.sleep(MAX_LAG_S + 0.3)  # noqa: ASYNC251
             await resp.read()
         lag = metric(await scrape(http, base), "igw_sim_engine_lag_seconds_total")
-    assert 0.1 < lag < 0.5
+    assert MAX_LAG_S < lag < MAX_LAG_S + 0.6
 
 
 async def test_same_requests_in_the_same_order_get_identical_model_latencies(http):
@@ -334,3 +336,17 @@ async def test_busy_port_fails_the_fleet_start_naming_the_replica():
         fleet = SimFleet(1, port=port)
         with pytest.raises(OSError, match=f"replica 0: cannot listen on 127.0.0.1:{port}"):
             await fleet.start()
+
+
+async def test_a_short_stall_is_caught_up_without_changing_model_latency(http):
+    body = {"prompt": "catch up", "max_tokens": 30, "ignore_eos": True}
+    async with SimFleet(1, speed=1) as fleet:
+        url = fleet.urls[0] + "/v1/completions"
+        _, _, calm = await post(http, url, body)
+        task = asyncio.create_task(post(http, url, body))
+        await asyncio.sleep(0.05)
+        time.sleep(0.2)  # noqa: ASYNC251 - a 200 ms hiccup, inside the catch-up window
+        _, _, stalled = await task
+        lag = metric(await scrape(http, fleet.urls[0]), "igw_sim_engine_lag_seconds_total")
+    assert stalled["x-sim-e2e-ms"] == calm["x-sim-e2e-ms"]
+    assert lag == 0

@@ -458,9 +458,18 @@ def test_sequential_requests_of_a_prefix_stay_on_its_holder(make_pool):
     assert snap.inflight_requests.sum() == 0 and snap.inflight_tokens.sum() == 0
 
 
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_cost_model_avoids_a_slow_replica_once_calibrated(make_pool):
     pool = make_pool([(0, 0, 0.0), (1, 0, 0.0)])
-    engine = SchedulingEngine(named_policy("predicted-ttft"))
+    clock = FakeClock()
+    engine = SchedulingEngine(named_policy("predicted-ttft"), clock=clock)
     prompt_tokens = 2000
     # replica 0 prefills at 1,000 tokens/s, replica 1 at 10,000
     for i in range(6):
@@ -469,12 +478,24 @@ def test_cost_model_avoids_a_slow_replica_once_calibrated(make_pool):
                 f"warm-{endpoint}-{i} " * 500, subset=[ip(endpoint)], stream=True
             )
             decision = engine.schedule(request, pool)
+            clock.now += ttft
             engine.observe_first_token(decision, ttft)
             engine.release(decision)
     rates = pool.table.snapshot().prefill_rate
     assert rates[0] < rates[1]
     cold = [engine.schedule(make_request(f"cold {i} " * 800), pool) for i in range(4)]
     assert all(d.primary.address == ip(1) for d in cold[:2])
+
+
+def test_calibration_times_prefill_from_the_pick_not_from_arrival(make_pool):
+    pool = make_pool([(0, 0, 0.0)])
+    clock = FakeClock()
+    engine = SchedulingEngine(named_policy("predicted-ttft"), clock=clock)
+    decision = engine.schedule(make_request("y " * 4000, stream=True), pool)
+    clock.now += 0.5
+    # the caller measured 10 s from arrival: 9.5 s of it was queueing before the pick
+    engine.observe_first_token(decision, 10.0)
+    assert pool.table.snapshot().prefill_rate[0] == pytest.approx(decision.uncached_tokens / 0.5)
 
 
 def test_buffered_responses_do_not_calibrate(make_pool):

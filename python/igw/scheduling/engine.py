@@ -56,6 +56,7 @@ class _Held:
     ahead: int = 0  # uncached tokens counted in the engine's prefill-ahead estimate
     work: float | None = None  # prefill work ahead at pick time (streamed requests only)
     prefilled: bool = False
+    picked_at: float = 0.0  # engine clock at the pick
 
 
 BYTES_PER_TOKEN = 4
@@ -73,6 +74,7 @@ class SchedulingEngine:
         recorder: Recorder | None = None,
         with_scores: bool = False,
         calibrator: PrefillCalibrator | None = None,
+        clock: Callable[[], float] = time.monotonic,
         source: str = "<config>",
     ) -> None:
         if registry is None:
@@ -85,6 +87,7 @@ class SchedulingEngine:
         self.recorder = recorder
         self.with_scores = with_scores
         self.calibrator = calibrator if calibrator is not None else PrefillCalibrator()
+        self.clock = clock
         self._core_profiles: dict[tuple[int, str], Any] = {}
         self._held: dict[int, _Held] = {}  # id(decision) -> what it still holds
         self._ahead: dict[Any, int] = {}  # Endpoint -> uncached tokens routed, not yet prefilled
@@ -139,6 +142,9 @@ class SchedulingEngine:
         if held.work is None:
             return
         endpoint = decision.primary
+        # the caller may time from the request's arrival (queueing in flow control included);
+        # the prefill started no earlier than the pick
+        ttft_s = min(ttft_s, self.clock() - held.picked_at)
         rate = self.calibrator.observe(decision.pool.name, endpoint.address, held.work, ttft_s)
         if rate is not None and decision.pool.by_id(endpoint.id) is endpoint:
             try:
@@ -224,7 +230,7 @@ class SchedulingEngine:
         if not decision.endpoints:
             return decision
         endpoint = decision.primary
-        held = _Held(endpoint=endpoint)
+        held = _Held(endpoint=endpoint, picked_at=self.clock())
         if profile.calibrates:
             # the prefill work ahead of this request on its endpoint, from igw's own routing:
             # what it sent there and has not seen a first token for, plus this request

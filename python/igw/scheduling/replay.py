@@ -109,7 +109,8 @@ def replay(
     slow[-1] = slow_replica
     pool = Pool("replay", max_endpoints=max(replicas, 1), seed=seed)
     endpoints = [pool.upsert(f"10.0.0.{i + 1}:8000") for i in range(replicas)]
-    scheduler = SchedulingEngine(config)
+    clock = [0.0]
+    scheduler = SchedulingEngine(config, clock=lambda: clock[0])
     for endpoint in endpoints:
         pool.table.update(endpoint.id, waiting=0, running=0, kv_util=0.0, now=0.0)
         pool.table.set_ready(endpoint.id, True)
@@ -148,6 +149,7 @@ def replay(
 
     while events and done < len(pending):
         now, _, kind, data = heapq.heappop(events)
+        clock[0] = now
         if kind == "scrape":
             for r, engine in enumerate(engines):
                 pool.table.update(

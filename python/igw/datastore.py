@@ -37,7 +37,7 @@ class Endpoint:
 
     @property
     def host(self) -> str:
-        return self.address.rsplit(":", 1)[0]
+        return self.address.rsplit(":", 1)[0].strip("[]")
 
     @property
     def port(self) -> int:
@@ -45,10 +45,7 @@ class Endpoint:
 
     @property
     def base_url(self) -> str:
-        host = self.host
-        if ":" in host and not host.startswith("["):
-            host = f"[{host}]"
-        return f"{self.scheme}://{host}:{self.port}"
+        return f"{self.scheme}://{self.address}"
 
 
 MembershipListener = Callable[[str, Endpoint], None]  # ("added" | "removed", endpoint)
@@ -77,6 +74,13 @@ def normalize_address(address: str, default_port: int = DEFAULT_TARGET_PORT) -> 
         port = int(port_text)
     if not host:
         raise ValueError(f"endpoint address {address!r} has no host; expected ip:port")
+    if any(ch.isspace() or ch in ",;@?#" for ch in host):
+        raise ValueError(
+            f"endpoint address {address!r}: host {host!r} is not an IP or hostname; "
+            "expected ip:port"
+        )
+    if ":" in host:  # IPv6 literals keep their brackets, as Envoy writes them
+        return f"[{host}]:{port}"
     return f"{host}:{port}"
 
 

@@ -30,6 +30,8 @@ class RequestKind(enum.Enum):
     CHAT = "chat/completions"
     EMBEDDINGS = "embeddings"
     RESPONSES = "responses"
+    CONVERSATIONS = "conversations"
+    IMAGES = "images/generations"
     PASSTHROUGH = "passthrough"
 
 

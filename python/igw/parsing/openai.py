@@ -38,8 +38,8 @@ _API_KINDS = {
     "completions": RequestKind.COMPLETIONS,
     "embeddings": RequestKind.EMBEDDINGS,
     "responses": RequestKind.RESPONSES,
-    "conversations": RequestKind.RESPONSES,
-    "images/generations": RequestKind.PASSTHROUGH,
+    "conversations": RequestKind.CONVERSATIONS,
+    "images/generations": RequestKind.IMAGES,
 }
 
 _TEXT_PART_TYPES = frozenset({"text", "input_text", "output_text"})

@@ -200,3 +200,26 @@ async def test_replica_down_is_routed_around_without_client_errors(client):
         assert len(served) == 2
     finally:
         await stack.stop()
+
+
+async def test_metrics_page_has_the_reference_families_after_requests(client):
+    stack = await start("pools: {p: {sim: {replicas: 2, speed: 100}}}")
+    try:
+        status, _, _ = await completion(client, stack.url, "sim-model", "count me")
+        assert status == 200
+        status, _, _ = await completion(client, stack.url, "nope", "and me")
+        assert status == 404
+        await asyncio.sleep(0.05)  # the account stage runs just after the answer
+        async with client.get(stack.url + "/metrics") as response:
+            assert response.status == 200
+            text = await response.text()
+        for family in (
+            'inference_objective_request_total{model_name="sim-model"',
+            "llm_d_epp_request_total",
+            "inference_objective_request_duration_seconds_bucket",
+            'inference_objective_request_error_total{error_code="NotFound"',
+            'inference_pool_ready_pods{name="p"} 2.0',
+        ):
+            assert family in text, family
+    finally:
+        await stack.stop()

@@ -91,6 +91,13 @@ def response_headers(items: Iterable[tuple[str, str]], address: str) -> dict[str
     return out
 
 
+class _HeadWithFirstChunk(web.StreamResponse):
+    """A stream whose head is written together with its first chunk (as ``web.Response``
+    does), used when that chunk is already in hand: no head-only segment."""
+
+    _send_headers_immediately = False
+
+
 class Forwarder:
     """Sends a scheduled ``Request`` upstream and writes the answer to the client."""
 
@@ -199,10 +206,12 @@ class Forwarder:
     async def _relay_stream(self, http_request, request, upstream, status, headers):
         """Pass SSE chunks through as they arrive; returns (response, failed).
 
-        The chunk that completes the upstream stream goes out together with the end of
-        the chunked response (one write, one segment, one wake-up of the client fewer).
+        Fewer segments, fewer wake-ups of the client: when the replica's first bytes came
+        with its head, our head goes out with them; the chunk that completes the upstream
+        stream goes out together with the end of the chunked response.
         """
-        response = web.StreamResponse(status=status, headers=headers)
+        factory = _HeadWithFirstChunk if upstream.has_data else web.StreamResponse
+        response = factory(status=status, headers=headers)
         await response.prepare(http_request)
         pipeline = self.pipeline
         tail = b""

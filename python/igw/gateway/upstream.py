@@ -221,6 +221,11 @@ class UpstreamResponse:
         conn = self._conn
         return conn._done and not conn._chunks
 
+    @property
+    def has_data(self) -> bool:
+        """Body bytes are already buffered (they came with the head)."""
+        return bool(self._conn._chunks)
+
     async def readany(self) -> bytes:
         """The next bytes of the body, b"" at its end; ``UpstreamError`` if it broke."""
         conn = self._conn
@@ -422,6 +427,10 @@ class _AiohttpResponse:
     @property
     def complete(self) -> bool:
         return self._response.content.is_eof()
+
+    @property
+    def has_data(self) -> bool:
+        return False  # aiohttp exposes no buffered size: send the head at once
 
     async def readany(self) -> bytes:
         aiohttp = self._aiohttp

@@ -11,6 +11,15 @@ POLICIES=${POLICIES:-round-robin,least-loaded,default,predicted-ttft}
 COMMON=(--replicas 4 --speed 0.25 --seed 1 --policies "$POLICIES" --sglang-router
         --sglang-policies cache_aware --duration-max 150 --no-progress)
 only=${1:-all}
+if [[ ${SNAPSHOT:-0} == 1 ]]; then
+  # Run from a private copy of python/ (with its built igw._core): a rebuild that overwrites
+  # the extension in place crashes (SIGSEGV) every process that has it loaded, which is what
+  # happened to simulator processes when these runs shared a work tree with a core build.
+  snap=$(mktemp -d)
+  cp -r python "$snap/"
+  export PYTHONPATH="$snap/python"
+  echo "running from snapshot $snap/python" >&2
+fi
 
 run() {  # run NAME ARGS...
   local name=$1

@@ -74,11 +74,11 @@ FailureReporter = Callable[["Endpoint"], None]
 
 
 def upstream_headers(headers: Iterable[tuple[str, str]], request_id: str) -> list[tuple[str, str]]:
-    """The client's end-to-end headers, plus the request id, for the replica."""
+    """The client's end-to-end headers (names lower-cased), plus the request id."""
     out = [
         (name, value)
         for name, value in headers
-        if name.lower() not in _HOP_BY_HOP and name.lower() != REQUEST_ID_HEADER
+        if name not in _HOP_BY_HOP and name != REQUEST_ID_HEADER
     ]
     out.append((REQUEST_ID_HEADER, request_id))
     out.append(("accept-encoding", "identity"))
@@ -168,7 +168,7 @@ class Forwarder:
         """Open the upstream response on the first ranked endpoint that answers."""
         decision = request.decision
         assert decision is not None, "forward() needs a scheduled request"
-        headers = upstream_headers(http_request.headers.items(), request.request_id)
+        headers = upstream_headers(request.headers.items(), request.request_id)
         body = request.upstream_body
         path = http_request.path_qs
         tried: list[str] = []

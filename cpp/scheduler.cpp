@@ -69,7 +69,7 @@ void accumulate(double w, double* __restrict x, double* __restrict total, size_t
 
 enum Need : uint32_t {
   kWaiting = 1, kRunning = 2, kKv = 4, kInflightReq = 8, kInflightTok = 16, kRate = 32,
-  kLora = 64,
+  kLora = 64, kUncached = 128,
 };
 
 uint32_t needs_of(ScorerKind k) {
@@ -80,9 +80,9 @@ uint32_t needs_of(ScorerKind k) {
     case ScorerKind::Prefix: return 0;
     case ScorerKind::Lora: return kLora;
     case ScorerKind::ActiveRequest: return kInflightReq;
-    case ScorerKind::TokenLoad: return kInflightTok;
+    case ScorerKind::TokenLoad: return kInflightTok | kUncached;
     case ScorerKind::LoadAware: return kWaiting;
-    case ScorerKind::PredictedTtft: return kWaiting | kInflightTok | kRate;
+    case ScorerKind::PredictedTtft: return kWaiting | kInflightTok | kRate | kUncached;
   }
   return 0;
 }
@@ -180,22 +180,26 @@ void Scheduler::gather(const Profile& profile, const PickRequest& req, uint32_t 
   const bool* cand = req.has_candidates ? req.candidates.data() : nullptr;
   const uint32_t cand_n = static_cast<uint32_t>(req.candidates.size());
   uint32_t c = 0;
+  uint32_t* const ids = ids_.data();  // locals: atomics would otherwise force reloads
+  uint32_t* const seqs = seqs_.data();
+  const std::atomic<uint32_t>* const seq = t.seq_.get();
+  const std::atomic<uint8_t>* const flags = t.flags_.get();
   for (uint32_t e = 0; e < n; ++e) {
     if (cand && (e >= cand_n || !cand[e])) continue;
-    const uint32_t sq = t.read_begin(e);
-    if ((EndpointTable::ld(t.flags_[e]) & 3) == 3) {
-      ids_[c] = e;
-      seqs_[c] = sq;
+    uint32_t sq = seq[e].load(std::memory_order_acquire);
+    if (sq & 1u) sq = t.read_begin(e);  // a writer is mid-row: wait for it
+    if ((flags[e].load(std::memory_order_relaxed) & 3) == 3) {
+      ids[c] = e;
+      seqs[c] = sq;
       ++c;
     }
   }
-  ids_.resize(c);
   load_columns(need, req.lora, 0, c);
   std::atomic_thread_fence(std::memory_order_acquire);
   bool dropped = false;
   for (uint32_t j = 0; j < c; ++j) {
-    const uint32_t e = ids_[j];
-    if (t.seq_[e].load(std::memory_order_relaxed) == seqs_[j]) continue;
+    const uint32_t e = ids[j];
+    if (seq[e].load(std::memory_order_relaxed) == seqs[j]) continue;
     for (;;) {  // written while we read: redo this row alone
       const uint32_t sq = t.read_begin(e);
       const bool ok = (EndpointTable::ld(t.flags_[e]) & 3) == 3;
@@ -226,15 +230,17 @@ void Scheduler::gather(const Profile& profile, const PickRequest& req, uint32_t 
   kv_.resize(c); rate_.resize(c); inflight_tok_.resize(c); lora_state_.resize(c);
   ids_.resize(c);
   uncached_.resize(c);
-  for (size_t j = 0; j < c; ++j)
-    uncached_[j] = std::max<int64_t>(
-        0, req.prompt_tokens - int64_t{matched_full_[ids_[j]]} * req.block_tokens);
+  if (need & kUncached) {
+    for (size_t j = 0; j < c; ++j)
+      uncached_[j] = std::max<int64_t>(
+          0, req.prompt_tokens - int64_t{matched_full_[ids_[j]]} * req.block_tokens);
+  }
 }
 
 void Scheduler::load_columns(uint32_t need, int lora, uint32_t from, uint32_t to) {
   const EndpointTable& t = *table_;
   if (waiting_.size() < to) {
-    const size_t n = ids_.capacity();
+    const size_t n = ids_.size();
     waiting_.resize(n); running_.resize(n); inflight_req_.resize(n); max_lora_.resize(n);
     kv_.resize(n); rate_.resize(n); inflight_tok_.resize(n); lora_state_.resize(n);
   }

@@ -166,3 +166,11 @@ def test_wrong_hash_array_raises(core, bad):
 def test_negative_capacity_raises(core):
     with pytest.raises(core.Error, match="blocks"):
         core.PrefixIndex(4, 100).set_capacity(0, -1)
+
+
+def test_non_contiguous_hash_arrays_are_read_correctly(core):
+    ix = core.PrefixIndex(4, 100)
+    wide = np.arange(1, 21, dtype=np.uint64)
+    ix.record(0, wide[::2])  # 1, 3, 5, ...
+    assert ix.match(wide[::2]).tolist() == [10]
+    assert ix.match(np.ascontiguousarray(wide[::2])).tolist() == [10]

@@ -216,3 +216,12 @@ def test_index_entries_of_ids_beyond_the_table_are_ignored(make_pool, core):
     res = sched.pick(core.Profile([("prefix-cache-scorer", 1.0, {})]), hashes=prompt)
     assert res.matched_blocks.tolist() == [0, 20]
     assert res.endpoints == [1]
+
+
+def test_non_contiguous_candidates_and_extra_scores(make_pool, core):
+    _, _, sched = loaded(make_pool, core, [0.5, 0.5, 0.5])
+    mask = np.array([True, False, False, False, True, False], dtype=np.bool_)[::2]  # T, F, T
+    extra = np.asfortranarray(np.array([[0.1, 0.9, 0.2]], dtype=np.float32))
+    res = sched.pick(core.Profile([]), candidates=mask, extra_scores=extra, extra_weights=[1.0],
+                     k=3, reserve=False)  # fmt: skip
+    assert res.endpoints == [2, 0]

@@ -208,7 +208,7 @@ def test_every_scorer_survives_nothing_eligible(make_pool, core, scorer):
 
 
 def test_index_entries_of_ids_beyond_the_table_are_ignored(make_pool, core):
-    table, index, sched = loaded(make_pool, core, [0.5, 0.5])
+    _table, index, sched = loaded(make_pool, core, [0.5, 0.5])
     prompt = np.arange(1, 21, dtype=np.uint64)
     for e in (1, 7, 9):  # 7 and 9 are not table ids (high_water is 2)
         index.record(e, prompt)

@@ -1,0 +1,221 @@
+"""List-then-watch one collection forever, as client-go's reflector does, in one asyncio task.
+
+The cycle: LIST (the full state, handed over with ``replace``), then WATCH from the list's
+``resourceVersion`` (each change handed over with ``event``), following bookmarks. When the
+watch stream ends (the server's ``timeoutSeconds``) or the connection drops, the watch
+resumes from the last version seen, so nothing is missed and nothing is re-listed. When the
+version has expired (410 Gone) the cycle starts again with a LIST, whose ``replace`` makes
+the consumer's view exact again (it must drop what the list no longer has).
+
+Failures (API server unreachable, RBAC forbidden, a CRD not installed) never end the task:
+each is logged with the collection, the attempt number and the next delay, and retried with
+exponential back-off and jitter (capped). A collection that is not served (404) can have
+fallbacks, tried in turn (InferenceObjective: ``llm-d.ai`` first, then the legacy group).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import aiohttp
+
+from igw.k8s.client import ApiError, Gone, KubeClient, NotFound, Resource
+
+log = logging.getLogger("igw.k8s")
+
+_TRANSIENT = (ApiError, aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError)
+
+
+class Handler(Protocol):
+    """What a reflector feeds: the full state after each list, then each change."""
+
+    def replace(self, items: list[dict[str, Any]]) -> None: ...
+
+    def event(self, kind: str, obj: dict[str, Any]) -> None: ...
+
+
+class Backoff:
+    """Exponential delays with +-``jitter`` spread, capped at ``maximum``; ``reset`` on success."""
+
+    def __init__(
+        self,
+        initial: float = 0.5,
+        maximum: float = 30.0,
+        factor: float = 2.0,
+        jitter: float = 0.2,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.initial, self.maximum, self.factor, self.jitter = initial, maximum, factor, jitter
+        self.rng = rng or random.Random()
+        self.attempt = 0
+
+    def next(self) -> float:
+        base = min(self.maximum, self.initial * self.factor**self.attempt)
+        self.attempt += 1
+        return base * (1 + self.jitter * (2 * self.rng.random() - 1))
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+def resource_version(obj: dict[str, Any]) -> str:
+    meta = obj.get("metadata")
+    return str(meta.get("resourceVersion") or "") if isinstance(meta, dict) else ""
+
+
+class Reflector:
+    """Keeps one handler in step with one namespaced collection (see the module docstring)."""
+
+    def __init__(
+        self,
+        client: KubeClient,
+        resources: Resource | Sequence[Resource],
+        namespace: str,
+        handler: Handler,
+        *,
+        label_selector: str = "",
+        field_selector: str = "",
+        watch_timeout: int = 300,
+        backoff: Backoff | None = None,
+        name: str = "",
+    ) -> None:
+        self.client = client
+        self.resources = [resources] if isinstance(resources, Resource) else list(resources)
+        if not self.resources:
+            raise ValueError("Reflector needs at least one resource")
+        self.namespace = namespace
+        self.handler = handler
+        self.label_selector = label_selector
+        self.field_selector = field_selector
+        self.watch_timeout = watch_timeout
+        self.backoff = backoff or Backoff()
+        self.name = name or str(self.resources[0])
+        self._index = 0
+        self.synced = False  # a list has been delivered
+        self.lists = 0
+        self.watches = 0
+        self.errors = 0
+        self.last_error = ""
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def resource(self) -> Resource:
+        return self.resources[self._index]
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self.run(), name=f"igw-k8s {self.name}"
+            )
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def run(self) -> None:
+        while True:
+            version = await self._list()
+            if version is None:
+                continue
+            await self._watch_until_gone(version)
+
+    def _where(self) -> str:
+        selector = ",".join(s for s in (self.label_selector, self.field_selector) if s)
+        return f"{self.resource} in namespace {self.namespace}" + (
+            f" ({selector})" if selector else ""
+        )
+
+    async def _fail(self, verb: str, error: BaseException) -> None:
+        self.errors += 1
+        self.last_error = f"{verb} {self._where()}: {error}"
+        delay = self.backoff.next()
+        hint = ""
+        if isinstance(error, ApiError) and error.status in (401, 403):
+            hint = " (check the ServiceAccount's Role/RoleBinding)"
+        log.warning(
+            "kubernetes: cannot %s %s: %s%s; retry %d in %.1fs",
+            verb, self._where(), error or type(error).__name__, hint, self.backoff.attempt, delay,
+        )  # fmt: skip
+        await asyncio.sleep(delay)
+
+    async def _list(self) -> str | None:
+        """One LIST delivered to the handler; its resourceVersion, or None after a failure."""
+        try:
+            items, version = await self.client.list(
+                self.resource,
+                self.namespace,
+                label_selector=self.label_selector,
+                field_selector=self.field_selector,
+            )
+        except NotFound as error:
+            if len(self.resources) > 1:
+                old = self.resource
+                self._index = (self._index + 1) % len(self.resources)
+                log.info(
+                    "kubernetes: %s is not served (CRD not installed?); trying %s",
+                    old,
+                    self.resource,
+                )
+                if self._index != 0:
+                    return None  # try the fallback at once
+            await self._fail("list", error)
+            return None
+        except _TRANSIENT as error:
+            await self._fail("list", error)
+            return None
+        self.lists += 1
+        self._deliver(self.handler.replace, items)
+        if not self.synced:
+            log.info("kubernetes: listed %d from %s", len(items), self._where())
+        self.synced = True
+        self.backoff.reset()
+        return version
+
+    def _deliver(self, method: Any, *args: Any) -> None:
+        try:
+            method(*args)
+        except Exception:  # a consumer bug must not stop the watch
+            log.exception(
+                "kubernetes: handling %s from %s failed", args[0] if args else "", self.name
+            )
+
+    async def _watch_until_gone(self, version: str) -> None:
+        """Watch from ``version``, resuming after ends and drops, until the version expires."""
+        while True:
+            started, events = time.monotonic(), 0
+            try:
+                self.watches += 1
+                async for kind, obj in self.client.watch(
+                    self.resource,
+                    self.namespace,
+                    version,
+                    label_selector=self.label_selector,
+                    field_selector=self.field_selector,
+                    timeout_seconds=self.watch_timeout,
+                ):
+                    events += 1
+                    version = resource_version(obj) or version
+                    if kind in ("ADDED", "MODIFIED", "DELETED"):
+                        self._deliver(self.handler.event, kind, obj)
+                    self.backoff.reset()
+            except Gone as error:
+                log.info("kubernetes: %s: %s; relisting", self._where(), error.reason or "Gone")
+                return
+            except NotFound as error:
+                await self._fail("watch", error)
+                return
+            except _TRANSIENT as error:
+                await self._fail("watch", error)
+                continue
+            if events == 0 and time.monotonic() - started < 1.0:
+                # a stream that ends at once with nothing in it: do not spin
+                await asyncio.sleep(self.backoff.next())

@@ -22,7 +22,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
@@ -77,7 +77,6 @@ class Gateway:
         report_failure: Callable | None = None,
         mirror: Callable[[Request], None] | None = None,
         limits: Limits | None = None,
-        on_cleanup: Sequence[Callable[[], Awaitable[None]]] = (),
     ) -> None:
         self.pipeline = pipeline
         self.limits = limits or Limits()
@@ -94,7 +93,6 @@ class Gateway:
             max_attempts=self.limits.max_attempts,
             lean=self.limits.lean_client,
         )
-        self._on_cleanup = list(on_cleanup)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -134,8 +132,6 @@ class Gateway:
 
     async def _cleanup(self, _app: web.Application) -> None:
         await self.forwarder.close()
-        for hook in self._on_cleanup:
-            await hook()
 
     # -- handlers ---------------------------------------------------------------------
     async def handle_inference(self, http_request: web.Request) -> web.StreamResponse:

@@ -45,7 +45,6 @@ def build_gateway(
     limits: Limits | None = None,
     mirror: Any | None = None,
     detector: Any | None = None,
-    on_cleanup=(),
 ) -> Gateway:
     """The gateway over ``router``'s pools with ``engine`` (an Engine or ``EngineSet``)."""
     limits = limits or Limits()
@@ -75,5 +74,4 @@ def build_gateway(
         report_failure=router.report_failure,
         mirror=mirror,
         limits=limits,
-        on_cleanup=on_cleanup,
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import pytest
 
@@ -151,3 +153,19 @@ async def test_an_engine_bug_fails_requests_in_flight_and_the_replica_recovers(h
     assert failed == 500 and "engine error" in body["error"]["message"]
     assert recovered == 200
     assert "injected engine bug" in caplog.text
+
+
+async def test_closing_the_port_cuts_streams_in_flight_and_frees_their_requests(http):
+    body = {"prompt": "long", "max_tokens": 5000, "ignore_eos": True, "stream": True}
+    async with SimFleet(1, speed=10) as fleet:
+        replica = fleet.replicas[0]
+        async with http.post(replica.url + "/v1/completions", json=body) as resp:
+            await resp.content.readuntil(b"\n\n")
+            await replica.close_port()
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await resp.read()
+        for _ in range(100):
+            if not replica.engine.running:
+                break
+            await asyncio.sleep(0.01)
+        assert not replica.engine.running

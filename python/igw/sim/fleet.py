@@ -16,6 +16,7 @@ Keyword arguments other than the ones named in ``SimFleet.__init__`` are engine 
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -117,8 +118,8 @@ class SimFleet:
         self._started = True
 
     async def stop(self) -> None:
-        for r in self.replicas:
-            await r.stop()
+        """Stop every replica; requests still in flight are cut off."""
+        await asyncio.gather(*(r.stop() for r in self.replicas))
         self._started = False
 
     async def __aenter__(self) -> SimFleet:

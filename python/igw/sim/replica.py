@@ -158,6 +158,9 @@ class SimReplica:
         site, self._site = self._site, None
         if site is not None:
             await site.stop()
+        server = self._runner.server if self._runner is not None else None
+        for conn in server.connections if server is not None else ():
+            conn.force_close()  # keep-alive and in-flight connections die too
 
     async def stop(self) -> None:
         await self.close_port()

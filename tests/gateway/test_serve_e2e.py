@@ -223,3 +223,43 @@ async def test_metrics_page_has_the_reference_families_after_requests(client):
             assert family in text, family
     finally:
         await stack.stop()
+
+
+async def test_objectives_file_rewrites_and_priorities_apply(client, tmp_path):
+    (tmp_path / "objectives.yaml").write_text(
+        """
+apiVersion: llm-d.ai/v1alpha2
+kind: InferenceModelRewrite
+metadata: {name: all-to-b}
+spec:
+  poolRef: {name: any}
+  rules:
+    - matches: [{model: {type: Exact, value: model-a}}]
+      targets: [{modelRewrite: model-b}]
+---
+apiVersion: llm-d.ai/v1alpha2
+kind: InferenceObjective
+metadata: {name: critical}
+spec: {priority: 5, poolRef: {name: any}}
+"""
+    )
+    config = parse_config(
+        "pools: {a: {sim: {replicas: 1, speed: 100, models: [model-a]}},"
+        " b: {sim: {replicas: 1, speed: 100, models: [model-b]}}}\n"
+        "objectivesFile: objectives.yaml\n"
+    )
+    stack = await start_stack(config, ServeOptions(port=0, config_path=tmp_path / "gw.yaml"))
+    try:
+        b_address = stack.fleets["b"].replicas[0].url.removeprefix("http://")
+        headers = {"x-llm-d-inference-objective": "critical"}
+        body = {"model": "model-a", "prompt": "hi", "max_tokens": 2}
+        async with client.post(stack.url + "/v1/completions", json=body, headers=headers) as r:
+            assert r.status == 200
+            assert r.headers["x-igw-endpoint"] == b_address
+            assert (await r.json())["model"] == "model-a"  # the client's name comes back
+        await asyncio.sleep(0.05)
+        async with client.get(stack.url + "/metrics") as response:
+            text = await response.text()
+        assert 'model_name="model-a",priority="5",target_model_name="model-b"' in text
+    finally:
+        await stack.stop()

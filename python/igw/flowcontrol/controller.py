@@ -1,0 +1,538 @@
+"""The flow controller: hold requests while the pool is saturated, release them by priority.
+
+``FlowControl`` is what the flow-control stage talks to (``await admit(request, pool)``).
+It keeps one ``PoolController`` per pool. A request's path through ``admit``:
+
+1. shutting down -> 503 ``rejected-shutting-down``;
+2. the pool has no endpoints -> a sheddable request gets 503 ``rejected-no-endpoints`` at
+   once; others wait up to ``noEndpointRequestTTL`` for endpoints to appear (scale from
+   zero), then 503 ``rejected-no-endpoints``;
+3. sheddable (priority < 0) and the pool saturated (>= 1.0) -> 429, as the legacy path;
+4. fast path: nothing queued and the pool not saturated -> admitted at once: no item, no
+   task switch, one saturation reading;
+5. over the band's or the global ``maxRequests`` / ``maxBytes`` -> 429 ``rejected-saturated``;
+6. otherwise queued, until dispatched (returns), its TTL expires (429
+   ``rejected-ttl-expired``, or 503 ``rejected-no-endpoints`` if the pool is then empty),
+   the caller is cancelled (client gone: the item is removed, ``CancelledError``
+   propagates), or the controller shuts down (503 ``rejected-shutting-down``).
+
+Dispatch runs in one asyncio task per pool, only while something is queued. A cycle expires
+due items, reads the pool's saturation once and, if below 1.0, releases ONE item: the
+highest band with work (strict priority: a lower band never goes while a higher one waits),
+the band's fairness policy's flow, that flow's ordering policy's item. After a release the
+task yields once so the released request reaches the scheduler (which reserves its
+in-flight slot) before the next reading. A blocked controller wakes on events - a request
+finishing (``on_finish``, when ``attach`` put the controller in the pipeline's response
+stages), an arrival, ``notify()`` (e.g. after a metrics scrape) - or on a fallback tick of
+a few milliseconds (metrics that changed without telling anyone) or the next TTL expiry.
+
+Requests released but not yet reserved by the scheduler are counted as ``pending`` and
+handed to the detector, so a burst released faster than the scheduler runs is still seen
+(the concurrency detector adds them to the in-flight count). ``pending`` forgets a request
+once it has a decision, has finished, or after one second.
+
+Memory is bounded by the capacity limits (every queued item counts against its band and
+the global limit; removed items leave tombstones that are compacted, see ``queues``); empty
+dynamic bands and flows are dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import heapq
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from igw.errors import ErrorCode, InferenceError
+from igw.flowcontrol import queues
+from igw.flowcontrol.params import (
+    FlowControlSettings,
+    detector_from_config,
+    detector_from_spec,
+    flow_control_enabled,
+    settings_from_config,
+)
+from igw.flowcontrol.queues import Band, Item
+
+if TYPE_CHECKING:
+    from igw.datastore import Pool
+    from igw.flowcontrol.metrics import FlowControlMetrics
+    from igw.pipeline import Pipeline, Request
+
+log = logging.getLogger("igw.flowcontrol")
+
+MESSAGE = "request rejected by flow control"
+PENDING_FORGET_S = 1.0
+ATTR = "flowcontrol"  # request.attrs key: the PoolController that admitted the request
+
+# The reference's QueueOutcome names (metric label values).
+DISPATCHED = "Dispatched"
+REJECTED_CAPACITY = "RejectedCapacity"
+REJECTED_NO_ENDPOINTS = "RejectedNoEndpoints"
+REJECTED_OTHER = "RejectedOther"
+EVICTED_TTL = "EvictedTTL"
+EVICTED_NO_ENDPOINTS = "EvictedNoEndpoints"
+EVICTED_CANCELLED = "EvictedContextCancelled"
+EVICTED_OTHER = "EvictedOther"
+
+
+def saturated_error() -> InferenceError:
+    return InferenceError(ErrorCode.RESOURCE_EXHAUSTED, MESSAGE, drop_reason="rejected-saturated")
+
+
+def shed_error() -> InferenceError:
+    """The legacy path's message; the drop-reason header says why (igw adds it)."""
+    return InferenceError(
+        ErrorCode.RESOURCE_EXHAUSTED,
+        "system saturated, sheddable request dropped",
+        drop_reason="rejected-saturated",
+    )
+
+
+def no_endpoints_error(queued: bool) -> InferenceError:
+    message = (
+        f"request timed out in queue and no endpoints are available: {MESSAGE}"
+        if queued
+        else f"no endpoints available: {MESSAGE}"
+    )
+    return InferenceError(
+        ErrorCode.SERVICE_UNAVAILABLE, message, drop_reason="rejected-no-endpoints"
+    )
+
+
+def ttl_error() -> InferenceError:
+    return InferenceError(
+        ErrorCode.RESOURCE_EXHAUSTED,
+        f"request timed out in queue: {MESSAGE}",
+        drop_reason="rejected-ttl-expired",
+    )
+
+
+def shutdown_error() -> InferenceError:
+    return InferenceError(
+        ErrorCode.SERVICE_UNAVAILABLE,
+        f"flow controller shutting down: {MESSAGE}",
+        drop_reason="rejected-shutting-down",
+    )
+
+
+class PoolController:
+    """Bands, queues and the dispatch task of one pool."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        detector: Any,
+        settings: FlowControlSettings | None = None,
+        *,
+        metrics: FlowControlMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.pool = pool
+        self.detector = detector
+        self.settings = settings or FlowControlSettings()
+        self.metrics = metrics
+        self.clock = clock
+        self.bands: dict[int, Band] = {}
+        self._order: list[int] = []  # band priorities, ascending (highest last)
+        self.queued = 0
+        self.queued_bytes = 0
+        self._seq = itertools.count()
+        self._expiry: list[tuple[float, int, Item]] = []  # heap: (expires_at, seq, item)
+        self._pending: dict[int, tuple[Request, float]] = {}  # released, not yet reserved
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.closed = False
+        self.last_saturation = 0.0
+        self.dispatched = 0  # counters for tests and debugging
+        self.fast_path = 0
+
+    # -- admission --------------------------------------------------------------------------
+    async def admit(self, request: Request) -> None:
+        """Return when the request may be scheduled, or raise ``InferenceError``."""
+        start = self.clock()
+        if self.closed:
+            raise self._reject(request, start, REJECTED_OTHER, shutdown_error())
+        empty = len(self.pool) == 0
+        sheddable = request.priority < 0
+        if empty and (sheddable or self.settings.no_endpoint_ttl <= 0):
+            raise self._reject(request, start, REJECTED_NO_ENDPOINTS, no_endpoints_error(False))
+        if not empty:
+            saturation = self._saturation(request)
+            if saturation < 1.0 and self.queued == 0:
+                self.fast_path += 1
+                self._admitted(request, start)
+                return
+            if sheddable and saturation >= 1.0:
+                raise self._reject(request, start, REJECTED_CAPACITY, shed_error())
+        item = self._enqueue(request, start, empty)
+        try:
+            await item.future
+        except asyncio.CancelledError:
+            if not item.done:  # client gone while queued
+                self._remove(item)
+                self._record(item, EVICTED_CANCELLED)
+            else:  # released, then cancelled before it ran: nothing was reserved
+                self._pending.pop(id(item.request), None)
+            raise
+
+    def _enqueue(self, request: Request, now: float, empty: bool) -> Item:
+        settings = self.settings
+        band = self._band(request.priority)
+        size = len(request.body)
+        global_full = (settings.max_requests and self.queued + 1 > settings.max_requests) or (
+            settings.max_bytes and self.queued_bytes + size > settings.max_bytes
+        )
+        if global_full or not band.fits(size):
+            self._drop_if_idle(band)
+            raise self._reject(request, now, REJECTED_CAPACITY, saturated_error())
+        ttl = settings.no_endpoint_ttl if empty else settings.default_ttl
+        seq = next(self._seq)
+        item = Item(
+            request=request,
+            priority=request.priority,
+            flow=request.fairness_id or "default-flow",
+            size=size,
+            enqueued_at=now,
+            expires_at=now + ttl,
+            seq=seq,
+            future=asyncio.get_running_loop().create_future(),
+        )
+        if band.uses_deadlines:
+            received = request.received_at if self.clock is time.monotonic else None
+            item.deadline = queues.edf_deadline(item, settings.default_ttl, received)
+        band.push(item)
+        self.queued += 1
+        self.queued_bytes += size
+        heapq.heappush(self._expiry, (item.expires_at, seq, item))
+        if self.metrics is not None:
+            self.metrics.queued(self.pool.name, item, +1)
+        self._ensure_task()
+        self._wake.set()
+        return item
+
+    def _band(self, priority: int) -> Band:
+        band = self.bands.get(priority)
+        if band is None:
+            conf, configured = self.settings.band_for(priority)
+            band = Band(
+                priority,
+                max_requests=conf.max_requests,
+                max_bytes=conf.max_bytes,
+                fairness=conf.fairness,
+                ordering=conf.ordering,
+                configured=configured,
+            )
+            self.bands[priority] = band
+            bisect.insort(self._order, priority)
+        return band
+
+    def _drop_if_idle(self, band: Band) -> None:
+        if band.count == 0 and not band.configured and band.entries() == 0:
+            del self.bands[band.priority]
+            self._order.remove(band.priority)
+
+    def _remove(self, item: Item) -> None:
+        """Take a queued item out before dispatch (its heap entries become tombstones)."""
+        item.done = True
+        band = self.bands[item.priority]
+        band.discard(item)
+        self._left_queue(item)
+        if band.count == 0:
+            self._drop_if_idle(band)
+
+    def _left_queue(self, item: Item) -> None:
+        self.queued -= 1
+        self.queued_bytes -= item.size
+        if self.metrics is not None:
+            self.metrics.queued(self.pool.name, item, -1)
+
+    # -- dispatch -------------------------------------------------------------------------
+    def _saturation(self, request: Request | None = None) -> float:
+        pending = self._prune_pending()
+        value = float(self.detector.saturation(self.pool, request, pending))
+        self.last_saturation = value
+        if self.metrics is not None:
+            self.metrics.set_saturation(self.pool.name, value)
+        return value
+
+    def _prune_pending(self) -> int:
+        if not self._pending:
+            return 0
+        now = self.clock()
+        for key, (request, at) in list(self._pending.items()):
+            if (
+                request.decision is not None
+                or request.finished_at is not None
+                or now - at > PENDING_FORGET_S
+            ):
+                del self._pending[key]
+        return len(self._pending)
+
+    def dispatch_once(self) -> bool:
+        """One dispatch cycle: release the best item if the pool has room. True if released."""
+        if self.queued == 0 or len(self.pool) == 0:
+            return False
+        started = time.perf_counter()
+        released = False
+        if self._saturation() < 1.0:
+            for priority in reversed(self._order):
+                band = self.bands[priority]
+                item = band.pop() if band.count else None
+                if item is None:
+                    continue
+                item.done = True
+                self._left_queue(item)
+                if band.count == 0:
+                    self._drop_if_idle(band)
+                self._pending[id(item.request)] = (item.request, self.clock())
+                self._admitted(item.request, item.enqueued_at)
+                if not item.future.done():
+                    item.future.set_result(None)
+                released = True
+                break
+        if self.metrics is not None:
+            self.metrics.dispatch_cycle(time.perf_counter() - started)
+        return released
+
+    def expire(self, now: float | None = None) -> int:
+        """Fail every queued item whose TTL has passed; returns how many."""
+        now = self.clock() if now is None else now
+        expired = 0
+        while self._expiry and self._expiry[0][0] <= now:
+            _, _, item = heapq.heappop(self._expiry)
+            if item.done:
+                continue
+            self._remove(item)
+            if len(self.pool) == 0:
+                outcome, error = EVICTED_NO_ENDPOINTS, no_endpoints_error(True)
+            else:
+                outcome, error = EVICTED_TTL, ttl_error()
+            self._record(item, outcome)
+            if not item.future.done():
+                item.future.set_exception(error)
+            expired += 1
+        if len(self._expiry) > 64 and len(self._expiry) > 2 * self.queued:
+            self._expiry = [e for e in self._expiry if not e[2].done]
+            heapq.heapify(self._expiry)
+        return expired
+
+    def notify(self) -> None:
+        """Something changed (a request finished, metrics arrived): try to dispatch now."""
+        if self.queued:
+            self._wake.set()
+
+    def _ensure_task(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name=f"igw-flowcontrol-{self.pool.name}"
+            )
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self.closed and self.queued:
+            try:
+                self.expire()
+                released = self.dispatch_once()
+            except Exception:  # a detector bug must not strand the queue: retry on the tick
+                log.exception("flow control dispatch failed for pool %s", self.pool.name)
+                released = False
+            if released:
+                await asyncio.sleep(0)  # let the released request reach the scheduler
+                continue
+            if not self.queued:
+                break
+            self._wake.clear()
+            delay = self.settings.tick
+            if self._expiry:
+                delay = max(0.0, min(delay, self._expiry[0][0] - self.clock()))
+            handle = loop.call_later(delay, self._wake.set)
+            try:
+                await self._wake.wait()
+            finally:
+                handle.cancel()
+
+    # -- outcomes ---------------------------------------------------------------------------
+    def _admitted(self, request: Request, since: float) -> None:
+        self.dispatched += 1
+        request.attrs[ATTR] = self
+        if self.metrics is not None:
+            self.metrics.outcome(
+                self.pool.name,
+                fairness_id=request.fairness_id,
+                priority=request.priority,
+                model=request.incoming_model,
+                target=request.target_model,
+                outcome=DISPATCHED,
+                seconds=max(0.0, self.clock() - since),
+            )
+
+    def _record(self, item: Item, outcome: str) -> None:
+        if self.metrics is not None:
+            request = item.request
+            self.metrics.outcome(
+                self.pool.name,
+                fairness_id=item.flow,
+                priority=item.priority,
+                model=request.incoming_model,
+                target=request.target_model,
+                outcome=outcome,
+                seconds=max(0.0, self.clock() - item.enqueued_at),
+            )
+
+    def _reject(
+        self, request: Request, since: float, outcome: str, error: InferenceError
+    ) -> InferenceError:
+        if self.metrics is not None:
+            self.metrics.outcome(
+                self.pool.name,
+                fairness_id=request.fairness_id,
+                priority=request.priority,
+                model=request.incoming_model,
+                target=request.target_model,
+                outcome=outcome,
+                seconds=max(0.0, self.clock() - since),
+            )
+        return error
+
+    async def close(self) -> None:
+        """Shut down: every queued request gets 503 ``rejected-shutting-down``."""
+        self.closed = True
+        for band in list(self.bands.values()):
+            while True:
+                item = band.pop()
+                if item is None:
+                    break
+                item.done = True
+                self._left_queue(item)
+                self._record(item, EVICTED_OTHER)
+                if not item.future.done():
+                    item.future.set_exception(shutdown_error())
+        self.bands.clear()
+        self._order.clear()
+        self._expiry.clear()
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            self._wake.set()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+class FlowControl:
+    """One controller per pool, the flow-control stage's ``controller`` and a response stage.
+
+    As a response stage (``attach``), ``on_finish`` tells the request's pool controller that
+    capacity freed; it runs after the account stage released the request's in-flight
+    reservation, so the next saturation reading already sees the room.
+    """
+
+    name = "flowcontrol"
+
+    def __init__(
+        self,
+        settings: FlowControlSettings | None = None,
+        *,
+        detector: Any | None = None,
+        detector_factory: Callable[[Pool], Any] | None = None,
+        metrics: Any | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        staleness: float = 0.2,
+    ) -> None:
+        """``detector`` is shared by every pool; ``detector_factory`` makes one per pool;
+        with neither, the settings' detector spec is built per pool. ``metrics`` is an
+        ``igw.metrics.Metrics`` (its registry gets the flow-control families) or a
+        ``FlowControlMetrics``."""
+        self.settings = settings or FlowControlSettings()
+        self.clock = clock
+        if detector is not None:
+            self._detector_for: Callable[[Pool], Any] = lambda _pool: detector
+        elif detector_factory is not None:
+            self._detector_for = detector_factory
+        else:
+            spec = self.settings.detector
+            self._detector_for = lambda _pool: detector_from_spec(spec, staleness=staleness)
+        self.metrics = _metrics_of(metrics)
+        self.controllers: dict[int, PoolController] = {}
+        self.closed = False
+
+    @classmethod
+    def from_config(
+        cls, config: Any, *, metrics: Any | None = None, staleness: float = 0.2, **kwargs: Any
+    ) -> FlowControl | None:
+        """The controller a config asks for, or None when flow control is off (the legacy
+        path then applies). Raises ``ConfigError`` for a bad ``flowControl`` section."""
+        if not flow_control_enabled(config):
+            return None
+        settings = settings_from_config(config)
+        detector_from_config(config, staleness=staleness)  # parameter errors now, not later
+        return cls(settings, metrics=metrics, staleness=staleness, **kwargs)
+
+    def controller_for(self, pool: Pool) -> PoolController:
+        controller = self.controllers.get(id(pool))
+        if controller is None or controller.pool is not pool:
+            controller = PoolController(
+                pool,
+                self._detector_for(pool),
+                self.settings,
+                metrics=self.metrics,
+                clock=self.clock,
+            )
+            if self.closed:
+                controller.closed = True
+            self.controllers[id(pool)] = controller
+        return controller
+
+    async def admit(self, request: Request, pool: Pool) -> None:
+        await self.controller_for(pool).admit(request)
+
+    def notify(self, pool: Pool | None = None) -> None:
+        """Capacity or metrics changed (one pool, or all): try to dispatch."""
+        if pool is not None:
+            controller = self.controllers.get(id(pool))
+            if controller is not None:
+                controller.notify()
+            return
+        for controller in self.controllers.values():
+            controller.notify()
+
+    def attach(self, pipeline: Pipeline) -> FlowControl:
+        """Use this controller in ``pipeline``'s flow-control stage and hear every finish."""
+        for stage in pipeline.stages:
+            if getattr(stage, "name", "") == "flowcontrol" and hasattr(stage, "controller"):
+                stage.controller = self
+        if self not in pipeline.response_stages:
+            pipeline.response_stages.append(self)
+        return self
+
+    # -- response stage ---------------------------------------------------------------------
+    def on_headers(self, request: Request, status: int, headers: dict[str, str]) -> None:
+        return None
+
+    def on_chunk(self, request: Request, chunk: bytes, end_of_stream: bool) -> bytes:
+        return chunk
+
+    def on_finish(self, request: Request) -> None:
+        controller = request.attrs.pop(ATTR, None)
+        if controller is not None:
+            controller.notify()
+
+    async def close(self) -> None:
+        self.closed = True
+        for controller in list(self.controllers.values()):
+            await controller.close()
+
+
+def _metrics_of(metrics: Any | None) -> FlowControlMetrics | None:
+    if metrics is None:
+        return None
+    from igw.flowcontrol.metrics import FlowControlMetrics
+
+    if isinstance(metrics, FlowControlMetrics):
+        return metrics
+    return FlowControlMetrics.for_registry(metrics.registry)

@@ -1,0 +1,167 @@
+"""Saturation detectors: one number per pool saying how full it is (1.0 = full).
+
+Both read the pool's own ``EndpointTable`` snapshot. A pool's table holds only that pool's
+endpoints, so the ``ready`` mask alone selects the candidates (no per-request endpoint list
+to build); a request's subset hint narrows them further when present, as the reference's
+``Locate(metadata)`` does.
+
+* ``UtilizationDetector`` (``utilization-detector``, the reference's default): per ready
+  endpoint ``max(waiting / queueDepthThreshold, kv / kvCacheUtilThreshold)``, an endpoint
+  whose metrics are older than ``metricsStalenessThreshold`` (or never arrived) counts as
+  1.0 (fail-closed), and the pool value is the unweighted mean. It only knows what the last
+  scrape said, so a burst admitted between two scrapes is invisible to it.
+* ``ConcurrencyDetector`` (``concurrency-detector``): igw's own in-flight counters
+  (``inflight_requests`` / ``inflight_tokens``, raised by the scheduler's reservation and
+  lowered by ``Pipeline.finish``), so it is exact at the instant of the decision, with no
+  scrape lag. See its docstring for why it is capacity-weighted.
+
+An empty pool (or no ready endpoint among the candidates) reads as 1.0: nothing can serve.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from igw.datastore import Pool
+    from igw.pipeline import Request
+
+UTILIZATION = "utilization-detector"
+CONCURRENCY = "concurrency-detector"
+
+
+def candidate_ids(pool: Pool, snapshot: Any, request: Request | None) -> np.ndarray:
+    """Ids of the ready endpoints the request may use (its subset hint, when it has one)."""
+    ready = np.asarray(snapshot.ready)
+    if request is not None and request.subset is not None:
+        mask = pool.candidate_mask(request.subset)
+        size = min(mask.size, ready.size)
+        ready = ready[:size] & mask[:size]
+    return np.flatnonzero(ready)
+
+
+class UtilizationDetector:
+    """The reference's default saturation detector over a Pool snapshot."""
+
+    type_name = UTILIZATION
+
+    def __init__(
+        self,
+        queue_depth_threshold: float = 5.0,
+        kv_cache_util_threshold: float = 0.8,
+        staleness: float = 0.2,
+        clock: Callable[[], float] = time.monotonic,
+        headroom: float = 0.0,
+    ) -> None:
+        if not queue_depth_threshold > 0:
+            raise ValueError(
+                f"queueDepthThreshold: expected a number > 0, got {queue_depth_threshold!r}"
+            )
+        if not 0 < kv_cache_util_threshold <= 1:
+            raise ValueError(
+                "kvCacheUtilThreshold: expected a number in (0, 1], "
+                f"got {kv_cache_util_threshold!r}"
+            )
+        if not staleness > 0:
+            raise ValueError(f"metricsStalenessThreshold: expected > 0 seconds, got {staleness!r}")
+        self.queue_depth_threshold = float(queue_depth_threshold)
+        self.kv_cache_util_threshold = float(kv_cache_util_threshold)
+        self.staleness = float(staleness)
+        self.clock = clock
+        self.headroom = headroom  # the reference uses it only when the detector filters
+
+    def saturation(self, pool: Pool, request: Request | None = None, pending: int = 0) -> float:
+        """``pending`` (requests let through but not yet reserved) is ignored: this detector
+        sees only scraped figures, exactly like the reference's."""
+        snap = pool.table.snapshot()
+        ids = candidate_ids(pool, snap, request)
+        if ids.size == 0:
+            return 1.0
+        queue = np.asarray(snap.waiting)[ids] / self.queue_depth_threshold
+        kv = np.asarray(snap.kv_util)[ids] / self.kv_cache_util_threshold
+        per = np.maximum(queue, kv)
+        updated = np.asarray(snap.updated_at)[ids]
+        stale = (updated <= 0) | ((self.clock() - updated) > self.staleness)
+        per = np.where(stale, 1.0, per)
+        return float(np.mean(per))
+
+
+Mode = Literal["requests", "tokens", "hybrid"]
+
+
+class ConcurrencyDetector:
+    """Saturation from igw's own in-flight accounting, weighted by endpoint capacity.
+
+    ``requests`` mode: ``sum(inflight requests) / sum(maxConcurrency)`` over ready endpoints.
+    ``tokens`` mode: ``sum(inflight tokens) / sum(token capacity)``; an endpoint's token
+    capacity is ``maxTokenConcurrency`` when configured, else its KV-cache size in tokens
+    (``kv_blocks * block_size`` from the scrape) when known, else 1,000,000.
+    ``hybrid``: per endpoint ``max(request ratio, token ratio)``, averaged with each endpoint
+    weighted by its token capacity.
+
+    Why capacity-weighted and not the plain mean of per-endpoint ratios: the question flow
+    control asks is "is there room anywhere in the pool for one more request?", i.e. what
+    fraction of the pool's total capacity is in use. A plain mean counts a small replica
+    at 100% and a large idle one as 50% busy although most of the pool's capacity is free,
+    and it lets one overfull replica (whose excess the scheduler steers new work away from
+    anyway) weigh as much as a large one. The weighted form is exactly occupied / capacity,
+    so 1.0 means the pool as a whole is full. With equal capacities (the usual case) the
+    two coincide. ``pending`` adds requests already let through by the flow controller but
+    not yet reserved by the scheduler, so a burst dispatched in one cycle is counted.
+    """
+
+    type_name = CONCURRENCY
+
+    def __init__(
+        self,
+        mode: Mode = "requests",
+        max_concurrency: int = 100,
+        max_token_concurrency: int | None = None,
+        headroom: float = 0.0,
+    ) -> None:
+        if mode not in ("requests", "tokens", "hybrid"):
+            raise ValueError(
+                f"concurrencyMode: expected 'requests', 'tokens' or 'hybrid', got {mode!r}"
+            )
+        if not max_concurrency > 0:
+            raise ValueError(f"maxConcurrency: expected an integer > 0, got {max_concurrency!r}")
+        if max_token_concurrency is not None and not max_token_concurrency > 0:
+            raise ValueError(
+                f"maxTokenConcurrency: expected an integer > 0, got {max_token_concurrency!r}"
+            )
+        if headroom < 0:
+            raise ValueError(f"headroom: expected a number >= 0, got {headroom!r}")
+        self.mode = mode
+        self.max_concurrency = int(max_concurrency)
+        self.max_token_concurrency = max_token_concurrency
+        self.headroom = headroom  # the reference uses it only when the detector filters
+
+    def token_capacity(self, snapshot: Any, ids: np.ndarray) -> np.ndarray:
+        if self.max_token_concurrency is not None:
+            return np.full(ids.size, float(self.max_token_concurrency))
+        kv_tokens = np.asarray(snapshot.kv_blocks)[ids].astype(np.float64) * np.asarray(
+            snapshot.block_size
+        )[ids].astype(np.float64)
+        return np.where(kv_tokens > 0, kv_tokens, 1_000_000.0)
+
+    def saturation(self, pool: Pool, request: Request | None = None, pending: int = 0) -> float:
+        snap = pool.table.snapshot()
+        ids = candidate_ids(pool, snap, request)
+        if ids.size == 0:
+            return 1.0
+        requests = float(np.asarray(snap.inflight_requests)[ids].sum()) + pending
+        request_capacity = float(self.max_concurrency * ids.size)
+        if self.mode == "requests":
+            return requests / request_capacity
+        tokens = np.asarray(snap.inflight_tokens)[ids].astype(np.float64)
+        capacity = self.token_capacity(snap, ids)
+        if self.mode == "tokens":
+            return float(tokens.sum() / capacity.sum())
+        per_request = np.asarray(snap.inflight_requests)[ids] / float(self.max_concurrency)
+        per = np.maximum(per_request, tokens / capacity)
+        weighted = float((per * capacity).sum() / capacity.sum())
+        return weighted + pending / request_capacity

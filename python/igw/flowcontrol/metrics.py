@@ -1,0 +1,174 @@
+"""The reference's flow-control metric families, registered on a handed-in registry.
+
+Each family is exported twice, as the reference does: the deprecated
+``inference_extension_flow_control_*`` name and the ``llm_d_epp_flow_control_*`` twin, with
+the same labels and buckets:
+
+* ``request_queue_duration_seconds`` {fairness_id, priority, outcome, inference_pool,
+  model_name, target_model_name}: time from arrival at flow control to the outcome (the
+  outcome names are the reference's ``QueueOutcome`` strings, e.g. ``Dispatched``,
+  ``RejectedCapacity``, ``EvictedTTL``);
+* ``queue_size`` / ``queue_bytes`` {fairness_id, priority, inference_pool, model_name,
+  target_model_name}: requests and bytes waiting now;
+* ``pool_saturation`` {inference_pool, stage}: the value gating dispatch (stage
+  ``effective``; igw does not split prefill and decode pools);
+* ``dispatch_cycle_duration_seconds``: one dispatch decision;
+* ``llm_d_epp_flow_control_requests_total`` {outcome, priority, inference_pool} (no legacy
+  twin in the reference).
+
+The families live on the front end's ``Metrics.registry`` (this module never touches the
+global default registry); ``for_registry`` returns the one instance per registry, so
+several controllers in one process share the families instead of registering twice.
+Fairness ids come from a request header, so their label values are capped (1000 distinct,
+then ``other``), like the reference's bounded labels.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from igw.flowcontrol.queues import Item
+
+QUEUE_DURATION_BUCKETS = (
+    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0, 60.0,
+)  # fmt: skip
+CYCLE_BUCKETS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
+QUEUE_LABELS = ("fairness_id", "priority", "inference_pool", "model_name", "target_model_name")
+DURATION_LABELS = (
+    "fairness_id", "priority", "outcome", "inference_pool", "model_name", "target_model_name",
+)  # fmt: skip
+MAX_LABEL_VALUES = 1000
+OVERFLOW = "other"
+
+_BY_REGISTRY: weakref.WeakKeyDictionary[CollectorRegistry, FlowControlMetrics] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+class _Bounded:
+    """Caps the distinct values of a client-chosen label; a value once admitted stays."""
+
+    def __init__(self, limit: int = MAX_LABEL_VALUES) -> None:
+        self.limit = limit
+        self.seen: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if value in self.seen or not value:
+            return value
+        if len(self.seen) >= self.limit:
+            return OVERFLOW
+        self.seen.add(value)
+        return value
+
+
+class FlowControlMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self._fairness = _Bounded()
+        self._models = _Bounded()
+        self.queue_duration = [
+            Histogram(
+                f"{prefix}_flow_control_request_queue_duration_seconds",
+                "Distribution of total time requests spend in the Flow Control layer "
+                "(from enqueue to final outcome).",
+                DURATION_LABELS, buckets=QUEUE_DURATION_BUCKETS, registry=r,
+            )
+            for prefix in ("inference_extension", "llm_d_epp")
+        ]  # fmt: skip
+        self.queue_size = [
+            Gauge(
+                f"{prefix}_flow_control_queue_size",
+                "Current number of requests actively held in the Flow Control queue.",
+                QUEUE_LABELS, registry=r,
+            )
+            for prefix in ("inference_extension", "llm_d_epp")
+        ]  # fmt: skip
+        self.queue_bytes = [
+            Gauge(
+                f"{prefix}_flow_control_queue_bytes",
+                "Current total size in bytes of requests actively held in the Flow Control "
+                "queue.",
+                QUEUE_LABELS, registry=r,
+            )
+            for prefix in ("inference_extension", "llm_d_epp")
+        ]  # fmt: skip
+        self.saturation = [
+            Gauge(
+                f"{prefix}_flow_control_pool_saturation",
+                "Pool saturation signal gating Flow Control dispatch; 1.0 is the gating set "
+                "point. An empty pool reads as 1.0.",
+                ("inference_pool", "stage"), registry=r,
+            )
+            for prefix in ("inference_extension", "llm_d_epp")
+        ]  # fmt: skip
+        self.cycle = [
+            Histogram(
+                f"{prefix}_flow_control_dispatch_cycle_duration_seconds",
+                "Distribution of time taken for each internal dispatch cycle in the Flow "
+                "Control layer.",
+                (), buckets=CYCLE_BUCKETS, registry=r,
+            )
+            for prefix in ("inference_extension", "llm_d_epp")
+        ]  # fmt: skip
+        self.requests_total = Counter(
+            "llm_d_epp_flow_control_requests_total",
+            "Total number of requests processed by the Flow Control layer.",
+            ("outcome", "priority", "inference_pool"), registry=r,
+        )  # fmt: skip
+
+    @classmethod
+    def for_registry(cls, registry: CollectorRegistry) -> FlowControlMetrics:
+        found = _BY_REGISTRY.get(registry)
+        if found is None:
+            found = _BY_REGISTRY[registry] = cls(registry)
+        return found
+
+    def _queue_labels(self, pool: str, item: Item) -> tuple[str, ...]:
+        request = item.request
+        return (
+            self._fairness(item.flow),
+            str(item.priority),
+            pool,
+            self._models(request.incoming_model),
+            self._models(request.target_model),
+        )
+
+    def queued(self, pool: str, item: Item, sign: int) -> None:
+        """``sign`` +1 when the item enters a queue, -1 when it leaves."""
+        labels = self._queue_labels(pool, item)
+        for gauge in self.queue_size:
+            gauge.labels(*labels).inc(sign)
+        for gauge in self.queue_bytes:
+            gauge.labels(*labels).inc(sign * item.size)
+
+    def outcome(
+        self,
+        pool: str,
+        *,
+        fairness_id: str,
+        priority: int,
+        model: str,
+        target: str,
+        outcome: str,
+        seconds: float,
+    ) -> None:
+        labels = (
+            self._fairness(fairness_id), str(priority), outcome, pool,
+            self._models(model), self._models(target),
+        )  # fmt: skip
+        for histogram in self.queue_duration:
+            histogram.labels(*labels).observe(seconds)
+        self.requests_total.labels(outcome, str(priority), pool).inc()
+
+    def set_saturation(self, pool: str, value: float) -> None:
+        for gauge in self.saturation:
+            gauge.labels(pool, "effective").set(value)
+
+    def dispatch_cycle(self, seconds: float) -> None:
+        for histogram in self.cycle:
+            histogram.observe(seconds)

@@ -6,6 +6,7 @@ import argparse
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -121,3 +122,17 @@ req = urllib.request.Request(
 with urllib.request.urlopen(req, timeout=5) as resp:
     print(resp.status, json.load(resp)["usage"]["completion_tokens"])
 """
+
+
+def test_bad_flags_make_the_command_exit_2_with_the_reason(capsys):
+    assert command.run(parse("--replicas", "2", "--slow-replica", "7:2")) == 2
+    assert "--slow-replica: replica index 7 out of range" in capsys.readouterr().err
+
+
+def test_busy_port_makes_the_command_exit_1_with_the_reason(capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        assert command.run(parse("--port", str(port))) == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err

@@ -350,3 +350,20 @@ async def test_a_short_stall_is_caught_up_without_changing_model_latency(http):
         lag = metric(await scrape(http, fleet.urls[0]), "igw_sim_engine_lag_seconds_total")
     assert stalled["x-sim-e2e-ms"] == calm["x-sim-e2e-ms"]
     assert lag == 0
+
+
+async def test_ipv6_loopback_replica_has_a_bracketed_url(http):
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    fleet = SimFleet(1, host="::1")
+    try:
+        await fleet.start()
+    except OSError:
+        pytest.skip("IPv6 loopback unavailable")
+    try:
+        async with http.get(fleet.urls[0] + "/health") as resp:
+            status = resp.status
+    finally:
+        await fleet.stop()
+    assert fleet.urls[0].startswith("http://[::1]:")
+    assert status == 200

@@ -98,6 +98,7 @@ class Reflector:
         self.name = name or str(self.resources[0])
         self._index = 0
         self.synced = False  # a list has been delivered
+        self.version = ""  # the last resourceVersion seen (list, event or bookmark)
         self.lists = 0
         self.watches = 0
         self.errors = 0
@@ -173,6 +174,7 @@ class Reflector:
             await self._fail("list", error)
             return None
         self.lists += 1
+        self.version = version
         self._deliver(self.handler.replace, items)
         if not self.synced:
             log.info("kubernetes: listed %d from %s", len(items), self._where())
@@ -204,6 +206,7 @@ class Reflector:
                 ):
                     events += 1
                     version = resource_version(obj) or version
+                    self.version = version
                     if kind in ("ADDED", "MODIFIED", "DELETED"):
                         self._deliver(self.handler.event, kind, obj)
                     self.backoff.reset()

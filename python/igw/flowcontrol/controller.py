@@ -233,7 +233,12 @@ class PoolController:
         return band
 
     def _drop_if_idle(self, band: Band) -> None:
-        if band.count == 0 and not band.configured and band.entries() == 0:
+        """An empty band holds only tombstones: drop it (or clear it, if configured)."""
+        if band.count:
+            return
+        if band.configured:
+            band.clear()
+        else:
             del self.bands[band.priority]
             self._order.remove(band.priority)
 
@@ -245,6 +250,15 @@ class PoolController:
         self._left_queue(item)
         if band.count == 0:
             self._drop_if_idle(band)
+        self._compact_expiry()
+
+    def _compact_expiry(self) -> None:
+        """Keep the expiry heap within twice the queue (plus a small floor)."""
+        if not self.queued:
+            self._expiry.clear()
+        elif len(self._expiry) > 64 and len(self._expiry) > 2 * self.queued:
+            self._expiry = [e for e in self._expiry if not e[2].done]
+            heapq.heapify(self._expiry)
 
     def _left_queue(self, item: Item) -> None:
         self.queued -= 1
@@ -290,6 +304,7 @@ class PoolController:
                 self._left_queue(item)
                 if band.count == 0:
                     self._drop_if_idle(band)
+                self._compact_expiry()
                 self._pending[id(item.request)] = (item.request, self.clock())
                 self._admitted(item.request, item.enqueued_at)
                 if not item.future.done():
@@ -317,9 +332,7 @@ class PoolController:
             if not item.future.done():
                 item.future.set_exception(error)
             expired += 1
-        if len(self._expiry) > 64 and len(self._expiry) > 2 * self.queued:
-            self._expiry = [e for e in self._expiry if not e[2].done]
-            heapq.heapify(self._expiry)
+        self._compact_expiry()
         return expired
 
     def notify(self) -> None:

@@ -205,6 +205,13 @@ class Band:
         self._ring = collections.deque(f for f in self._ring if f in self._flows)
         self._tombstones = 0
 
+    def clear(self) -> None:
+        """Forget every entry (call only when ``count`` is 0: all are tombstones)."""
+        self._heap.clear()
+        self._flows.clear()
+        self._ring.clear()
+        self._tombstones = 0
+
     def entries(self) -> int:
         """Heap entries held, tombstones included (memory bound checks in tests)."""
         return len(self._heap) + sum(len(h) for h in self._flows.values())

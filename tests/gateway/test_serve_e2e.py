@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 
 import pytest
 
@@ -261,5 +262,50 @@ spec: {priority: 5, poolRef: {name: any}}
         async with client.get(stack.url + "/metrics") as response:
             text = await response.text()
         assert 'model_name="model-a",priority="5",target_model_name="model-b"' in text
+    finally:
+        await stack.stop()
+
+
+async def test_bad_clients_never_disturb_other_streams_and_nothing_stays_in_flight(client):
+    stack = await start("pools: {p: {sim: {replicas: 2, speed: 50}}}")
+    try:
+        host, port = "127.0.0.1", stack.gateway.port
+
+        async def good(i: int) -> str:
+            body = {"model": "sim-model", "prompt": f"story {i}", "max_tokens": 12,
+                    "stream": True}  # fmt: skip
+            async with client.post(stack.url + "/v1/completions", json=body) as response:
+                return (await response.read()).decode()
+
+        async def garbage() -> bytes:
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+            data = await reader.read()
+            writer.close()
+            return data
+
+        async def leaver() -> None:
+            reader, writer = await asyncio.open_connection(host, port)
+            payload = json.dumps({"model": "sim-model", "prompt": "bye", "max_tokens": 50,
+                                  "stream": True}).encode()  # fmt: skip
+            writer.write(
+                b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+                + payload
+            )
+            await reader.readuntil(b"data: ")  # the stream has started
+            writer.transport.abort()  # gone without a goodbye
+
+        results = await asyncio.gather(*(good(i) for i in range(10)), garbage(), leaver())
+        for text in results[:10]:
+            assert text.endswith("data: [DONE]\n\n")
+        assert results[10].split(b"\r\n")[0].endswith(b" 400 Bad Request")  # aiohttp's own
+        pool = stack.router.pools["p"].pool
+
+        def idle() -> bool:
+            snapshot = pool.table.snapshot()
+            return all(snapshot.inflight_requests[e.id] == 0 for e in pool.endpoints())
+
+        assert await wait_until(idle)  # every reservation released, the leaver's too
     finally:
         await stack.stop()

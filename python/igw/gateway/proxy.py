@@ -212,6 +212,17 @@ class Forwarder:
         """
         factory = _HeadWithFirstChunk if upstream.has_data else web.StreamResponse
         response = factory(status=status, headers=headers)
+        try:
+            problem = await self._pump(http_request, request, upstream, status, response)
+        except ConnectionResetError:
+            # The client left mid-stream: not the replica's fault. The caller drops the
+            # upstream request; aiohttp ignores the rest of this response.
+            log.debug("request %s: client disconnected mid-stream", request.request_id)
+            return response, False
+        return response, problem is not None
+
+    async def _pump(self, http_request, request, upstream, status, response) -> str | None:
+        """Copy the stream; returns what went wrong upstream, or None."""
         await response.prepare(http_request)
         pipeline = self.pipeline
         tail = b""
@@ -234,7 +245,7 @@ class Forwarder:
                 final = out
                 break
             if out:
-                await response.write(out)  # a client that left raises here: not a replica fault
+                await response.write(out)
         if problem is None and status == 200 and request.kind in _DONE_KINDS:
             if _DONE_MARK not in tail:
                 problem = f"upstream {request.served_endpoint} ended the stream without [DONE]"
@@ -243,4 +254,4 @@ class Forwarder:
             log.warning("request %s: %s", request.request_id, problem)
             final += sse_error_event(problem)
         await response.write_eof(final)
-        return response, problem is not None
+        return problem

@@ -16,6 +16,7 @@ import signal
 import sys
 
 from igw.sim.fleet import DEFAULT_MODEL, SimFleet
+from igw.sim.metrics import ENGINE_TYPES
 from igw.sim.model import EngineParams
 from igw.sim.profiles import PROFILES
 from igw.sim.replica import ERROR_MODES, Faults
@@ -48,6 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--lora", action="append", default=[], metavar="NAME", help="LoRA adapter name; repeat"
+    )
+    parser.add_argument(
+        "--engine-type",
+        choices=ENGINE_TYPES,
+        default="vllm",
+        help="whose metric names /metrics exports (default vllm)",
     )
     engine = parser.add_argument_group("engine constants (override the profile)")
     for field in dataclasses.fields(EngineParams):
@@ -162,6 +169,7 @@ def make_fleet(args: argparse.Namespace) -> tuple[SimFleet, list[int]]:
         models=args.model or [DEFAULT_MODEL],
         loras=args.lora,
         faults=faults,
+        engine_type=args.engine_type,
         **overrides,
     )
     return fleet, closed

@@ -44,12 +44,14 @@ class SimFleet:
         loras: Sequence[str] = (),
         faults: Mapping[int, Faults] | None = None,
         params: EngineParams | None = None,
+        engine_type: str = "vllm",
         **overrides: Any,
     ) -> None:
         """``port`` 0 gives every replica a free port; otherwise replica i uses port + i.
 
         ``params`` replaces the profile entirely; ``overrides`` adjust the profile.
-        ``faults`` maps replica index -> initial ``Faults``.
+        ``faults`` maps replica index -> initial ``Faults``. ``engine_type`` picks whose
+        metric names ``/metrics`` exports: ``vllm`` (default), ``sglang`` or ``trtllm-serve``.
         """
         if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
             raise ValueError(f"replicas: expected an integer >= 1, got {replicas!r}")
@@ -75,6 +77,7 @@ class SimFleet:
                 host=host,
                 port=port + i if port else 0,
                 faults=faults.get(i),
+                engine_type=engine_type,
             )
             for i in range(replicas)
         ]

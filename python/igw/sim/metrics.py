@@ -1,5 +1,9 @@
 """A replica's ``/metrics``: Prometheus text with vLLM's metric names and labels.
 
+``engine_type`` switches the names to another server's (``sglang``, ``trtllm-serve``; the
+names the endpoint pickers scrape, REFERENCE.md 5.1) so every metrics extractor of the
+gateway can be exercised against the same simulated engine.
+
 Gauges and counters are read from the engine when scraped (a custom collector, so the
 request path pays nothing for them); latency histograms are observed when a request
 finishes. Latencies are reported in wall-clock seconds as the simulated GPU would show
@@ -22,6 +26,7 @@ if TYPE_CHECKING:
     from igw.sim.replica import SimReplica
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+ENGINE_TYPES = ("vllm", "sglang", "trtllm-serve")
 
 TTFT_BUCKETS = (
     0.001,
@@ -110,28 +115,44 @@ class _EngineCollector:
 
     def __init__(self, replica: SimReplica) -> None:
         self._replica = replica
+        self._names = ["model_name", "engine"]
+        self._values = [replica.models[0], "0"]
 
     def describe(self):  # no fixed description: keeps registration from calling collect()
         return []
 
+    def _gauge(self, name: str, doc: str, value: float) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(name, doc, labels=self._names)
+        family.add_metric(self._values, value)
+        return family
+
+    def _counter(self, name: str, doc: str, value: float) -> CounterMetricFamily:
+        family = CounterMetricFamily(name, doc, labels=self._names)
+        family.add_metric(self._values, value)
+        return family
+
     def collect(self):
+        replica = self._replica
+        yield self._counter(
+            "igw_sim_engine_lag_seconds",
+            "Wall seconds the simulated engine fell behind its latency model (CPU starved) "
+            "and skipped; non-zero means latencies are longer than the model's.",
+            replica.lag_s,
+        )
+        kind = replica.engine_type
+        if kind == "sglang":
+            yield from self._sglang()
+        elif kind == "trtllm-serve":
+            yield from self._trtllm()
+        else:
+            yield from self._vllm()
+
+    def _vllm(self):
         replica = self._replica
         engine = replica.engine
         params = replica.params
         stats = engine.stats
-        names = ["model_name", "engine"]
-        values = [replica.models[0], "0"]
-
-        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
-            family = GaugeMetricFamily(name, doc, labels=names)
-            family.add_metric(values, value)
-            return family
-
-        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
-            family = CounterMetricFamily(name, doc, labels=names)
-            family.add_metric(values, value)
-            return family
-
+        gauge, counter = self._gauge, self._counter
         usage = engine.cache.usage
         yield gauge(
             "vllm:num_requests_running", "Requests in model execution batches.", len(engine.running)
@@ -163,19 +184,13 @@ class _EngineCollector:
             "Number of generation tokens processed.",
             stats.generation_tokens,
         )
-        yield counter(
-            "igw_sim_engine_lag_seconds",
-            "Wall seconds the simulated engine fell behind its latency model (CPU starved) "
-            "and skipped; non-zero means latencies are longer than the model's.",
-            replica.lag_s,
-        )
         success = CounterMetricFamily(
             "vllm:request_success",
             "Count of successfully processed requests.",
-            labels=[*names, "finished_reason"],
+            labels=[*self._names, "finished_reason"],
         )
         for reason in ("stop", "length", *sorted(set(stats.finished) - {"stop", "length"})):
-            success.add_metric([*values, reason], stats.finished.get(reason, 0))
+            success.add_metric([*self._values, reason], stats.finished.get(reason, 0))
         yield success
         lora = GaugeMetricFamily(
             "vllm:lora_requests_info",
@@ -199,6 +214,85 @@ class _EngineCollector:
         info.add_metric([str(params.block_size), str(params.num_gpu_blocks), "True", "0"], 1.0)
         yield info
 
+    def _sglang(self):
+        engine = self._replica.engine
+        params = self._replica.params
+        stats = engine.stats
+        gauge, counter = self._gauge, self._counter
+        yield gauge(
+            "sglang:num_running_reqs", "The number of running requests.", len(engine.running)
+        )
+        yield gauge(
+            "sglang:num_queue_reqs",
+            "The number of requests in the waiting queue.",
+            len(engine.waiting),
+        )
+        yield gauge("sglang:token_usage", "The token usage.", engine.cache.usage)
+        hit_rate = stats.prefix_hits / stats.prefix_queries if stats.prefix_queries else 0.0
+        yield gauge("sglang:cache_hit_rate", "The prefix cache hit rate.", hit_rate)
+        yield counter(
+            "sglang:prompt_tokens", "Number of prefill tokens processed.", stats.prompt_tokens
+        )
+        yield counter(
+            "sglang:generation_tokens",
+            "Number of generation tokens processed.",
+            stats.generation_tokens,
+        )
+        yield counter(
+            "sglang:num_requests", "The number of processed requests.", sum(stats.finished.values())
+        )
+        info = GaugeMetricFamily(
+            "sglang:cache_config_info", "Cache configuration.", labels=["page_size", "num_pages"]
+        )
+        info.add_metric([str(params.block_size), str(params.num_gpu_blocks)], 1.0)
+        yield info
+
+    def _trtllm(self):
+        engine = self._replica.engine
+        params = self._replica.params
+        gauge = self._gauge
+        yield gauge("trtllm_num_requests_waiting", "Requests waiting.", len(engine.waiting))
+        yield gauge("trtllm_num_requests_running", "Requests running.", len(engine.running))
+        yield gauge(
+            "trtllm_kv_cache_utilization", "KV-cache utilization (0..1).", engine.cache.usage
+        )
+        yield gauge(
+            "trtllm_kv_cache_tokens_per_block", "Tokens per KV-cache block.", params.block_size
+        )
+        yield gauge(
+            "trtllm_kv_cache_max_blocks", "KV-cache capacity in blocks.", params.num_gpu_blocks
+        )
+
+
+# Latency/size histograms by name without the engine prefix -> help text.
+_HISTOGRAMS = {
+    "time_to_first_token_seconds": "Histogram of time to first token in seconds.",
+    "time_per_output_token_seconds": "Histogram of time per output token in seconds.",
+    "inter_token_latency_seconds": "Histogram of inter-token latency in seconds.",
+    "e2e_request_latency_seconds": "Histogram of end to end request latency in seconds.",
+    "request_queue_time_seconds": "Histogram of time spent in WAITING phase for request.",
+    "request_prefill_time_seconds": "Histogram of time spent in PREFILL phase for request.",
+    "request_decode_time_seconds": "Histogram of time spent in DECODE phase for request.",
+    "request_inference_time_seconds": "Histogram of time spent in RUNNING phase for request.",
+    "request_prompt_tokens": "Number of prefill tokens processed.",
+    "request_generation_tokens": "Number of generation tokens processed.",
+}
+_SGLANG_HISTOGRAMS = (
+    "time_to_first_token_seconds",
+    "inter_token_latency_seconds",
+    "e2e_request_latency_seconds",
+)
+
+
+def _buckets(name: str, max_model_len: int) -> tuple[float, ...]:
+    if name.endswith("_tokens"):
+        return tokens_buckets(max_model_len)
+    if name.startswith("time_to_first"):
+        return TTFT_BUCKETS
+    if "output_token" in name or "inter_token" in name:
+        return TPOT_BUCKETS
+    return E2E_BUCKETS
+
 
 class ReplicaMetrics:
     """One registry per replica (several replicas share a process)."""
@@ -207,56 +301,26 @@ class ReplicaMetrics:
         self._replica = replica
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_EngineCollector(replica))
-        labels = ["model_name", "engine"]
-        self._labels = (replica.models[0], "0")
-
-        def hist(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
-            return Histogram(name, doc, labels, buckets=buckets, registry=self.registry)
-
-        self.ttft = hist(
-            "vllm:time_to_first_token_seconds",
-            "Histogram of time to first token in seconds.",
-            TTFT_BUCKETS,
-        )
-        self.tpot = hist(
-            "vllm:time_per_output_token_seconds",
-            "Histogram of time per output token in seconds.",
-            TPOT_BUCKETS,
-        )
-        self.itl = hist(
-            "vllm:inter_token_latency_seconds",
-            "Histogram of inter-token latency in seconds.",
-            TPOT_BUCKETS,
-        )
-        self.e2e = hist(
-            "vllm:e2e_request_latency_seconds",
-            "Histogram of end to end request latency in seconds.",
-            E2E_BUCKETS,
-        )
-        self.queue = hist(
-            "vllm:request_queue_time_seconds",
-            "Histogram of time spent in WAITING phase for request.",
-            E2E_BUCKETS,
-        )
-
-        phases = (
-            ("prefill", "Histogram of time spent in PREFILL phase for request."),
-            ("decode", "Histogram of time spent in DECODE phase for request."),
-            ("inference", "Histogram of time spent in RUNNING phase for request."),
-        )
-        self.phase = {
-            name: hist(f"vllm:request_{name}_time_seconds", doc, E2E_BUCKETS)
-            for name, doc in phases
+        labels = ("model_name", "engine")
+        values = (replica.models[0], "0")
+        if replica.engine_type == "vllm":
+            prefix, names = "vllm:", tuple(_HISTOGRAMS)
+        elif replica.engine_type == "sglang":
+            prefix, names = "sglang:", _SGLANG_HISTOGRAMS
+        else:
+            prefix, names = "", ()
+        max_len = replica.params.max_model_len
+        # Children bound to the label values once: observing is then one call each.
+        self._hist = {
+            name: Histogram(
+                prefix + name,
+                _HISTOGRAMS[name],
+                labels,
+                registry=self.registry,
+                buckets=_buckets(name, max_len),
+            ).labels(*values)
+            for name in names
         }
-        token_buckets = tokens_buckets(replica.params.max_model_len)
-        self.prompt_tokens = hist(
-            "vllm:request_prompt_tokens", "Number of prefill tokens processed.", token_buckets
-        )
-        self.generation_tokens = hist(
-            "vllm:request_generation_tokens",
-            "Number of generation tokens processed.",
-            token_buckets,
-        )
 
     def observe_finished(self, seq: Seq) -> None:
         """Record a finished request's latencies (model ms -> wall-equivalent seconds).
@@ -264,24 +328,32 @@ class ReplicaMetrics:
         Inter-token latency is observed once per request, as its mean gap (every gap is a
         whole engine step; per-token observations would cost a loop per token).
         """
+        hist = self._hist
+        if not hist:
+            return
         scale = 1.0 / (1000.0 * self._replica.speed)
-        labels = self._labels
         arrival = seq.arrival
         first = seq.first_token_at if seq.first_token_at is not None else arrival
         end = seq.finished_at if seq.finished_at is not None else first
         scheduled = seq.scheduled_at if seq.scheduled_at is not None else arrival
-        self.ttft.labels(*labels).observe((first - arrival) * scale)
-        self.e2e.labels(*labels).observe((end - arrival) * scale)
-        self.queue.labels(*labels).observe((scheduled - arrival) * scale)
-        self.phase["prefill"].labels(*labels).observe((first - scheduled) * scale)
-        self.phase["decode"].labels(*labels).observe((end - first) * scale)
-        self.phase["inference"].labels(*labels).observe((end - scheduled) * scale)
-        self.prompt_tokens.labels(*labels).observe(seq.prompt_tokens)
-        self.generation_tokens.labels(*labels).observe(seq.output)
+        values = {
+            "time_to_first_token_seconds": (first - arrival) * scale,
+            "e2e_request_latency_seconds": (end - arrival) * scale,
+            "request_queue_time_seconds": (scheduled - arrival) * scale,
+            "request_prefill_time_seconds": (first - scheduled) * scale,
+            "request_decode_time_seconds": (end - first) * scale,
+            "request_inference_time_seconds": (end - scheduled) * scale,
+            "request_prompt_tokens": seq.prompt_tokens,
+            "request_generation_tokens": seq.output,
+        }
         if seq.output > 1:
             per_token = (end - first) * scale / (seq.output - 1)
-            self.tpot.labels(*labels).observe(per_token)
-            self.itl.labels(*labels).observe(per_token)
+            values["time_per_output_token_seconds"] = per_token
+            values["inter_token_latency_seconds"] = per_token
+        for name, value in values.items():
+            child = hist.get(name)
+            if child is not None:
+                child.observe(value)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

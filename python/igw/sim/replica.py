@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from igw.sim.metrics import ReplicaMetrics
+from igw.sim.metrics import ENGINE_TYPES, ReplicaMetrics
 from igw.sim.model import Engine, EngineParams, Seq
 
 # How far (wall seconds) the engine may fall behind its deadlines and still catch up by
@@ -86,7 +86,10 @@ class SimReplica:
         host: str = "127.0.0.1",
         port: int = 0,
         faults: Faults | None = None,
+        engine_type: str = "vllm",
     ) -> None:
+        if engine_type not in ENGINE_TYPES:
+            raise ValueError(f"engine_type: expected one of {ENGINE_TYPES}, got {engine_type!r}")
         if not models:
             raise ValueError("models: expected at least one served model name")
         if not speed > 0:
@@ -102,6 +105,7 @@ class SimReplica:
         self.host = host
         self.port = port
         self.faults = faults or Faults()
+        self.engine_type = engine_type  # whose metric names /metrics uses
         self.rng = random.Random(seed * 1_000_003 + index)  # faults only
         self.engine = Engine(params)
         self.metrics = ReplicaMetrics(self)

@@ -190,11 +190,20 @@ def flow_control_enabled(config: Any) -> bool:
 
 
 def _plugin_types(data: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Plugin instance name -> (type, parameters)."""
     out = {}
     for spec in data.get("plugins") or []:
         if isinstance(spec, dict) and spec.get("type"):
             out[spec.get("name") or spec["type"]] = (spec["type"], spec.get("parameters") or {})
     return out
+
+
+def _plugin_field(data: dict[str, Any], name: str, fallback: str) -> str:
+    """``plugins[i]`` of the instance called ``name`` (where its parameters live)."""
+    for i, spec in enumerate(data.get("plugins") or []):
+        if isinstance(spec, dict) and (spec.get("name") or spec.get("type")) == name:
+            return f"plugins[{i}]"
+    return fallback
 
 
 def _resolve(
@@ -271,7 +280,7 @@ def _detector_spec(data: dict[str, Any], plugins: dict[str, tuple[str, dict[str,
         if ref:
             allowed = {UTILIZATION: UTILIZATION, CONCURRENCY: CONCURRENCY}
             type_name, params = _resolve(plugins, ref, field, allowed)
-            return DetectorSpec(type_name, dict(params)), field
+            return DetectorSpec(type_name, dict(params)), _plugin_field(data, ref, field)
     return DetectorSpec(), ""
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from igw.sim import protocol, text
+from igw.sim import jobs, protocol, text
 from igw.sim.metrics import CONTENT_TYPE
 from igw.sim.model import Seq
 from igw.sim.protocol import ChatRequest, CompletionRequest, RequestError
@@ -28,7 +28,6 @@ from igw.sim.protocol import ChatRequest, CompletionRequest, RequestError
 if TYPE_CHECKING:
     from igw.sim.replica import SimReplica
 
-COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's (and vLLM's) legacy-completions default
 MAX_BODY_BYTES = 64 * 1024 * 1024
 ADMIN_PREFIX = "/sim/"  # simulator-only routes; they answer even while the replica is down
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -60,27 +59,6 @@ class _Waiter:
     def on_error(self, seq: Seq) -> None:
         self.failed = True
         self.event.set()
-
-
-class _Job:
-    """A validated generation request, ready to run."""
-
-    __slots__ = (
-        "break_after",
-        "chat",
-        "continuous_usage",
-        "created",
-        "model",
-        "prompt_tokens",
-        "rid",
-        "seq",
-        "start_word",
-        "stream",
-        "usage_chunk",
-    )
-
-    def __init__(self) -> None:
-        self.break_after: int | None = None
 
 
 class Handlers:
@@ -204,14 +182,14 @@ class Handlers:
             data = protocol.decode(raw)
             chat = "messages" in data
             req = protocol.validate(ChatRequest if chat else CompletionRequest, data)
-            self._resolve_model(req.model)
+            jobs.resolve_model(self.replica, req.model)
             if chat:
-                prompt = _chat_prompt(req)
+                prompt = jobs.chat_prompt(req)
                 ids = text.pseudo_token_ids(prompt, params.bytes_per_token)
             elif isinstance(req.prompt, list) and req.prompt and isinstance(req.prompt[0], int):
                 ids = list(req.prompt)
             else:
-                prompt, _ = _completion_prompt(req.prompt, params.bytes_per_token)
+                prompt, _ = jobs.completion_prompt(req.prompt, params.bytes_per_token)
                 ids = text.pseudo_token_ids(prompt, params.bytes_per_token)
         except RequestError as exc:
             return json_error(exc.status, exc.message, exc.param)
@@ -224,16 +202,6 @@ class Handlers:
             }
         )
 
-    def _resolve_model(self, model: str | None) -> tuple[str, str | None]:
-        """(served name, LoRA adapter or None) for a request's ``model``; 404 if unknown."""
-        replica = self.replica
-        model = model if model is not None else replica.models[0]
-        if model in replica.models:
-            return model, None
-        if model in replica.loras:
-            return model, model
-        raise RequestError(404, f"The model `{model}` does not exist.", param="model")
-
     # ------------------------------------------------------------------------- generation
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
@@ -245,7 +213,7 @@ class Handlers:
     async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
         replica = self.replica
         try:
-            job = self._prepare(await request.read(), chat)
+            job = jobs.prepare(replica, await request.read(), chat)
         except RequestError as exc:
             return json_error(exc.status, exc.message, exc.param)
         if replica.faults.fail:
@@ -263,57 +231,7 @@ class Handlers:
             if not seq.finished:
                 replica.abort(seq)
 
-    def _prepare(self, raw: bytes, chat: bool) -> _Job:
-        replica = self.replica
-        params = replica.params
-        req = protocol.parse(ChatRequest if chat else CompletionRequest, raw)
-        model, lora = self._resolve_model(req.model)
-        if chat:
-            prompt = _chat_prompt(req)
-            prompt_tokens = text.estimate_tokens(prompt, params.bytes_per_token)
-            max_tokens = req.max_completion_tokens or req.max_tokens
-        else:
-            prompt, prompt_tokens = _completion_prompt(req.prompt, params.bytes_per_token)
-            max_tokens = req.max_tokens or COMPLETIONS_DEFAULT_MAX_TOKENS
-        natural, start = text.answer_plan(prompt, params.output_len_min, params.output_len_max)
-        natural = max(natural, req.min_tokens)
-        if req.ignore_eos or (max_tokens is not None and natural >= max_tokens):
-            target = max_tokens if max_tokens is not None else natural
-            reason = "length"
-        else:
-            target, reason = natural, "stop"
-        problem = replica.engine.check(prompt_tokens, max_tokens or target, lora)
-        if problem is not None:
-            raise RequestError(400, problem, param="messages" if chat else "prompt")
-
-        seed = text.chain_seed(lora, req.cache_salt)
-        block_bytes = params.block_bytes
-        bs = params.block_size
-        hashes = text.block_hashes(prompt, block_bytes, seed, limit=prompt_tokens // bs)
-
-        def full_hasher(kv_tokens: int) -> list[int]:
-            answer = text.filler(start, 0, max(kv_tokens - prompt_tokens, 0)).encode()
-            return text.block_hashes(prompt + answer, block_bytes, seed, limit=kv_tokens // bs)
-
-        job = _Job()
-        job.seq = Seq(
-            prompt_tokens, hashes, target, lora=lora, stop_reason=reason, full_hasher=full_hasher
-        )
-        job.chat = chat
-        job.model = model
-        job.prompt_tokens = prompt_tokens
-        job.start_word = start
-        job.stream = bool(req.stream)
-        opts = req.stream_options
-        job.usage_chunk = bool(opts is not None and opts.include_usage)
-        job.continuous_usage = bool(job.usage_chunk and opts.continuous_usage_stats)
-        job.created = int(time.time())
-        job.rid = f"{'chatcmpl' if chat else 'cmpl'}-sim{replica.index}-{job.seq.id}"
-        if replica.faults.error_rate > 0 and replica.rng.random() < replica.faults.error_rate:
-            job.break_after = replica.rng.randint(1, target - 1) if target > 1 else 0
-        return job
-
-    async def _complete(self, job: _Job, waiter: _Waiter) -> web.Response:
+    async def _complete(self, job: jobs.Job, waiter: _Waiter) -> web.Response:
         seq = job.seq
         await waiter.event.wait()
         if waiter.failed:
@@ -325,8 +243,8 @@ class Handlers:
             "object": "chat.completion" if job.chat else "text_completion",
             "created": job.created,
             "model": job.model,
-            "choices": [_choice(job, text.filler(job.start_word, 0, seq.output))],
-            "usage": _usage(job),
+            "choices": [jobs.choice(job, text.filler(job.start_word, 0, seq.output))],
+            "usage": jobs.usage(job),
         }
         arrival = seq.arrival
         headers = {
@@ -339,7 +257,9 @@ class Handlers:
             body=json.dumps(body).encode(), content_type="application/json", headers=headers
         )
 
-    async def _stream(self, request: web.Request, job: _Job, waiter: _Waiter) -> web.StreamResponse:
+    async def _stream(
+        self, request: web.Request, job: jobs.Job, waiter: _Waiter
+    ) -> web.StreamResponse:
         seq = job.seq
         resp = web.StreamResponse(headers={**SSE_HEADERS, "x-sim-replica": str(self.replica.index)})
         await resp.prepare(request)
@@ -379,7 +299,7 @@ class Handlers:
                     + words[(job.start_word + i) % n_words]
                     + mid[: -len("}\n\n")]
                     + ',"usage":'
-                    + _usage_text(job, i + 1)
+                    + jobs.usage_text(job, i + 1)
                     + "}\n\n"
                     for i in range(sent, upto)
                 ]
@@ -406,7 +326,7 @@ class Handlers:
                     parts.append(
                         head[: head.index('"choices"')]
                         + '"choices":[],"usage":'
-                        + json.dumps(_usage(job))
+                        + json.dumps(jobs.usage(job))
                         + "}\n\n"
                     )
                 parts.append("data: [DONE]\n\n")
@@ -416,7 +336,7 @@ class Handlers:
             if parts:
                 await resp.write("".join(parts).encode())
 
-    def _break(self, job: _Job) -> str:
+    def _break(self, job: jobs.Job) -> str:
         """The tail of a stream that breaks: an error event (``event`` mode) or nothing."""
         if self.replica.faults.error_mode != "event":
             return ""
@@ -429,73 +349,6 @@ def _cut(request: web.Request) -> None:
     transport = request.transport
     if transport is not None:
         transport.close()
-
-
-def _chat_prompt(req: ChatRequest) -> bytes:
-    messages = [{"role": m.role, "content": _content(m.content)} for m in req.messages]
-    return text.chat_text(messages).encode("utf-8", "surrogatepass")
-
-
-def _content(content) -> str | list | None:
-    if isinstance(content, list):
-        return [{"type": p.type, "text": p.text} for p in content]
-    return content
-
-
-def _completion_prompt(prompt, bytes_per_token: int) -> tuple[bytes, int]:
-    if isinstance(prompt, str):
-        if not prompt:
-            raise RequestError(400, "prompt: expected a non-empty string", param="prompt")
-        data = prompt.encode("utf-8", "surrogatepass")
-        return data, text.estimate_tokens(data, bytes_per_token)
-    if not prompt:
-        raise RequestError(400, "prompt: expected a non-empty list", param="prompt")
-    if isinstance(prompt[0], str):
-        if len(prompt) != 1:
-            raise RequestError(
-                400,
-                f"prompt: the simulator serves one prompt per request, got {len(prompt)}",
-                param="prompt",
-            )
-        return _completion_prompt(prompt[0], bytes_per_token)
-    return text.token_ids_bytes(prompt), len(prompt)
-
-
-def _choice(job: _Job, answer: str) -> dict:
-    seq = job.seq
-    if job.chat:
-        return {
-            "index": 0,
-            "message": {"role": "assistant", "content": answer, "tool_calls": []},
-            "logprobs": None,
-            "finish_reason": seq.finish_reason,
-            "stop_reason": None,
-        }
-    return {
-        "index": 0,
-        "text": answer,
-        "logprobs": None,
-        "finish_reason": seq.finish_reason,
-        "stop_reason": None,
-    }
-
-
-def _usage_text(job: _Job, completion_tokens: int) -> str:
-    return (
-        f'{{"prompt_tokens":{job.prompt_tokens},'
-        f'"total_tokens":{job.prompt_tokens + completion_tokens},'
-        f'"completion_tokens":{completion_tokens}}}'
-    )
-
-
-def _usage(job: _Job) -> dict:
-    seq = job.seq
-    return {
-        "prompt_tokens": job.prompt_tokens,
-        "total_tokens": job.prompt_tokens + seq.output,
-        "completion_tokens": seq.output,
-        "prompt_tokens_details": {"cached_tokens": seq.cached_tokens or 0},
-    }
 
 
 def build_app(replica: SimReplica) -> web.Application:

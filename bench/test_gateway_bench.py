@@ -41,6 +41,7 @@ C1_REQUESTS = 300 if QUICK else 3000
 C64_REQUESTS = 2000 if QUICK else 30000
 WARMUP = 100 if QUICK else 500
 ROUNDS = 5 if QUICK else 10  # c=1 alternates direct / via igw this many times
+IDLE_SECONDS = 1.0 if QUICK else 3.0
 
 COMPLETION = json.dumps(
     {
@@ -271,8 +272,17 @@ def measure(policy: str = "default") -> dict:
         assert match, f"igw serve did not start: {line!r}"
         via = [match.group(1) + "/v1/completions"]
         results: dict = {"policy": policy}
+        # The gateway's idle cost (scraping 4 replicas' /metrics every 50 ms), per second.
+        time.sleep(0.5)
+        idle_started, idle_cpu = time.monotonic(), _cpu_seconds(gateway.pid)
+        time.sleep(IDLE_SECONDS)
+        idle_rate = (_cpu_seconds(gateway.pid) - idle_cpu) / (time.monotonic() - idle_started)
+        results["idle_cpu_ms_per_s"] = round(idle_rate * 1000, 1)
         for stream in (False, True):
+            started, cpu_before = time.monotonic(), _cpu_seconds(gateway.pid)
             out = _run_compare([direct, via], ROUNDS, C1_REQUESTS // ROUNDS, stream)
+            busy = _cpu_seconds(gateway.pid) - cpu_before - idle_rate * (time.monotonic() - started)
+            via_requests = ROUNDS * (C1_REQUESTS // ROUNDS) + WARMUP
             d, g = (statistics.median(m) for m in out["means_us"])
             added = [v - u for u, v in zip(*out["means_us"], strict=True)]
             key = "stream" if stream else "json"
@@ -281,6 +291,7 @@ def measure(policy: str = "default") -> dict:
                 "gateway_mean_us": round(g),
                 "added_mean_us": round(statistics.median(added)),  # median over rounds
                 "added_min_us": round(min(added)),
+                "gateway_cpu_us": round(busy / via_requests * 1e6),  # per request, idle cost off
                 "errors": out["errors"],
             }
         before = _cpu_seconds(gateway.pid)
@@ -305,13 +316,14 @@ def table(results: dict) -> str:
     lines = [
         f"gateway overhead (policy {results['policy']}, {REPLICAS} instant replicas, "
         f"{PROMPT_BYTES // 1024} KB prompts, keep-alive client)",
-        f"{'case':<12}{'direct us':>12}{'via igw us':>12}{'added us':>10}{'best round':>12}",
+        f"{'case':<12}{'direct us':>12}{'via igw us':>12}{'added us':>10}{'best round':>12}"
+        f"{'igw CPU us':>12}",
     ]
     for key in ("c1_json", "c1_stream"):
         r = results[key]
         lines.append(
             f"{key:<12}{r['direct_mean_us']:>12}{r['gateway_mean_us']:>12}"
-            f"{r['added_mean_us']:>10}{r['added_min_us']:>12}"
+            f"{r['added_mean_us']:>10}{r['added_min_us']:>12}{r['gateway_cpu_us']:>12}"
         )
     c = results["c64"]
     lines.append(
@@ -319,6 +331,7 @@ def table(results: dict) -> str:
         f"p50 {c['p50_us']} us, p99 {c['p99_us']} us, errors {c['errors']} "
         f"{c['first_error']}"
     )
+    lines.append(f"gateway idle (scraping) cost: {results['idle_cpu_ms_per_s']} ms CPU per second")
     return "\n".join(lines)
 
 
@@ -334,6 +347,7 @@ def test_gateway_overhead(benchmark) -> None:
     assert results["c64"]["errors"] == 0
     benchmark.extra_info["c64_req_per_s"] = results["c64"]["req_per_s"]
     benchmark.extra_info["c64_cpu_s_per_1k"] = results["c64"]["cpu_s_per_1k"]
+    benchmark.extra_info["c1_json_gateway_cpu_us"] = results["c1_json"]["gateway_cpu_us"]
 
 
 def _main(argv: list[str]) -> None:

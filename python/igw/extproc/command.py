@@ -2,9 +2,16 @@
 
 The flags, spellings and defaults are the reference's (REFERENCE 4), so a Deployment written
 for it runs igw unchanged. Flags igw accepts but does not act on are listed under "accepted
-for compatibility, ignored" in ``--help``. Outside Kubernetes the pool's members come from
-``--endpoints ip:port,...`` or a watched ``--endpoints-file``, and InferenceObjective /
-InferenceModelRewrite manifests from a watched ``--objectives-file``.
+for compatibility, ignored" in ``--help``.
+
+Where the pool's members come from, first match wins: ``--endpoints ip:port,...`` or a watched
+``--endpoints-file`` (outside Kubernetes); else ``--pool-name`` watches that InferencePool, its
+pods and its InferenceObjectives / InferenceModelRewrites (``igw.k8s``); else
+``--endpoint-selector`` + ``--endpoint-target-ports`` watches pods only. The API server is
+found in-cluster or through ``--kubeconfig`` / ``$KUBECONFIG`` / ``~/.kube/config``. A watch
+that fails (API server unreachable, RBAC forbidden) is logged and retried with back-off while
+readiness stays NOT_SERVING until the first full pod list. A watched ``--objectives-file``
+replaces the cluster's objectives when given.
 
 Start-up errors (bad flag value, bad config, bad objectives file, missing endpoints) print one
 line naming the flag or file, the field and what was expected, and exit with code 2.
@@ -50,7 +57,6 @@ _IGNORED_BOOLS = {
     "zap-devel": False,
 }
 _IGNORED_VALUES = {
-    "pool-group": "inference.networking.k8s.io",
     "refresh-prometheus-metrics-interval": "5s",
     "tls-min-version": "",
     "tls-cipher-suites": "",
@@ -59,7 +65,6 @@ _IGNORED_VALUES = {
     "zap-log-level": "",
     "zap-stacktrace-level": "",
     "zap-time-encoding": "",
-    "kubeconfig": "",
 }
 
 
@@ -78,6 +83,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ref.add_argument(*names("metrics-port"), type=int, default=9090, help="Prometheus /metrics")
     ref.add_argument(*names("pool-name"), default="", help="InferencePool name")
     ref.add_argument(*names("pool-namespace"), default="", help="pool namespace (default)")
+    ref.add_argument(
+        *names("pool-group"),
+        default="inference.networking.k8s.io",
+        choices=("inference.networking.k8s.io", "inference.networking.x-k8s.io"),
+        help="InferencePool API group (v1; the x-k8s.io group reads the historic v1alpha2)",
+    )
+    ref.add_argument(
+        *names("kubeconfig"),
+        default="",
+        help="kubeconfig file (default: in-cluster, else $KUBECONFIG, else ~/.kube/config)",
+    )
     ref.add_argument(
         *names("endpoint-selector"), default="", help="standalone label selector (Kubernetes)"
     )
@@ -213,11 +229,18 @@ def _validate(args: argparse.Namespace) -> None:
     if args.endpoints and args.endpoints_file:
         raise UsageError("--endpoints and --endpoints-file are mutually exclusive")
     if not (args.endpoints or args.endpoints_file):
-        what = "--endpoint-selector" if args.endpoint_selector else "--pool-name"
-        raise UsageError(
-            f"{what}: Kubernetes discovery is not available in this build; give the pool's "
-            "members with --endpoints ip:port,... or --endpoints-file FILE"
-        )
+        if args.pool_name and args.endpoint_selector:
+            raise UsageError(
+                "--pool-name and --endpoint-selector are mutually exclusive; give exactly one"
+            )
+        if not (args.pool_name or args.endpoint_selector):
+            raise UsageError(
+                "no endpoints: give --pool-name (an InferencePool), or --endpoint-selector with "
+                "--endpoint-target-ports (Kubernetes pods), or outside Kubernetes --endpoints "
+                "ip:port,... or --endpoints-file FILE"
+            )
+        if args.endpoint_selector and not args.endpoint_target_ports.strip():
+            raise UsageError("--endpoint-selector: --endpoint-target-ports is required (1 to 8)")
     for port in (args.grpc_port, args.grpc_health_port, args.metrics_port):
         if not 0 <= port <= 65535:
             raise UsageError(f"port {port}: expected 0..65535")
@@ -318,8 +341,12 @@ async def _main(args: argparse.Namespace) -> int:
                     if e.strip()
                 )
             discovery: Any = StaticDiscovery(pool, endpoints)
-        else:
+        elif args.endpoints_file:
             discovery = FileDiscovery(pool, args.endpoints_file)
+        else:
+            discovery = await _kubernetes_discovery(args, pool)
+            if objectives_source is None and discovery.view is not None:
+                objectives_source = _LiveObjectives(discovery)
         await discovery.start()
     except (DiscoveryError, ValueError, OSError) as error:
         raise UsageError(f"endpoints: {error}") from None
@@ -379,13 +406,16 @@ async def _main(args: argparse.Namespace) -> int:
         await discovery.stop()
         raise UsageError(f"cannot listen: {error}") from None
     await datalayer.start()
-    if objectives_source is not None:
+    if args.objectives_file and objectives_source is not None:
         watch_task = asyncio.create_task(objectives_source.source.watch(1.0))
     scheme = "TLS" if credentials is not None else "plaintext"
+    source = ""
+    if getattr(discovery, "client", None) is not None:
+        source = f" (watching Kubernetes at {discovery.client.config.server})"
     print(
         f"igw epp: ext_proc on {args.bind_address}:{server.grpc_port} ({scheme}), health on "
         f":{server.health_port}, metrics on :{server.metrics_port}/metrics, pool {pool_name} "
-        f"with {len(pool)} endpoints",
+        f"with {len(pool)} endpoints{source}",
         flush=True,
     )
     try:
@@ -400,6 +430,51 @@ async def _main(args: argparse.Namespace) -> int:
         await datalayer.stop()
         await discovery.stop()
     return 0
+
+
+async def _kubernetes_discovery(args: argparse.Namespace, pool: Any) -> Any:
+    """The InferencePool (or standalone selector) watch; config problems are usage errors."""
+    from igw.k8s import (
+        KubeClient,
+        KubeConfigError,
+        KubernetesDiscovery,
+        PoolSpec,
+        PoolSpecError,
+        load_config,
+        parse_ports,
+        parse_selector,
+    )
+
+    flag = "--pool-name" if args.pool_name else "--endpoint-selector"
+    try:
+        cluster = await asyncio.to_thread(load_config, args.kubeconfig or None)
+    except KubeConfigError as error:
+        raise UsageError(
+            f"{flag}: {error}. Outside Kubernetes give the pool's members with "
+            "--endpoints ip:port,... or --endpoints-file FILE"
+        ) from None
+    standalone = None
+    if not args.pool_name:
+        try:
+            standalone = PoolSpec(
+                parse_selector(args.endpoint_selector), parse_ports(args.endpoint_target_ports)
+            )
+        except PoolSpecError as error:
+            raise UsageError(str(error)) from None
+    log.info(
+        "kubernetes: API server %s (%s), namespace %s, %s",
+        cluster.server, cluster.source, pool.namespace,
+        f"InferencePool {args.pool_name}" if args.pool_name else f"pods {args.endpoint_selector}",
+    )  # fmt: skip
+    return KubernetesDiscovery(
+        pool,
+        KubeClient(cluster),
+        namespace=pool.namespace,
+        pool_name=args.pool_name,
+        pool_group=args.pool_group,
+        standalone=standalone,
+        watch_objectives=not args.objectives_file,
+    )
 
 
 def _default_parsers() -> Sequence[str]:

@@ -1,0 +1,182 @@
+"""``igw epp --pool-name ... --kubeconfig`` as a process against the fake API server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from epp_harness import destination, req_llm
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+import igw
+from igw.datalayer.testing import FakeModelServer, vllm_page
+
+from .conftest import eventually
+from .fake_apiserver import OBJECTIVE, POD, POOL, inference_pool, objective, pod
+
+ENV = {**os.environ, "PYTHONPATH": str(Path(igw.__file__).resolve().parents[1])}
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def _isolated_env(home: Path) -> dict[str, str]:
+    """No in-cluster variables, no $KUBECONFIG, an empty home: no configuration at all."""
+    env = {k: v for k, v in ENV.items() if k not in ("KUBERNETES_SERVICE_HOST", "KUBECONFIG")}
+    env["HOME"] = str(home)
+    return env
+
+
+def _run(*argv: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "igw", "epp", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_pool_name_without_any_kubernetes_configuration_is_a_clear_error(tmp_path):
+    result = _run("--pool-name", "p", env=_isolated_env(tmp_path))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "--kubeconfig" in result.stderr and "--endpoints" in result.stderr
+
+
+def test_kubeconfig_with_an_exec_plugin_names_the_field(tmp_path):
+    config = tmp_path / "config"
+    config.write_text(
+        "current-context: c\nclusters: [{name: k, cluster: {server: 'https://10.0.0.1'}}]\n"
+        "users: [{name: u, user: {exec: {command: aws}}}]\n"
+        "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
+    )
+    result = _run("--pool-name", "p", f"--kubeconfig={config}", env=_isolated_env(tmp_path))
+    assert result.returncode == 2
+    assert "users[u].user.exec" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_endpoint_selector_needs_target_ports(tmp_path):
+    result = _run("--endpoint-selector", "app=vllm", env=_isolated_env(tmp_path))
+    assert result.returncode == 2 and "--endpoint-target-ports" in result.stderr
+
+
+def test_pool_name_and_endpoint_selector_are_exclusive(tmp_path):
+    result = _run(
+        "--pool-name=p", "--endpoint-selector=app=x", "--endpoint-target-ports=8000",
+        env=_isolated_env(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 2 and "mutually exclusive" in result.stderr
+
+
+def test_set_based_endpoint_selector_is_rejected(tmp_path, api):
+    config = api.kubeconfig(tmp_path / "kubeconfig")
+    result = _run(
+        "--endpoint-selector=app in (a,b)", "--endpoint-target-ports=8000",
+        f"--kubeconfig={config}", env=_isolated_env(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 2 and "only equality" in result.stderr
+
+
+async def _health(port: int) -> int:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="readiness"), timeout=5
+        )
+        return reply.status
+
+
+async def test_epp_watches_the_pool_becomes_ready_and_routes(tmp_path, api):
+    idle = await FakeModelServer(vllm_page(waiting=0, kv_util=0.1, bulk=False)).start()
+    busy = await FakeModelServer(vllm_page(waiting=30, kv_util=0.9, bulk=False)).start()
+    api.apply(POD, pod("pod-0", "127.0.0.1", {"app": "vllm"}))
+    api.apply(OBJECTIVE, objective("my-model", "pool-a", 2))
+    api.forbid(POD)  # RBAC not granted yet
+    config = api.kubeconfig(tmp_path / "kubeconfig")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "igw", "epp", "--pool-name=pool-a", "--pool-namespace=default",
+        f"--kubeconfig={config}", "--grpc-port=0", "--grpc-health-port=0", "--metrics-port=0",
+        "--secure-serving=false", "--refresh-metrics-interval=50ms", "--drain-timeout=1s",
+        env=_isolated_env(tmp_path), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stderr: list[str] = []
+
+    async def drain() -> None:
+        assert proc.stderr is not None
+        async for raw in proc.stderr:
+            stderr.append(raw.decode(errors="replace"))
+
+    drainer = asyncio.create_task(drain())
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        match = re.search(r"\(plaintext\), health on :(\d+), metrics on :(\d+)", line)
+        assert match and "watching Kubernetes" in line, line
+        health_port, metrics_port = int(match.group(1)), int(match.group(2))
+        grpc_port = int(re.search(r"ext_proc on [\d.]+:(\d+)", line).group(1))
+
+        # no InferencePool yet: not ready
+        assert await _health(health_port) == NOT_SERVING
+        api.apply(POOL, inference_pool("pool-a", {"app": "vllm"}, [idle.port, busy.port]))
+        # the pool exists but pods are forbidden: still not ready, and the log says why
+        await eventually(lambda: any("forbidden" in s for s in stderr), 20, "RBAC error logged")
+        assert await _health(health_port) == NOT_SERVING
+        api.allow(POD)
+        for _ in range(200):
+            if await _health(health_port) == SERVING:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("never became ready: " + "".join(stderr[-5:]))
+
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        needle = 'inference_pool_average_queue_size{name="pool-a"} 15.0'
+        async with aiohttp.ClientSession() as session:
+            for _ in range(200):
+                async with session.get(url) as response:
+                    if needle in await response.text():
+                        break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("endpoints were never scraped")
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            stub = pb_grpc.ExternalProcessorStub(channel)
+
+            async def gen():
+                for message in req_llm("hello", "my-model", "my-model"):
+                    yield message
+
+            replies = [r async for r in stub.Process(gen())]
+        assert destination(replies[0]) == idle.address
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            text = await response.text()
+        assert 'priority="2"' in text  # the objective came from the cluster
+
+        # the pod goes away: the pool empties but stays synced (ready, no endpoints)
+        api.delete(POD, "pod-0")
+        async with aiohttp.ClientSession() as session:
+            needle = 'inference_pool_ready_pods{name="pool-a"} 0.0'
+            for _ in range(200):
+                async with session.get(url) as response:
+                    if needle in await response.text():
+                        break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("pod removal never reached the pool")
+    finally:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 15)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+        await drainer
+        await idle.stop()
+        await busy.stop()
+    assert proc.returncode == 0, "".join(stderr[-10:])

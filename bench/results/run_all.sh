@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python}
-OUT=bench/results
+OUT=${OUT:-bench/results}
 POLICIES=${POLICIES:-round-robin,least-loaded,default,predicted-ttft}
 COMMON=(--replicas 4 --speed 0.25 --seed 1 --policies "$POLICIES" --sglang-router
         --sglang-policies cache_aware --duration-max 150 --no-progress)

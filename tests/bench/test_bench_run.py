@@ -235,3 +235,10 @@ def test_show_rejects_a_file_that_is_not_a_bench_result(tmp_path, capsys) -> Non
     bad.write_text("[1, 2]")
     assert main(["bench", "show", str(bad)]) == 2
     assert "not an igw bench result" in capsys.readouterr().err
+
+
+def test_prompts_longer_than_the_profile_allows_are_refused_up_front(capsys) -> None:
+    pytest.importorskip("igw.sim.profiles")
+    argv = ["bench", "run", "--workload", "agentic", "--policies", "default", "--requests", "6"]
+    assert main(argv) == 2
+    assert "max_model_len" in capsys.readouterr().err

@@ -87,3 +87,12 @@ def fleet_capacity_rps(
         profile_constants(profile), uncached_tokens, output_tokens, context_tokens, decode_batch
     )
     return replicas * speed * 1000.0 / ms
+
+
+def max_model_len(profile: str) -> int | None:
+    """The simulator profile's ``max_model_len`` (prompt + output tokens), if known."""
+    try:
+        profiles = importlib.import_module("igw.sim.profiles")
+        return int(profiles.make_params(profile).max_model_len)
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return None

@@ -199,6 +199,19 @@ def _estimated_rate(args: argparse.Namespace, reqs: list[workloads.BenchRequest]
     )
 
 
+def _check_fits(args: argparse.Namespace, reqs: list[workloads.BenchRequest]) -> None:
+    """Refuse a run whose prompts the simulated replicas would reject as too long."""
+    if args.fleet_urls or any(a.startswith("--max-model-len") for a in args.sim_arg):
+        return
+    limit = capacity.max_model_len(args.profile)
+    longest = max(r.prompt_tokens + r.max_tokens for r in reqs)
+    if limit is not None and longest > limit:
+        raise ValueError(
+            f"the longest request needs ~{longest} tokens but profile {args.profile!r} has "
+            f"max_model_len {limit}: use --profile h100-llama8b or --sim-arg=--max-model-len=N"
+        )
+
+
 def _targets(args: argparse.Namespace) -> list[runner.Target]:
     targets = [
         runner.Target(label=p, kind="igw-policy", value=p)
@@ -306,6 +319,7 @@ def run_bench(args: argparse.Namespace) -> int:
             )
         params.rate = rate
         reqs = workloads.build(args.workload, params)
+        _check_fits(args, reqs)
     except (ValueError, OSError) as exc:
         return _fail(str(exc))
     sim_args = list(args.sim_arg)

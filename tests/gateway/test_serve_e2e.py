@@ -13,7 +13,7 @@ from igw.gateway.config import parse_config
 from igw.gateway.serve import ServeOptions, start_stack
 
 FAST_OUTLIER = OutlierPolicy(
-    min_failures=3, error_rate=0.5, window=30, probe_backoff=0.5, max_probe_backoff=1.0
+    min_failures=3, error_rate=0.5, window=30, probe_backoff=1.0, max_probe_backoff=2.0
 )
 
 
@@ -157,7 +157,7 @@ async def test_failing_replica_is_ejected_then_returns(client, policy):
         # failures that trip the detector (plus one more per /health-probe return).
         assert outcomes[(bad.address, False)] < 10
         bad_replica.faults.fail = False
-        assert await wait_until(lambda: ready(bad))
+        assert await wait_until(lambda: ready(bad), timeout=10)
         served = collections.Counter()
         for i in range(40):
             status, endpoint, _ = await completion(client, stack.url, "sim-model", f"y{i}")

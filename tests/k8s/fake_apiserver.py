@@ -23,6 +23,7 @@ import asyncio
 import copy
 import datetime as dt
 import json
+import ssl
 from typing import Any
 
 from aiohttp import web
@@ -88,15 +89,17 @@ class FakeApiServer:
         self._bookmarks = 0
         self._runner: web.AppRunner | None = None
         self.port = 0
+        self.scheme = "http"
 
     # -- lifecycle -------------------------------------------------------------------
-    async def start(self) -> FakeApiServer:
+    async def start(self, ssl_context: ssl.SSLContext | None = None) -> FakeApiServer:
         app = web.Application()
         app.router.add_get("/api/{version}/namespaces/{ns}/{plural}", self._core)
         app.router.add_get("/apis/{group}/{version}/namespaces/{ns}/{plural}", self._grouped)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=ssl_context)
+        self.scheme = "https" if ssl_context is not None else "http"
         await site.start()
         self.port = self._runner.addresses[0][1]
         return self
@@ -108,7 +111,7 @@ class FakeApiServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def kubeconfig(self, path, *, namespace: str = "default") -> str:
         path.write_text(

@@ -29,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(sub.add_parser("run", help="compare routing policies on a simulated fleet"))
     show = sub.add_parser("show", help="print saved bench JSON results as Markdown tables")
     show.add_argument("files", nargs="+", metavar="FILE.json")
+    show.add_argument("--chart", metavar="OUT.png", help="also chart the (single) result")
     core = sub.add_parser("core", help="micro-benchmarks of the C++ routing core", add_help=False)
     try:
         core_module = importlib.import_module("igw.bench.core")
@@ -283,6 +284,14 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             return _fail(str(exc))
         print("\n\n".join(sections))
+        if args.chart:
+            if len(args.files) != 1:
+                return _fail("--chart needs exactly one FILE.json")
+            doc = report.read_json(args.files[0])
+            try:
+                report.write_chart(args.chart, doc["meta"].get("title", ""), doc["results"])
+            except RuntimeError as exc:
+                return _fail(str(exc))
         return 0
     return run_bench(args)
 

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import TYPE_CHECKING, Any
 
 from igw.gateway.app import Gateway, Limits
@@ -45,6 +46,7 @@ def build_gateway(
     limits: Limits | None = None,
     mirror: Any | None = None,
     detector: Any | None = None,
+    rng: random.Random | None = None,
 ) -> Gateway:
     """The gateway over ``router``'s pools with ``engine`` (an Engine or ``EngineSet``)."""
     limits = limits or Limits()
@@ -59,6 +61,7 @@ def build_gateway(
         reporter=router,
         is_adapter=router.is_adapter,
         detector=detector,
+        rng=rng,
     )
     if priorities:
         pipeline.stages.insert(1, ModelPriorityStage(priorities))

@@ -270,11 +270,8 @@ async def start_stack(config: GatewayConfig, options: ServeOptions) -> Stack:
             priorities=config.priorities(),
             limits=options.limits,
             mirror=mirror,
+            rng=random.Random(options.seed) if options.seed is not None else None,
         )
-        if options.seed is not None:
-            route = next(s for s in gateway.pipeline.stages if s.name == "route")
-            if hasattr(route, "rng"):
-                route.rng = random.Random(options.seed)
         stack = Stack(gateway, router, fleets, layers, mirror=mirror, host=options.host)
         for runtime in runtimes:
             if runtime.learn_models:

@@ -367,3 +367,18 @@ async def test_ipv6_loopback_replica_has_a_bracketed_url(http):
         await fleet.stop()
     assert fleet.urls[0].startswith("http://[::1]:")
     assert status == 200
+
+
+async def test_next_chat_turn_hits_the_cache_for_the_history_and_the_answer(http):
+    history = [{"role": "system", "content": LONG[:2000]}, {"role": "user", "content": "Hi?"}]
+    async with SimFleet(1, speed=100) as fleet:
+        url = fleet.urls[0] + "/v1/chat/completions"
+        _, first, _ = await post(http, url, {"messages": history, "max_tokens": 40})
+        answer = first["choices"][0]["message"]["content"]
+        follow = [*history, {"role": "assistant", "content": answer},
+                  {"role": "user", "content": "And then?"}]  # fmt: skip
+        _, second, _ = await post(http, url, {"messages": follow, "max_tokens": 4})
+    cached = second["usage"]["prompt_tokens_details"]["cached_tokens"]
+    turn_one = first["usage"]["prompt_tokens"] + first["usage"]["completion_tokens"]
+    assert cached >= turn_one - 2 * 16  # all but the partial blocks at the joins
+    assert cached > first["usage"]["prompt_tokens"]  # the answer's blocks hit too

@@ -469,7 +469,9 @@ class FlowControl:
             self._detector_for = detector_factory
         else:
             spec = self.settings.detector
-            self._detector_for = lambda _pool: detector_from_spec(spec, staleness=staleness)
+            self._detector_for = lambda _pool: detector_from_spec(
+                spec, staleness=staleness, lag_correction=True
+            )
         self.metrics = _metrics_of(metrics)
         self.controllers: dict[int, PoolController] = {}
         self.closed = False

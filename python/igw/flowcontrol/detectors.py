@@ -21,6 +21,7 @@ An empty pool (or no ready endpoint among the candidates) reads as 1.0: nothing 
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -45,7 +46,18 @@ def candidate_ids(pool: Pool, snapshot: Any, request: Request | None) -> np.ndar
 
 
 class UtilizationDetector:
-    """The reference's default saturation detector over a Pool snapshot."""
+    """The reference's default saturation detector over a Pool snapshot, with lag correction.
+
+    Scrapes arrive every ~50 ms; between two of them the reference's detector keeps reading
+    the last figures, so once it reads "room" a flow controller releases its whole queue
+    before the next scrape shows the servers' queues grown (the thundering herd its README
+    warns about). With ``lag_correction`` (on by default under flow control, where the
+    herd happens; off by default on the legacy shedding path) every request igw sent to an
+    endpoint since that endpoint's last scrape counts as waiting there: the detector notes
+    igw's in-flight count when it first sees a new scrape and adds the growth since. When
+    nothing was sent since the scrape, the value is exactly the reference's. The parameter
+    ``lagCorrection`` (true/false) overrides the default.
+    """
 
     type_name = UTILIZATION
 
@@ -56,6 +68,7 @@ class UtilizationDetector:
         staleness: float = 0.2,
         clock: Callable[[], float] = time.monotonic,
         headroom: float = 0.0,
+        lag_correction: bool = False,
     ) -> None:
         if not queue_depth_threshold > 0:
             raise ValueError(
@@ -73,15 +86,42 @@ class UtilizationDetector:
         self.staleness = float(staleness)
         self.clock = clock
         self.headroom = headroom  # the reference uses it only when the detector filters
+        self.lag_correction = lag_correction
+        # per pool: (updated_at seen, igw in-flight at that moment) per endpoint id
+        self._baselines: weakref.WeakKeyDictionary[Pool, tuple[np.ndarray, np.ndarray]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def sent_since_scrape(self, pool: Pool, snapshot: Any) -> np.ndarray:
+        """Per endpoint id: requests igw sent since the endpoint's last scrape (>= 0)."""
+        updated = np.asarray(snapshot.updated_at)
+        inflight = np.asarray(snapshot.inflight_requests).astype(np.int64)
+        seen, base = self._baselines.get(pool, (None, None))
+        if seen is None or seen.size < updated.size:
+            grown_seen = np.full(updated.size, -1.0)
+            grown_base = np.zeros(updated.size, dtype=np.int64)
+            if seen is not None:
+                grown_seen[: seen.size] = seen
+                grown_base[: base.size] = base
+            seen, base = grown_seen, grown_base
+            self._baselines[pool] = (seen, base)
+        view_seen, view_base = seen[: updated.size], base[: updated.size]
+        fresh = view_seen != updated
+        view_base[fresh] = inflight[fresh]
+        view_seen[fresh] = updated[fresh]
+        return np.maximum(inflight - view_base, 0)
 
     def saturation(self, pool: Pool, request: Request | None = None, pending: int = 0) -> float:
-        """``pending`` (requests let through but not yet reserved) is ignored: this detector
-        sees only scraped figures, exactly like the reference's."""
+        """``pending`` (released by a flow controller, not yet reserved) counts as waiting,
+        spread over the candidates, when lag correction is on."""
         snap = pool.table.snapshot()
         ids = candidate_ids(pool, snap, request)
         if ids.size == 0:
             return 1.0
-        queue = np.asarray(snap.waiting)[ids] / self.queue_depth_threshold
+        waiting = np.asarray(snap.waiting)[ids].astype(np.float64)
+        if self.lag_correction:
+            waiting += self.sent_since_scrape(pool, snap)[ids] + pending / ids.size
+        queue = waiting / self.queue_depth_threshold
         kv = np.asarray(snap.kv_util)[ids] / self.kv_cache_util_threshold
         per = np.maximum(queue, kv)
         updated = np.asarray(snap.updated_at)[ids]

@@ -102,6 +102,7 @@ class UtilizationParams(_Strict):
     kvCacheUtilThreshold: float = Field(default=0.8, gt=0, le=1)
     metricsStalenessThreshold: str | int | float | None = None
     headroom: float = Field(default=0.0, ge=0)
+    lagCorrection: bool | None = None  # igw: count requests sent since the scrape as waiting
 
     @field_validator("metricsStalenessThreshold")
     @classmethod
@@ -284,8 +285,14 @@ def _detector_spec(data: dict[str, Any], plugins: dict[str, tuple[str, dict[str,
     return DetectorSpec(), ""
 
 
-def detector_from_spec(spec: DetectorSpec, *, staleness: float = 0.2, field: str = ""):
-    """Build the detector a spec names; bad parameters are one ``ConfigError``."""
+def detector_from_spec(
+    spec: DetectorSpec, *, staleness: float = 0.2, field: str = "", lag_correction: bool = False
+):
+    """Build the detector a spec names; bad parameters are one ``ConfigError``.
+
+    ``lag_correction`` is the utilization detector's default when its parameters do not set
+    ``lagCorrection`` (flow control passes True; the legacy path keeps the reference's
+    formula)."""
     prefix = (f"{field}.parameters",) if field else ("parameters",)
     try:
         if spec.type == CONCURRENCY:
@@ -299,7 +306,11 @@ def detector_from_spec(spec: DetectorSpec, *, staleness: float = 0.2, field: str
     if u.metricsStalenessThreshold is not None:
         staleness = parse_duration(u.metricsStalenessThreshold)
     return UtilizationDetector(
-        u.queueDepthThreshold, u.kvCacheUtilThreshold, staleness, headroom=u.headroom
+        u.queueDepthThreshold,
+        u.kvCacheUtilThreshold,
+        staleness,
+        headroom=u.headroom,
+        lag_correction=lag_correction if u.lagCorrection is None else u.lagCorrection,
     )
 
 

@@ -105,3 +105,28 @@ def test_concurrency_rejects_bad_parameters_naming_them():
         ConcurrencyDetector(mode="bytes")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="maxConcurrency"):
         ConcurrencyDetector(max_concurrency=0)
+
+
+def test_lag_correction_counts_requests_sent_since_the_last_scrape_as_waiting():
+    pool = with_metrics(make_pool(1), [(0, 0.0)])
+    detector = UtilizationDetector(lag_correction=True)
+    assert detector.saturation(pool) == 0.0  # notes the in-flight count at this scrape
+    pool.table.add_inflight(pool.endpoints()[0].id, 5, 0)  # five sent before the next scrape
+    assert detector.saturation(pool) == pytest.approx(1.0)
+
+
+def test_lag_correction_resets_when_a_new_scrape_arrives():
+    pool = with_metrics(make_pool(1), [(0, 0.0)])
+    detector = UtilizationDetector(lag_correction=True)
+    detector.saturation(pool)
+    pool.table.add_inflight(pool.endpoints()[0].id, 5, 0)
+    with_metrics(pool, [(1, 0.0)], now=time.monotonic() + 0.01)  # the server reports 1 waiting
+    assert detector.saturation(pool) == pytest.approx(0.2)
+
+
+def test_reference_formula_ignores_requests_sent_since_the_scrape():
+    pool = with_metrics(make_pool(1), [(0, 0.0)])
+    detector = UtilizationDetector()  # lag_correction off: the reference's formula
+    detector.saturation(pool)
+    pool.table.add_inflight(pool.endpoints()[0].id, 5, 0)
+    assert detector.saturation(pool) == 0.0

@@ -151,3 +151,12 @@ def test_detector_parameter_errors_name_the_parameter():
     with pytest.raises(ConfigError) as info:
         detector_from_config(config)
     assert info.value.field == "plugins[0].parameters.kvCacheUtilThreshold"
+
+
+def test_flow_control_turns_lag_correction_on_unless_configured_off():
+    on = FlowControl.from_config({"flowControl": {}})
+    assert on._detector_for(None).lag_correction is True
+    plugin = {"name": "u", "type": "utilization-detector", "parameters": {"lagCorrection": False}}
+    config = {"plugins": [plugin], "flowControl": {"saturationDetector": {"pluginRef": "u"}}}
+    assert FlowControl.from_config(config)._detector_for(None).lag_correction is False
+    assert detector_from_config({}).lag_correction is False  # the legacy path: reference formula

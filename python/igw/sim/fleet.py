@@ -93,7 +93,10 @@ class SimFleet:
         return list(self.replicas[0].models)
 
     async def start(self) -> None:
-        """Bind every port first (so a busy port fails before anything runs), then serve."""
+        """Bind every port first (so a busy port fails before anything runs), then serve.
+        Starting a started fleet does nothing."""
+        if self._started:
+            return
         socks: list[socket.socket] = []
         try:
             for r in self.replicas:

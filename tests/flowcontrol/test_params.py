@@ -160,3 +160,23 @@ def test_flow_control_turns_lag_correction_on_unless_configured_off():
     config = {"plugins": [plugin], "flowControl": {"saturationDetector": {"pluginRef": "u"}}}
     assert FlowControl.from_config(config)._detector_for(None).lag_correction is False
     assert detector_from_config({}).lag_correction is False  # the legacy path: reference formula
+
+
+async def test_per_pool_configs_keep_the_legacy_path_where_flow_control_is_off():
+    from flowcontrol.helpers import make_pool
+    from igw.errors import DROP_REASON_HEADER, InferenceError
+    from igw.pipeline import Request
+
+    flow = FlowControl.from_configs({"on": {"flowControl": {}}, "off": {}})
+    assert flow is not None
+    on, off = make_pool(name="on"), make_pool(name="off")
+    for pool in (on, off):  # stale metrics: both read saturated
+        pool.table.update(pool.endpoints()[0].id, waiting=9, running=0, kv_util=0, now=1.0)
+    with pytest.raises(InferenceError) as legacy:
+        await flow.admit(Request("a", priority=-1), off)
+    assert DROP_REASON_HEADER not in legacy.value.headers  # the reference's legacy answer
+    await flow.admit(Request("b", priority=0), off)  # legacy: never queued
+    with pytest.raises(InferenceError) as controlled:
+        await flow.admit(Request("c", priority=-1), on)
+    assert controlled.value.headers[DROP_REASON_HEADER] == "rejected-saturated"
+    assert FlowControl.from_configs({"a": {}, "b": {}}) is None

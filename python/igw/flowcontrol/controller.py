@@ -45,7 +45,7 @@ import heapq
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from igw.errors import ErrorCode, InferenceError
@@ -456,12 +456,16 @@ class FlowControl:
         metrics: Any | None = None,
         clock: Callable[[], float] = time.monotonic,
         staleness: float = 0.2,
+        per_pool: Mapping[str, tuple[FlowControlSettings | None, Any]] | None = None,
     ) -> None:
         """``detector`` is shared by every pool; ``detector_factory`` makes one per pool;
         with neither, the settings' detector spec is built per pool. ``metrics`` is an
         ``igw.metrics.Metrics`` (its registry gets the flow-control families) or a
-        ``FlowControlMetrics``."""
+        ``FlowControlMetrics``. ``per_pool`` maps a pool name to its own (settings,
+        detector); settings None means flow control is off for that pool (legacy shedding
+        with that detector)."""
         self.settings = settings or FlowControlSettings()
+        self.per_pool = dict(per_pool or {})
         self.clock = clock
         if detector is not None:
             self._detector_for: Callable[[Pool], Any] = lambda _pool: detector
@@ -488,13 +492,35 @@ class FlowControl:
         detector_from_config(config, staleness=staleness)  # parameter errors now, not later
         return cls(settings, metrics=metrics, staleness=staleness, **kwargs)
 
+    @classmethod
+    def from_configs(
+        cls, configs: Mapping[str, Any], *, metrics: Any | None = None, staleness: float = 0.2
+    ) -> FlowControl | None:
+        """One controller for several pools, each with its own EndpointPickerConfig (pool
+        name -> config), as the standalone gateway has. None when no config enables flow
+        control; pools whose config does not keep the legacy path with their detector."""
+        plans: dict[str, tuple[FlowControlSettings | None, Any]] = {}
+        for name, config in configs.items():
+            if flow_control_enabled(config):
+                settings = settings_from_config(config)
+                detector = detector_from_spec(
+                    settings.detector, staleness=staleness, lag_correction=True
+                )
+                plans[name] = (settings, detector)
+            else:
+                plans[name] = (None, detector_from_config(config, staleness=staleness))
+        if all(settings is None for settings, _ in plans.values()):
+            return None
+        return cls(metrics=metrics, staleness=staleness, per_pool=plans)
+
     def controller_for(self, pool: Pool) -> PoolController:
         controller = self.controllers.get(id(pool))
         if controller is None or controller.pool is not pool:
+            settings, detector = self.per_pool.get(pool.name, (self.settings, None))
             controller = PoolController(
                 pool,
-                self._detector_for(pool),
-                self.settings,
+                detector if detector is not None else self._detector_for(pool),
+                settings or self.settings,
                 metrics=self.metrics,
                 clock=self.clock,
             )
@@ -504,6 +530,13 @@ class FlowControl:
         return controller
 
     async def admit(self, request: Request, pool: Pool) -> None:
+        plan = self.per_pool.get(pool.name)
+        if plan is not None and plan[0] is None:  # flow control off for this pool
+            if request.priority < 0 and plan[1].saturation(pool, request) >= 1.0:
+                raise InferenceError(
+                    ErrorCode.RESOURCE_EXHAUSTED, "system saturated, sheddable request dropped"
+                )
+            return
         await self.controller_for(pool).admit(request)
 
     def notify(self, pool: Pool | None = None) -> None:

@@ -37,6 +37,7 @@ def test_good_config_parses_routes_and_priorities():
         ("pools: {a: {}}", "pools.a", "endpoints"),
         ("pools: {a: {endpoints: [http://h:99999]}}", "pools.a.endpoints", "1..65535"),
         ("pools: {a: {sim: {replicas: 0}}}", "pools.a.sim.replicas", "1"),
+        ("pools: {a: {endpoints: ['https://h:1']}}", "pools.a.endpoints", "https"),
         ("pools: {a: {sim: {replicas: 1}, colour: red}}", "pools.a.colour", "unknown field"),
         ("pools: {a: {sim: {replicas: 1}}}\nmodels: {m: {pool: zz}}", "", "'zz' is not a pool"),
         (

@@ -71,6 +71,8 @@ class PoolSpec(_Strict):
     @classmethod
     def _addresses(cls, value: list[str]) -> list[str]:
         for item in value:
+            if item.strip().startswith("https://"):
+                raise ValueError(f"{item!r}: https replicas are not supported yet; use http://")
             normalize_address(item)  # ValueError names the bad address
         return value
 

@@ -382,3 +382,15 @@ async def test_next_chat_turn_hits_the_cache_for_the_history_and_the_answer(http
     turn_one = first["usage"]["prompt_tokens"] + first["usage"]["completion_tokens"]
     assert cached >= turn_one - 2 * 16  # all but the partial blocks at the joins
     assert cached > first["usage"]["prompt_tokens"]  # the answer's blocks hit too
+
+
+async def test_chat_stream_sends_its_role_delta_only_with_the_first_token(http):
+    body = {"messages": [{"role": "user", "content": LONG}], "max_tokens": 2, "stream": True}
+    async with SimFleet(1, speed=5) as fleet:  # ~410 model ms of prefill -> ~82 ms wall
+        start = time.perf_counter()
+        async with http.post(fleet.urls[0] + "/v1/chat/completions", json=body) as resp:
+            first_event = await resp.content.readuntil(b"\n\n")
+            waited = time.perf_counter() - start
+            await resp.read()
+    assert b'"role":"assistant"' in first_event
+    assert waited > 0.06

@@ -268,12 +268,13 @@ class Handlers:
             f'{"chat.completion.chunk" if job.chat else "text_completion"}",'
             f'"created":{job.created},"model":{json.dumps(job.model)},"choices":[{{"index":0,'
         )
+        # vLLM sends a chat stream's role delta with the first token, not before it, so a
+        # client timing the first event still measures the prefill.
+        role = ""
         if job.chat:
-            await resp.write(
-                (
-                    head + '"delta":{"role":"assistant","content":""},"logprobs":null,'
-                    '"finish_reason":null}]}\n\n'
-                ).encode()
+            role = (
+                head + '"delta":{"role":"assistant","content":""},"logprobs":null,'
+                '"finish_reason":null}]}\n\n'
             )
             open_text, mid = '"delta":{"content":', '},"logprobs":null,"finish_reason":null}]}\n\n'
         else:
@@ -308,6 +309,9 @@ class Handlers:
                     head + open_text + words[(job.start_word + i) % n_words] + mid
                     for i in range(sent, upto)
                 ]
+            if role and parts:
+                parts.insert(0, role)
+                role = ""
             sent = upto
             if job.break_after is not None and sent >= stop:
                 tail = self._break(job)

@@ -199,6 +199,22 @@ async def test_sheddable_request_is_shed_with_429_when_saturated():
     assert h.controller.queued == 0
 
 
+async def test_sheddable_request_is_shed_while_others_wait_even_below_saturation():
+    h = Harness(capacity=2)
+    await h.start(req("waiting", 0))
+    h.detector.busy = 1  # room for one, but "waiting" is ahead
+    await h.start(req("batch", -1))
+    assert (await h.outcome("batch")).http_status == 429
+
+
+async def test_sheddable_requests_queue_when_the_config_gives_them_a_band():
+    settings = FlowControlSettings(default_negative_band=BandSettings())
+    h = Harness(settings)
+    await h.start(req("batch", -1), req("normal", 0))
+    await h.free(2)
+    assert h.order == ["normal", "batch"]
+
+
 async def test_sheddable_request_passes_when_not_saturated():
     h = Harness()
     h.detector.busy = 0

@@ -7,9 +7,15 @@ It keeps one ``PoolController`` per pool. A request's path through ``admit``:
 2. the pool has no endpoints -> a sheddable request gets 503 ``rejected-no-endpoints`` at
    once; others wait up to ``noEndpointRequestTTL`` for endpoints to appear (scale from
    zero), then 503 ``rejected-no-endpoints``;
-3. sheddable (priority < 0) and the pool saturated (>= 1.0) -> 429, as the legacy path;
-4. fast path: nothing queued and the pool not saturated -> admitted at once: no item, no
+3. fast path: nothing queued and the pool not saturated -> admitted at once: no item, no
    task switch, one saturation reading;
+4. sheddable (priority < 0) under pressure (the pool saturated, or requests already
+   waiting) -> 429, as the legacy path sheds them. Sheddable work never waits in igw's
+   queue: queued behind a standing backlog it would starve for its whole TTL, only to take
+   capacity from more important work when it finally runs (measured: see
+   docs/flowcontrol.md). A config that gives negative priorities a band of their own
+   (``defaultNegativePriorityBand`` or a ``priorityBands`` entry below 0) asks for them to
+   be queued instead, and they then follow steps 5-6 like everyone else;
 5. over the band's or the global ``maxRequests`` / ``maxBytes`` -> 429 ``rejected-saturated``;
 6. otherwise queued, until dispatched (returns), its TTL expires (429
    ``rejected-ttl-expired``, or 503 ``rejected-no-endpoints`` if the pool is then empty),
@@ -159,8 +165,8 @@ class PoolController:
         if self.closed:
             raise self._reject(request, start, REJECTED_OTHER, shutdown_error())
         empty = len(self.pool) == 0
-        sheddable = request.priority < 0
-        if empty and (sheddable or self.settings.no_endpoint_ttl <= 0):
+        shed = request.priority < 0 and not self.settings.queue_sheddable
+        if empty and (shed or self.settings.no_endpoint_ttl <= 0):
             raise self._reject(request, start, REJECTED_NO_ENDPOINTS, no_endpoints_error(False))
         if not empty:
             saturation = self._saturation(request)
@@ -168,7 +174,7 @@ class PoolController:
                 self.fast_path += 1
                 self._admitted(request, start)
                 return
-            if sheddable and saturation >= 1.0:
+            if shed:  # saturated, or others already wait: sheddable work never queues
                 raise self._reject(request, start, REJECTED_CAPACITY, shed_error())
         item = self._enqueue(request, start, empty)
         try:

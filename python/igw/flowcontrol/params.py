@@ -152,6 +152,11 @@ class FlowControlSettings:
     detector: DetectorSpec = DetectorSpec()
     tick: float = DEFAULT_TICK  # fallback dispatch tick while work is queued and blocked
 
+    @property
+    def queue_sheddable(self) -> bool:
+        """Whether negative priorities queue (the config gave them a band) or are shed."""
+        return self.default_negative_band is not None or any(p < 0 for p in self.bands)
+
     def band_for(self, priority: int) -> tuple[BandSettings, bool]:
         """A priority's band settings, and whether the band is configured explicitly."""
         found = self.bands.get(priority)

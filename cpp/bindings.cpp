@@ -49,11 +49,12 @@ uint32_t endpoint_arg(int64_t endpoint, const char* what) {
 
 std::span<const uint8_t> bytes_view(const py::buffer& data, py::buffer_info& info) {
   info = data.request();
-  if (info.ndim > 1 && !(info.strides.empty()))
-    for (py::ssize_t i = info.ndim - 1, s = info.itemsize; i >= 0; --i) {
-      if (info.strides[i] != s) throw Error("data must be a contiguous buffer");
-      s *= info.shape[i];
-    }
+  py::ssize_t expect = info.itemsize;  // C-contiguous: each stride is the size of the rest
+  for (py::ssize_t i = info.ndim - 1; i >= 0; --i) {
+    if (info.shape[i] > 1 && info.strides[i] != expect)
+      throw Error("data must be a contiguous buffer (bytes, bytearray or a contiguous view)");
+    expect *= info.shape[i];
+  }
   return {static_cast<const uint8_t*>(info.ptr), static_cast<size_t>(info.size * info.itemsize)};
 }
 

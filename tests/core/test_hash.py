@@ -97,3 +97,12 @@ def test_hash_blocks_rejects_nonpositive_block_size(core, bad):
 def test_hash_token_blocks_rejects_wrong_dtype(core):
     with pytest.raises(core.Error, match="uint32"):
         core.hash_token_blocks(np.arange(10, dtype=np.int64), 4, 0)
+
+
+def test_non_contiguous_view_is_rejected_by_cpp_and_copied_by_reference(core):
+    view = memoryview(b"abcdefgh")[::2]
+    if core.__name__ == "igw._core":
+        with pytest.raises(core.Error, match="contiguous"):
+            core.xxh64(view)
+    else:
+        assert core.xxh64(view) == xxhash.xxh64_intdigest(b"aceg")

@@ -136,3 +136,23 @@ def test_busy_port_makes_the_command_exit_1_with_the_reason(capsys):
         port = taken.getsockname()[1]
         assert command.run(parse("--port", str(port))) == 1
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def test_replica_param_flags_give_one_replica_its_own_constants():
+    args = parse(
+        "--replicas", "3", "--num-gpu-blocks", "900",
+        "--replica-param", "2:num-gpu-blocks=300", "--replica-param", "*:lora_load_ms=5",
+    )  # fmt: skip
+    fleet, _ = command.make_fleet(args)
+    assert [r.params.num_gpu_blocks for r in fleet.replicas] == [900, 900, 300]
+    assert all(r.params.lora_load_ms == 5.0 for r in fleet.replicas)
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [("2:num-gpu-blocks", "I:NAME=VALUE"), ("0:gpu=1", "unknown engine parameter"),
+     ("0:block-size=big", "expects an integer"), ("0:block-size=0", "block_size")],
+)  # fmt: skip
+def test_bad_replica_param_flags_are_rejected_naming_the_problem(spec, words):
+    with pytest.raises(ValueError, match=words):
+        command.make_fleet(parse("--replicas", "3", "--replica-param", spec))

@@ -65,6 +65,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             metavar="N" if field.type == "int" else "X",
             help=f"{field.metadata['help']} (default profile: {field.default})",
         )
+    engine.add_argument(
+        "--replica-param",
+        action="append",
+        default=[],
+        metavar="I:NAME=VALUE",
+        help="an engine constant for replica I only, e.g. 3:num-gpu-blocks=512 "
+        "(a heterogeneous fleet); repeatable",
+    )
     faults = parser.add_argument_group("fault injection (replica index I, or * for all)")
     faults.add_argument(
         "--fail-replica",
@@ -153,6 +161,28 @@ def build_faults(args: argparse.Namespace) -> tuple[dict[int, Faults], list[int]
     return faults, closed
 
 
+def replica_overrides(args: argparse.Namespace) -> dict[int, dict[str, float | int]]:
+    """``--replica-param I:NAME=VALUE`` flags as {replica: {field: value}}."""
+    types = {f.name: f.type for f in dataclasses.fields(EngineParams)}
+    out: dict[int, dict[str, float | int]] = {}
+    for spec in args.replica_param:
+        index, sep, assignment = spec.partition(":")
+        name, eq, raw = assignment.partition("=")
+        if not sep or not eq:
+            raise ValueError(f"--replica-param: expected I:NAME=VALUE, got {spec!r}")
+        field = name.strip().replace("-", "_")
+        if field not in types:
+            raise ValueError(f"--replica-param: unknown engine parameter {name!r}")
+        kind = "an integer" if types[field] == "int" else "a number"
+        try:
+            value = int(raw) if types[field] == "int" else float(raw)
+        except ValueError:
+            raise ValueError(f"--replica-param: {name} expects {kind}, got {raw!r}") from None
+        for i in _indexes(index, args.replicas, "--replica-param"):
+            out.setdefault(i, {})[field] = value
+    return out
+
+
 def make_fleet(args: argparse.Namespace) -> tuple[SimFleet, list[int]]:
     """The fleet the flags describe (not started) and the replicas to keep closed."""
     if args.replicas < 1:
@@ -170,6 +200,7 @@ def make_fleet(args: argparse.Namespace) -> tuple[SimFleet, list[int]]:
         loras=args.lora,
         faults=faults,
         engine_type=args.engine_type,
+        replica_overrides=replica_overrides(args),
         **overrides,
     )
     return fleet, closed
@@ -186,10 +217,18 @@ async def serve(fleet: SimFleet, closed: list[int], stop: asyncio.Event) -> None
             flush=True,
         )
         for r in fleet.replicas:
-            state = " (port closed)" if r.index in closed else ""
+            notes = [
+                f"{f.name}={getattr(r.params, f.name)}"
+                for f in dataclasses.fields(EngineParams)
+                if getattr(r.params, f.name) != getattr(p, f.name)
+            ]
+            if r.index in closed:
+                notes.append("port closed")
+            state = f" ({', '.join(notes)})" if notes else ""
             print(f"replica {r.index}: {r.url}{state}", flush=True)
+        open_urls = [r.url for r in fleet.replicas if r.index not in closed] or fleet.urls
         print(
-            f"try: curl -s {fleet.urls[0]}/v1/completions -H 'content-type: application/json' "
+            f"try: curl -s {open_urls[0]}/v1/completions -H 'content-type: application/json' "
             f"""-d '{{"model": "{fleet.models[0]}", "prompt": "Hello", "max_tokens": 8}}'""",
             flush=True,
         )

@@ -17,12 +17,13 @@ Keyword arguments other than the ones named in ``SimFleet.__init__`` are engine 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from igw.sim.model import EngineParams
-from igw.sim.profiles import make_params
+from igw.sim.profiles import PARAM_NAMES, make_params
 from igw.sim.replica import Faults, SimReplica, bind_socket
 
 DEFAULT_MODEL = "sim-model"  # what the README's example request names
@@ -45,6 +46,7 @@ class SimFleet:
         faults: Mapping[int, Faults] | None = None,
         params: EngineParams | None = None,
         engine_type: str = "vllm",
+        replica_overrides: Mapping[int, Mapping[str, Any]] | None = None,
         **overrides: Any,
     ) -> None:
         """``port`` 0 gives every replica a free port; otherwise replica i uses port + i.
@@ -52,6 +54,8 @@ class SimFleet:
         ``params`` replaces the profile entirely; ``overrides`` adjust the profile.
         ``faults`` maps replica index -> initial ``Faults``. ``engine_type`` picks whose
         metric names ``/metrics`` exports: ``vllm`` (default), ``sglang`` or ``trtllm-serve``.
+        ``replica_overrides`` maps replica index -> engine constants for that replica only
+        (a heterogeneous fleet: ``{3: {"num_gpu_blocks": 512}}``).
         """
         if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
             raise ValueError(f"replicas: expected an integer >= 1, got {replicas!r}")
@@ -61,15 +65,27 @@ class SimFleet:
             raise ValueError("pass either params or engine overrides, not both")
         self.params = params if params is not None else make_params(profile, **overrides)
         faults = dict(faults or {})
-        bad = sorted(i for i in faults if not 0 <= i < replicas)
-        if bad:
-            raise ValueError(f"faults: replica indexes {bad} out of range 0..{replicas - 1}")
+        per_replica = dict(replica_overrides or {})
+        for what, mapping in (("faults", faults), ("replica_overrides", per_replica)):
+            bad = sorted(i for i in mapping if not 0 <= i < replicas)
+            if bad:
+                raise ValueError(f"{what}: replica indexes {bad} out of range 0..{replicas - 1}")
+        for i, values in per_replica.items():
+            unknown = sorted(set(values) - set(PARAM_NAMES))
+            if unknown:
+                raise ValueError(
+                    f"replica_overrides[{i}]: unknown engine parameter(s) {unknown}; "
+                    f"known: {list(PARAM_NAMES)}"
+                )
+        replica_params = {
+            i: dataclasses.replace(self.params, **dict(values)) for i, values in per_replica.items()
+        }
         self.host = host
         self.port = port
         self.replicas: list[SimReplica] = [
             SimReplica(
                 i,
-                self.params,
+                replica_params.get(i, self.params),
                 models=models,
                 loras=loras,
                 speed=speed,

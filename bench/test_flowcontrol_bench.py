@@ -306,5 +306,89 @@ def test_flowcontrol_overload_ttft_by_priority():
     assert rows[("fc-concurrency", -1)]["429"] > 0
 
 
+# ------------------------------------------------------------------ admission cost (no I/O)
+
+
+def _drive(coroutine) -> None:
+    """Run a coroutine that must finish without suspending (the fast path)."""
+    try:
+        coroutine.send(None)
+    except StopIteration:
+        return
+    raise AssertionError("admission suspended: it was not the fast path")
+
+
+def admission_costs(endpoints: int = 100, iterations: int = 20000) -> dict[str, float]:
+    """Microseconds per admission: the legacy stage vs the flow controller's fast path, and
+    per request through the queue (enqueue, dispatch, wake-up) under a saturated pool."""
+    from igw.datastore import Pool
+    from igw.flowcontrol import ConcurrencyDetector, FlowControl, UtilizationDetector
+    from igw.pipeline import Request
+    from igw.stages.flowcontrol import FlowControlStage
+
+    pool = Pool("bench")
+    now = time.monotonic() + 3600  # never stale during the run
+    for i in range(endpoints):
+        endpoint = pool.upsert(f"10.1.{i // 250}.{i % 250 + 1}:8000")
+        pool.table.update(endpoint.id, waiting=1, running=4, kv_util=0.3, now=now)
+        pool.table.set_ready(endpoint.id, True)
+    requests = [Request(f"r{i}", body=b"x" * 100) for i in range(iterations)]
+    out: dict[str, float] = {}
+
+    def per_call(label: str, admit) -> None:
+        start = time.perf_counter()
+        for request in requests:
+            _drive(admit(request))
+        out[label] = (time.perf_counter() - start) / iterations * 1e6
+
+    legacy = FlowControlStage(lambda _r: pool)
+    per_call("legacy stage, priority 0", legacy.process)
+    for request in requests:
+        request.priority = -1
+    per_call("legacy stage, priority -1 (detector read)", legacy.process)
+    for request in requests:
+        request.priority = 0
+    for label, detector in (
+        (
+            "flow control fast path, concurrency-detector",
+            ConcurrencyDetector(max_concurrency=10**6),
+        ),
+        ("flow control fast path, utilization-detector", UtilizationDetector(lag_correction=True)),
+    ):
+        flow = FlowControl(detector=detector)
+        per_call(label, lambda r, flow=flow: flow.admit(r, pool))
+
+    class Gate:
+        open = False
+
+        def saturation(self, pool, request=None, pending=0):
+            return 0.0 if self.open else 1.0
+
+    async def queued(n: int) -> float:
+        gate = Gate()
+        flow = FlowControl(detector=gate)
+        tasks = [asyncio.create_task(flow.admit(r, pool)) for r in requests[:n]]
+        await asyncio.sleep(0)
+        start = time.perf_counter()
+        gate.open = True
+        flow.notify(pool)
+        await asyncio.gather(*tasks)
+        return (time.perf_counter() - start) / n * 1e6
+
+    n = min(iterations, 5000)
+    out[f"queued then released ({n} waiting, per request)"] = asyncio.run(queued(n))
+    return out
+
+
+def test_flowcontrol_admission_cost():
+    costs = admission_costs(iterations=5000 if QUICK else 50000)
+    print()
+    for label, micros in costs.items():
+        print(f"{label:60s} {micros:8.2f} us")
+    assert all(value > 0 for value in costs.values())
+
+
 if __name__ == "__main__":
     print(report(asyncio.run(measure())))
+    for label, micros in admission_costs().items():
+        print(f"{label:60s} {micros:8.2f} us")

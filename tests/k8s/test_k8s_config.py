@@ -62,7 +62,10 @@ def test_a_rotated_token_file_is_re_read(service_account):
     config = kube_config.in_cluster(env, service_account)
     (service_account / "token").write_text("rotated")
     assert config.auth_headers()["Authorization"] == "Bearer sa-token"  # cached for a minute
+    assert not config.token_refresh_due()
     config._token_read_at = time.monotonic() - kube_config.TOKEN_REREAD_SECONDS - 1
+    assert config.token_refresh_due()
+    config.refresh_token()
     assert config.auth_headers()["Authorization"] == "Bearer rotated"
 
 

@@ -18,6 +18,7 @@ callers see the same shape from list and watch.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from collections.abc import AsyncIterator
@@ -113,12 +114,20 @@ class KubeClient:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(ssl=self.config.ssl if self.config.ssl else False)
             self._session = aiohttp.ClientSession(
-                base_url=self.config.server,
                 connector=connector,
                 headers={"Accept": "application/json", "User-Agent": "igw-epp"},
             )
             self._own_session = True
         return self._session
+
+    def _url(self, resource: Resource, namespace: str) -> str:
+        # the server URL may carry a path prefix (API proxies such as Rancher's)
+        return self.config.server.rstrip("/") + resource.path(namespace)
+
+    async def _headers(self) -> dict[str, str]:
+        if self.config.token_refresh_due():
+            await asyncio.to_thread(self.config.refresh_token)
+        return self.config.auth_headers()
 
     async def close(self) -> None:
         if self._session is not None and self._own_session and not self._session.closed:
@@ -166,9 +175,9 @@ class KubeClient:
     ) -> dict[str, Any]:
         timeout = aiohttp.ClientTimeout(total=self.request_timeout)
         async with self._client().get(
-            resource.path(namespace),
+            self._url(resource, namespace),
             params=params,
-            headers=self.config.auth_headers(),
+            headers=await self._headers(),
             timeout=timeout,
         ) as response:
             body = await _read_body(response)
@@ -210,9 +219,9 @@ class KubeClient:
             total=None, connect=self.request_timeout, sock_read=timeout_seconds + 30
         )
         async with self._client().get(
-            resource.path(namespace),
+            self._url(resource, namespace),
             params=params,
-            headers=self.config.auth_headers(),
+            headers=await self._headers(),
             timeout=timeout,
         ) as response:
             if response.status != 200:

@@ -54,18 +54,24 @@ class ClusterConfig:
     source: str = ""  # "in-cluster" or the kubeconfig path, for messages
     _token_read_at: float = dataclasses.field(default=0.0, repr=False)
 
-    def auth_headers(self) -> dict[str, str]:
-        """The Authorization header; re-reads a token file when the cached copy is old.
+    def token_refresh_due(self) -> bool:
+        """True when a token file's copy is older than a minute (kubelet rotates them)."""
+        return bool(self.token_file) and (
+            time.monotonic() - self._token_read_at > TOKEN_REREAD_SECONDS
+        )
 
-        Reading a few hundred bytes from a kubelet-projected file is fast enough to do inline
-        once a minute; it never touches the network.
-        """
-        if self.token_file and time.monotonic() - self._token_read_at > TOKEN_REREAD_SECONDS:
+    def refresh_token(self) -> None:
+        """Re-read the token file (blocking file I/O: callers on the event loop use a thread).
+        A read failure keeps the previous token; the API server says if it expired."""
+        if self.token_file:
             try:
                 self.token = Path(self.token_file).read_text(encoding="utf-8").strip()
             except OSError:
-                pass  # keep the previous token; the API server will say if it expired
+                pass
             self._token_read_at = time.monotonic()
+
+    def auth_headers(self) -> dict[str, str]:
+        """The Authorization header for the current credentials."""
         if self.token:
             return {"Authorization": f"Bearer {self.token}"}
         if self.basic_auth:

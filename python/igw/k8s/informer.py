@@ -97,6 +97,7 @@ class Reflector:
         self.backoff = backoff or Backoff()
         self.name = name or str(self.resources[0])
         self._index = 0
+        self._missing_reported = False
         self.synced = False  # a list has been delivered
         self.version = ""  # the last resourceVersion seen (list, event or bookmark)
         self.lists = 0
@@ -135,14 +136,16 @@ class Reflector:
             f" ({selector})" if selector else ""
         )
 
-    async def _fail(self, verb: str, error: BaseException) -> None:
+    async def _fail(self, verb: str, error: BaseException, *, quiet: bool = False) -> None:
+        """Count, log (debug when ``quiet``) and sleep the back-off delay."""
         self.errors += 1
         self.last_error = f"{verb} {self._where()}: {error}"
         delay = self.backoff.next()
         hint = ""
         if isinstance(error, ApiError) and error.status in (401, 403):
             hint = " (check the ServiceAccount's Role/RoleBinding)"
-        log.warning(
+        log.log(
+            logging.DEBUG if quiet else logging.WARNING,
             "kubernetes: cannot %s %s: %s%s; retry %d in %.1fs",
             verb, self._where(), error or type(error).__name__, hint, self.backoff.attempt, delay,
         )  # fmt: skip
@@ -168,12 +171,15 @@ class Reflector:
                 )
                 if self._index != 0:
                     return None  # try the fallback at once
-            await self._fail("list", error)
+            # a CRD that is not installed stays so for a while: say it once, then quietly retry
+            await self._fail("list", error, quiet=self._missing_reported)
+            self._missing_reported = True
             return None
         except _TRANSIENT as error:
             await self._fail("list", error)
             return None
         self.lists += 1
+        self._missing_reported = False
         self.version = version
         self._deliver(self.handler.replace, items)
         if not self.synced:

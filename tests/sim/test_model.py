@@ -303,6 +303,8 @@ def test_engine_params_reject_bad_values_naming_the_field():
         EngineParams(num_gpu_blocks=0)
     with pytest.raises(ValueError, match="prefill_ms_per_token"):
         EngineParams(prefill_ms_per_token=-1.0)
+    with pytest.raises(ValueError, match="decode_ms_per_step"):
+        EngineParams(decode_ms_per_step=float("inf"))
     with pytest.raises(ValueError, match="output_len_max"):
         EngineParams(output_len_min=10, output_len_max=5)
 

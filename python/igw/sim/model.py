@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
@@ -77,8 +78,8 @@ class EngineParams:
             else:
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise ValueError(f"{field.name}: expected a number, got {value!r}")
-                if not value >= 0:  # also rejects NaN
-                    raise ValueError(f"{field.name}: expected a number >= 0, got {value}")
+                if not (value >= 0 and math.isfinite(value)):  # also rejects NaN and inf
+                    raise ValueError(f"{field.name}: expected a finite number >= 0, got {value}")
         if self.output_len_max < self.output_len_min:
             raise ValueError(
                 f"output_len_max: expected >= output_len_min ({self.output_len_min}), "

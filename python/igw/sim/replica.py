@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import random
 import socket
 from collections.abc import Sequence
@@ -60,8 +61,12 @@ class Faults:
     error_mode: str = "abort"
 
     def __setattr__(self, name: str, value: object) -> None:
-        if name == "slow_factor" and (not isinstance(value, (int, float)) or not value > 0):
-            raise ValueError(f"slow_factor: expected a number > 0, got {value!r}")
+        if name == "slow_factor" and (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not 0 < value < math.inf
+        ):
+            raise ValueError(f"slow_factor: expected a finite number > 0, got {value!r}")
         if name == "error_rate" and (
             not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0
         ):

@@ -77,3 +77,9 @@ def test_fleet_rejects_bad_settings_naming_them():
         SimFleet(1, profile="tpu")
     with pytest.raises(ValueError, match="faults"):
         SimFleet(2, faults={5: None})
+
+
+@pytest.mark.parametrize("speed", [0, -1.0, float("inf"), float("nan")])
+def test_fleet_rejects_a_speed_that_is_not_a_finite_positive_number(speed):
+    with pytest.raises(ValueError, match="speed"):
+        SimFleet(1, speed=speed)

@@ -97,8 +97,8 @@ class SimReplica:
             raise ValueError(f"engine_type: expected one of {ENGINE_TYPES}, got {engine_type!r}")
         if not models:
             raise ValueError("models: expected at least one served model name")
-        if not speed > 0:
-            raise ValueError(f"speed: expected a number > 0, got {speed!r}")
+        if not 0 < speed < math.inf:
+            raise ValueError(f"speed: expected a finite number > 0, got {speed!r}")
         overlap = set(models) & set(loras)
         if overlap:
             raise ValueError(f"loras: {sorted(overlap)} also served as base model names")

@@ -90,12 +90,21 @@ class FakeApiServer:
         self._runner: web.AppRunner | None = None
         self.port = 0
         self.scheme = "http"
+        self.prefix = ""
 
     # -- lifecycle -------------------------------------------------------------------
-    async def start(self, ssl_context: ssl.SSLContext | None = None) -> FakeApiServer:
-        app = web.Application()
-        app.router.add_get("/api/{version}/namespaces/{ns}/{plural}", self._core)
-        app.router.add_get("/apis/{group}/{version}/namespaces/{ns}/{plural}", self._grouped)
+    async def start(
+        self, ssl_context: ssl.SSLContext | None = None, prefix: str = ""
+    ) -> FakeApiServer:
+        """Listen on a free port; ``prefix`` serves the API under a path (as proxies do)."""
+        api = web.Application()
+        api.router.add_get("/api/{version}/namespaces/{ns}/{plural}", self._core)
+        api.router.add_get("/apis/{group}/{version}/namespaces/{ns}/{plural}", self._grouped)
+        app = api
+        if prefix:
+            app = web.Application()
+            app.add_subapp(prefix, api)
+        self.prefix = prefix
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=ssl_context)
@@ -111,7 +120,7 @@ class FakeApiServer:
 
     @property
     def url(self) -> str:
-        return f"{self.scheme}://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}{self.prefix}"
 
     def kubeconfig(self, path, *, namespace: str = "default") -> str:
         path.write_text(

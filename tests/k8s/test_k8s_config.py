@@ -199,3 +199,17 @@ async def test_a_wrong_token_is_an_api_error_with_the_status(api):
         with pytest.raises(ApiError) as info:
             await client.list(kube_config_pods(), "default")
     assert info.value.status == 401
+
+
+async def test_a_server_url_with_a_path_prefix_is_kept(tmp_path):
+    api = await FakeApiServer().start(prefix="/k8s/clusters/c-1")
+    try:
+        api.apply(POD, pod("pod-0", "10.0.0.1", {"app": "x"}))
+        config = kube_config.from_kubeconfig(api.kubeconfig(tmp_path / "kc"))
+        assert config.server.endswith("/k8s/clusters/c-1")
+        async with KubeClient(config) as client:
+            items, _ = await client.list(kube_config_pods(), "default")
+        assert [i["metadata"]["name"] for i in items] == ["pod-0"]
+        assert api.requests[-1][0] == "/k8s/clusters/c-1/api/v1/namespaces/default/pods"
+    finally:
+        await api.stop()

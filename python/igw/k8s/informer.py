@@ -144,10 +144,11 @@ class Reflector:
         hint = ""
         if isinstance(error, ApiError) and error.status in (401, 403):
             hint = " (check the ServiceAccount's Role/RoleBinding)"
+        reason = str(error) or type(error).__name__
         log.log(
             logging.DEBUG if quiet else logging.WARNING,
             "kubernetes: cannot %s %s: %s%s; retry %d in %.1fs",
-            verb, self._where(), error or type(error).__name__, hint, self.backoff.attempt, delay,
+            verb, self._where(), reason, hint, self.backoff.attempt, delay,
         )  # fmt: skip
         await asyncio.sleep(delay)
 

@@ -225,27 +225,57 @@ int EndpointTable::adapter_count() const {
   return static_cast<int>(adapters_.size());
 }
 
-void EndpointTable::snapshot(const SnapshotOut& o) const noexcept {
-  const size_t n = std::min<size_t>(o.n, capacity_);
-  for (size_t i = 0; i < n; ++i) {
-    const Row r = read(static_cast<uint32_t>(i));
-    o.active[i] = r.live;
-    o.ready[i] = r.live && r.ready;
-    o.waiting[i] = r.waiting;
-    o.running[i] = r.running;
-    o.kv_util[i] = r.kv_util;
-    o.kv_blocks[i] = r.kv_blocks;
-    o.block_size[i] = r.block_size;
-    o.max_lora[i] = r.max_lora;
-    for (int w = 0; w < 4; ++w) {
-      o.lora_active[i * 4 + w] = r.lora_active[w];
-      o.lora_waiting[i * 4 + w] = r.lora_waiting[w];
-    }
-    o.inflight_requests[i] = r.inflight_requests;
-    o.inflight_tokens[i] = r.inflight_tokens;
-    o.updated_at[i] = r.updated_at;
-    o.prefill_rate[i] = r.prefill_rate;
+void EndpointTable::put_row(const SnapshotOut& o, size_t i, const Row& r) noexcept {
+  o.active[i] = r.live;
+  o.ready[i] = r.live && r.ready;
+  o.waiting[i] = r.waiting;
+  o.running[i] = r.running;
+  o.kv_util[i] = r.kv_util;
+  o.kv_blocks[i] = r.kv_blocks;
+  o.block_size[i] = r.block_size;
+  o.max_lora[i] = r.max_lora;
+  for (int w = 0; w < 4; ++w) {
+    o.lora_active[i * 4 + w] = r.lora_active[w];
+    o.lora_waiting[i * 4 + w] = r.lora_waiting[w];
   }
+  o.inflight_requests[i] = r.inflight_requests;
+  o.inflight_tokens[i] = r.inflight_tokens;
+  o.updated_at[i] = r.updated_at;
+  o.prefill_rate[i] = r.prefill_rate;
+}
+
+void EndpointTable::snapshot(const SnapshotOut& o) const {
+  // Column by column (streams through memory), then re-check every row's sequence and
+  // re-read the few rows written meanwhile: the same seqlock protocol as read(), batched.
+  const size_t n = std::min<size_t>(o.n, capacity_);
+  std::vector<uint32_t> seqs(n);
+  for (size_t i = 0; i < n; ++i) seqs[i] = read_begin(static_cast<uint32_t>(i));
+  for (size_t i = 0; i < n; ++i) {
+    const uint8_t f = ld(flags_[i]);
+    o.active[i] = f & 1;
+    o.ready[i] = (f & 3) == 3;
+  }
+  auto column = [n](auto* dst, const auto* src) {
+    for (size_t i = 0; i < n; ++i) dst[i] = ld(src[i]);
+  };
+  column(o.waiting, waiting_.get());
+  column(o.running, running_.get());
+  column(o.kv_util, kv_util_.get());
+  column(o.kv_blocks, kv_blocks_.get());
+  column(o.block_size, block_size_.get());
+  column(o.max_lora, max_lora_.get());
+  for (size_t i = 0; i < n * 4; ++i) {
+    o.lora_active[i] = ld(lora_active_[i]);
+    o.lora_waiting[i] = ld(lora_waiting_[i]);
+  }
+  column(o.inflight_requests, inflight_requests_.get());
+  column(o.inflight_tokens, inflight_tokens_.get());
+  column(o.updated_at, updated_at_.get());
+  column(o.prefill_rate, prefill_rate_.get());
+  std::atomic_thread_fence(std::memory_order_acquire);
+  for (size_t i = 0; i < n; ++i)
+    if (seq_[i].load(std::memory_order_relaxed) != seqs[i])
+      put_row(o, i, read(static_cast<uint32_t>(i)));
 }
 
 }  // namespace igw

@@ -112,8 +112,8 @@ class EndpointTable {
 
   // Consistent copy of one row (seqlock read).
   Row read(uint32_t endpoint) const noexcept;
-  // Copies rows [0, out.n) into the columns; returns rows read.
-  void snapshot(const SnapshotOut& out) const noexcept;
+  // Copies rows [0, out.n) into the columns, each row consistent.
+  void snapshot(const SnapshotOut& out) const;
 
   // Column access for the scheduler's gather (seqlock-protected by begin/validate).
   uint32_t read_begin(uint32_t e) const noexcept {
@@ -143,6 +143,7 @@ class EndpointTable {
 
  private:
   void check_live(uint32_t endpoint, const char* what) const;
+  static void put_row(const SnapshotOut& o, size_t i, const Row& r) noexcept;
   void write_begin(uint32_t e) noexcept;
   void write_end(uint32_t e) noexcept;
   void write_row(uint32_t e, const Row& r) noexcept;

@@ -513,8 +513,11 @@ def test_calibration_ignores_tiny_work_and_bounds_outliers():
     cal = PrefillCalibrator()
     assert cal.observe("p", "a", 10, 0.5) is None  # a cache hit: TTFT is mostly overhead
     assert cal.observe("p", "a", 4000, 0.5) == pytest.approx(8000)
-    after_outlier = cal.observe("p", "a", 4000, 0.0001)  # 40M tok/s: clipped to 2x
-    assert after_outlier == pytest.approx(0.8 * 8000 + 0.2 * 16000)
+    after_outlier = cal.observe("p", "a", 4000, 0.0001)  # 40M tok/s: clipped to 1.25x
+    assert after_outlier == pytest.approx(0.95 * 8000 + 0.05 * 10000)
+    assert cal.pool_rate("p") == pytest.approx(after_outlier)
+    cal.observe("p", "b", 4000, 1.0)
+    assert cal.pool_rate("p") == pytest.approx((after_outlier + 4000) / 2)
 
 
 def test_a_broken_user_plugin_is_skipped_and_logged(make_pool, caplog):

@@ -88,7 +88,7 @@ class SchedulingEngine:
         self.with_scores = with_scores
         self.calibrator = calibrator if calibrator is not None else PrefillCalibrator()
         self.clock = clock
-        self._core_profiles: dict[tuple[int, str], Any] = {}
+        self._core_profiles: dict[tuple[int, str, str], tuple[Any, float]] = {}
         self._held: dict[int, _Held] = {}  # id(decision) -> what it still holds
         self._ahead: dict[Any, int] = {}  # Endpoint -> uncached tokens routed, not yet prefilled
         self._failures: dict[str, int] = {}  # Python plugin name -> failures so far
@@ -197,7 +197,7 @@ class SchedulingEngine:
             extra_scores = np.concatenate([extra_scores, pad], axis=1)
         started = time.perf_counter()
         result = pool.scheduler.pick(
-            self._core_profile(module, profile),
+            self._core_profile(module, profile, pool),
             hashes=hashes,
             prompt_tokens=prompt_tokens,
             block_tokens=profile.prefix.block_tokens,
@@ -345,13 +345,23 @@ class SchedulingEngine:
             log.warning("LoRA adapter registry full; scoring %r without affinity", name)
             return -1
 
-    def _core_profile(self, module, profile: BuiltProfile):
-        key = (id(module), profile.name)
-        core_profile = self._core_profiles.get(key)
-        if core_profile is None:
-            scorers = [(s.type, w, dict(s.params)) for s, w in profile.core_scorers]
-            core_profile = module.Profile(scorers, profile.picker.type)
-            self._core_profiles[key] = core_profile
+    def _core_profile(self, module, profile: BuiltProfile, pool: Pool):
+        """The core Profile for ``profile``; with calibration, its default prefill rate (used
+        for endpoints with no sample yet) follows the pool's mean calibrated rate, rebuilt
+        when that moves by more than 10%."""
+        prior = self.calibrator.pool_rate(pool.name) if profile.calibrates else None
+        key = (id(module), profile.name, pool.name if prior is not None else "")
+        cached = self._core_profiles.get(key)
+        if cached is not None and (prior is None or abs(cached[1] / prior - 1.0) <= 0.1):
+            return cached[0]
+        scorers = []
+        for scorer, weight in profile.core_scorers:
+            params = dict(scorer.params)
+            if prior is not None and scorer.type == "predicted-ttft-scorer" and scorer.calibrate:
+                params["defaultPrefillRate"] = prior
+            scorers.append((scorer.type, weight, params))
+        core_profile = module.Profile(scorers, profile.picker.type)
+        self._core_profiles[key] = (core_profile, prior or 0.0)
         return core_profile
 
     def _scores_by_address(self, pool: Pool, profile: BuiltProfile, scores: dict, mask):

@@ -44,6 +44,7 @@ class ReplayResult:
     hit_rate: float
     preemptions: int
     makespan_s: float
+    errors: int = 0  # requests a replica refused (too long for its context or KV cache)
 
     def percentile(self, values: np.ndarray, q: float) -> float:
         return float(np.percentile(values, q)) if len(values) else float("nan")
@@ -64,6 +65,7 @@ class ReplayResult:
             "hit_rate": round(self.hit_rate, 4),
             "hotspot": round(self.hotspot, 2),
             "preemptions": self.preemptions,
+            "errors": self.errors,
         }
 
 
@@ -132,6 +134,7 @@ def replay(
     e2e: list[float] = []
     share = [0] * replicas
     done = 0
+    errors = 0
     now = 0.0
 
     def start_step(r: int, at: float) -> None:
@@ -159,6 +162,8 @@ def replay(
                     kv_util=min(1.0, engine.cache.usage),
                     now=now,
                 )
+            if not any(busy) and all(e[2] == "scrape" for e in events):
+                break  # nothing will ever happen again (should not occur; never spin)
             heapq.heappush(events, (now + scrape_interval, next(order), "scrape", None))
         elif kind == "arrive":
             item = pending[data]
@@ -181,6 +186,15 @@ def replay(
             hashes = text.block_hashes(
                 served, params.block_bytes, text.chain_seed(None, None), tokens // params.block_size
             )
+            problem = engines[r].check(tokens, item.request.max_tokens)
+            if problem is not None:  # the server would answer 400 at once
+                errors += 1
+                scheduler.release(item.decision)
+                done += 1
+                for follower in waiters.pop(data, []):
+                    at = now + pending[follower].request.at
+                    heapq.heappush(events, (at, next(order), "arrive", follower))
+                continue
             seq = model.Seq(tokens, hashes, target, arrival=now * 1000.0, listener=data)
             item.seq = seq
             engines[r].add(seq)
@@ -214,6 +228,7 @@ def replay(
         hit_rate=hits / queries if queries else 0.0,
         preemptions=sum(e.stats.preemptions for e in engines),
         makespan_s=now,
+        errors=errors,
     )
 
 
@@ -226,7 +241,6 @@ def _capacity_rate(requests: Sequence[Any], replicas: int, params: Any) -> float
 
 def main(argv: Sequence[str] | None = None) -> int:
     from igw.bench import workloads
-    from igw.sim import model
 
     parser = argparse.ArgumentParser(
         prog="python -m igw.scheduling.replay",
@@ -242,10 +256,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=0.0, help="requests/s (overrides --load)")
     parser.add_argument("--slow-replica", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile", default="default", help="igw sim hardware profile")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
-    params = model.EngineParams()
+    from igw.sim import profiles
+
+    params = profiles.make_params(args.profile)
     shape = workloads.WorkloadParams(requests=args.requests, seed=args.seed, rate=1.0)
     probe = workloads.build(args.workload, shape)
     rate = args.rate or args.load * _capacity_rate(probe, args.replicas, params)
@@ -284,6 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "hit_rate",
         "hotspot",
         "preemptions",
+        "errors",
     ]
     print("  ".join(f"{h:>14}" for h in head))
     for row in rows:

@@ -38,3 +38,30 @@ def test_replay_command_prints_a_table(capsys):
     assert main(["--workload", "shared-prefix", "--requests", "40", "--policies", "random"]) == 0
     out = capsys.readouterr().out
     assert "random" in out and "ttft_p90_ms" in out
+
+
+def test_requests_a_replica_cannot_hold_are_refused_not_hung():
+    shape = workloads.WorkloadParams(requests=6, rate=2.0, seed=0, agentic_steps=2)
+    requests = workloads.build("agentic", shape)  # 30k then 100k tokens per session
+    result = replay(named_policy("default"), requests)
+    too_long = [r for r in requests if r.prompt_tokens > 32768]  # the default profile's limit
+    assert too_long and result.errors == len(too_long)
+    assert len(result.ttft_ms) + result.errors == len(requests)
+
+
+def test_uncalibrated_endpoints_use_the_pools_mean_rate(make_pool):
+    from sched_helpers import make_request
+
+    from igw.scheduling import SchedulingEngine
+
+    pool = make_pool([(0, 0, 0.0), (1, 0, 0.0)])
+    engine = SchedulingEngine(named_policy("predicted-ttft"), clock=lambda: 0.0)
+    engine.calibrator.observe(pool.name, "192.168.1.1:8000", 40000, 1.0)  # 40k tokens/s
+    profile = engine.built.profiles["default"]
+    from igw.scheduling._backend import core_of
+
+    module = core_of(pool.scheduler)
+    core_profile = engine._core_profile(module, profile, pool)
+    assert core_profile is engine._core_profiles[(id(module), "default", pool.name)][0]
+    assert engine._core_profiles[(id(module), "default", pool.name)][1] == 40000
+    engine.schedule(make_request("z " * 100), pool)  # uses it without error

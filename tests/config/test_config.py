@@ -334,3 +334,21 @@ def test_duration_and_quantity_helpers():
     assert parse_quantity("500M") == 5e8
     with pytest.raises(ValueError):
         parse_duration("5 minutes")
+
+
+@pytest.mark.parametrize(
+    ("conditions", "field"),
+    [
+        ("[]", "plugins[0].parameters.conditions"),
+        ("[{metric: gpu-temperature, maxValue: 1}]", "plugins[0].parameters.conditions[0].metric"),
+        ("[{metric: kv-cache-utilization, maxValue: 80}]", "plugins[0].parameters.conditions[0]"),
+        ("[{metric: waiting-queue}]", "plugins[0].parameters.conditions[0].maxValue"),
+    ],
+)
+def test_utilization_filter_conditions_are_checked(conditions, field):
+    error = error_of(
+        config_text(
+            f"plugins: [{{type: utilization-filter, parameters: {{conditions: {conditions}}}}}]\n"
+        )
+    )
+    assert error.field == field, str(error)

@@ -118,3 +118,32 @@ def test_engine_answers_429_when_filters_leave_nothing(labelled_pool):
     assert info.value.headers["x-llm-d-request-dropped-reason"] == "rejected-saturated"
     request = make_request(headers={"test-epp-endpoint-selection": "192.168.1.5"})
     assert engine.schedule(request, labelled_pool).primary.address == ip(4)
+
+
+def test_utilization_filter_caps_every_condition(make_pool):
+    pool = make_pool([(0, 0, 0.2), (1, 9, 0.3), (2, 0, 0.95), (3, 1, 0.1)])
+    pool.table.add_inflight(pool.by_address(ip(3)).id, 7, 0)
+    plugin = _filter(
+        "utilization-filter",
+        {
+            "conditions": [
+                {"metric": "waiting-queue", "maxValue": 5},
+                {"metric": "kv-cache-utilization", "maxValue": 0.9},
+                {"metric": "active-requests", "maxValue": 4},
+            ]
+        },
+    )
+    assert _kept(pool, plugin) == {ip(0)}
+
+
+def test_utilization_filter_falls_back_only_when_asked(make_pool):
+    pool = make_pool([(0, 9, 0.2), (1, 9, 0.3)])
+    strict = _filter(
+        "utilization-filter", {"conditions": [{"metric": "waiting-queue", "maxValue": 1}]}
+    )
+    assert _kept(pool, strict) == set()
+    lenient = _filter(
+        "utilization-filter",
+        {"conditions": [{"metric": "waiting-queue", "maxValue": 1}], "fallbackOnEmpty": True},
+    )
+    assert _kept(pool, lenient) == {ip(0), ip(1)}

@@ -28,6 +28,7 @@ from igw.scheduling.plugins.profile_handlers import (
     SingleProfileHandler,
 )
 from igw.scheduling.plugins.rotation import RoundRobinScorer
+from igw.scheduling.plugins.utilization import UtilizationFilter, UtilizationParams
 from igw.scheduling.registry import PluginKind, PluginRegistry
 
 PARSERS = (
@@ -83,7 +84,6 @@ NOT_IMPLEMENTED: dict[PluginKind, tuple[str, ...]] = {
     PluginKind.FILTER: (
         "session-affinity-filter",
         "endpoint-attribute-filter",
-        "utilization-filter",
         "prefix-cache-affinity-filter",
         "slo-headroom-tier-filter",
         "topology-affinity-filter",
@@ -162,6 +162,12 @@ def register_builtins(registry: PluginRegistry) -> PluginRegistry:
             PluginKind.FILTER,
             params=cp.NoParams,
         )
+    registry.register(
+        "utilization-filter",
+        lambda name, p: UtilizationFilter(name, p),
+        PluginKind.FILTER,
+        params=UtilizationParams,
+    )
     registry.register(
         "header-based-testing-filter",
         lambda name, _: fl.HeaderBasedTestingFilter(name),

@@ -19,6 +19,7 @@ they are passed as keyword arguments.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import enum
 import importlib
 from collections.abc import Callable, Iterable
@@ -139,7 +140,7 @@ class PluginRegistry:
             raise ConfigError("", "parameters", f"rejected by {type_name}: {exc}") from None
 
     def _unknown_message(self, type_name: str) -> str:
-        close = [t for t in self._types if t.split("-")[0] == type_name.split("-")[0]][:5]
+        close = difflib.get_close_matches(type_name, list(self._types), n=3, cutoff=0.6)
         hint = f"; did you mean one of: {', '.join(close)}" if close else ""
         return (
             f"unknown plugin type {type_name!r}{hint} (user plugins: "

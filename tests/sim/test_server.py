@@ -394,3 +394,29 @@ async def test_chat_stream_sends_its_role_delta_only_with_the_first_token(http):
             await resp.read()
     assert b'"role":"assistant"' in first_event
     assert waited > 0.06
+
+
+def test_stream_interval_wakes_a_stream_for_its_first_token_then_every_n_and_at_the_end():
+    from igw.sim.model import Seq
+    from igw.sim.server import _Waiter
+
+    seq = Seq(4, [], 10)
+    waiter = _Waiter(stream=True, until=10, interval=4)
+    wakes = []
+    for n in range(1, 11):
+        seq.output = n
+        if n == 10:
+            seq.finish_reason = "length"
+        waiter.on_progress(seq)
+        if waiter.event.is_set():
+            wakes.append(n)
+            waiter.event.clear()
+    assert wakes == [1, 5, 9, 10]
+
+
+async def test_stream_with_an_interval_still_sends_every_token_and_done(http):
+    async with SimFleet(1, speed=100, stream_interval=4) as fleet:
+        body = {"prompt": "hi", "max_tokens": 10, "stream": True}
+        async with http.post(fleet.urls[0] + "/v1/completions", json=body) as resp:
+            raw = await resp.read()
+    assert len(sse_json(raw)) == 10 and sse_events(raw)[-1] == "[DONE]"

@@ -47,6 +47,7 @@ class SimFleet:
         params: EngineParams | None = None,
         engine_type: str = "vllm",
         replica_overrides: Mapping[int, Mapping[str, Any]] | None = None,
+        stream_interval: int = 1,
         **overrides: Any,
     ) -> None:
         """``port`` 0 gives every replica a free port; otherwise replica i uses port + i.
@@ -55,7 +56,9 @@ class SimFleet:
         ``faults`` maps replica index -> initial ``Faults``. ``engine_type`` picks whose
         metric names ``/metrics`` exports: ``vllm`` (default), ``sglang`` or ``trtllm-serve``.
         ``replica_overrides`` maps replica index -> engine constants for that replica only
-        (a heterogeneous fleet: ``{3: {"num_gpu_blocks": 512}}``).
+        (a heterogeneous fleet: ``{3: {"num_gpu_blocks": 512}}``). ``stream_interval`` > 1
+        writes a stream's tokens in groups of that many after the first (less CPU per token
+        for big benchmarks, coarser inter-token timing).
         """
         if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
             raise ValueError(f"replicas: expected an integer >= 1, got {replicas!r}")
@@ -94,6 +97,7 @@ class SimFleet:
                 port=port + i if port else 0,
                 faults=faults.get(i),
                 engine_type=engine_type,
+                stream_interval=stream_interval,
             )
             for i in range(replicas)
         ]

@@ -92,9 +92,16 @@ class SimReplica:
         port: int = 0,
         faults: Faults | None = None,
         engine_type: str = "vllm",
+        stream_interval: int = 1,
     ) -> None:
         if engine_type not in ENGINE_TYPES:
             raise ValueError(f"engine_type: expected one of {ENGINE_TYPES}, got {engine_type!r}")
+        if (
+            isinstance(stream_interval, bool)
+            or not isinstance(stream_interval, int)
+            or (stream_interval < 1)
+        ):
+            raise ValueError(f"stream_interval: expected an integer >= 1, got {stream_interval!r}")
         if not models:
             raise ValueError("models: expected at least one served model name")
         if not 0 < speed < math.inf:
@@ -111,6 +118,7 @@ class SimReplica:
         self.port = port
         self.faults = faults or Faults()
         self.engine_type = engine_type  # whose metric names /metrics uses
+        self.stream_interval = stream_interval  # tokens per streamed write (after the first)
         self.rng = random.Random(seed * 1_000_003 + index)  # faults only
         self.engine = Engine(params)
         self.metrics = ReplicaMetrics(self)

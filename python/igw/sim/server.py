@@ -42,18 +42,29 @@ def json_error(status: int, message: str, param: str | None = None) -> web.Respo
 
 
 class _Waiter:
-    """Engine -> handler wake-up for one request."""
+    """Engine -> handler wake-up for one request.
 
-    __slots__ = ("event", "failed", "stream", "until")
+    A stream wakes for its first token, then every ``interval`` tokens (``stream_interval``,
+    default 1 = every token, as vLLM), at the end, and when a fault cuts it; a non-streamed
+    request wakes only at the end or at its fault point.
+    """
 
-    def __init__(self, stream: bool, until: int) -> None:
+    __slots__ = ("event", "failed", "interval", "stream", "until", "woken_at")
+
+    def __init__(self, stream: bool, until: int, interval: int = 1) -> None:
         self.event = asyncio.Event()
         self.stream = stream
-        self.until = until  # wake a non-streamed request early at this many tokens (faults)
+        self.until = until  # tokens after which the request ends (its target or fault point)
+        self.interval = interval
+        self.woken_at = 0  # tokens produced at the last wake-up
         self.failed = False  # the engine broke (a bug): answer 500 / cut the stream
 
     def on_progress(self, seq: Seq) -> None:
-        if self.stream or seq.finished or seq.output >= self.until:
+        n = seq.output
+        if seq.finished or n >= self.until:
+            self.event.set()
+        elif self.stream and (n == 1 or n - self.woken_at >= self.interval):
+            self.woken_at = n
             self.event.set()
 
     def on_error(self, seq: Seq) -> None:
@@ -220,7 +231,7 @@ class Handlers:
             return json_error(500, "simulated failure: this replica fails every request")
         seq = job.seq
         until = job.break_after if job.break_after is not None else seq.target
-        waiter = _Waiter(job.stream, until)
+        waiter = _Waiter(job.stream, until, replica.stream_interval)
         seq.listener = waiter
         replica.submit(seq)
         try:

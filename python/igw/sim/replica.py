@@ -8,8 +8,8 @@ back until it is on time again. If it falls more than ``MAX_LAG_S`` behind (the 
 overloaded) it forgives the debt rather than bursting for longer.
 
 Requests talk to the driver through their ``Seq``: the driver calls
-``seq.listener.on_progress(seq)`` once per step that gave the request a token, so a handler
-wakes once per step however many tokens it has to write.
+``seq.listener.on_progress(seq)`` once per step that gave the request a token, and the
+listener decides whether that is worth waking its handler for.
 """
 
 from __future__ import annotations

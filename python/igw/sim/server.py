@@ -1,9 +1,10 @@
 """The HTTP face of one simulated replica: vLLM's OpenAI-compatible routes on aiohttp.
 
-Handlers parse and validate the body, turn it into an engine ``Seq`` and wait on an
-``asyncio.Event`` that the replica's engine task sets once per step that produced tokens
-for the request; a stream then writes every new token's SSE event in one ``write``. No
-handler sleeps or polls, so hundreds of concurrent streams cost one wake-up per step each.
+Handlers turn the body into an engine ``Seq`` (``igw.sim.jobs``) and wait on an
+``asyncio.Event`` that the replica's engine task sets when the request has new tokens (every
+step for a stream, or every ``stream_interval`` tokens; only at the end otherwise); a stream
+then writes every new token's SSE event in one ``write``. No handler sleeps or polls, so
+hundreds of concurrent streams cost at most one wake-up per step each.
 
 Extensions a real vLLM does not have (all under ``x-sim-``): non-streamed responses carry
 the model-time latencies ``x-sim-ttft-ms``, ``x-sim-queue-ms`` and ``x-sim-e2e-ms`` (what

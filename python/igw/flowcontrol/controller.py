@@ -157,6 +157,8 @@ class PoolController:
         self.last_saturation = 0.0
         self.dispatched = 0  # counters for tests and debugging
         self.fast_path = 0
+        if metrics is not None:
+            metrics.track(self)
 
     # -- admission --------------------------------------------------------------------------
     async def admit(self, request: Request) -> None:
@@ -277,8 +279,6 @@ class PoolController:
         pending = self._prune_pending()
         value = float(self.detector.saturation(self.pool, request, pending))
         self.last_saturation = value
-        if self.metrics is not None:
-            self.metrics.set_saturation(self.pool.name, value)
         return value
 
     def _prune_pending(self) -> int:

@@ -11,7 +11,8 @@ the same labels and buckets:
 * ``queue_size`` / ``queue_bytes`` {fairness_id, priority, inference_pool, model_name,
   target_model_name}: requests and bytes waiting now;
 * ``pool_saturation`` {inference_pool, stage}: the value gating dispatch (stage
-  ``effective``; igw does not split prefill and decode pools);
+  ``effective``; igw does not split prefill and decode pools), read from each pool
+  controller's last reading when Prometheus scrapes (nothing is written per request);
 * ``dispatch_cycle_duration_seconds``: one dispatch decision;
 * ``llm_d_epp_flow_control_requests_total`` {outcome, priority, inference_pool} (no legacy
   twin in the reference).
@@ -26,9 +27,11 @@ then ``other``), like the reference's bounded labels.
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from igw.flowcontrol.queues import Item
@@ -66,11 +69,42 @@ class _Bounded:
         return value
 
 
+class _SaturationGauges(Collector):
+    """``pool_saturation`` from the live controllers' last readings, at scrape time."""
+
+    def __init__(self) -> None:
+        self.controllers: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def collect(self):
+        families = [
+            GaugeMetricFamily(
+                f"{prefix}_flow_control_pool_saturation",
+                "Pool saturation signal gating Flow Control dispatch; 1.0 is the gating set "
+                "point. An empty pool reads as 1.0.",
+                labels=["inference_pool", "stage"],
+            )
+            for prefix in ("inference_extension", "llm_d_epp")
+        ]
+        values = {c.pool.name: c.last_saturation for c in list(self.controllers)}
+        for family in families:
+            for pool, value in sorted(values.items()):
+                family.add_metric([pool, "effective"], value)
+        yield from families
+
+    def describe(self):
+        return []
+
+
 class FlowControlMetrics:
+    """The families, with label children cached per label set (a request costs a few
+    dictionary lookups and ``observe``/``inc`` calls, not a ``labels()`` resolution each)."""
+
     def __init__(self, registry: CollectorRegistry) -> None:
         r = registry
         self._fairness = _Bounded()
         self._models = _Bounded()
+        self._outcome_children: dict[tuple, tuple] = {}
+        self._queue_children: dict[tuple, tuple] = {}
         self.queue_duration = [
             Histogram(
                 f"{prefix}_flow_control_request_queue_duration_seconds",
@@ -97,15 +131,8 @@ class FlowControlMetrics:
             )
             for prefix in ("inference_extension", "llm_d_epp")
         ]  # fmt: skip
-        self.saturation = [
-            Gauge(
-                f"{prefix}_flow_control_pool_saturation",
-                "Pool saturation signal gating Flow Control dispatch; 1.0 is the gating set "
-                "point. An empty pool reads as 1.0.",
-                ("inference_pool", "stage"), registry=r,
-            )
-            for prefix in ("inference_extension", "llm_d_epp")
-        ]  # fmt: skip
+        self.saturation = _SaturationGauges()
+        r.register(self.saturation)
         self.cycle = [
             Histogram(
                 f"{prefix}_flow_control_dispatch_cycle_duration_seconds",
@@ -128,23 +155,27 @@ class FlowControlMetrics:
             found = _BY_REGISTRY[registry] = cls(registry)
         return found
 
-    def _queue_labels(self, pool: str, item: Item) -> tuple[str, ...]:
-        request = item.request
-        return (
-            self._fairness(item.flow),
-            str(item.priority),
-            pool,
-            self._models(request.incoming_model),
-            self._models(request.target_model),
-        )
+    def track(self, controller: Any) -> None:
+        """Report ``controller.last_saturation`` as its pool's saturation."""
+        self.saturation.controllers.add(controller)
 
     def queued(self, pool: str, item: Item, sign: int) -> None:
         """``sign`` +1 when the item enters a queue, -1 when it leaves."""
-        labels = self._queue_labels(pool, item)
-        for gauge in self.queue_size:
-            gauge.labels(*labels).inc(sign)
-        for gauge in self.queue_bytes:
-            gauge.labels(*labels).inc(sign * item.size)
+        request = item.request
+        key = (item.flow, item.priority, pool, request.incoming_model, request.target_model)
+        children = self._queue_children.get(key)
+        if children is None:
+            labels = (
+                self._fairness(item.flow), str(item.priority), pool,
+                self._models(request.incoming_model), self._models(request.target_model),
+            )  # fmt: skip
+            children = tuple(g.labels(*labels) for g in (*self.queue_size, *self.queue_bytes))
+            self._queue_children[_bounded_key(self._queue_children, key)] = children
+        size, size_twin, nbytes, nbytes_twin = children
+        size.inc(sign)
+        size_twin.inc(sign)
+        nbytes.inc(sign * item.size)
+        nbytes_twin.inc(sign * item.size)
 
     def outcome(
         self,
@@ -157,18 +188,34 @@ class FlowControlMetrics:
         outcome: str,
         seconds: float,
     ) -> None:
-        labels = (
-            self._fairness(fairness_id), str(priority), outcome, pool,
-            self._models(model), self._models(target),
-        )  # fmt: skip
-        for histogram in self.queue_duration:
-            histogram.labels(*labels).observe(seconds)
-        self.requests_total.labels(outcome, str(priority), pool).inc()
-
-    def set_saturation(self, pool: str, value: float) -> None:
-        for gauge in self.saturation:
-            gauge.labels(pool, "effective").set(value)
+        key = (fairness_id, priority, outcome, pool, model, target)
+        children = self._outcome_children.get(key)
+        if children is None:
+            labels = (
+                self._fairness(fairness_id), str(priority), outcome, pool,
+                self._models(model), self._models(target),
+            )  # fmt: skip
+            children = (
+                *(h.labels(*labels) for h in self.queue_duration),
+                self.requests_total.labels(outcome, str(priority), pool),
+            )
+            self._outcome_children[_bounded_key(self._outcome_children, key)] = children
+        legacy, twin, total = children
+        legacy.observe(seconds)
+        twin.observe(seconds)
+        total.inc()
 
     def dispatch_cycle(self, seconds: float) -> None:
         for histogram in self.cycle:
             histogram.observe(seconds)
+
+
+CACHE_LIMIT = 10_000
+
+
+def _bounded_key(cache: dict, key: tuple) -> tuple:
+    """Raw label values come from clients: start the cache over rather than grow it forever
+    (the Prometheus children themselves are bounded by the label caps)."""
+    if len(cache) >= CACHE_LIMIT:
+        cache.clear()
+    return key

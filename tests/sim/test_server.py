@@ -420,3 +420,12 @@ async def test_stream_with_an_interval_still_sends_every_token_and_done(http):
         async with http.post(fleet.urls[0] + "/v1/completions", json=body) as resp:
             raw = await resp.read()
     assert len(sse_json(raw)) == 10 and sse_events(raw)[-1] == "[DONE]"
+
+
+async def test_instant_profile_answers_with_zero_model_time(http):
+    async with SimFleet(1, profile="instant") as fleet:
+        _, body, headers = await post(
+            http, fleet.urls[0] + "/v1/completions", {"prompt": LONG, "max_tokens": 8}
+        )
+    assert body["usage"]["completion_tokens"] == 8
+    assert float(headers["x-sim-e2e-ms"]) == 0.0

@@ -15,6 +15,10 @@ enough that queueing and cache misses show clearly at modest request rates.
 * KV capacity: 80 GB × 0.9 - 16 GB weights - ~4 GB activations ≈ 52 GB at 2 MiB per
   16-token block ≈ 26,000 blocks (416k tokens).
 
+``instant`` costs nothing: every step takes zero model time, so replicas answer as fast
+as the event loop allows. Use it to measure a gateway's own overhead (issue 5's "instantly
+answering replicas") without the model's latency in the way.
+
 Any constant can still be overridden (``make_params(profile, **overrides)``, or the
 matching ``igw sim`` flag).
 """
@@ -39,6 +43,17 @@ PROFILES: dict[str, dict[str, Any]] = {
         "prefill_ms_per_token": 0.0272,
         "prefill_ms_per_token_ctx": 1.05e-6,
         "lora_load_ms": 10.0,
+    },
+    "instant": {
+        "decode_ms_per_step": 0.0,
+        "decode_ms_per_seq": 0.0,
+        "decode_ms_per_kv_token": 0.0,
+        "prefill_ms_per_token": 0.0,
+        "prefill_ms_per_token_ctx": 0.0,
+        "lora_load_ms": 0.0,
+        "num_gpu_blocks": 65536,
+        "max_num_batched_tokens": 1 << 20,
+        "max_model_len": 1 << 20,
     },
 }
 

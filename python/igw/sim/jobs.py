@@ -105,17 +105,20 @@ def prepare(replica: SimReplica, raw: bytes, chat: bool) -> Job:
 
 
 def chat_prompt(req: ChatRequest) -> bytes:
+    """The rendered chat prompt as bytes (see ``text.chat_text``)."""
     messages = [{"role": m.role, "content": _content(m.content)} for m in req.messages]
     return text.chat_text(messages).encode("utf-8", "surrogatepass")
 
 
 def _content(content) -> str | list | None:
+    """A validated message content back in the plain shape ``text.chat_text`` reads."""
     if isinstance(content, list):
         return [{"type": p.type, "text": p.text} for p in content]
     return content
 
 
 def completion_prompt(prompt, bytes_per_token: int) -> tuple[bytes, int]:
+    """(prompt bytes, prompt tokens) of a completions ``prompt``; one prompt per request."""
     if isinstance(prompt, str):
         if not prompt:
             raise RequestError(400, "prompt: expected a non-empty string", param="prompt")
@@ -135,6 +138,7 @@ def completion_prompt(prompt, bytes_per_token: int) -> tuple[bytes, int]:
 
 
 def choice(job: Job, answer: str) -> dict:
+    """The single choice of a non-streamed response."""
     seq = job.seq
     if job.chat:
         return {
@@ -154,6 +158,7 @@ def choice(job: Job, answer: str) -> dict:
 
 
 def usage_text(job: Job, completion_tokens: int) -> str:
+    """Running usage as JSON text, for ``continuous_usage_stats`` chunks (no dumps call)."""
     return (
         f'{{"prompt_tokens":{job.prompt_tokens},'
         f'"total_tokens":{job.prompt_tokens + completion_tokens},'
@@ -162,6 +167,7 @@ def usage_text(job: Job, completion_tokens: int) -> str:
 
 
 def usage(job: Job) -> dict:
+    """The final usage block, with the prefix-cache hit as ``cached_tokens``."""
     seq = job.seq
     return {
         "prompt_tokens": job.prompt_tokens,

@@ -14,9 +14,12 @@ from pathlib import Path
 
 import pytest
 
+import igw
 from igw.sim import command
 
-PYTHON_DIR = Path(__file__).resolve().parents[2] / "python"
+# Where the igw under test lives (the source tree in development, site-packages in CI),
+# so the child process runs the same code.
+PYTHON_DIR = Path(igw.__file__).resolve().parents[1]
 
 
 def parse(*argv: str) -> argparse.Namespace:

@@ -83,6 +83,7 @@ class FakeApiServer:
         self.history: list[tuple[int, CollectionKey, str, Any, Any]] = []
         self.compacted = 0  # watches from a version <= this get 410
         self.forbidden: set[CollectionKey] = set()
+        self.list_delay: dict[CollectionKey, float] = {}  # slow lists, seconds
         self.requests: list[tuple[str, dict[str, str]]] = []  # (path, query)
         self._changed = asyncio.Condition()
         self._watch_requests: dict[int, web.Request] = {}
@@ -237,6 +238,8 @@ class FakeApiServer:
             )
         if query.get("watch") in ("true", "1"):
             return await self._watch(request, key, namespace, query)
+        if key in self.list_delay:
+            await asyncio.sleep(self.list_delay[key])  # the state is read after the delay
         return self._list(key, namespace, query)
 
     def _visible(self, obj: dict[str, Any] | None, query: dict[str, str]) -> bool:

@@ -135,6 +135,19 @@ async def test_deleting_the_pool_clears_endpoints_and_readiness(api, pool, disco
     await eventually(lambda: pool.synced and len(pool) == 1, what="back after re-creation")
 
 
+async def test_a_pod_list_in_flight_when_the_pool_is_deleted_is_discarded(api, pool, discovery):
+    import asyncio
+
+    api.apply(POOL, inference_pool(POOL_NAME, APP, [8000]))
+    api.apply(POD, pod("pod-0", "10.0.0.1", APP))
+    api.list_delay[POD] = 0.3
+    await discovery().start()
+    await eventually(lambda: api.lists("pods") >= 1, what="pod list in flight")
+    api.delete(POOL, POOL_NAME)
+    await asyncio.sleep(0.5)  # the slow list has answered by now
+    assert not pool.synced and len(pool) == 0
+
+
 async def test_an_invalid_pool_update_keeps_the_previous_membership(api, pool, discovery):
     api.apply(POOL, inference_pool(POOL_NAME, APP, [8000]))
     api.apply(POD, pod("pod-0", "10.0.0.1", APP))

@@ -188,11 +188,14 @@ class KubernetesDiscovery:
         self.pods.start()
 
     def _retire_pods(self) -> None:
+        """Cancel the current pod watch now (a list in flight must not land after a new
+        selector or a deleted pool); its task finishes unwinding in the background."""
         if self.pods is not None:
-            task = asyncio.get_running_loop().create_task(self.pods.stop())
-            self._retired.add(task)
-            task.add_done_callback(self._retired.discard)
+            task = self.pods.cancel()
             self.pods = None
+            if task is not None:
+                self._retired.add(task)
+                task.add_done_callback(self._retired.discard)
 
     def pool_seen(self, obj: dict[str, Any]) -> None:
         try:

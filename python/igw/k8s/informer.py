@@ -116,12 +116,19 @@ class Reflector:
                 self.run(), name=f"igw-k8s {self.name}"
             )
 
+    def cancel(self) -> asyncio.Task[None] | None:
+        """Stop delivering at once (nothing reaches the handler after this returns); the
+        returned task still has to be awaited to finish unwinding."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+        return task
+
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        task = self.cancel()
+        if task is not None:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
 
     async def run(self) -> None:
         while True:
@@ -165,7 +172,8 @@ class Reflector:
             if len(self.resources) > 1:
                 old = self.resource
                 self._index = (self._index + 1) % len(self.resources)
-                log.info(
+                log.log(
+                    logging.DEBUG if self._missing_reported else logging.INFO,
                     "kubernetes: %s is not served (CRD not installed?); trying %s",
                     old,
                     self.resource,

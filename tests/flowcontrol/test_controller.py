@@ -328,3 +328,15 @@ async def test_pending_releases_are_passed_to_the_detector():
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_released_request_cancelled_before_it_runs_stops_counting_as_pending():
+    h = Harness()
+    await h.start(req("a"))
+    h.detector.busy = 0
+    assert h.controller.dispatch_once()  # released: its future is resolved...
+    h.tasks["a"].cancel()  # ...but the client leaves before the request runs
+    with pytest.raises(asyncio.CancelledError):
+        await h.tasks["a"]
+    assert h.controller._prune_pending() == 0
+    assert h.order == []

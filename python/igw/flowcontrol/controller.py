@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import collections
 import contextlib
 import heapq
 import itertools
@@ -75,6 +76,7 @@ log = logging.getLogger("igw.flowcontrol")
 MESSAGE = "request rejected by flow control"
 PENDING_FORGET_S = 1.0
 ATTR = "flowcontrol"  # request.attrs key: the PoolController that admitted the request
+GONE = "flowcontrol_gone"  # request.attrs key: released, then cancelled before it ran
 
 # The reference's QueueOutcome names (metric label values).
 DISPATCHED = "Dispatched"
@@ -150,7 +152,8 @@ class PoolController:
         self.queued_bytes = 0
         self._seq = itertools.count()
         self._expiry: list[tuple[float, int, Item]] = []  # heap: (expires_at, seq, item)
-        self._pending: dict[int, tuple[Request, float]] = {}  # released, not yet reserved
+        # released and not yet reserved, in release order: (request, released at)
+        self._pending: collections.deque[tuple[Request, float]] = collections.deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.closed = False
@@ -186,7 +189,7 @@ class PoolController:
                 self._remove(item)
                 self._record(item, EVICTED_CANCELLED)
             else:  # released, then cancelled before it ran: nothing was reserved
-                self._pending.pop(id(item.request), None)
+                request.attrs[GONE] = True
             raise
 
     def _enqueue(self, request: Request, now: float, empty: bool) -> Item:
@@ -282,17 +285,24 @@ class PoolController:
         return value
 
     def _prune_pending(self) -> int:
-        if not self._pending:
+        """Drop released requests that have reserved (or ended) from the front of the
+        release order. Requests reserve in about the order they were released, so this is
+        amortized O(1); one that never reserves is forgotten after a second."""
+        pending = self._pending
+        if not pending:
             return 0
-        now = self.clock()
-        for key, (request, at) in list(self._pending.items()):
+        horizon = self.clock() - PENDING_FORGET_S
+        while pending:
+            request, at = pending[0]
             if (
-                request.decision is not None
-                or request.finished_at is not None
-                or now - at > PENDING_FORGET_S
+                request.decision is None
+                and request.finished_at is None
+                and not request.attrs.get(GONE)
+                and at > horizon
             ):
-                del self._pending[key]
-        return len(self._pending)
+                break
+            pending.popleft()
+        return len(pending)
 
     def dispatch_once(self) -> bool:
         """One dispatch cycle: release the best item if the pool has room. True if released."""
@@ -311,7 +321,7 @@ class PoolController:
                 if band.count == 0:
                     self._drop_if_idle(band)
                 self._compact_expiry()
-                self._pending[id(item.request)] = (item.request, self.clock())
+                self._pending.append((item.request, self.clock()))
                 self._admitted(item.request, item.enqueued_at)
                 if not item.future.done():
                     item.future.set_result(None)

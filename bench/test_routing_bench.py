@@ -30,7 +30,7 @@ STACK = all(
 # Python CPU cost of client, gateway and simulator, stays small on a 2-core machine.
 if QUICK:
     SHAPE = "--replicas 4 --requests 150 --groups 8 --system-tokens 1000 --output-tokens 16"
-    SHAPE += " --speed 0.25 --load 0.7 --duration-max 20"
+    SHAPE += " --speed 0.25 --rate 36 --duration-max 20"
 else:
     SHAPE = "--replicas 4 --requests 600 --groups 16 --system-tokens 2000 --output-tokens 64"
     SHAPE += " --speed 0.25 --load 0.7 --duration-max 240"

@@ -9,9 +9,11 @@ replica is busy per request for about
     + output × (decode_ms_per_step / B + decode_ms_per_seq + decode_ms_per_kv_token × context)
 
 model milliseconds, where ``uncached`` assumes ideal prefix reuse (only the part of the prompt
-unique to the request is prefilled). Capacity = replicas × speed / that time: what a perfect
-cache-aware router could sustain. A router that loses locality runs the same rate at a
-higher real load, which is the point of the comparison. Constants come from the simulator's
+unique to the request is prefilled) and ``B`` is the batch of a saturated replica (default
+256, vLLM's ``max_num_seqs``). Capacity = replicas × speed / that time: the throughput a
+perfect cache-aware router could approach before queues grow without bound. A router that
+loses locality runs the same rate at a higher real load, which is the point of the
+comparison. Constants come from the simulator's
 profile when ``igw.sim`` is importable, else from the figures in issue 5; give ``--rate``
 when the fleet is not the simulator.
 """
@@ -80,7 +82,7 @@ def fleet_capacity_rps(
     uncached_tokens: float,
     output_tokens: float,
     context_tokens: float,
-    decode_batch: float = 16.0,
+    decode_batch: float = 256.0,
 ) -> float:
     """Requests per second the fleet could sustain with ideal cache reuse."""
     ms = service_ms(

@@ -95,8 +95,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--decode-batch",
         type=float,
-        default=16.0,
-        help="typical decode batch assumed by the --load capacity estimate",
+        default=256.0,
+        help="decode batch of a saturated replica, for the --load capacity estimate "
+        "(default 256, vLLM's max_num_seqs: the fixed step cost is then spread thin)",
     )
     p.add_argument(
         "--duration-max",

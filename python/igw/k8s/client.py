@@ -61,7 +61,12 @@ class ApiError(Exception):
         self.message = message
         self.resource = resource
         what = f"{resource}: " if resource else ""
-        super().__init__(f"{what}HTTP {status} {reason}: {message}".rstrip(": "))
+        super().__init__(f"{what}{self.detail}")
+
+    @property
+    def detail(self) -> str:
+        """The answer without the collection's name (for messages that already name it)."""
+        return f"HTTP {self.status} {self.reason}: {self.message}".rstrip(": ")
 
 
 class Gone(ApiError):

@@ -143,17 +143,21 @@ class Reflector:
             f" ({selector})" if selector else ""
         )
 
-    async def _fail(self, verb: str, error: BaseException, *, quiet: bool = False) -> None:
-        """Count, log (debug when ``quiet``) and sleep the back-off delay."""
+    async def _fail(
+        self, verb: str, error: BaseException, *, level: int = logging.WARNING, reason: str = ""
+    ) -> None:
+        """Count, log at ``level`` and sleep the back-off delay."""
         self.errors += 1
-        self.last_error = f"{verb} {self._where()}: {error}"
+        if not reason:
+            reason = error.detail if isinstance(error, ApiError) else str(error)
+            reason = reason or type(error).__name__
+        self.last_error = f"{verb} {self._where()}: {reason}"
         delay = self.backoff.next()
         hint = ""
         if isinstance(error, ApiError) and error.status in (401, 403):
             hint = " (check the ServiceAccount's Role/RoleBinding)"
-        reason = str(error) or type(error).__name__
         log.log(
-            logging.DEBUG if quiet else logging.WARNING,
+            level,
             "kubernetes: cannot %s %s: %s%s; retry %d in %.1fs",
             verb, self._where(), reason, hint, self.backoff.attempt, delay,
         )  # fmt: skip
@@ -181,7 +185,8 @@ class Reflector:
                 if self._index != 0:
                     return None  # try the fallback at once
             # a CRD that is not installed stays so for a while: say it once, then quietly retry
-            await self._fail("list", error, quiet=self._missing_reported)
+            quiet = self._missing_reported
+            await self._fail("list", error, level=logging.DEBUG if quiet else logging.WARNING)
             self._missing_reported = True
             return None
         except _TRANSIENT as error:
@@ -231,6 +236,16 @@ class Reflector:
             except NotFound as error:
                 await self._fail("watch", error)
                 return
+            except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as error:
+                # load balancers and API server restarts cut long watches: routine once
+                first = self.backoff.attempt == 0
+                await self._fail(
+                    "watch",
+                    error,
+                    level=logging.INFO if first else logging.WARNING,
+                    reason=f"connection dropped mid-stream, resuming from version {version}",
+                )
+                continue
             except _TRANSIENT as error:
                 await self._fail("watch", error)
                 continue

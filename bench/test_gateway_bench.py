@@ -33,7 +33,8 @@ import time
 from pathlib import Path
 
 QUICK = os.environ.get("IGW_BENCH_QUICK") == "1"
-ROOT = Path(__file__).resolve().parents[1]
+# Subprocesses import the igw this process runs (source tree or installed package).
+IGW_HOME = Path(__import__("igw").__file__).resolve().parents[1]
 REPLICAS = 4
 PROMPT_BYTES = 16 * 1024
 DISTINCT_PROMPTS = 64
@@ -205,9 +206,7 @@ async def _compare(sets: list[list[str]], rounds: int, count: int, stream: bool)
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(ROOT / "python"), env.get("PYTHONPATH", "")) if p
-    )
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(IGW_HOME), env.get("PYTHONPATH", "")) if p)
     return env
 
 

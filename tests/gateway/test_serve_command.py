@@ -13,14 +13,16 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+import igw
+
+# The subprocess must import the same igw as this test (the source tree with PYTHONPATH, or
+# the installed package with its compiled core in CI), not whichever comes first.
+IGW_HOME = Path(igw.__file__).resolve().parents[1]
 
 
 def env() -> dict[str, str]:
     out = dict(os.environ)
-    out["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(ROOT / "python"), out.get("PYTHONPATH", "")) if p
-    )
+    out["PYTHONPATH"] = os.pathsep.join(p for p in (str(IGW_HOME), out.get("PYTHONPATH", "")) if p)
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import re
@@ -11,12 +12,14 @@ from pathlib import Path
 
 import aiohttp
 import grpc
+import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from epp_harness import destination, req_llm
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import igw
 from igw.datalayer.testing import FakeModelServer, vllm_page
+from igw.extproc import command
 
 from .conftest import eventually
 from .fake_apiserver import OBJECTIVE, POD, POOL, inference_pool, objective, pod
@@ -50,38 +53,54 @@ def test_pool_name_without_any_kubernetes_configuration_is_a_clear_error(tmp_pat
     assert "--kubeconfig" in result.stderr and "--endpoints" in result.stderr
 
 
-def test_kubeconfig_with_an_exec_plugin_names_the_field(tmp_path):
+def _usage_error(monkeypatch, home: Path, *argv: str) -> str:
+    """Run ``igw epp``'s start-up in this process; return its one-line usage error."""
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    parser = argparse.ArgumentParser(allow_abbrev=False)
+    command.add_arguments(parser)
+    with pytest.raises(command.UsageError) as info:
+        asyncio.run(command._main(parser.parse_args(list(argv))))
+    return str(info.value)
+
+
+def test_kubeconfig_with_an_exec_plugin_names_the_field(tmp_path, monkeypatch):
     config = tmp_path / "config"
     config.write_text(
         "current-context: c\nclusters: [{name: k, cluster: {server: 'https://10.0.0.1'}}]\n"
         "users: [{name: u, user: {exec: {command: aws}}}]\n"
         "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
     )
-    result = _run("--pool-name", "p", f"--kubeconfig={config}", env=_isolated_env(tmp_path))
-    assert result.returncode == 2
-    assert "users[u].user.exec" in result.stderr and "Traceback" not in result.stderr
+    message = _usage_error(monkeypatch, tmp_path, "--pool-name=p", f"--kubeconfig={config}")
+    assert "users[u].user.exec" in message
 
 
-def test_endpoint_selector_needs_target_ports(tmp_path):
-    result = _run("--endpoint-selector", "app=vllm", env=_isolated_env(tmp_path))
-    assert result.returncode == 2 and "--endpoint-target-ports" in result.stderr
+def test_endpoint_selector_needs_target_ports(tmp_path, monkeypatch):
+    message = _usage_error(monkeypatch, tmp_path, "--endpoint-selector=app=vllm")
+    assert "--endpoint-target-ports" in message
 
 
-def test_pool_name_and_endpoint_selector_are_exclusive(tmp_path):
-    result = _run(
-        "--pool-name=p", "--endpoint-selector=app=x", "--endpoint-target-ports=8000",
-        env=_isolated_env(tmp_path),
+def test_pool_name_and_endpoint_selector_are_exclusive(tmp_path, monkeypatch):
+    message = _usage_error(
+        monkeypatch, tmp_path, "--pool-name=p", "--endpoint-selector=app=x",
+        "--endpoint-target-ports=8000",
     )  # fmt: skip
-    assert result.returncode == 2 and "mutually exclusive" in result.stderr
+    assert "mutually exclusive" in message
 
 
-def test_set_based_endpoint_selector_is_rejected(tmp_path, api):
-    config = api.kubeconfig(tmp_path / "kubeconfig")
-    result = _run(
-        "--endpoint-selector=app in (a,b)", "--endpoint-target-ports=8000",
-        f"--kubeconfig={config}", env=_isolated_env(tmp_path),
+def test_set_based_endpoint_selector_is_rejected(tmp_path, monkeypatch):
+    config = tmp_path / "kubeconfig"
+    config.write_text(
+        "current-context: c\nclusters: [{name: k, cluster: {server: 'http://127.0.0.1:1'}}]\n"
+        "users: [{name: u, user: {token: t}}]\n"
+        "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
+    )
+    message = _usage_error(
+        monkeypatch, tmp_path, "--endpoint-selector=app in (a,b)",
+        "--endpoint-target-ports=8000", f"--kubeconfig={config}",
     )  # fmt: skip
-    assert result.returncode == 2 and "only equality" in result.stderr
+    assert "only equality" in message
 
 
 async def _health(port: int) -> int:

@@ -316,3 +316,29 @@ async def test_objectives_fall_back_to_the_legacy_group(pool):
     finally:
         await watcher.stop()
         await legacy.stop()
+
+
+async def test_watch_metrics_report_synced_lists_and_errors(api, pool, discovery):
+    from prometheus_client import CollectorRegistry
+
+    from igw.k8s.metrics import WatchCollector
+
+    api.apply(POOL, inference_pool(POOL_NAME, APP, [8000]))
+    api.forbid(POD)
+    watcher = discovery()
+    registry = CollectorRegistry()
+    registry.register(WatchCollector(watcher))
+    await watcher.start()
+    await eventually(lambda: api.lists("pods") >= 2, what="pod list retried")
+
+    def sample(name: str, watch: str) -> float | None:
+        return registry.get_sample_value(name, {"watch": watch})
+
+    pool_watch, pods_watch = f"InferencePool default/{POOL_NAME}", "pods app=vllm"
+    assert sample("igw_kubernetes_watch_synced", pool_watch) == 1.0
+    assert sample("igw_kubernetes_watch_synced", pods_watch) == 0.0
+    assert sample("igw_kubernetes_watch_errors_total", pods_watch) >= 1.0
+    api.allow(POD)
+    await eventually(lambda: pool.synced, what="synced")
+    assert sample("igw_kubernetes_watch_synced", pods_watch) == 1.0
+    assert sample("igw_kubernetes_watch_lists_total", pods_watch) == 1.0

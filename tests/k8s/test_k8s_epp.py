@@ -176,6 +176,7 @@ async def test_epp_watches_the_pool_becomes_ready_and_routes(tmp_path, api):
         async with aiohttp.ClientSession() as session, session.get(url) as response:
             text = await response.text()
         assert 'priority="2"' in text  # the objective came from the cluster
+        assert 'igw_kubernetes_watch_synced{watch="pods app=vllm"} 1.0' in text
 
         # the pod goes away: the pool empties but stays synced (ready, no endpoints)
         api.delete(POD, "pod-0")

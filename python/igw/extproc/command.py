@@ -345,6 +345,9 @@ async def _main(args: argparse.Namespace) -> int:
             discovery = FileDiscovery(pool, args.endpoints_file)
         else:
             discovery = await _kubernetes_discovery(args, pool)
+            from igw.k8s.metrics import WatchCollector
+
+            metrics.registry.register(WatchCollector(discovery))
             if objectives_source is None and discovery.view is not None:
                 objectives_source = _LiveObjectives(discovery)
         await discovery.start()

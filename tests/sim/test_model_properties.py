@@ -53,7 +53,14 @@ def test_blocks_slots_and_adapters_stay_consistent_and_every_request_finishes(
         tokens = plen + slen
         if engine.check(tokens, out, lora) is not None:
             continue
-        seq = Seq(tokens, text.block_hashes(data, p.block_bytes, hash(lora)), out, lora=lora)
+        seed = hash(lora)
+
+        def full_hasher(kv_tokens: int, data=data, tokens=tokens, seed=seed) -> list[int]:
+            answer = text.filler(0, 0, max(kv_tokens - tokens, 0)).encode()
+            return text.block_hashes(data + answer, p.block_bytes, seed, limit=kv_tokens // 4)
+
+        hashes = text.block_hashes(data, p.block_bytes, seed)
+        seq = Seq(tokens, hashes, out, lora=lora, full_hasher=full_hasher)
         seq.arrival = now
         engine.add(seq)
         seqs.append(seq)

@@ -504,7 +504,7 @@ class Engine:
         self._lora_release(seq)
         # The answer's full blocks keep their identity, so a follow-up turn that repeats
         # the conversation hits them, as with vLLM's prefix caching of generated tokens.
-        if seq.full_hasher is not None and seq.preemptions == 0:
+        if seq.full_hasher is not None:
             full = min(seq.computed // self.params.block_size, seq.blocks_held)
             if full > seq.hashed_held:
                 all_hashes = seq.full_hasher(seq.computed)

@@ -27,6 +27,15 @@ def test_the_full_config_example_loads():
     assert config.parser_names() == ["openai-parser"]
 
 
+def test_every_config_example_loads_and_builds(monkeypatch):
+    from igw.scheduling import SchedulingEngine
+
+    blocks = [b for b in _yaml_blocks() if "kind: EndpointPickerConfig" in b and "python:" not in b]
+    assert len(blocks) >= 2
+    for block in blocks:
+        assert SchedulingEngine(load_config(text=block)).profile_names
+
+
 def test_the_objectives_example_parses_with_its_canary_split():
     block = next(b for b in _yaml_blocks() if "kind: InferenceModelRewrite" in b)
     state = parse_objectives(block, pool_name="my-pool")

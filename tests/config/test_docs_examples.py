@@ -27,7 +27,7 @@ def test_the_full_config_example_loads():
     assert config.parser_names() == ["openai-parser"]
 
 
-def test_every_config_example_loads_and_builds(monkeypatch):
+def test_every_config_example_loads_and_builds():
     from igw.scheduling import SchedulingEngine
 
     blocks = [b for b in _yaml_blocks() if "kind: EndpointPickerConfig" in b and "python:" not in b]

@@ -392,3 +392,55 @@ def test_example_14b_serves_per_language_adapters_on_one_base_model():
     config = load_config(text=config_map["data"][Path(args.config_file).name])
     weights = {p.pluginRef: p.weight for p in config.schedulingProfiles[0].plugins}
     assert weights["lora-affinity-scorer"] and weights["lora-affinity-scorer"] > 0
+
+
+# ------------------------------------------------------- what the API server would refuse
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_PORT_NAME = re.compile(r"^(?=.{1,15}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+@pytest.mark.parametrize("path", MANIFEST_FILES, ids=lambda p: p.name)
+def test_core_objects_would_be_admitted(path):
+    docs = _docs(path)
+    namespaces = {d["metadata"]["name"] for _, d in _all() if d["kind"] == "Namespace"}
+    for doc in docs:
+        meta = doc["metadata"]
+        assert _DNS_SUBDOMAIN.match(meta["name"]), meta["name"]
+        if doc["kind"] != "Namespace":
+            assert _ns(doc) in namespaces | {"default"}, f"{meta['name']}: unknown namespace"
+        if doc["kind"] == "Deployment":
+            template = doc["spec"]["template"]
+            labels = template["metadata"]["labels"]
+            assert doc["spec"]["selector"]["matchLabels"].items() <= labels.items()
+            for container in template["spec"]["containers"]:
+                assert _DNS_LABEL.match(container["name"]) and container["image"]
+                names = [p["name"] for p in container.get("ports", []) if "name" in p]
+                assert len(names) == len(set(names))
+                assert all(_PORT_NAME.match(n) for n in names), names
+                for port in container.get("ports", []):
+                    assert 0 < port["containerPort"] < 65536
+        if doc["kind"] == "Service":
+            ports = doc["spec"]["ports"]
+            if len(ports) > 1:
+                names = [p.get("name") for p in ports]
+                assert all(names) and len(set(names)) == len(names), names
+            selected = [
+                d
+                for d in docs
+                if d["kind"] == "Deployment"
+                and _ns(d) == _ns(doc)
+                and doc["spec"]["selector"].items()
+                <= d["spec"]["template"]["metadata"]["labels"].items()
+            ]
+            assert len(selected) == 1, f"Service {meta['name']} selects {len(selected)} Deployments"
+            container_ports = {
+                p["containerPort"]
+                for c in selected[0]["spec"]["template"]["spec"]["containers"]
+                for p in c.get("ports", [])
+            }
+            for port in ports:
+                assert port.get("targetPort", port["port"]) in container_ports, port
+        if doc["kind"] == "RoleBinding":
+            assert doc["roleRef"]["apiGroup"] == "rbac.authorization.k8s.io"

@@ -93,7 +93,7 @@ def validation_to_config_error(
 class StrictModel(BaseModel):
     """Unknown keys are errors, as in the reference's strict decoder."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 # ------------------------------------------------------------------------ building blocks

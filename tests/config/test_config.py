@@ -352,3 +352,13 @@ def test_utilization_filter_conditions_are_checked(conditions, field):
         )
     )
     assert error.field == field, str(error)
+
+
+def test_quoted_numbers_are_not_numbers():
+    error = error_of(
+        config_text(
+            "plugins: [{type: queue-scorer}]\nschedulingProfiles: [{name: a, plugins: "
+            "[{pluginRef: queue-scorer, weight: '2'}]}]\n"
+        )
+    )
+    assert error.field == "schedulingProfiles[0].plugins[0].weight"

@@ -89,7 +89,9 @@ class SchedulingEngine:
         self.calibrator = calibrator if calibrator is not None else PrefillCalibrator()
         self.clock = clock
         self._core_profiles: dict[tuple[int, str, str], tuple[Any, float]] = {}
-        self._held: dict[int, _Held] = {}  # id(decision) -> what it still holds
+        # id(decision) -> (decision, what it still holds); the decision is kept so its id
+        # cannot be reused by another object before it is released
+        self._held: dict[int, tuple[Decision, _Held]] = {}
         self._ahead: dict[Any, int] = {}  # Endpoint -> uncached tokens routed, not yet prefilled
         self._failures: dict[str, int] = {}  # Python plugin name -> failures so far
 
@@ -120,7 +122,8 @@ class SchedulingEngine:
         if not decision.reserved:
             return
         decision.reserved = False
-        held = self._held.pop(id(decision), None)
+        entry = self._held.pop(id(decision), None)
+        held = entry[1] if entry is not None and entry[0] is decision else None
         tokens = decision.uncached_tokens
         charge = 0
         if held is not None:
@@ -135,7 +138,8 @@ class SchedulingEngine:
         count (the request itself stays in flight until ``release``), and the observation
         calibrates the endpoint's prefill rate for the predicted-ttft scorer.
         """
-        held = self._held.get(id(decision))
+        entry = self._held.get(id(decision))
+        held = entry[1] if entry is not None and entry[0] is decision else None
         if held is None or not decision.reserved or held.prefilled:
             return
         self._unreserve(decision, 0, self._end_prefill(held, decision))
@@ -247,7 +251,7 @@ class SchedulingEngine:
             # charge follows at once, before any other pick on this event loop can run
             pool.table.add_inflight(primary, 0, charge)
             held.charge = charge
-        self._held[id(decision)] = held
+        self._held[id(decision)] = (decision, held)
         return decision
 
     def _run_filters(

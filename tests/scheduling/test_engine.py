@@ -154,11 +154,13 @@ def test_pick_reserves_and_release_is_idempotent(make_pool):
     snap = pool.table.snapshot()
     assert snap.inflight_requests[0] == 1
     assert snap.inflight_tokens[0] == decision.uncached_tokens == 1000
+    assert engine.outstanding == 1
     engine.release(decision)
     engine.release(decision)
     snap = pool.table.snapshot()
     assert (snap.inflight_requests[0], snap.inflight_tokens[0]) == (0, 0)
     assert decision.reserved is False
+    assert engine.outstanding == 0
 
 
 def test_first_token_releases_prefill_tokens_but_not_the_request(make_pool):

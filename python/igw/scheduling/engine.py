@@ -100,6 +100,11 @@ class SchedulingEngine:
     def profile_names(self) -> list[str]:
         return list(self.built.profiles)
 
+    @property
+    def outstanding(self) -> int:
+        """Decisions scheduled and not yet released (a number that keeps growing is a leak)."""
+        return len(self._held)
+
     def schedule(
         self,
         request: Request,

@@ -24,6 +24,12 @@ def test_replay_is_deterministic():
     assert first["hit_rate"] > 0.5
 
 
+def test_replay_releases_everything_it_reserved():
+    result = replay(named_policy("predicted-ttft"), _hot(200))
+    assert result.unreleased == 0
+    assert result.leftover_inflight == 0
+
+
 def test_cost_model_spreads_a_hot_prefix_the_reference_weights_pin():
     requests = _hot()
     default = replay(named_policy("default"), requests, label="default")

@@ -45,6 +45,8 @@ class ReplayResult:
     preemptions: int
     makespan_s: float
     errors: int = 0  # requests a replica refused (too long for its context or KV cache)
+    unreleased: int = 0  # decisions the engine still holds at the end (must be 0)
+    leftover_inflight: int = 0  # in-flight requests + tokens left in the table (must be 0)
 
     def percentile(self, values: np.ndarray, q: float) -> float:
         return float(np.percentile(values, q)) if len(values) else float("nan")
@@ -218,6 +220,7 @@ def replay(
                         heapq.heappush(events, (at, next(order), "arrive", follower))
             start_step(r, now)
 
+    snapshot = pool.table.snapshot()
     queries = sum(e.stats.prefix_queries for e in engines)
     hits = sum(e.stats.prefix_hits for e in engines)
     return ReplayResult(
@@ -229,6 +232,8 @@ def replay(
         preemptions=sum(e.stats.preemptions for e in engines),
         makespan_s=now,
         errors=errors,
+        unreleased=scheduler.outstanding,
+        leftover_inflight=int(snapshot.inflight_requests.sum() + snapshot.inflight_tokens.sum()),
     )
 
 

@@ -39,6 +39,7 @@ from typing import Any
 
 import aiohttp
 import numpy as np
+import pytest
 
 QUICK = os.environ.get("IGW_BENCH_QUICK") == "1"
 REPLICAS = 2
@@ -62,8 +63,10 @@ class Objectives:
         return OBJECTIVES.get(name)
 
 
-def body(rng: random.Random) -> bytes:
-    prompt = "".join(rng.choice(WORDS) for _ in range(PROMPT_WORDS))
+def body(rng: random.Random, salt: str) -> bytes:
+    """A fresh prompt: ``salt`` (unique per run) first, so no run hits the prefix cache that
+    an earlier run warmed (a cache hit skips prefill, ~30% of a replica's time here)."""
+    prompt = salt + "".join(rng.choice(WORDS) for _ in range(PROMPT_WORDS))
     return json.dumps(
         {
             "model": "sim-model",
@@ -133,11 +136,16 @@ class Stack:
             flow.attach(pipeline)
         return pipeline, flow
 
-    async def one(self, pipeline, raw: bytes, objective: str, name: str) -> dict[str, Any]:
+    async def one(
+        self, pipeline, raw: bytes, objective: str, name: str, tenant: str | None = None
+    ) -> dict[str, Any]:
         from igw.errors import InferenceError
         from igw.pipeline import Request
 
-        request = Request(name, headers={"x-llm-d-inference-objective": objective}, body=raw)
+        headers = {"x-llm-d-inference-objective": objective}
+        if tenant is not None:
+            headers["x-llm-d-inference-fairness-id"] = tenant
+        request = Request(name, headers=headers, body=raw)
         arrival = request.received_at
         try:
             await pipeline.run(request)
@@ -159,6 +167,7 @@ class Stack:
         return {
             "status": status,
             "priority": request.priority,
+            "tenant": tenant,
             "ttft_ms": waited * 1000 + server_ttft,
             "igw_wait_ms": waited * 1000,
             "done": time.monotonic(),
@@ -180,7 +189,7 @@ async def calibrate(stack: Stack) -> float:
     async def worker(w: int) -> None:
         i = 0
         while time.monotonic() < stop:
-            result = await stack.one(pipeline, body(rng), "standard", f"cal-{w}-{i}")
+            result = await stack.one(pipeline, body(rng, f"cal-{w}-{i}"), "standard", f"c{w}-{i}")
             done.append(result.get("done", 0.0))
             i += 1
 
@@ -195,7 +204,7 @@ async def run_mode(stack: Stack, mode: str, rate: float, seed: int = 11) -> dict
     count = int(rate * DURATION_S)
     gaps = np_rng.exponential(1.0 / rate, count)
     priorities = np_rng.choice([p for p, _ in MIX], size=count, p=[w for _, w in MIX])
-    bodies = [body(rng) for _ in range(count)]
+    bodies = [body(rng, f"{mode}-{i}") for i in range(count)]
     tasks = []
     start = time.monotonic()
     due = start
@@ -292,6 +301,98 @@ def report(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------ fairness between tenants
+
+TENANTS = (("tenant-heavy", 0.8), ("tenant-light", 0.2))
+
+
+async def run_fairness(stack: Stack, fairness: str, rate: float, seed: int = 5) -> dict[str, Any]:
+    """All priority 0; a heavy tenant sends 80% of the traffic, a light one 20%."""
+    from igw.flowcontrol import BandSettings, ConcurrencyDetector, FlowControl, FlowControlSettings
+    from igw.stages import build_pipeline
+
+    settings = FlowControlSettings(default_band=BandSettings(fairness=fairness))
+    flow = FlowControl(settings, detector=ConcurrencyDetector(max_concurrency=MAX_NUM_SEQS + 2))
+    from igw.config import default_config
+    from igw.scheduling import SchedulingEngine
+
+    pipeline = build_pipeline(
+        SchedulingEngine(default_config()),
+        stack.pool,
+        objectives=Objectives(),
+        flow_controller=flow,
+        reporter=stack.datalayer,
+    )
+    flow.attach(pipeline)
+    rng = random.Random(seed)
+    np_rng = np.random.default_rng(seed)
+    count = int(rate * DURATION_S)
+    gaps = np_rng.exponential(1.0 / rate, count)
+    tenants = np_rng.choice([t for t, _ in TENANTS], size=count, p=[w for _, w in TENANTS])
+    tasks = []
+    due = time.monotonic()
+    for i in range(count):
+        due += gaps[i]
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tenant = str(tenants[i])
+        tasks.append(
+            asyncio.create_task(
+                stack.one(pipeline, body(rng, f"{fairness}-{i}"), "standard", f"f{i}", tenant)
+            )
+        )
+    done, pending = await asyncio.wait(tasks, timeout=DRAIN_S)
+    for task in pending:
+        task.cancel()
+    await flow.close()
+    results = [t.result() for t in done if not t.cancelled() and t.exception() is None]
+    rows = []
+    for tenant, _ in TENANTS:
+        ok = [r for r in results if r.get("tenant") == tenant and r["status"] == 200]
+        ttft = [r["ttft_ms"] for r in ok]
+        rows.append(
+            {
+                "fairness": fairness,
+                "tenant": tenant,
+                "ok": len(ok),
+                "ttft_p50_ms": pct(ttft, 50),
+                "ttft_p90_ms": pct(ttft, 90),
+            }
+        )
+    return {"rows": rows, "unfinished": len(pending)}
+
+
+async def measure_fairness() -> dict[str, Any]:
+    from igw.flowcontrol.queues import GLOBAL_STRICT, ROUND_ROBIN
+
+    async with Stack() as stack:
+        capacity = await calibrate(stack)
+        await asyncio.sleep(0.5)
+        rate = capacity * 1.3
+        rows = []
+        for fairness in (GLOBAL_STRICT, ROUND_ROBIN):
+            rows += (await run_fairness(stack, fairness, rate))["rows"]
+            await asyncio.sleep(0.5)
+    return {"capacity_rps": capacity, "rate_rps": rate, "rows": rows}
+
+
+def fairness_report(out: dict[str, Any]) -> str:
+    lines = [
+        f"fairness: capacity {out['capacity_rps']:.1f} req/s, offered {out['rate_rps']:.1f} "
+        f"req/s (130%) for {DURATION_S:.0f} s, all priority 0, "
+        + ", ".join(f"{t}: {w:.0%}" for t, w in TENANTS),
+        "| fairness | tenant | ok | ttft_p50_ms | ttft_p90_ms |",
+        "|---|---|---|---|---|",
+    ]
+    for row in out["rows"]:
+        lines.append(
+            f"| {row['fairness']} | {row['tenant']} | {row['ok']} | "
+            f"{row['ttft_p50_ms']:.0f} | {row['ttft_p90_ms']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def test_flowcontrol_overload_ttft_by_priority():
     out = asyncio.run(measure())
     print("\n" + report(out))
@@ -304,6 +405,14 @@ def test_flowcontrol_overload_ttft_by_priority():
     assert fc[0]["ttft_p50_ms"] is not None and fc[1]["ttft_p50_ms"] is not None
     assert fc[0]["ttft_p50_ms"] <= fc[1]["ttft_p50_ms"]
     assert rows[("fc-concurrency", -1)]["429"] > 0
+
+
+@pytest.mark.skipif(QUICK, reason="full mode only (keeps the quick run under 30 s)")
+def test_flowcontrol_round_robin_protects_a_light_tenant():
+    out = asyncio.run(measure_fairness())
+    print("\n" + fairness_report(out))
+    rows = {(r["fairness"], r["tenant"]): r for r in out["rows"]}
+    assert all(r["ok"] > 0 for r in rows.values())
 
 
 # ------------------------------------------------------------------ admission cost (no I/O)
@@ -390,5 +499,6 @@ def test_flowcontrol_admission_cost():
 
 if __name__ == "__main__":
     print(report(asyncio.run(measure())))
+    print(fairness_report(asyncio.run(measure_fairness())))
     for label, micros in admission_costs().items():
         print(f"{label:60s} {micros:8.2f} us")

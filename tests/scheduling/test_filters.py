@@ -147,3 +147,45 @@ def test_utilization_filter_falls_back_only_when_asked(make_pool):
         {"conditions": [{"metric": "waiting-queue", "maxValue": 1}], "fallbackOnEmpty": True},
     )
     assert _kept(pool, lenient) == {ip(0), ip(1)}
+
+
+def _affinity_engine(params: str) -> SchedulingEngine:
+    return _engine_with(f"{{type: prefix-cache-affinity-filter, parameters: {params}}}")
+
+
+def test_prefix_affinity_filter_sticks_to_the_holder_under_moderate_load(make_pool):
+    pool = make_pool([(i, 0, 0.0) for i in range(3)])
+    engine = _affinity_engine("{}")
+    prompt = "long shared system prompt " * 200
+    first = engine.schedule(make_request(prompt), pool)
+    engine.release(first)
+    pool.table.update(first.primary.id, waiting=50, running=0, kv_util=0.0, now=1.0)
+    # the queue-scorer alone would leave the holder (queue 50 vs 0); the filter keeps it
+    again = engine.schedule(make_request(prompt + "next question"), pool)
+    assert again.primary is first.primary
+
+
+def test_prefix_affinity_filter_breaks_stickiness_past_the_ttft_penalty(make_pool):
+    pool = make_pool([(i, 0, 0.0) for i in range(3)])
+    engine = _affinity_engine("{maxTTFTPenaltyMs: 1000, peakPrefillThroughput: 10000}")
+    prompt = "long shared system prompt " * 200
+    first = engine.schedule(make_request(prompt), pool)
+    engine.release(first)
+    pool.table.add_inflight(first.primary.id, 30, 20000)  # 2 s of prefill queued on the holder
+    pool.table.update(first.primary.id, waiting=50, running=0, kv_util=0.0, now=1.0)
+    again = engine.schedule(make_request(prompt + "next question"), pool)
+    assert again.primary is not first.primary
+
+
+def test_prefix_affinity_filter_keeps_everyone_without_a_holder(make_pool):
+    pool = make_pool([(i, 0, 0.0) for i in range(3)])
+    engine = _affinity_engine("{}")
+    picks = {engine.schedule(make_request(f"fresh {i} " * 100), pool).primary.id for i in range(30)}
+    assert len(picks) > 1
+
+
+def test_prefix_affinity_latency_predictor_source_is_refused():
+    from igw.config import ConfigError
+
+    with pytest.raises(ConfigError, match="latencyPredictor is not implemented"):
+        _affinity_engine("{ttftSource: latencyPredictor}")

@@ -39,6 +39,7 @@ from igw.datastore import Pool
 from igw.pipeline import Decision, Request
 from igw.scheduling._backend import core_of, is_core_error
 from igw.scheduling.calibration import PrefillCalibrator
+from igw.scheduling.framework import PREFIX_ATTR
 from igw.scheduling.profiles import BuiltProfile
 from igw.scheduling.registry import PluginRegistry
 
@@ -60,7 +61,6 @@ class _Held:
 
 
 BYTES_PER_TOKEN = 4
-_PREFIX_ATTR = "igw.prefix"
 
 
 class SchedulingEngine:
@@ -192,10 +192,10 @@ class SchedulingEngine:
                 raise errors.no_endpoints()
         needs_snapshot = bool(profile.filters or profile.python_scorers)
         snapshot = table.snapshot() if needs_snapshot else None
+        module = core_of(pool.scheduler)
+        hashes, prompt_tokens = self._prefix(request, profile, module)  # filters may read them
         if profile.filters:
             mask = self._run_filters(request, pool, profile, snapshot, mask)
-        module = core_of(pool.scheduler)
-        hashes, prompt_tokens = self._prefix(request, profile, module)
         extra_scores, extra_weights = self._run_scorers(request, profile, snapshot, mask)
         lora = self._lora(request, pool, profile)
         high_water = table.high_water
@@ -330,12 +330,12 @@ class SchedulingEngine:
         settings = profile.prefix
         model = request.target_model or request.incoming_model
         key = (settings.block_bytes, settings.max_blocks, model, request.cache_salt, request.lora)
-        cached = request.attrs.get(_PREFIX_ATTR)
+        cached = request.attrs.get(PREFIX_ATTR)
         if cached is not None and cached[0] == key:
             return cached[1], tokens
         seed = module.model_seed(model, request.cache_salt, request.lora or "")
         hashes = module.hash_blocks(prompt, settings.block_bytes, seed, settings.max_blocks)
-        request.attrs[_PREFIX_ATTR] = (key, hashes)
+        request.attrs[PREFIX_ATTR] = (key, hashes)
         return hashes, tokens
 
     def _lora(self, request: Request, pool: Pool, profile: BuiltProfile) -> int:

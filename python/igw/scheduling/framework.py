@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+PREFIX_ATTR = "igw.prefix"  # request.attrs key: (hash settings, block hashes of the prompt)
+
 if TYPE_CHECKING:
     from igw.datastore import Pool
     from igw.pipeline import Request

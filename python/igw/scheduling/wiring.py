@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from igw.scheduling.plugins import core_plugins as cp
 from igw.scheduling.plugins import filters as fl
+from igw.scheduling.plugins.affinity import AffinityParams, PrefixCacheAffinityFilter
 from igw.scheduling.plugins.profile_handlers import (
     HeaderProfileHandler,
     HeaderProfileParams,
@@ -84,7 +85,6 @@ NOT_IMPLEMENTED: dict[PluginKind, tuple[str, ...]] = {
     PluginKind.FILTER: (
         "session-affinity-filter",
         "endpoint-attribute-filter",
-        "prefix-cache-affinity-filter",
         "slo-headroom-tier-filter",
         "topology-affinity-filter",
         "multicluster-session-affinity-filter",
@@ -167,6 +167,12 @@ def register_builtins(registry: PluginRegistry) -> PluginRegistry:
         lambda name, p: UtilizationFilter(name, p),
         PluginKind.FILTER,
         params=UtilizationParams,
+    )
+    registry.register(
+        "prefix-cache-affinity-filter",
+        lambda name, p: PrefixCacheAffinityFilter(name, p),
+        PluginKind.FILTER,
+        params=AffinityParams,
     )
     registry.register(
         "header-based-testing-filter",

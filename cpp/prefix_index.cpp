@@ -24,9 +24,13 @@ PrefixIndex::PrefixIndex(uint32_t max_endpoints, uint32_t default_capacity)
     throw Error("max_endpoints must be in 1..65535, got " + std::to_string(max_endpoints));
   eps_state_.resize(max_endpoints);
   for (auto& st : eps_state_) st.cap = default_capacity;
-  for (uint32_t c = 1; c <= 16; ++c) {
-    arenas_[c].shift = c;
-    arenas_[c].slab_shift = std::max(c, 12u);
+  for (uint32_t c = 1; c <= kClasses; ++c) {
+    // c = 1, 2, 3, 4, 5, ... -> 2, 3, 4, 6, 8, 12, 16, ...: 2^k and 3 * 2^(k-1) alternate.
+    const uint32_t k = (c + 1) / 2;
+    arenas_[c].size = (c % 2 == 1) ? (1u << k) : (3u << (k - 1));
+    uint32_t shift = 0;
+    while ((size_t{arenas_[c].size} << shift) < 1024) ++shift;
+    arenas_[c].slab_shift = shift;
   }
   rehash(kMinTable);
 }
@@ -121,10 +125,9 @@ void PrefixIndex::erase_block(uint32_t b) {
 
 uint32_t PrefixIndex::alloc_chunk(uint32_t cls, uint32_t block) {
   Arena& a = arenas_[cls];
-  const uint64_t need = (uint64_t{a.chunks} + 1) << a.shift;
-  if (need > (uint64_t{a.ep_slabs.size()} << a.slab_shift)) {
-    a.ep_slabs.push_back(std::make_unique<uint16_t[]>(size_t{1} << a.slab_shift));
-    a.node_slabs.push_back(std::make_unique<uint32_t[]>(size_t{1} << a.slab_shift));
+  if (uint64_t{a.chunks} + 1 > uint64_t{a.ep_slabs.size()} * a.chunks_per_slab()) {
+    a.ep_slabs.push_back(std::make_unique<uint16_t[]>(a.slab_entries()));
+    a.node_slabs.push_back(std::make_unique<uint32_t[]>(a.slab_entries()));
   }
   a.owner.push_back(block);
   return a.chunks++;
@@ -145,7 +148,7 @@ void PrefixIndex::free_chunk(uint32_t cls, uint32_t chunk) noexcept {
   --a.chunks;
   // Release a trailing slab once a whole spare slab is unused (hysteresis against thrash).
   while (a.ep_slabs.size() >= 2 &&
-         (uint64_t{a.chunks} << a.shift) <= (uint64_t{a.ep_slabs.size() - 2} << a.slab_shift)) {
+         uint64_t{a.chunks} <= uint64_t{a.ep_slabs.size() - 2} * a.chunks_per_slab()) {
     a.ep_slabs.pop_back();
     a.node_slabs.pop_back();
   }
@@ -184,7 +187,7 @@ void PrefixIndex::add_holder(uint32_t b, uint16_t ep, uint32_t node) {
   }
   if (blk.count == 1) {
     move_holders(b, 1);
-  } else if (blk.count == (1u << blk.aux)) {
+  } else if (blk.count == arenas_[blk.aux].size) {
     move_holders(b, blk.aux + 1u);
   }
   Block& cur = blocks_[b];
@@ -220,7 +223,7 @@ void PrefixIndex::remove_holder(uint32_t b, uint16_t ep) noexcept {
     free_chunk(cls, chunk);
     return;
   }
-  if (blk.aux >= 2 && blk.count <= (1u << blk.aux) / 4) {  // shrink to bound rounding
+  if (blk.aux >= 3 && blk.count <= arenas_[blk.aux - 2].size) {  // shrink: bound rounding
     try {
       move_holders(b, blk.aux - 1u);
     } catch (...) {

@@ -5,7 +5,8 @@
 //   * Block record (24 B): the 64-bit hash, a 64-bit fingerprint of its holder set, holder
 //     count, and either the single holder inline (count == 1: endpoint + LRU node, no chunk)
 //     or the offset and size class of its holder chunk.
-//   * Holder chunk: 2^c entries of (u16 endpoint, u32 LRU node) in two parallel arrays, so
+//   * Holder chunk: 2, 3, 4, 6, 8, 12, ... entries of (u16 endpoint, u32 LRU node) in two
+//     parallel arrays, so
 //     `match` scans a block's holders as contiguous u16s. Chunks of one size class live in
 //     one dense arena; freeing a chunk moves the arena's last chunk into the hole (its block
 //     is found through a per-chunk owner id), so there is never free space inside an arena
@@ -13,8 +14,7 @@
 //   * LRU node (12 B, slabs): prev/next links of the endpoint's LRU list and its block.
 //   * Hash table: open addressing (linear probing, backward-shift delete) of u32 block ids,
 //     kept at most half full.
-// Per (block, endpoint) entry: 12 B node + 6 B holder (+ up to 2x chunk rounding, usually
-// much less), plus the block record and table slot (~32 B) shared by all holders of the
+// Per (block, endpoint) entry: 12 B node + 6 B holder (+ chunk rounding, at most 1.5x), plus the block record and table slot (~32 B) shared by all holders of the
 // block. memory_bytes() counts every allocated slab, arena and table byte (including unused
 // tails), so memory_bytes()/entries() is the honest per-entry cost.
 //
@@ -71,32 +71,35 @@ class PrefixIndex {
     uint32_t off;         // count 1: the LRU node; count >= 2: chunk index in arena `aux`;
                           // free record: free-list link
     uint16_t count;       // holders (<= 65535 endpoints)
-    uint16_t aux;         // count 1: the endpoint; count >= 2: size class (capacity 1 << aux)
+    uint16_t aux;         // count 1: the endpoint; count >= 2: size class of its chunk
   };
   // Dense arena of holder chunks of one size class (see the layout comment above).
   struct Arena {
-    uint32_t shift = 0;  // log2 entries per chunk
-    uint32_t slab_shift = 0;  // log2 entries per slab (>= shift)
+    uint32_t size = 0;       // entries per chunk
+    uint32_t slab_shift = 0;  // log2 chunks per slab (slabs hold >= 1024 entries)
     uint32_t chunks = 0;
     std::vector<std::unique_ptr<uint16_t[]>> ep_slabs;
     std::vector<std::unique_ptr<uint32_t[]>> node_slabs;
     std::vector<uint32_t> owner;  // block id of each chunk
+    size_t slab_entries() const noexcept { return size_t{size} << slab_shift; }
+    uint32_t chunks_per_slab() const noexcept { return 1u << slab_shift; }
     uint16_t* eps(uint32_t chunk) noexcept {
-      const uint64_t at = uint64_t{chunk} << shift;
-      return &ep_slabs[at >> slab_shift][at & ((uint64_t{1} << slab_shift) - 1)];
+      return &ep_slabs[chunk >> slab_shift][size_t{chunk & (chunks_per_slab() - 1)} * size];
     }
     uint32_t* nodes(uint32_t chunk) noexcept {
-      const uint64_t at = uint64_t{chunk} << shift;
-      return &node_slabs[at >> slab_shift][at & ((uint64_t{1} << slab_shift) - 1)];
+      return &node_slabs[chunk >> slab_shift][size_t{chunk & (chunks_per_slab() - 1)} * size];
     }
     const uint16_t* eps(uint32_t chunk) const noexcept {
       return const_cast<Arena*>(this)->eps(chunk);
     }
     size_t bytes() const noexcept {
-      return (ep_slabs.size() << slab_shift) * 6 + owner.capacity() * 4 +
+      return ep_slabs.size() * slab_entries() * 6 + owner.capacity() * 4 +
              (ep_slabs.capacity() + node_slabs.capacity()) * sizeof(void*);
     }
   };
+  // Chunk sizes step by ~1.5x (2, 3, 4, 6, 8, 12, ...) so rounding wastes ~20% of a
+  // chunk on average instead of ~33% with powers of two; the last class holds 65536.
+  static constexpr uint32_t kClasses = 31;
   struct Node {
     uint32_t prev, next;  // LRU links (prev = more recent); next doubles as free-list link
     uint32_t block;
@@ -107,6 +110,7 @@ class PrefixIndex {
     uint32_t size = 0;
     uint32_t cap = 0;
   };
+
   static_assert(sizeof(Block) == 24 && sizeof(Node) == 12);
 
   void check_endpoint(uint32_t endpoint, const char* what) const;
@@ -135,7 +139,7 @@ class PrefixIndex {
   std::vector<EpState> eps_state_;
   SlabArray<Block, 12> blocks_;
   SlabArray<Node, 12> nodes_;
-  Arena arenas_[17];  // size classes 1..16 (index 0 unused: single holders are inline)
+  Arena arenas_[kClasses + 1];  // classes 1..kClasses (0 unused: single holders are inline)
   std::vector<uint32_t> table_;  // block ids, kNil = empty
   uint32_t table_shift_ = 0;     // 64 - log2(table size)
   uint32_t free_block_ = kNil;

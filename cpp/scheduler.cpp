@@ -388,6 +388,23 @@ void Scheduler::rank(PickerKind picker, uint32_t k, std::vector<uint32_t>& ranke
     for (double t : total_) any |= t > 0;
     if (!any) picker = PickerKind::Random;
   }
+  if (picker == PickerKind::WeightedRandom && take == 1) {
+    // A-Res's first key is distributed in proportion to the scores: one uniform draw over
+    // the cumulative sum gives the same distribution without a log per endpoint.
+    double sum = 0;
+    for (size_t j = 0; j < m; ++j) sum += total_[j] > 0 ? total_[j] : 0.0;
+    const double r = (1.0 - uniform01()) * sum;  // [0, sum)
+    double acc = 0;
+    size_t chosen = m;
+    for (size_t j = 0; j < m; ++j) {
+      if (total_[j] <= 0) continue;
+      chosen = j;  // the last positive one absorbs rounding at the top end
+      acc += total_[j];
+      if (r < acc) break;
+    }
+    ranked.push_back(ids_[chosen]);
+    return;
+  }
   if (picker == PickerKind::MaxScore && take == 1) {
     // One pass; ties broken uniformly by reservoir sampling.
     size_t best = 0, ties = 1;

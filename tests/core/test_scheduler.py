@@ -225,3 +225,12 @@ def test_non_contiguous_candidates_and_extra_scores(make_pool, core):
     res = sched.pick(core.Profile([]), candidates=mask, extra_scores=extra, extra_weights=[1.0],
                      k=3, reserve=False)  # fmt: skip
     assert res.endpoints == [2, 0]
+
+
+def test_weighted_random_picks_in_proportion_to_scores(make_pool, core):
+    _, _, sched = loaded(make_pool, core, [0.0, 0.5, 0.75, 1.0])  # scores 1, .5, .25, 0
+    profile = core.Profile(KV, "weighted-random-picker")
+    seen = collections.Counter(sched.pick(profile, reserve=False).endpoints[0] for _ in range(3000))
+    assert seen[3] == 0
+    assert 1.7 < seen[0] / seen[1] < 2.3
+    assert 1.6 < seen[1] / seen[2] < 2.5

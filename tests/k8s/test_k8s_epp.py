@@ -200,3 +200,44 @@ async def test_epp_watches_the_pool_becomes_ready_and_routes(tmp_path, api):
         await idle.stop()
         await busy.stop()
     assert proc.returncode == 0, "".join(stderr[-10:])
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(allow_abbrev=False)
+    command.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+async def _discovery_for(tmp_path, *argv: str):
+    config = tmp_path / "kubeconfig"
+    config.write_text(
+        "current-context: c\nclusters: [{name: k, cluster: {server: 'http://127.0.0.1:1'}}]\n"
+        "users: [{name: u, user: {token: t}}]\n"
+        "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
+    )
+    from igw.datastore import Pool
+
+    args = _args(*argv, f"--kubeconfig={config}")
+    discovery = await command._kubernetes_discovery(args, Pool("p", "team-a", max_endpoints=8))
+    await discovery.client.close()
+    return discovery
+
+
+async def test_selector_flags_start_a_standalone_pod_watch_without_objectives(tmp_path):
+    discovery = await _discovery_for(
+        tmp_path, "--endpoint-selector=app=vllm,tier=gpu", "--endpoint-target-ports=8000,8001"
+    )
+    assert discovery.standalone is not None
+    assert discovery.standalone.label_selector == "app=vllm,tier=gpu"
+    assert discovery.standalone.ports == (8000, 8001)
+    assert discovery.view is None and discovery.namespace == "team-a"
+
+
+async def test_pool_flags_watch_the_pool_and_its_objectives_unless_a_file_is_given(tmp_path):
+    watched = await _discovery_for(
+        tmp_path, "--pool-name=p", "--pool-group=inference.networking.x-k8s.io"
+    )
+    assert (watched.pool_name, watched.pool_group) == ("p", "inference.networking.x-k8s.io")
+    assert watched.view is not None
+    from_file = await _discovery_for(tmp_path, "--pool-name=p", "--objectives-file=o.yaml")
+    assert from_file.view is None

@@ -98,6 +98,7 @@ class Reflector:
         self.name = name or str(self.resources[0])
         self._index = 0
         self._missing_reported = False
+        self._rng = random.Random()
         self.synced = False  # a list has been delivered
         self.version = ""  # the last resourceVersion seen (list, event or bookmark)
         self.lists = 0
@@ -222,7 +223,9 @@ class Reflector:
                     version,
                     label_selector=self.label_selector,
                     field_selector=self.field_selector,
-                    timeout_seconds=self.watch_timeout,
+                    # spread re-watches over [timeout, 2*timeout) as client-go does, so many
+                    # pickers restarted together do not re-watch in lockstep
+                    timeout_seconds=int(self.watch_timeout * (1 + self._rng.random())),
                 ):
                     events += 1
                     version = resource_version(obj) or version

@@ -254,7 +254,7 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.communicate()
 
 
-def measure(policy: str = "default") -> dict:
+def measure(policy: str = "default", frontend: str = "aiohttp") -> dict:
     replicas = _spawn(__file__, "replicas", str(REPLICAS))
     gateway = None
     try:
@@ -263,6 +263,7 @@ def measure(policy: str = "default") -> dict:
         direct = [f"http://127.0.0.1:{p}/v1/completions" for p in ports]
         gateway = _spawn(
             "-m", "igw", "serve", "--port", "0", "--policy", policy, "--log-level", "error",
+            "--frontend", frontend,
             "--endpoints", ",".join(f"http://127.0.0.1:{p}" for p in ports),
         )  # fmt: skip
         assert gateway.stdout is not None
@@ -270,7 +271,7 @@ def measure(policy: str = "default") -> dict:
         match = re.search(r"(http://127\.0\.0\.1:\d+)", line)
         assert match, f"igw serve did not start: {line!r}"
         via = [match.group(1) + "/v1/completions"]
-        results: dict = {"policy": policy}
+        results: dict = {"policy": policy, "frontend": frontend}
         # The gateway's idle cost (scraping 4 replicas' /metrics every 50 ms), per second.
         time.sleep(0.5)
         idle_started, idle_cpu = time.monotonic(), _cpu_seconds(gateway.pid)
@@ -313,7 +314,8 @@ def measure(policy: str = "default") -> dict:
 
 def table(results: dict) -> str:
     lines = [
-        f"gateway overhead (policy {results['policy']}, {REPLICAS} instant replicas, "
+        f"gateway overhead (policy {results['policy']}, {results['frontend']} front end, "
+        f"{REPLICAS} instant replicas, "
         f"{PROMPT_BYTES // 1024} KB prompts, keep-alive client)",
         f"{'case':<12}{'direct us':>12}{'via igw us':>12}{'added us':>10}{'best round':>12}"
         f"{'igw CPU us':>12}",
@@ -366,7 +368,8 @@ def _main(argv: list[str]) -> None:
         print(json.dumps(run(_client(spec["urls"], spec["c"], spec["n"], spec["stream"]))))
     else:
         policy = argv[0] if argv else "default"
-        print(table(measure(policy)))
+        frontend = argv[1] if len(argv) > 1 else "aiohttp"
+        print(table(measure(policy, frontend)))
 
 
 if __name__ == "__main__":

@@ -173,22 +173,24 @@ class Running:
     router: object
 
 
-@pytest.fixture(params=["lean", "aiohttp"])
+@pytest.fixture(params=["lean", "aiohttp", "fastfront"])
 async def make_gateway(request):
     """Start a gateway over the given fake replicas (one pool, model ``sim-model``), once
-    with each upstream client (the httptools one and the aiohttp fallback)."""
+    with each upstream client (the httptools one and the aiohttp fallback) behind aiohttp's
+    server, and once behind the httptools front end."""
     from igw.gateway.app import Limits
     from igw.gateway.routing import ModelRouter, PoolRuntime
     from igw.gateway.runtime import build_gateway
     from igw.gateway.upstream import httptools
 
-    lean = request.param == "lean"
+    lean = request.param != "aiohttp"
+    frontend = "httptools" if request.param == "fastfront" else "aiohttp"
     if lean and httptools is None:
         pytest.skip("httptools is not installed")
     started = []
 
     async def make(replicas, *, limits=None, models=("sim-model",), datalayer=None):
-        limits = dataclasses.replace(limits or Limits(), lean_client=lean)
+        limits = dataclasses.replace(limits or Limits(), lean_client=lean, frontend=frontend)
         pool = datastore.Pool("default")
         for replica in replicas:
             endpoint = pool.upsert(replica.address)

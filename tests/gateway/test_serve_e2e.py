@@ -9,6 +9,7 @@ import json
 import pytest
 
 from igw.datalayer import OutlierPolicy
+from igw.gateway.app import Limits
 from igw.gateway.config import parse_config
 from igw.gateway.serve import ServeOptions, start_stack
 
@@ -79,8 +80,11 @@ async def test_rewritten_model_name_is_restored_in_the_response(client):
         await stack.stop()
 
 
-async def test_streaming_through_the_simulator_ends_with_done_and_usage(client):
-    stack = await start("pools: {p: {sim: {replicas: 2, speed: 100}}}")
+@pytest.mark.parametrize("frontend", ["aiohttp", "httptools"])
+async def test_streaming_through_the_simulator_ends_with_done_and_usage(client, frontend):
+    stack = await start(
+        "pools: {p: {sim: {replicas: 2, speed: 100}}}", limits=Limits(frontend=frontend)
+    )
     try:
         body = {
             "model": "sim-model",
@@ -266,8 +270,13 @@ spec: {priority: 5, poolRef: {name: any}}
         await stack.stop()
 
 
-async def test_bad_clients_never_disturb_other_streams_and_nothing_stays_in_flight(client):
-    stack = await start("pools: {p: {sim: {replicas: 2, speed: 50}}}")
+@pytest.mark.parametrize("frontend", ["aiohttp", "httptools"])
+async def test_bad_clients_never_disturb_other_streams_and_nothing_stays_in_flight(
+    client, frontend
+):
+    stack = await start(
+        "pools: {p: {sim: {replicas: 2, speed: 50}}}", limits=Limits(frontend=frontend)
+    )
     try:
         host, port = "127.0.0.1", stack.gateway.port
 

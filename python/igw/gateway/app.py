@@ -57,6 +57,7 @@ class Limits:
     upstream_read_timeout: float = 600.0  # upstream silence (between stream chunks too)
     max_attempts: int = 3  # ranked endpoints tried when one cannot be reached
     lean_client: bool | None = None  # httptools upstream client (None: when importable)
+    frontend: str = "aiohttp"  # or "httptools" (igw.gateway.fastfront): less CPU per request
 
 
 ModelsProvider = Callable[[], Sequence[str]]
@@ -94,6 +95,7 @@ class Gateway:
             lean=self.limits.lean_client,
         )
         self._runner: web.AppRunner | None = None
+        self._front = None  # igw.gateway.fastfront.FastFront with frontend="httptools"
         self.port: int | None = None
 
     # -- application ------------------------------------------------------------------
@@ -110,6 +112,16 @@ class Gateway:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Serve on ``host:port`` (0 = a free port); returns the bound port."""
+        if self.limits.frontend == "httptools":
+            from igw.gateway.fastfront import FastFront
+
+            self._front = FastFront(self)
+            self.port = await self._front.start(host, port)
+            return self.port
+        if self.limits.frontend != "aiohttp":
+            raise ValueError(
+                f"frontend: expected aiohttp or httptools, got {self.limits.frontend!r}"
+            )
         self._runner = web.AppRunner(
             self.build_app(),
             access_log=None,
@@ -126,6 +138,10 @@ class Gateway:
         return self.port
 
     async def stop(self) -> None:
+        if self._front is not None:
+            front, self._front = self._front, None
+            await front.stop()
+            await self.forwarder.close()
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
@@ -155,11 +171,18 @@ class Gateway:
             )
             response.force_close()  # the rest of the body is never read
             return response
-        headers = http_request.headers
+        headers = {name.lower(): value for name, value in http_request.headers.items()}
+        return await self.serve(http_request, http_request.path, headers, body)
+
+    async def serve(self, http_request, path: str, headers: dict[str, str], body: bytes):
+        """Pipeline and forward one inference request (headers with lower-case names).
+
+        ``http_request`` is the front end's request object: aiohttp's, or ``FastRequest``.
+        """
         request = Request(
             request_id=headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex,
-            path=http_request.path,
-            headers={name.lower(): value for name, value in headers.items()},
+            path=path,
+            headers=headers,
             body=body,
             received_at=time.monotonic(),
         )
@@ -206,15 +229,17 @@ class Gateway:
         return web.Response(body=text, content_type="text/plain", charset="utf-8")
 
     async def handle_unknown(self, request: web.Request) -> web.Response:
-        if request.path in INFERENCE_PATHS:
+        return self.unknown_response(request.method, request.path)
+
+    @staticmethod
+    def unknown_response(method: str, path: str) -> web.Response:
+        if path in INFERENCE_PATHS:
             return error_response(
-                405,
-                f"{request.method} is not allowed on {request.path}; use POST",
-                code="method_not_allowed",
+                405, f"{method} is not allowed on {path}; use POST", code="method_not_allowed"
             )
         return error_response(
             404,
-            f"unknown path {request.path}; the gateway serves "
+            f"unknown path {path}; the gateway serves "
             + ", ".join((*INFERENCE_PATHS, "/v1/models", "/health", "/metrics")),
             code="unknown_path",
         )

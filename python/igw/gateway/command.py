@@ -98,6 +98,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"(default {defaults.upstream_read_timeout:g})",
     )  # fmt: skip
     limits.add_argument(
+        "--frontend", default="aiohttp", choices=("aiohttp", "httptools"),
+        help="HTTP server for clients: aiohttp (default) or httptools (less CPU per request)",
+    )  # fmt: skip
+    limits.add_argument(
         "--upstream-client", default="auto", choices=("auto", "httptools", "aiohttp"),
         help="HTTP client towards the replicas: auto = httptools when installed (faster)",
     )  # fmt: skip
@@ -186,6 +190,7 @@ async def _main(args: argparse.Namespace, config) -> int:
             idle_timeout=args.idle_timeout,
             upstream_read_timeout=args.upstream_timeout,
             lean_client={"auto": None, "httptools": True, "aiohttp": False}[args.upstream_client],
+            frontend=args.frontend,
         ),
     )
     stack = await start_stack(config, options)
@@ -210,11 +215,11 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.sim is not None and args.sim < 1:
         return _fail(f"--sim: expected a number of replicas >= 1, got {args.sim}")
-    if args.upstream_client == "httptools":
+    if "httptools" in (args.upstream_client, args.frontend):
         from igw.gateway.upstream import httptools
 
         if httptools is None:
-            return _fail("--upstream-client httptools: the httptools package is not installed")
+            return _fail("httptools was asked for but the package is not installed")
     if args.policy is not None and args.epp_config is not None:
         return _fail("--policy and --epp-config: give one of them")
     try:

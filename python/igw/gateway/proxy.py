@@ -210,8 +210,12 @@ class Forwarder:
         with its head, our head goes out with them; the chunk that completes the upstream
         stream goes out together with the end of the chunked response.
         """
-        factory = _HeadWithFirstChunk if upstream.has_data else web.StreamResponse
-        response = factory(status=status, headers=headers)
+        make = getattr(http_request, "stream_response", None)  # the httptools front end
+        if make is not None:
+            response = make(status, headers, defer_head=upstream.has_data)
+        else:
+            factory = _HeadWithFirstChunk if upstream.has_data else web.StreamResponse
+            response = factory(status=status, headers=headers)
         try:
             problem = await self._pump(http_request, request, upstream, status, response)
         except ConnectionResetError:

@@ -340,3 +340,15 @@ async def test_released_request_cancelled_before_it_runs_stops_counting_as_pendi
         await h.tasks["a"]
     assert h.controller._prune_pending() == 0
     assert h.order == []
+
+
+async def test_a_failing_detector_admits_instead_of_holding_traffic(caplog):
+    class Broken:
+        def saturation(self, pool, request=None, pending=0):
+            raise RuntimeError("bug")
+
+    flow = FlowControl(detector=Broken())
+    pool = make_pool()
+    await asyncio.wait_for(flow.admit(req("a"), pool), 1.0)
+    await asyncio.wait_for(flow.admit(req("b"), pool), 1.0)
+    assert sum("saturation detector failed" in r.message for r in caplog.records) == 1

@@ -158,6 +158,7 @@ class PoolController:
         self._task: asyncio.Task[None] | None = None
         self.closed = False
         self.last_saturation = 0.0
+        self._detector_errors: set[str] = set()
         self.dispatched = 0  # counters for tests and debugging
         self.fast_path = 0
         if metrics is not None:
@@ -279,8 +280,20 @@ class PoolController:
 
     # -- dispatch -------------------------------------------------------------------------
     def _saturation(self, request: Request | None = None) -> float:
+        """The detector's reading. A detector that fails is logged (once per kind of
+        failure) and read as 0.0: a bug in a detector must not hold every request until its
+        TTL; traffic then flows as it would without flow control."""
         pending = self._prune_pending()
-        value = float(self.detector.saturation(self.pool, request, pending))
+        try:
+            value = float(self.detector.saturation(self.pool, request, pending))
+        except Exception as exc:  # a user or core bug, not the request's fault
+            kind = type(exc).__name__
+            if kind not in self._detector_errors:
+                self._detector_errors.add(kind)
+                log.exception("saturation detector failed for pool %s; admitting", self.pool.name)
+            value = 0.0
+        if value != value:  # NaN: same treatment
+            value = 0.0
         self.last_saturation = value
         return value
 

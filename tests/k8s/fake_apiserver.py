@@ -37,6 +37,7 @@ OBJECTIVE = ("llm-d.ai", "v1alpha2", "inferenceobjectives")
 REWRITE = ("llm-d.ai", "v1alpha2", "inferencemodelrewrites")
 LEGACY_OBJECTIVE = ("inference.networking.x-k8s.io", "v1alpha2", "inferenceobjectives")
 LEGACY_REWRITE = ("inference.networking.x-k8s.io", "v1alpha2", "inferencemodelrewrites")
+LEASE = ("coordination.k8s.io", "v1", "leases")
 KINDS = {
     POD: "Pod",
     POOL: "InferencePool",
@@ -45,6 +46,7 @@ KINDS = {
     REWRITE: "InferenceModelRewrite",
     LEGACY_OBJECTIVE: "InferenceObjective",
     LEGACY_REWRITE: "InferenceModelRewrite",
+    LEASE: "Lease",
 }
 
 
@@ -101,6 +103,10 @@ class FakeApiServer:
         api = web.Application()
         api.router.add_get("/api/{version}/namespaces/{ns}/{plural}", self._core)
         api.router.add_get("/apis/{group}/{version}/namespaces/{ns}/{plural}", self._grouped)
+        collection = "/apis/{group}/{version}/namespaces/{ns}/{plural}"
+        api.router.add_post(collection, self._create)
+        api.router.add_get(collection + "/{name}", self._get_one)
+        api.router.add_put(collection + "/{name}", self._replace)
         app = api
         if prefix:
             app = web.Application()
@@ -212,6 +218,55 @@ class FakeApiServer:
     async def _grouped(self, request: web.Request) -> web.StreamResponse:
         info = request.match_info
         return await self._serve(request, (info["group"], info["version"], info["plural"]))
+
+    # -- single objects (Leases) ------------------------------------------------------
+    def _single(self, request: web.Request) -> tuple[CollectionKey, str, web.Response | None]:
+        info = request.match_info
+        key = (info["group"], info["version"], info["plural"])
+        self.requests.append((request.path, {"method": request.method}))
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            return key, info["ns"], self._status(401, "Unauthorized", "Unauthorized")
+        if key not in self.served or key not in KINDS:
+            return key, info["ns"], self._status(404, "NotFound", "no such collection")
+        if key in self.forbidden:
+            return key, info["ns"], self._status(403, "Forbidden", f"{key[2]} is forbidden")
+        return key, info["ns"], None
+
+    async def _get_one(self, request: web.Request) -> web.Response:
+        key, ns, refused = self._single(request)
+        if refused is not None:
+            return refused
+        obj = self.objects[key].get((ns, request.match_info["name"]))
+        if obj is None:
+            return self._status(
+                404, "NotFound", f'{key[2]} "{request.match_info["name"]}" not found'
+            )
+        return web.json_response(obj)
+
+    async def _create(self, request: web.Request) -> web.Response:
+        key, ns, refused = self._single(request)
+        if refused is not None:
+            return refused
+        obj = await request.json()
+        obj.setdefault("metadata", {})["namespace"] = ns
+        if (ns, obj["metadata"]["name"]) in self.objects[key]:
+            return self._status(
+                409, "AlreadyExists", f'{key[2]} "{obj["metadata"]["name"]}" already exists'
+            )
+        return web.json_response(self.apply(key, obj), status=201)
+
+    async def _replace(self, request: web.Request) -> web.Response:
+        key, ns, refused = self._single(request)
+        if refused is not None:
+            return refused
+        obj = await request.json()
+        current = self.objects[key].get((ns, request.match_info["name"]))
+        if current is None:
+            return self._status(404, "NotFound", "not found")
+        if obj.get("metadata", {}).get("resourceVersion") != current["metadata"]["resourceVersion"]:
+            return self._status(409, "Conflict", "the object has been modified; please apply "
+                                "your changes to the latest version and try again")  # fmt: skip
+        return web.json_response(self.apply(key, obj))
 
     @staticmethod
     def _status(code: int, reason: str, message: str) -> web.Response:

@@ -241,3 +241,64 @@ async def test_pool_flags_watch_the_pool_and_its_objectives_unless_a_file_is_giv
     assert watched.view is not None
     from_file = await _discovery_for(tmp_path, "--pool-name=p", "--objectives-file=o.yaml")
     assert from_file.view is None
+
+
+async def _start_epp(config: str, home: Path, *extra: str):
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "igw", "epp", "--pool-name=pool-a", f"--kubeconfig={config}",
+        "--grpc-port=0", "--grpc-health-port=0", "--metrics-port=0", "--secure-serving=false",
+        "--drain-timeout=1s", *extra,
+        env=_isolated_env(home), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+    match = re.search(r"health on :(\d+)", line)
+    assert match, line
+    return proc, int(match.group(1))
+
+
+async def _stop(proc) -> None:
+    if proc.returncode is None:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 15)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_with_leader_election_only_the_leader_is_ready_and_it_hands_over(tmp_path, api):
+    api.apply(POOL, inference_pool("pool-a", {"app": "vllm"}, [8000]))
+    api.apply(POD, pod("pod-0", "10.0.0.1", {"app": "vllm"}))
+    config = api.kubeconfig(tmp_path / "kubeconfig")
+    first, first_health = await _start_epp(config, tmp_path, "--ha-enable-leader-election")
+    second = None
+    try:
+        for _ in range(100):
+            if await _health(first_health) == SERVING:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the first replica never led")
+        second, second_health = await _start_epp(config, tmp_path, "--ha-enable-leader-election")
+        await asyncio.sleep(0.5)
+        assert await _health(second_health) == NOT_SERVING  # synced, but a follower
+        await _stop(first)  # releases the lease on the way out
+        for _ in range(100):  # the follower's next round (every 2 s) takes it
+            if await _health(second_health) == SERVING:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the follower never took over")
+    finally:
+        await _stop(first)
+        if second is not None:
+            await _stop(second)
+    assert first.returncode == 0
+
+
+def test_leader_election_needs_kubernetes_discovery(tmp_path, monkeypatch):
+    message = _usage_error(
+        monkeypatch, tmp_path, "--endpoints=10.0.0.1:8000", "--ha-enable-leader-election"
+    )
+    assert "--ha-enable-leader-election" in message and "--pool-name" in message

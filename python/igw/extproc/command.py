@@ -47,7 +47,6 @@ _REJECTED = {
 # Reference flags accepted for compatibility and ignored by igw (value kind, default).
 _IGNORED_BOOLS = {
     "allow-experimental-plugins": False,
-    "ha-enable-leader-election": False,
     "tracing": True,
     "health-checking": False,
     "enable-pprof": True,
@@ -103,6 +102,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma list of target ports; the first is the default port of --endpoints entries",
     )
     add_bool(ref, "disable-endpoint-subset-filter", False, "ignore the subset hint metadata")
+    add_bool(
+        ref,
+        "ha-enable-leader-election",
+        False,
+        "replicas of one pool elect a leader over a Lease; only the leader is ready",
+    )
     add_bool(ref, "emit-endpoint-scores", False, "add x-gateway-destination-endpoint-scores")
     ref.add_argument(
         *names("refresh-metrics-interval"),
@@ -228,6 +233,11 @@ def _validate(args: argparse.Namespace) -> None:
         raise UsageError("--max-request-body: expected a positive size")
     if args.endpoints and args.endpoints_file:
         raise UsageError("--endpoints and --endpoints-file are mutually exclusive")
+    if args.ha_enable_leader_election and (args.endpoints or args.endpoints_file):
+        raise UsageError(
+            "--ha-enable-leader-election: needs Kubernetes (--pool-name or --endpoint-selector), "
+            "not --endpoints / --endpoints-file"
+        )
     if not (args.endpoints or args.endpoints_file):
         if args.pool_name and args.endpoint_selector:
             raise UsageError(
@@ -310,6 +320,7 @@ async def _main(args: argparse.Namespace) -> int:
 
     objectives_source = None
     watch_task: asyncio.Task | None = None
+    elector: Any = None
     if args.objectives_file:
         from igw.objectives import ObjectivesFile
 
@@ -348,6 +359,8 @@ async def _main(args: argparse.Namespace) -> int:
             from igw.k8s.metrics import WatchCollector
 
             metrics.registry.register(WatchCollector(discovery))
+            if args.ha_enable_leader_election:
+                elector = _leader_elector(discovery)
             if objectives_source is None and discovery.view is not None:
                 objectives_source = _LiveObjectives(discovery)
         await discovery.start()
@@ -397,6 +410,7 @@ async def _main(args: argparse.Namespace) -> int:
         credentials=credentials,
         max_recv=args.grpc_max_recv_msg_size or None,
         max_send=args.grpc_max_send_msg_size or None,
+        synced=(lambda: pool.synced and elector.is_leader) if elector is not None else None,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -409,6 +423,8 @@ async def _main(args: argparse.Namespace) -> int:
         await discovery.stop()
         raise UsageError(f"cannot listen: {error}") from None
     await datalayer.start()
+    if elector is not None:
+        elector.start()
     if args.objectives_file and objectives_source is not None:
         watch_task = asyncio.create_task(objectives_source.source.watch(1.0))
     scheme = "TLS" if credentials is not None else "plaintext"
@@ -429,10 +445,26 @@ async def _main(args: argparse.Namespace) -> int:
             watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watch_task
+        if elector is not None:
+            await elector.stop()  # release first: a follower takes over while this one drains
         await server.stop(args.drain_timeout)
         await datalayer.stop()
         await discovery.stop()
     return 0
+
+
+def _leader_elector(discovery: Any) -> Any:
+    """A Lease elector for the pool, sharing the discovery's API client."""
+    import os
+    import socket
+    import uuid
+
+    from igw.k8s.leader import LeaderElector, lease_name
+
+    identity = f"{os.environ.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+    return LeaderElector(
+        discovery.client, discovery.namespace, lease_name(discovery.pool.name), identity
+    )
 
 
 async def _kubernetes_discovery(args: argparse.Namespace, pool: Any) -> Any:

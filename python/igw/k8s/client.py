@@ -77,6 +77,10 @@ class NotFound(ApiError):
     """The collection does not exist (the CRD is not installed, or a wrong group/version)."""
 
 
+class Conflict(ApiError):
+    """HTTP 409: the object exists already, or changed since it was read."""
+
+
 def _error(status: int, body: Any, resource: str) -> ApiError:
     reason, message = "", ""
     if isinstance(body, dict):
@@ -85,7 +89,7 @@ def _error(status: int, body: Any, resource: str) -> ApiError:
         status = int(body.get("code") or status)
     elif isinstance(body, str):
         message = body.strip()[:300]
-    kind = Gone if status == 410 else NotFound if status == 404 else ApiError
+    kind = {410: Gone, 404: NotFound, 409: Conflict}.get(status, ApiError)
     return kind(status, reason or _REASONS.get(status, ""), message, resource=resource)
 
 
@@ -93,6 +97,7 @@ _REASONS = {
     401: "Unauthorized",
     403: "Forbidden",
     404: "NotFound",
+    409: "Conflict",
     410: "Expired",
     429: "TooManyRequests",
     500: "InternalError",
@@ -178,21 +183,51 @@ class KubeClient:
     async def _get_json(
         self, resource: Resource, namespace: str, params: dict[str, str]
     ) -> dict[str, Any]:
+        return await self._request("GET", resource, self._url(resource, namespace), params=params)
+
+    async def _request(
+        self,
+        method: str,
+        resource: Resource,
+        url: str,
+        *,
+        params: dict[str, str] | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         timeout = aiohttp.ClientTimeout(total=self.request_timeout)
-        async with self._client().get(
-            self._url(resource, namespace),
-            params=params,
-            headers=await self._headers(),
-            timeout=timeout,
+        async with self._client().request(
+            method, url, params=params, json=body, headers=await self._headers(), timeout=timeout
         ) as response:
-            body = await _read_body(response)
-            if response.status != 200:
-                raise _error(response.status, body, str(resource))
-            if not isinstance(body, dict):
+            answer = await _read_body(response)
+            if response.status not in (200, 201):
+                raise _error(response.status, answer, str(resource))
+            if not isinstance(answer, dict):
                 raise ApiError(
                     response.status, "BadResponse", "not a JSON object", resource=str(resource)
                 )
-            return body
+            return answer
+
+    # -- single objects (the leader-election Lease) -------------------------------------
+    async def get(self, resource: Resource, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object, or None when it does not exist."""
+        try:
+            return await self._request("GET", resource, f"{self._url(resource, namespace)}/{name}")
+        except NotFound:
+            return None
+
+    async def create(
+        self, resource: Resource, namespace: str, obj: dict[str, Any]
+    ) -> dict[str, Any]:
+        """POST a new object; ``Conflict`` when it already exists."""
+        return await self._request("POST", resource, self._url(resource, namespace), body=obj)
+
+    async def replace(
+        self, resource: Resource, namespace: str, obj: dict[str, Any]
+    ) -> dict[str, Any]:
+        """PUT ``obj`` (with its ``metadata.resourceVersion``); ``Conflict`` when someone else
+        changed it first (optimistic concurrency)."""
+        url = f"{self._url(resource, namespace)}/{obj['metadata']['name']}"
+        return await self._request("PUT", resource, url, body=obj)
 
     async def watch(
         self,

@@ -90,3 +90,17 @@ async def test_content_length_over_the_limit_is_refused_before_the_body(replicas
     answer = await exchange(gw.gateway.port, head)  # no body sent at all
     assert answer.startswith(b"HTTP/1.1 413")
     assert replicas[0].hits == 0
+
+
+async def test_idle_keep_alive_connection_is_closed_after_the_idle_timeout(replicas, make_gateway):
+    gw = await make_gateway(replicas[:1], limits=Limits(idle_timeout=0.3))
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.gateway.port)
+    writer.write(post())
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200")
+    started = asyncio.get_running_loop().time()
+    rest = await asyncio.wait_for(reader.read(), 5)  # the body, then EOF when idle too long
+    assert b'"hello"' in rest
+    assert asyncio.get_running_loop().time() - started < 3
+    writer.close()

@@ -148,6 +148,7 @@ class _Connection(asyncio.Protocol):
         self.body_timer: asyncio.TimerHandle | None = None
         self.can_write: asyncio.Future | None = None
         self.closed = False
+        self.rejected = False
         self.reading_paused = False
         self._reset_message()
 
@@ -157,7 +158,7 @@ class _Connection(asyncio.Protocol):
         self.body: list[bytes] = []
         self.body_size = 0
         self.head_size = 0
-        self.rejected = False
+        self.head_done = False  # this message's head is in: the body timer governs now
 
     # -- transport events ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -214,6 +215,7 @@ class _Connection(asyncio.Protocol):
         self.headers[key] = text if previous is None else f"{previous}, {text}"
 
     def on_headers_complete(self) -> None:
+        self.head_done = True
         if self.head_timer is not None:
             self.head_timer.cancel()
             self.head_timer = None
@@ -224,7 +226,7 @@ class _Connection(asyncio.Protocol):
                          "request_too_large")  # fmt: skip
             raise httptools.HttpParserError("body too large")
         if self.headers.get("expect", "").lower() == "100-continue":
-            self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self._write_quietly(b"HTTP/1.1 100 Continue\r\n\r\n")
         self.body_timer = self.loop.call_later(self.limits.body_timeout, self._body_timeout)
 
     def on_body(self, body: bytes) -> None:
@@ -247,6 +249,7 @@ class _Connection(asyncio.Protocol):
             self.parser.should_keep_alive(),
         )
         self.queue.append(message)
+        self.head_done = False  # until the next message's head is in
         if len(self.queue) >= MAX_PIPELINED and self.transport is not None:
             self.reading_paused = True
             self.transport.pause_reading()
@@ -260,7 +263,7 @@ class _Connection(asyncio.Protocol):
 
     def _head_timeout(self) -> None:
         self.head_timer = None
-        if not self.queue and self.transport is not None:
+        if not self.queue and not self.head_done and self.transport is not None:
             self.transport.close()  # idle keep-alive, or a head that never completed
 
     def _body_timeout(self) -> None:
@@ -275,7 +278,7 @@ class _Connection(asyncio.Protocol):
         self.rejected = True
         body = error_body(status, message, code=code)
         items = [("content-type", "application/json")]
-        self.write(_head(status, items, keep_alive=False, length=len(body)) + body)
+        self._write_quietly(_head(status, items, keep_alive=False, length=len(body)) + body)
         if self.transport is not None:
             self.transport.close()
 
@@ -285,6 +288,13 @@ class _Connection(asyncio.Protocol):
         if self.closed or transport is None or transport.is_closing():
             raise ConnectionResetError("client disconnected")
         transport.write(data)
+
+    def _write_quietly(self, data: bytes) -> None:
+        """Write from a parser callback: a client already gone is not an error there."""
+        try:
+            self.write(data)
+        except ConnectionResetError:
+            pass
 
     async def drain(self) -> None:
         if self.can_write is not None and not self.can_write.done():
@@ -322,8 +332,8 @@ class _Connection(asyncio.Protocol):
                     if self.transport is not None:
                         self.transport.close()
                     return
-                if not self.queue:
-                    self._arm_head_timer()
+                if not self.queue and not self.head_done:
+                    self._arm_head_timer()  # idle, or the next head is still arriving
         except (asyncio.CancelledError, ConnectionResetError):
             return
         except Exception:

@@ -234,3 +234,25 @@ def test_weighted_random_picks_in_proportion_to_scores(make_pool, core):
     assert seen[3] == 0
     assert 1.7 < seen[0] / seen[1] < 2.3
     assert 1.6 < seen[1] / seen[2] < 2.5
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"k": 1.5}, "k must be"), ({"reserve": 1}, "reserve must be"),
+     ({"bogus": 1}, "unexpected keyword"), ({"seed": -1}, "seed must be")],
+)  # fmt: skip
+def test_cpp_pick_rejects_wrongly_typed_keywords(make_pool, kwargs, match):
+    from igw import _core
+
+    _, _, sched = loaded(make_pool, _core, [0.1])
+    with pytest.raises(_core.Error, match=match):
+        sched.pick(_core.Profile(KV), **kwargs)
+
+
+def test_cpp_pick_accepts_numpy_scalars(make_pool):
+    from igw import _core
+
+    _, _, sched = loaded(make_pool, _core, [0.1, 0.2])
+    res = sched.pick(_core.Profile(KV), k=np.int64(2), reserve=np.bool_(False),
+                     prompt_tokens=np.int32(5))  # fmt: skip
+    assert res.endpoints == [0, 1] and res.uncached_tokens == 5

@@ -32,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 QUICK = os.environ.get("IGW_BENCH_QUICK") == "1"
 # Subprocesses import the igw this process runs (source tree or installed package).
 IGW_HOME = Path(__import__("igw").__file__).resolve().parents[1]
@@ -336,9 +338,14 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def test_gateway_overhead(benchmark) -> None:
+# Quick mode (CI) measures the default front end; the full run both.
+FRONTENDS = ["aiohttp"] if QUICK else ["aiohttp", "httptools"]
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_gateway_overhead(benchmark, frontend) -> None:
     results: dict = {}
-    benchmark.pedantic(lambda: results.update(measure()), rounds=1, iterations=1)
+    benchmark.pedantic(lambda: results.update(measure(frontend=frontend)), rounds=1, iterations=1)
     print("\n" + table(results))
     for key in ("c1_json", "c1_stream"):
         assert results[key]["errors"] == 0

@@ -342,3 +342,18 @@ async def test_watch_metrics_report_synced_lists_and_errors(api, pool, discovery
     await eventually(lambda: pool.synced, what="synced")
     assert sample("igw_kubernetes_watch_synced", pods_watch) == 1.0
     assert sample("igw_kubernetes_watch_lists_total", pods_watch) == 1.0
+
+
+async def test_the_historic_v1alpha2_pool_is_followed_with_pool_group_x_k8s(api, pool, discovery):
+    from .fake_apiserver import LEGACY_POOL
+
+    legacy = {
+        "metadata": {"name": POOL_NAME, "namespace": "default"},
+        "spec": {"selector": APP, "targetPortNumber": 8000, "extensionRef": {"name": "epp"}},
+    }
+    api.apply(LEGACY_POOL, legacy)
+    api.apply(POOL, inference_pool(POOL_NAME, {"app": "not-this"}, [9999]))  # the v1 one
+    api.apply(POD, pod("pod-0", "10.0.0.1", APP))
+    await discovery(pool_group="inference.networking.x-k8s.io").start()
+    await eventually(lambda: pool.synced, what="synced")
+    assert addresses(pool) == {"10.0.0.1:8000"}

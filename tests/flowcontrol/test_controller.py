@@ -352,3 +352,42 @@ async def test_a_failing_detector_admits_instead_of_holding_traffic(caplog):
     await asyncio.wait_for(flow.admit(req("a"), pool), 1.0)
     await asyncio.wait_for(flow.admit(req("b"), pool), 1.0)
     assert sum("saturation detector failed" in r.message for r in caplog.records) == 1
+
+
+async def test_concurrency_bound_skips_readings_far_from_saturation():
+    from igw.flowcontrol import ConcurrencyDetector
+
+    class Counting(ConcurrencyDetector):
+        readings = 0
+
+        def saturation(self, pool, request=None, pending=0):
+            Counting.readings += 1
+            return super().saturation(pool, request, pending)
+
+    pool = make_pool()
+    flow = FlowControl(FlowControlSettings(tick=60.0), detector=Counting(max_concurrency=10))
+    for i in range(10):
+        await flow.admit(req(f"r{i}"), pool)  # nothing reserves: the pool stays empty
+    assert Counting.readings == 2  # one reading, nine proven by the bound, then a new one
+
+
+async def test_concurrency_bound_never_admits_past_capacity():
+    from igw.flowcontrol import ConcurrencyDetector
+
+    pool = make_pool()
+    endpoint = pool.endpoints()[0]
+    flow = FlowControl(FlowControlSettings(tick=60.0), detector=ConcurrencyDetector(max_concurrency=10))
+    admitted = 0
+
+    async def admit_and_reserve(request):
+        nonlocal admitted
+        await flow.admit(request, pool)
+        pool.table.add_inflight(endpoint.id, 1, 0)  # what the scheduler's pick does
+        admitted += 1
+
+    tasks = [asyncio.create_task(admit_and_reserve(req(f"r{i}"))) for i in range(15)]
+    await settle(20)
+    assert admitted == 10 and flow.controller_for(pool).queued == 5
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

@@ -159,6 +159,11 @@ class PoolController:
         self.closed = False
         self.last_saturation = 0.0
         self._detector_errors: set[str] = set()
+        # the last whole-pool reading, for admissions proven safe without a new one
+        self._bound_step: float | None = None
+        self._bound_base = 0.0
+        self._bound_since = 0
+        self._bound_at = 0.0
         self.dispatched = 0  # counters for tests and debugging
         self.fast_path = 0
         if metrics is not None:
@@ -175,8 +180,14 @@ class PoolController:
         if empty and (shed or self.settings.no_endpoint_ttl <= 0):
             raise self._reject(request, start, REJECTED_NO_ENDPOINTS, no_endpoints_error(False))
         if not empty:
+            if self.queued == 0 and request.subset is None and self._room_by_bound():
+                self._bound_since += 1
+                self.fast_path += 1
+                self._admitted(request, start)
+                return
             saturation = self._saturation(request)
             if saturation < 1.0 and self.queued == 0:
+                self._bound_since += 1
                 self.fast_path += 1
                 self._admitted(request, start)
                 return
@@ -295,7 +306,24 @@ class PoolController:
         if value != value:  # NaN: same treatment
             value = 0.0
         self.last_saturation = value
+        if request is None or request.subset is None:
+            step = getattr(self.detector, "step", None)
+            self._bound_step = step(self.pool) if step is not None else None
+            self._bound_base, self._bound_since = value, 0
+            self._bound_at = self.clock()
         return value
+
+    def _room_by_bound(self) -> bool:
+        """True when the last whole-pool reading proves there is room without a new one.
+
+        Only detectors that can bound their growth offer a ``step`` (the concurrency
+        detector in requests mode): after n admissions since a reading v, saturation is at
+        most ``v + n * step`` (finishing requests only lower it). The bound is trusted for
+        one tick, so membership and readiness changes are seen within milliseconds."""
+        step = self._bound_step
+        if step is None or self.clock() - self._bound_at > self.settings.tick:
+            return False
+        return self._bound_base + (self._bound_since + 1) * step < 1.0
 
     def _prune_pending(self) -> int:
         """Drop released requests that have reserved (or ended) from the front of the
@@ -334,6 +362,7 @@ class PoolController:
                 if band.count == 0:
                     self._drop_if_idle(band)
                 self._compact_expiry()
+                self._bound_since += 1
                 self._pending.append((item.request, self.clock()))
                 self._admitted(item.request, item.enqueued_at)
                 if not item.future.done():

@@ -186,6 +186,14 @@ class ConcurrencyDetector:
         self.max_concurrency = int(max_concurrency)
         self.max_token_concurrency = max_token_concurrency
         self.headroom = headroom  # the reference uses it only when the detector filters
+        self._steps: weakref.WeakKeyDictionary[Pool, float] = weakref.WeakKeyDictionary()
+
+    def step(self, pool: Pool) -> float | None:
+        """How much one more admitted request can raise the pool's saturation at most, as of
+        the last whole-pool reading (requests mode only; None when unknown). Requests that
+        finish only lower it, so ``last + n * step`` bounds the reading after n admissions:
+        the controller may admit without a new snapshot while that bound stays below 1.0."""
+        return self._steps.get(pool) if self.mode == "requests" else None
 
     def token_capacity(self, snapshot: Any) -> np.ndarray:
         """Per endpoint id: token capacity (configured, else KV-cache tokens, else 1e6)."""
@@ -205,6 +213,8 @@ class ConcurrencyDetector:
             return 1.0
         requests = np.asarray(snap.inflight_requests)
         request_capacity = float(self.max_concurrency * count)
+        if request is None or request.subset is None:
+            self._steps[pool] = 1.0 / request_capacity
         if self.mode == "requests":
             return (int(requests.sum(where=mask)) + pending) / request_capacity
         tokens = np.asarray(snap.inflight_tokens, dtype=np.float64)

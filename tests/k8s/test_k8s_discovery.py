@@ -357,3 +357,18 @@ async def test_the_historic_v1alpha2_pool_is_followed_with_pool_group_x_k8s(api,
     await discovery(pool_group="inference.networking.x-k8s.io").start()
     await eventually(lambda: pool.synced, what="synced")
     assert addresses(pool) == {"10.0.0.1:8000"}
+
+
+async def test_fields_a_newer_crd_adds_are_ignored_not_refused(api, pool, discovery):
+    api.apply(POOL, inference_pool(POOL_NAME, APP, [8000]))
+    newer = objective("chat", POOL_NAME, 6)
+    newer["spec"]["latencyTarget"] = "500ms"
+    newer["spec"]["poolRef"]["port"] = 1
+    newer_rewrite = rewrite("rw", POOL_NAME, "llm", "llm-v2")
+    newer_rewrite["spec"]["rules"][0]["targets"][0]["note"] = "from v1alpha3"
+    api.apply(OBJECTIVE, newer)
+    api.apply(REWRITE, newer_rewrite)
+    watcher = discovery()
+    await watcher.start()
+    await eventually(lambda: watcher.objectives.priority("chat") == 6, what="objective kept")
+    await eventually(lambda: len(watcher.rewrites) == 1, what="rewrite kept")

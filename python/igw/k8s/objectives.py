@@ -14,9 +14,10 @@ its complexity here.
 from __future__ import annotations
 
 import logging
+import typing
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from igw.config import validation_to_config_error
 from igw.k8s.pods import Key, key_of
@@ -28,6 +29,33 @@ from igw.objectives import (
 )
 
 log = logging.getLogger("igw.k8s")
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models inside a field's annotation (``X``, ``list[X]``, ``X | None``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
+def known_fields(value: Any, model: type[BaseModel]) -> Any:
+    """``value`` with the keys ``model`` (and its nested models) does not declare removed;
+    models that accept extra keys (metadata, status) are kept whole."""
+    if not isinstance(value, dict) or model.model_config.get("extra") != "forbid":
+        return value
+    out = {}
+    for key, item in value.items():
+        field = model.model_fields.get(key)
+        if field is None:
+            continue
+        nested = _models_in(field.annotation)
+        if nested and isinstance(item, list):
+            out[key] = [known_fields(i, nested[0]) for i in item]
+        elif nested:
+            out[key] = known_fields(item, nested[0])
+        else:
+            out[key] = item
+    return out
 
 
 class _Collection:
@@ -62,8 +90,9 @@ class ObjectivesView:
         self._reported: set[tuple[Key, str, str]] = set()
 
     def _parse(self, model: type, raw: dict[str, Any]) -> Any:
-        # the stores' models are strict: keep only the fields an applied manifest has
-        doc = {k: raw[k] for k in ("apiVersion", "kind", "metadata", "spec", "status") if k in raw}
+        # the API server has validated the object against its CRD already; fields a newer
+        # CRD version adds, which igw's strict models do not know, are dropped, not refused
+        doc = known_fields(raw, model)
         try:
             return model.model_validate(doc)
         except ValidationError as exc:

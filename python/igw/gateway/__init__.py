@@ -2,6 +2,7 @@
 
 Modules, one job each:
 ``app``      aiohttp front end: HTTP -> ``pipeline.Request`` -> pipeline -> forwarder; limits
+``fastfront`` optional httptools front end (``--frontend httptools``), same behaviour, less CPU
 ``proxy``    forwarding: ranked fallback before the first byte, streaming passthrough, errors
 ``upstream`` the keep-alive upstream HTTP client (httptools; aiohttp fallback)
 ``routing``  model name -> pool, per-pool engines, outcome reports to each pool's data layer

@@ -48,7 +48,7 @@ SPEED = 2.0
 OUTPUT = 24
 PROMPT_WORDS = 128  # 4-byte words: 128 tokens
 LOAD = 1.5
-DURATION_S = 3.0 if QUICK else 20.0
+DURATION_S = 2.5 if QUICK else 20.0
 CALIBRATE_S = 1.0 if QUICK else 5.0
 DRAIN_S = 30.0
 MIX = ((10, 0.2), (0, 0.5), (-1, 0.3))
@@ -445,10 +445,13 @@ def admission_costs(endpoints: int = 100, iterations: int = 20000) -> dict[str, 
     out: dict[str, float] = {}
 
     def per_call(label: str, admit) -> None:
-        start = time.perf_counter()
-        for request in requests:
-            _drive(admit(request))
-        out[label] = (time.perf_counter() - start) / iterations * 1e6
+        best = float("inf")
+        for _ in range(3):  # best of three rounds: other processes share the machine
+            start = time.perf_counter()
+            for request in requests:
+                _drive(admit(request))
+            best = min(best, time.perf_counter() - start)
+        out[label] = best / iterations * 1e6
 
     legacy = FlowControlStage(lambda _r: pool)
     per_call("legacy stage, priority 0", legacy.process)
@@ -457,12 +460,21 @@ def admission_costs(endpoints: int = 100, iterations: int = 20000) -> dict[str, 
     per_call("legacy stage, priority -1 (detector read)", legacy.process)
     for request in requests:
         request.priority = 0
+
+    class EveryTime(ConcurrencyDetector):
+        def step(self, pool):  # no bound: a snapshot per admission (a pool near saturation)
+            return None
+
     for label, detector in (
         (
-            "flow control fast path, concurrency-detector",
+            "flow control fast path, concurrency (room proven)",
             ConcurrencyDetector(max_concurrency=10**6),
         ),
-        ("flow control fast path, utilization-detector", UtilizationDetector(lag_correction=True)),
+        ("flow control fast path, concurrency (read each time)", EveryTime(max_concurrency=10**6)),
+        (
+            "flow control fast path, utilization (lag correction)",
+            UtilizationDetector(lag_correction=True),
+        ),
     ):
         flow = FlowControl(detector=detector)
         per_call(label, lambda r, flow=flow: flow.admit(r, pool))

@@ -8,7 +8,8 @@ It keeps one ``PoolController`` per pool. A request's path through ``admit``:
    once; others wait up to ``noEndpointRequestTTL`` for endpoints to appear (scale from
    zero), then 503 ``rejected-no-endpoints``;
 3. fast path: nothing queued and the pool not saturated -> admitted at once: no item, no
-   task switch, one saturation reading;
+   task switch, at most one saturation reading (none while the last whole-pool reading
+   plus one detector ``step`` per admission since proves room, see ``_room_by_bound``);
 4. sheddable (priority < 0) under pressure (the pool saturated, or requests already
    waiting) -> 429, as the legacy path sheds them. Sheddable work never waits in igw's
    queue: queued behind a standing backlog it would starve for its whole TTL, only to take

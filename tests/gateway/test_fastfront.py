@@ -74,6 +74,7 @@ async def test_http_1_0_request_is_answered_and_closed(replicas, make_gateway):
     [
         (b"NOT HTTP AT ALL\r\n\r\n", b"400"),
         (b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", b"431"),
+        (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", b"414"),
     ],
 )
 async def test_broken_http_gets_json_error_and_close(replicas, make_gateway, data, status):

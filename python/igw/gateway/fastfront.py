@@ -203,6 +203,9 @@ class _Connection(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self.url += url
         self.head_size += len(url)
+        if self.head_size > MAX_HEAD_BYTES:
+            self._reject(414, "request line exceeds 64 KiB", "uri_too_long")
+            raise httptools.HttpParserError("request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.head_size += len(name) + len(value) + 4

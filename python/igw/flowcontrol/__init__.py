@@ -14,7 +14,7 @@ priority < 0 with 429 when saturated); ``detector_from_config`` gives it the con
 saturation detector.
 """
 
-from igw.flowcontrol.controller import FlowControl, PoolController
+from igw.flowcontrol.controller import PoolController
 from igw.flowcontrol.detectors import ConcurrencyDetector, UtilizationDetector
 from igw.flowcontrol.params import (
     BandSettings,
@@ -24,6 +24,7 @@ from igw.flowcontrol.params import (
     flow_control_enabled,
     settings_from_config,
 )
+from igw.flowcontrol.service import FlowControl
 
 __all__ = [
     "BandSettings",

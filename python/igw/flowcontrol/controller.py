@@ -1,7 +1,7 @@
-"""The flow controller: hold requests while the pool is saturated, release them by priority.
+"""One pool's flow controller: hold requests while it is saturated, release them by priority.
 
-``FlowControl`` is what the flow-control stage talks to (``await admit(request, pool)``).
-It keeps one ``PoolController`` per pool. A request's path through ``admit``:
+``igw.flowcontrol.service.FlowControl`` (what the flow-control stage talks to) keeps one
+``PoolController`` per pool. A request's path through ``PoolController.admit``:
 
 1. shutting down -> 503 ``rejected-shutting-down``;
 2. the pool has no endpoints -> a sheddable request gets 503 ``rejected-no-endpoints`` at
@@ -53,81 +53,39 @@ import heapq
 import itertools
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from igw.errors import ErrorCode, InferenceError
+from igw.errors import InferenceError
 from igw.flowcontrol import queues
-from igw.flowcontrol.params import (
-    FlowControlSettings,
-    detector_from_config,
-    detector_from_spec,
-    flow_control_enabled,
-    settings_from_config,
+from igw.flowcontrol.outcomes import (
+    DISPATCHED,
+    EVICTED_CANCELLED,
+    EVICTED_NO_ENDPOINTS,
+    EVICTED_OTHER,
+    EVICTED_TTL,
+    REJECTED_CAPACITY,
+    REJECTED_NO_ENDPOINTS,
+    REJECTED_OTHER,
+    no_endpoints_error,
+    saturated_error,
+    shed_error,
+    shutdown_error,
+    ttl_error,
 )
+from igw.flowcontrol.params import FlowControlSettings
 from igw.flowcontrol.queues import Band, Item
 
 if TYPE_CHECKING:
     from igw.datastore import Pool
     from igw.flowcontrol.metrics import FlowControlMetrics
-    from igw.pipeline import Pipeline, Request
+    from igw.pipeline import Request
 
 log = logging.getLogger("igw.flowcontrol")
 
-MESSAGE = "request rejected by flow control"
 PENDING_FORGET_S = 1.0
 ATTR = "flowcontrol"  # request.attrs key: the PoolController that admitted the request
 GONE = "flowcontrol_gone"  # request.attrs key: released, then cancelled before it ran
-
-# The reference's QueueOutcome names (metric label values).
-DISPATCHED = "Dispatched"
-REJECTED_CAPACITY = "RejectedCapacity"
-REJECTED_NO_ENDPOINTS = "RejectedNoEndpoints"
-REJECTED_OTHER = "RejectedOther"
-EVICTED_TTL = "EvictedTTL"
-EVICTED_NO_ENDPOINTS = "EvictedNoEndpoints"
-EVICTED_CANCELLED = "EvictedContextCancelled"
-EVICTED_OTHER = "EvictedOther"
-
-
-def saturated_error() -> InferenceError:
-    return InferenceError(ErrorCode.RESOURCE_EXHAUSTED, MESSAGE, drop_reason="rejected-saturated")
-
-
-def shed_error() -> InferenceError:
-    """The legacy path's message; the drop-reason header says why (igw adds it)."""
-    return InferenceError(
-        ErrorCode.RESOURCE_EXHAUSTED,
-        "system saturated, sheddable request dropped",
-        drop_reason="rejected-saturated",
-    )
-
-
-def no_endpoints_error(queued: bool) -> InferenceError:
-    message = (
-        f"request timed out in queue and no endpoints are available: {MESSAGE}"
-        if queued
-        else f"no endpoints available: {MESSAGE}"
-    )
-    return InferenceError(
-        ErrorCode.SERVICE_UNAVAILABLE, message, drop_reason="rejected-no-endpoints"
-    )
-
-
-def ttl_error() -> InferenceError:
-    return InferenceError(
-        ErrorCode.RESOURCE_EXHAUSTED,
-        f"request timed out in queue: {MESSAGE}",
-        drop_reason="rejected-ttl-expired",
-    )
-
-
-def shutdown_error() -> InferenceError:
-    return InferenceError(
-        ErrorCode.SERVICE_UNAVAILABLE,
-        f"flow controller shutting down: {MESSAGE}",
-        drop_reason="rejected-shutting-down",
-    )
 
 
 class PoolController:
@@ -494,152 +452,3 @@ class PoolController:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-
-class FlowControl:
-    """One controller per pool, the flow-control stage's ``controller`` and a response stage.
-
-    As a response stage (``attach``), ``on_finish`` tells the request's pool controller that
-    capacity freed; it runs after the account stage released the request's in-flight
-    reservation, so the next saturation reading already sees the room.
-    """
-
-    name = "flowcontrol"
-
-    def __init__(
-        self,
-        settings: FlowControlSettings | None = None,
-        *,
-        detector: Any | None = None,
-        detector_factory: Callable[[Pool], Any] | None = None,
-        metrics: Any | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        staleness: float = 0.2,
-        per_pool: Mapping[str, tuple[FlowControlSettings | None, Any]] | None = None,
-    ) -> None:
-        """``detector`` is shared by every pool; ``detector_factory`` makes one per pool;
-        with neither, the settings' detector spec is built per pool. ``metrics`` is an
-        ``igw.metrics.Metrics`` (its registry gets the flow-control families) or a
-        ``FlowControlMetrics``. ``per_pool`` maps a pool name to its own (settings,
-        detector); settings None means flow control is off for that pool (legacy shedding
-        with that detector)."""
-        self.settings = settings or FlowControlSettings()
-        self.per_pool = dict(per_pool or {})
-        self.clock = clock
-        if detector is not None:
-            self._detector_for: Callable[[Pool], Any] = lambda _pool: detector
-        elif detector_factory is not None:
-            self._detector_for = detector_factory
-        else:
-            spec = self.settings.detector
-            self._detector_for = lambda _pool: detector_from_spec(
-                spec, staleness=staleness, lag_correction=True
-            )
-        self.metrics = _metrics_of(metrics)
-        self.controllers: dict[int, PoolController] = {}
-        self.closed = False
-
-    @classmethod
-    def from_config(
-        cls, config: Any, *, metrics: Any | None = None, staleness: float = 0.2, **kwargs: Any
-    ) -> FlowControl | None:
-        """The controller a config asks for, or None when flow control is off (the legacy
-        path then applies). Raises ``ConfigError`` for a bad ``flowControl`` section."""
-        if not flow_control_enabled(config):
-            return None
-        settings = settings_from_config(config)
-        detector_from_config(config, staleness=staleness)  # parameter errors now, not later
-        return cls(settings, metrics=metrics, staleness=staleness, **kwargs)
-
-    @classmethod
-    def from_configs(
-        cls, configs: Mapping[str, Any], *, metrics: Any | None = None, staleness: float = 0.2
-    ) -> FlowControl | None:
-        """One controller for several pools, each with its own EndpointPickerConfig (pool
-        name -> config), as the standalone gateway has. None when no config enables flow
-        control; pools whose config does not keep the legacy path with their detector."""
-        plans: dict[str, tuple[FlowControlSettings | None, Any]] = {}
-        for name, config in configs.items():
-            if flow_control_enabled(config):
-                settings = settings_from_config(config)
-                detector = detector_from_spec(
-                    settings.detector, staleness=staleness, lag_correction=True
-                )
-                plans[name] = (settings, detector)
-            else:
-                plans[name] = (None, detector_from_config(config, staleness=staleness))
-        if all(settings is None for settings, _ in plans.values()):
-            return None
-        return cls(metrics=metrics, staleness=staleness, per_pool=plans)
-
-    def controller_for(self, pool: Pool) -> PoolController:
-        controller = self.controllers.get(id(pool))
-        if controller is None or controller.pool is not pool:
-            settings, detector = self.per_pool.get(pool.name, (self.settings, None))
-            controller = PoolController(
-                pool,
-                detector if detector is not None else self._detector_for(pool),
-                settings or self.settings,
-                metrics=self.metrics,
-                clock=self.clock,
-            )
-            if self.closed:
-                controller.closed = True
-            self.controllers[id(pool)] = controller
-        return controller
-
-    async def admit(self, request: Request, pool: Pool) -> None:
-        plan = self.per_pool.get(pool.name)
-        if plan is not None and plan[0] is None:  # flow control off for this pool
-            if request.priority < 0 and plan[1].saturation(pool, request) >= 1.0:
-                raise InferenceError(
-                    ErrorCode.RESOURCE_EXHAUSTED, "system saturated, sheddable request dropped"
-                )
-            return
-        await self.controller_for(pool).admit(request)
-
-    def notify(self, pool: Pool | None = None) -> None:
-        """Capacity or metrics changed (one pool, or all): try to dispatch."""
-        if pool is not None:
-            controller = self.controllers.get(id(pool))
-            if controller is not None:
-                controller.notify()
-            return
-        for controller in self.controllers.values():
-            controller.notify()
-
-    def attach(self, pipeline: Pipeline) -> FlowControl:
-        """Use this controller in ``pipeline``'s flow-control stage and hear every finish."""
-        for stage in pipeline.stages:
-            if getattr(stage, "name", "") == "flowcontrol" and hasattr(stage, "controller"):
-                stage.controller = self
-        if self not in pipeline.response_stages:
-            pipeline.response_stages.append(self)
-        return self
-
-    # -- response stage ---------------------------------------------------------------------
-    def on_headers(self, request: Request, status: int, headers: dict[str, str]) -> None:
-        return None
-
-    def on_chunk(self, request: Request, chunk: bytes, end_of_stream: bool) -> bytes:
-        return chunk
-
-    def on_finish(self, request: Request) -> None:
-        controller = request.attrs.pop(ATTR, None)
-        if controller is not None:
-            controller.notify()
-
-    async def close(self) -> None:
-        self.closed = True
-        for controller in list(self.controllers.values()):
-            await controller.close()
-
-
-def _metrics_of(metrics: Any | None) -> FlowControlMetrics | None:
-    if metrics is None:
-        return None
-    from igw.flowcontrol.metrics import FlowControlMetrics
-
-    if isinstance(metrics, FlowControlMetrics):
-        return metrics
-    return FlowControlMetrics.for_registry(metrics.registry)

@@ -115,7 +115,11 @@ def test_bad_objectives_file_fails_at_start(tmp_path):
     assert str(objectives) in result.stderr and "Traceback" not in result.stderr
 
 
-def test_missing_endpoints_outside_kubernetes_is_a_clear_error():
+def test_missing_endpoints_outside_kubernetes_is_a_clear_error(tmp_path, monkeypatch):
+    # No cluster anywhere: no in-cluster variables, no kubeconfig, an empty home.
+    for name in ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT", "KUBECONFIG"):
+        monkeypatch.delitem(ENV, name, raising=False)
+    monkeypatch.setitem(ENV, "HOME", str(tmp_path))
     result = _run_cli("--pool-name", "p")
     assert result.returncode == 2
     assert "--endpoints" in result.stderr and "Traceback" not in result.stderr

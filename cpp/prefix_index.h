@@ -6,17 +6,19 @@
 //     count, and either the single holder inline (count == 1: endpoint + LRU node, no chunk)
 //     or the offset and size class of its holder chunk.
 //   * Holder chunk: 2, 3, 4, 6, 8, 12, ... entries of (u16 endpoint, u32 LRU node) in two
-//     parallel arrays, so
-//     `match` scans a block's holders as contiguous u16s. Chunks of one size class live in
-//     one dense arena; freeing a chunk moves the arena's last chunk into the hole (its block
-//     is found through a per-chunk owner id), so there is never free space inside an arena
-//     and a block growing 1 -> 2 -> 4 -> ... leaves nothing behind.
+//     parallel arrays, so `match` scans a block's holders as contiguous u16s. Chunks of one
+//     size class live in one dense arena; freeing a chunk moves the arena's last chunk into
+//     the hole (its block is found through a per-chunk owner id), so there is never free
+//     space inside an arena and a block growing 1 -> 2 -> 3 -> 4 -> 6 ... leaves nothing
+//     behind. Blocks shrink to a smaller class when they drop to a third of their chunk.
 //   * LRU node (12 B, slabs): prev/next links of the endpoint's LRU list and its block.
 //   * Hash table: open addressing (linear probing, backward-shift delete) of u32 block ids,
 //     kept at most half full.
-// Per (block, endpoint) entry: 12 B node + 6 B holder (+ chunk rounding, at most 1.5x), plus the block record and table slot (~32 B) shared by all holders of the
-// block. memory_bytes() counts every allocated slab, arena and table byte (including unused
-// tails), so memory_bytes()/entries() is the honest per-entry cost.
+// Per (block, endpoint) entry: 12 B node + 6 B holder (+ chunk rounding, at most 1.5x),
+// plus the block record and table slot (~32 B) shared by all holders of the block: ~20 B
+// when blocks are shared, ~50 B for a block only one endpoint holds. memory_bytes() counts
+// every allocated slab, arena and table byte (unused tails included), so
+// memory_bytes()/entries() is the honest per-entry cost (bench: 21-22 B at 1k-10k endpoints).
 //
 // match walks the prompt's blocks once. Along a shared prefix consecutive blocks usually have
 // exactly the same holders (everyone who cached block i also cached i+1), so a block whose

@@ -10,7 +10,7 @@
 //     size class live in one dense arena; freeing a chunk moves the arena's last chunk into
 //     the hole (its block is found through a per-chunk owner id), so there is never free
 //     space inside an arena and a block growing 1 -> 2 -> 3 -> 4 -> 6 ... leaves nothing
-//     behind. Blocks shrink to a smaller class when they drop to a third of their chunk.
+//     behind. Blocks shrink one class when they drop to half of their chunk.
 //   * LRU node (12 B, slabs): prev/next links of the endpoint's LRU list and its block.
 //   * Hash table: open addressing (linear probing, backward-shift delete) of u32 block ids,
 //     kept at most half full.

@@ -29,7 +29,15 @@ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DPython_EXECUTABLE="$(command -v $py)" "${extra[@]}" >/dev/null
 cmake --build "$build" -j2
 if [[ $build == build/dev ]]; then
-  cp "$build"/_core*.so python/igw/
+  # Other processes may have the module mapped: copy to a temporary name in the same directory
+  # and rename over the old file, so they keep the old inode instead of seeing a half-written one.
+  for so in "$build"/_core*.so; do
+    name=$(basename "$so")
+    tmp=$(mktemp "python/igw/.${name}.XXXXXX")
+    cp "$so" "$tmp"
+    chmod 755 "$tmp"
+    mv -f "$tmp" "python/igw/$name"
+  done
 else
   rm -rf "$build/python" && mkdir -p "$build/python"
   cp -r python/igw "$build/python/igw"

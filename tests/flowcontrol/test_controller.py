@@ -376,7 +376,9 @@ async def test_concurrency_bound_never_admits_past_capacity():
 
     pool = make_pool()
     endpoint = pool.endpoints()[0]
-    flow = FlowControl(FlowControlSettings(tick=60.0), detector=ConcurrencyDetector(max_concurrency=10))
+    flow = FlowControl(
+        FlowControlSettings(tick=60.0), detector=ConcurrencyDetector(max_concurrency=10)
+    )
     admitted = 0
 
     async def admit_and_reserve(request):

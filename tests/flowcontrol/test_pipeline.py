@@ -116,3 +116,33 @@ async def test_two_flow_controls_share_one_registry():
     metrics = Metrics()
     FlowControl(metrics=metrics)
     FlowControl(metrics=metrics)  # registering the families twice would raise
+
+
+async def test_install_wires_a_pipeline_from_config():
+    from igw.flowcontrol import install
+
+    plugin = {"name": "c", "type": "concurrency-detector", "parameters": {"maxConcurrency": 1}}
+    config = {"plugins": [plugin], "flowControl": {"saturationDetector": {"pluginRef": "c"}}}
+    pool = make_pool(1)
+    pipeline = build_pipeline(ReservingEngine(), pool, objectives=Objectives())
+    flow = install(pipeline, config)
+    assert flow is not None and flow in pipeline.response_stages
+    stage = next(s for s in pipeline.stages if s.name == "flowcontrol")
+    assert stage.controller is flow
+    first = await pipeline.run(request("first", "standard"))
+    queued = asyncio.create_task(pipeline.run(request("second", "standard")))
+    await until(lambda: flow.controller_for(pool).queued == 1)
+    pipeline.finish(first)  # capacity frees: the queued request goes at once
+    pipeline.finish(await asyncio.wait_for(queued, 1.0))
+    await flow.close()
+
+
+async def test_install_leaves_the_legacy_path_with_the_configured_detector():
+    from igw.flowcontrol import install
+
+    plugin = {"name": "c", "type": "concurrency-detector", "parameters": {"maxConcurrency": 3}}
+    pipeline = build_pipeline(ReservingEngine(), make_pool(1))
+    flow = install(pipeline, {"plugins": [plugin], "saturationDetector": {"pluginRef": "c"}})
+    stage = next(s for s in pipeline.stages if s.name == "flowcontrol")
+    assert flow is None and stage.controller is None
+    assert isinstance(stage.detector, ConcurrencyDetector) and stage.detector.max_concurrency == 3

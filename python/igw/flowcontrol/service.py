@@ -175,3 +175,23 @@ def _metrics_of(metrics: Any | None) -> FlowControlMetrics | None:
     if isinstance(metrics, FlowControlMetrics):
         return metrics
     return FlowControlMetrics.for_registry(metrics.registry)
+
+
+def install(
+    pipeline: Pipeline, config: Any, *, metrics: Any | None = None, staleness: float = 0.2
+) -> FlowControl | None:
+    """Wire a pipeline's flow-control stage from a config, in one call.
+
+    The legacy path gets the configured saturation detector (``saturationDetector``, with
+    the reference's formula). When the config enables flow control, a ``FlowControl`` is
+    attached and returned (the caller closes it at shutdown); otherwise None. Raises
+    ``ConfigError`` for a bad section, before anything is changed.
+    """
+    detector = detector_from_config(config, staleness=staleness)
+    flow = FlowControl.from_config(config, metrics=metrics, staleness=staleness)
+    for stage in pipeline.stages:
+        if getattr(stage, "name", "") == "flowcontrol" and hasattr(stage, "detector"):
+            stage.detector = detector
+    if flow is not None:
+        flow.attach(pipeline)
+    return flow

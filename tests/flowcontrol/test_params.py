@@ -180,3 +180,11 @@ async def test_per_pool_configs_keep_the_legacy_path_where_flow_control_is_off()
         await flow.admit(Request("c", priority=-1), on)
     assert controlled.value.headers[DROP_REASON_HEADER] == "rejected-saturated"
     assert FlowControl.from_configs({"a": {}, "b": {}}) is None
+
+
+def test_per_pool_config_errors_name_the_pool_and_field():
+    with pytest.raises(ConfigError) as info:
+        FlowControl.from_configs(
+            {"good": {"flowControl": {}}, "bad": {"flowControl": {"maxBytes": "x"}}}
+        )
+    assert info.value.source == "pool bad" and info.value.field == "flowControl.maxBytes"

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from igw.config import ConfigError
 from igw.errors import ErrorCode, InferenceError
 from igw.flowcontrol.controller import ATTR, PoolController
 from igw.flowcontrol.params import (
@@ -92,14 +93,19 @@ class FlowControl:
         control; pools whose config does not keep the legacy path with their detector."""
         plans: dict[str, tuple[FlowControlSettings | None, Any]] = {}
         for name, config in configs.items():
-            if flow_control_enabled(config):
-                settings = settings_from_config(config)
-                detector = detector_from_spec(
-                    settings.detector, staleness=staleness, lag_correction=True
-                )
-                plans[name] = (settings, detector)
-            else:
-                plans[name] = (None, detector_from_config(config, staleness=staleness))
+            try:
+                if flow_control_enabled(config):
+                    settings = settings_from_config(config)
+                    detector_from_config(config, staleness=staleness)  # names the field
+                    detector = detector_from_spec(
+                        settings.detector, staleness=staleness, lag_correction=True
+                    )
+                    plans[name] = (settings, detector)
+                else:
+                    plans[name] = (None, detector_from_config(config, staleness=staleness))
+            except ConfigError as error:
+                source = f"pool {name}" + (f" ({error.source})" if error.source else "")
+                raise ConfigError(source, error.field, error.expected) from None
         if all(settings is None for settings, _ in plans.values()):
             return None
         return cls(metrics=metrics, staleness=staleness, per_pool=plans)

@@ -25,11 +25,11 @@ PrefixIndex::PrefixIndex(uint32_t max_endpoints, uint32_t default_capacity)
   eps_state_.resize(max_endpoints);
   for (auto& st : eps_state_) st.cap = default_capacity;
   for (uint32_t c = 1; c <= kClasses; ++c) {
-    // c = 1, 2, 3, 4, 5, ... -> 2, 3, 4, 6, 8, 12, 16, ...: 2^k and 3 * 2^(k-1) alternate.
-    const uint32_t k = (c + 1) / 2;
-    arenas_[c].size = (c % 2 == 1) ? (1u << k) : (3u << (k - 1));
+    // c = 1, 2 -> 2, 3; then (4 + q) * 2^k for q = 0..3: 4, 5, 6, 7, 8, 10, 12, 14, ...
+    const uint32_t j = c - 3;
+    arenas_[c].size = c < 3 ? c + 1 : (4u + j % 4) << (j / 4);
     uint32_t shift = 0;
-    while ((size_t{arenas_[c].size} << shift) < 1024) ++shift;
+    while ((size_t{arenas_[c].size} << shift) < kSlabEntries) ++shift;
     arenas_[c].slab_shift = shift;
   }
   rehash(kMinTable);
@@ -53,12 +53,13 @@ uint32_t PrefixIndex::seen() const noexcept {
 // ------------------------------------------------------------------------- hash table
 
 uint32_t PrefixIndex::slot_of(uint64_t hash) const noexcept {
-  return static_cast<uint32_t>((hash * 0x9E3779B97F4A7C15ULL) >> table_shift_);
+  // Fibonacci-mix the hash, then map its high 32 bits onto [0, size) by multiply-high.
+  const uint64_t mixed = (hash * 0x9E3779B97F4A7C15ULL) >> 32;
+  return static_cast<uint32_t>((mixed * table_.size()) >> 32);
 }
 
 uint32_t PrefixIndex::find(uint64_t hash) const noexcept {
-  const uint32_t mask = static_cast<uint32_t>(table_.size() - 1);
-  for (uint32_t i = slot_of(hash);; i = (i + 1) & mask) {
+  for (uint32_t i = slot_of(hash);; i = next_slot(i)) {
     const uint32_t b = table_[i];
     if (b == kNil) return kNil;
     if (blocks_[b].hash == hash) return b;
@@ -69,18 +70,16 @@ void PrefixIndex::rehash(size_t slots) {
   std::vector<uint32_t> old;
   old.swap(table_);
   table_.assign(slots, kNil);
-  table_shift_ = 64 - static_cast<uint32_t>(std::countr_zero(slots));
-  const uint32_t mask = static_cast<uint32_t>(slots - 1);
   for (uint32_t b : old) {
     if (b == kNil) continue;
     uint32_t i = slot_of(blocks_[b].hash);
-    while (table_[i] != kNil) i = (i + 1) & mask;
+    while (table_[i] != kNil) i = next_slot(i);
     table_[i] = b;
   }
 }
 
 uint32_t PrefixIndex::insert_block(uint64_t hash) {
-  if ((block_count_ + 1) * 2 > table_.size()) rehash(table_.size() * 2);
+  if ((block_count_ + 1) * 2 > table_.size()) rehash(table_.size() + table_.size() / 2);
   uint32_t b = free_block_;
   if (b != kNil) {
     free_block_ = blocks_[b].off;
@@ -88,22 +87,20 @@ uint32_t PrefixIndex::insert_block(uint64_t hash) {
     b = blocks_.grow(1);
   }
   blocks_[b] = Block{hash, 0, kNil, 0, 0};
-  const uint32_t mask = static_cast<uint32_t>(table_.size() - 1);
   uint32_t i = slot_of(hash);
-  while (table_[i] != kNil) i = (i + 1) & mask;
+  while (table_[i] != kNil) i = next_slot(i);
   table_[i] = b;
   ++block_count_;
   return b;
 }
 
 void PrefixIndex::erase_block(uint32_t b) {
-  const uint32_t mask = static_cast<uint32_t>(table_.size() - 1);
   uint32_t i = slot_of(blocks_[b].hash);
-  while (table_[i] != b) i = (i + 1) & mask;
+  while (table_[i] != b) i = next_slot(i);
   // Backward-shift deletion keeps probe chains intact without tombstones.
   uint32_t j = i;
   for (;;) {
-    j = (j + 1) & mask;
+    j = next_slot(j);
     const uint32_t moved = table_[j];
     if (moved == kNil) break;
     const uint32_t home = slot_of(blocks_[moved].hash);
@@ -125,11 +122,11 @@ void PrefixIndex::erase_block(uint32_t b) {
 
 uint32_t PrefixIndex::alloc_chunk(uint32_t cls, uint32_t block) {
   Arena& a = arenas_[cls];
-  if (uint64_t{a.chunks} + 1 > uint64_t{a.ep_slabs.size()} * a.chunks_per_slab()) {
-    a.ep_slabs.push_back(std::make_unique<uint16_t[]>(a.slab_entries()));
-    a.node_slabs.push_back(std::make_unique<uint32_t[]>(a.slab_entries()));
+  if (uint64_t{a.chunks} + 1 > uint64_t{a.slabs.size()} * a.chunks_per_slab()) {
+    a.slabs.reserve(a.slabs.size() + 1);  // so push_back cannot throw after the allocation
+    a.slabs.push_back(std::make_unique_for_overwrite<std::byte[]>(a.slab_bytes()));
   }
-  a.owner.push_back(block);
+  a.owner(a.chunks) = block;
   return a.chunks++;
 }
 
@@ -137,20 +134,18 @@ void PrefixIndex::free_chunk(uint32_t cls, uint32_t chunk) noexcept {
   Arena& a = arenas_[cls];
   const uint32_t last = a.chunks - 1;
   if (chunk != last) {  // keep the arena dense: move the last chunk into the hole
-    const uint32_t moved = a.owner[last];
+    const uint32_t moved = a.owner(last);
     const uint32_t n = blocks_[moved].count;
     std::copy_n(a.eps(last), n, a.eps(chunk));
     std::copy_n(a.nodes(last), n, a.nodes(chunk));
-    a.owner[chunk] = moved;
+    a.owner(chunk) = moved;
     blocks_[moved].off = chunk;
   }
-  a.owner.pop_back();
   --a.chunks;
   // Release a trailing slab once a whole spare slab is unused (hysteresis against thrash).
-  while (a.ep_slabs.size() >= 2 &&
-         uint64_t{a.chunks} <= uint64_t{a.ep_slabs.size() - 2} * a.chunks_per_slab()) {
-    a.ep_slabs.pop_back();
-    a.node_slabs.pop_back();
+  while (a.slabs.size() >= 2 &&
+         uint64_t{a.chunks} <= uint64_t{a.slabs.size() - 2} * a.chunks_per_slab()) {
+    a.slabs.pop_back();
   }
 }
 

@@ -5,16 +5,17 @@
 //   * Block record (24 B): the 64-bit hash, a 64-bit fingerprint of its holder set, holder
 //     count, and either the single holder inline (count == 1: endpoint + LRU node, no chunk)
 //     or the offset and size class of its holder chunk.
-//   * Holder chunk: 2, 3, 4, 6, 8, 12, ... entries of (u16 endpoint, u32 LRU node) in two
+//   * Holder chunk: 2, 3, 4, 5, 6, 7, 8, 10, 12, ... entries of (u16 endpoint, u32 LRU node) in two
 //     parallel arrays, so `match` scans a block's holders as contiguous u16s. Chunks of one
 //     size class live in one dense arena; freeing a chunk moves the arena's last chunk into
 //     the hole (its block is found through a per-chunk owner id), so there is never free
 //     space inside an arena and a block growing 1 -> 2 -> 3 -> 4 -> 6 ... leaves nothing
-//     behind. Blocks shrink one class when they drop to half of their chunk.
+//     behind. Blocks shrink one class when they drop to the size two classes down.
 //   * LRU node (12 B, slabs): prev/next links of the endpoint's LRU list and its block.
 //   * Hash table: open addressing (linear probing, backward-shift delete) of u32 block ids,
-//     kept at most half full.
-// Per (block, endpoint) entry: 12 B node + 6 B holder (+ chunk rounding, at most 1.5x),
+//     kept at most half full. Its size is not a power of two (slots are mapped by
+//     multiply-high) so it can grow by 1.5x: load stays within 1/3..1/2 instead of 1/4..1/2.
+// Per (block, endpoint) entry: 12 B node + 6 B holder (+ chunk rounding, at most 1.25x),
 // plus the block record and table slot (~32 B) shared by all holders of the block: ~20 B
 // when blocks are shared, ~50 B for a block only one endpoint holds. memory_bytes() counts
 // every allocated slab, arena and table byte (unused tails included), so
@@ -75,33 +76,45 @@ class PrefixIndex {
     uint16_t count;       // holders (<= 65535 endpoints)
     uint16_t aux;         // count 1: the endpoint; count >= 2: size class of its chunk
   };
-  // Dense arena of holder chunks of one size class (see the layout comment above).
+  // Dense arena of holder chunks of one size class (see the layout comment above). A slab
+  // is one allocation holding, for its chunks_per_slab() chunks, the u16 endpoints, then
+  // the u32 LRU nodes, then the u32 owner block ids, so every per-chunk byte comes and goes
+  // with its slab (an owner vector on its own kept its doubled capacity forever).
   struct Arena {
-    uint32_t size = 0;       // entries per chunk
-    uint32_t slab_shift = 0;  // log2 chunks per slab (slabs hold >= 1024 entries)
+    uint32_t size = 0;        // entries per chunk
+    uint32_t slab_shift = 0;  // log2 chunks per slab (slabs hold >= kSlabEntries entries)
     uint32_t chunks = 0;
-    std::vector<std::unique_ptr<uint16_t[]>> ep_slabs;
-    std::vector<std::unique_ptr<uint32_t[]>> node_slabs;
-    std::vector<uint32_t> owner;  // block id of each chunk
+    std::vector<std::unique_ptr<std::byte[]>> slabs;
     size_t slab_entries() const noexcept { return size_t{size} << slab_shift; }
     uint32_t chunks_per_slab() const noexcept { return 1u << slab_shift; }
+    size_t slab_bytes() const noexcept { return slab_entries() * 6 + chunks_per_slab() * 4; }
+    std::byte* slab_of(uint32_t chunk) const noexcept { return slabs[chunk >> slab_shift].get(); }
+    uint32_t in_slab(uint32_t chunk) const noexcept { return chunk & (chunks_per_slab() - 1); }
     uint16_t* eps(uint32_t chunk) noexcept {
-      return &ep_slabs[chunk >> slab_shift][size_t{chunk & (chunks_per_slab() - 1)} * size];
+      return reinterpret_cast<uint16_t*>(slab_of(chunk)) + size_t{in_slab(chunk)} * size;
     }
     uint32_t* nodes(uint32_t chunk) noexcept {
-      return &node_slabs[chunk >> slab_shift][size_t{chunk & (chunks_per_slab() - 1)} * size];
+      return reinterpret_cast<uint32_t*>(slab_of(chunk) + slab_entries() * 2) +
+             size_t{in_slab(chunk)} * size;
+    }
+    uint32_t& owner(uint32_t chunk) noexcept {
+      return reinterpret_cast<uint32_t*>(slab_of(chunk) + slab_entries() * 6)[in_slab(chunk)];
     }
     const uint16_t* eps(uint32_t chunk) const noexcept {
       return const_cast<Arena*>(this)->eps(chunk);
     }
     size_t bytes() const noexcept {
-      return ep_slabs.size() * slab_entries() * 6 + owner.capacity() * 4 +
-             (ep_slabs.capacity() + node_slabs.capacity()) * sizeof(void*);
+      return slabs.size() * slab_bytes() + slabs.capacity() * sizeof(void*);
     }
   };
-  // Chunk sizes step by ~1.5x (2, 3, 4, 6, 8, 12, ...) so rounding wastes ~20% of a
-  // chunk on average instead of ~33% with powers of two; the last class holds 65536.
-  static constexpr uint32_t kClasses = 31;
+  // Smallest slab of an arena, in holder entries. Small enough that the up to two slabs a
+  // nearly empty class keeps (the spare one is hysteresis against alloc/free thrash) cost
+  // little next to a small index (each class passed through while blocks grew keeps them).
+  static constexpr uint32_t kSlabEntries = 256;
+  // Chunk sizes take four steps per doubling (2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, ...)
+  // so rounding wastes ~10% of a chunk on average (1.5x steps wasted ~17%, about 1 B per
+  // entry); the extra moves while a block grows copy a few bytes. The last class holds 65536.
+  static constexpr uint32_t kClasses = 59;
   struct Node {
     uint32_t prev, next;  // LRU links (prev = more recent); next doubles as free-list link
     uint32_t block;
@@ -118,6 +131,9 @@ class PrefixIndex {
   void check_endpoint(uint32_t endpoint, const char* what) const;
   void note_seen(uint32_t endpoint) noexcept;
   uint32_t slot_of(uint64_t hash) const noexcept;
+  uint32_t next_slot(uint32_t i) const noexcept {
+    return i + 1 == table_.size() ? 0 : i + 1;
+  }
   uint32_t find(uint64_t hash) const noexcept;
   uint32_t insert_block(uint64_t hash);
   void erase_block(uint32_t b);
@@ -139,11 +155,12 @@ class PrefixIndex {
   uint64_t entries_ = 0;
   uint64_t block_count_ = 0;
   std::vector<EpState> eps_state_;
-  SlabArray<Block, 12> blocks_;
-  SlabArray<Node, 12> nodes_;
+  // 1024-element slabs (24 KB / 12 KB): the unused tail of the last slab stays small
+  // next to a 100-endpoint index's few thousand blocks.
+  SlabArray<Block, 10> blocks_;
+  SlabArray<Node, 10> nodes_;
   Arena arenas_[kClasses + 1];  // classes 1..kClasses (0 unused: single holders are inline)
-  std::vector<uint32_t> table_;  // block ids, kNil = empty
-  uint32_t table_shift_ = 0;     // 64 - log2(table size)
+  std::vector<uint32_t> table_;  // block ids, kNil = empty; any size (grows 1.5x)
   uint32_t free_block_ = kNil;
   uint32_t free_node_ = kNil;
   mutable std::shared_mutex mu_;

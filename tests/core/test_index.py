@@ -136,6 +136,21 @@ def test_cpp_bytes_per_entry_on_shared_prefixes_is_small():
     assert ix.memory_bytes() / ix.entries() <= 24
 
 
+def test_cpp_bytes_per_entry_at_100_endpoints_is_within_24():
+    """The bench fleet at 100 endpoints (blocks shared by ~12 holders): fixed and tail
+    allocations (slab tails, per-class spare slabs, the power-of-two table) used to push
+    this to 28 B while 1,000+ endpoints sat at 21 B."""
+    from igw import _core
+    from igw.bench import core as corebench
+
+    fleet = corebench.build_fleet(100)
+    ix = _core.PrefixIndex(100, 31250)
+    for e, hashes in fleet.recordings:
+        ix.record(e, hashes)
+    assert ix.entries() > 60000
+    assert ix.memory_bytes() / ix.entries() <= 24
+
+
 @pytest.mark.parametrize("bad", [-1, 4, 1 << 20])
 def test_out_of_range_endpoint_raises(core, bad):
     ix = core.PrefixIndex(4, 100)

@@ -48,7 +48,7 @@ async def test_gateway_serves_high_priority_first_when_the_replica_is_busy():
     try:
         async with aiohttp.ClientSession() as session:
             done: list[str] = []
-            first = asyncio.create_task(complete(session, stack.url, "std", 60, done, "first"))
+            first = asyncio.create_task(complete(session, stack.url, "std", 200, done, "first"))
             pool = next(iter(stack.router.pools.values())).pool
             deadline = time.monotonic() + 5
             while pool.table.snapshot().inflight_requests.sum() < 1:  # "first" is in flight
@@ -71,7 +71,7 @@ async def test_gateway_answers_429_with_the_drop_reason_for_sheddable_traffic_wh
     try:
         async with aiohttp.ClientSession() as session:
             done: list[str] = []
-            busy = asyncio.create_task(complete(session, stack.url, "std", 60, done, "busy"))
+            busy = asyncio.create_task(complete(session, stack.url, "std", 200, done, "busy"))
             pool = next(iter(stack.router.pools.values())).pool
             deadline = time.monotonic() + 5
             while pool.table.snapshot().inflight_requests.sum() < 1:

@@ -107,6 +107,19 @@ def test_bad_config_fails_at_start_with_one_line_and_exit_2(tmp_path):
     assert str(config) in lines[0] and "weight" in lines[0]
 
 
+def test_bad_flow_control_section_fails_at_start_naming_the_field(tmp_path):
+    config = tmp_path / "epp.yaml"
+    config.write_text(
+        "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\n"
+        "featureGates: [flowControl]\n"
+        "flowControl: {priorityBands: [{priority: 1}, {priority: 1}]}\n"
+    )
+    result = _run_cli("--endpoints", "10.0.0.1:8000", "--config-file", str(config))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "priorityBands" in result.stderr and "duplicate priority band" in result.stderr
+
+
 def test_bad_objectives_file_fails_at_start(tmp_path):
     objectives = tmp_path / "objectives.yaml"
     objectives.write_text("apiVersion: llm-d.ai/v1alpha2\nkind: InferenceObjective\nspec: 5\n")

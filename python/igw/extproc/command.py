@@ -308,6 +308,7 @@ async def _main(args: argparse.Namespace) -> int:
     from igw.extproc.director import Director
     from igw.extproc.server import EppServer
     from igw.extproc.tls import server_credentials
+    from igw.flowcontrol import install as install_flow_control
     from igw.metrics import Metrics
     from igw.parsing import ParserRegistry
     from igw.scheduling import SchedulingEngine
@@ -371,6 +372,7 @@ async def _main(args: argparse.Namespace) -> int:
         pool,
         interval=args.refresh_metrics_interval,
         staleness=args.metrics_staleness_threshold,
+        block_tokens=_prefix_block_tokens(engine),
     )
     pipeline = build_pipeline(
         engine,
@@ -384,6 +386,12 @@ async def _main(args: argparse.Namespace) -> int:
         detector=UtilizationDetector(staleness=args.metrics_staleness_threshold),
         reporter=datalayer,
     )
+    try:
+        flow = install_flow_control(
+            pipeline, config, metrics=metrics, staleness=args.metrics_staleness_threshold
+        )
+    except ConfigError as error:
+        raise UsageError(f"config: {error}") from None
     if not args.usage_metrics:
         pipeline.response_stages = [s for s in pipeline.response_stages if s.name != "usage"]
     director = Director(
@@ -447,10 +455,19 @@ async def _main(args: argparse.Namespace) -> int:
                 await watch_task
         if elector is not None:
             await elector.stop()  # release first: a follower takes over while this one drains
+        if flow is not None:
+            await flow.close()  # queued requests get 503 rejected-shutting-down
         await server.stop(args.drain_timeout)
         await datalayer.stop()
         await discovery.stop()
     return 0
+
+
+def _prefix_block_tokens(engine: Any) -> int:
+    """The prefix index's block size in tokens (the smallest any profile hashes with), which
+    turns a replica's ``num_gpu_blocks * block_size`` into the index's LRU capacity."""
+    sizes = [p.prefix.block_tokens for p in engine.built.profiles.values() if p.needs_prefix]
+    return min(sizes, default=64)
 
 
 def _leader_elector(discovery: Any) -> Any:

@@ -245,7 +245,8 @@ class PriorityBandConfig(StrictModel):
 
 
 class FlowControlConfig(StrictModel):
-    """Kept for the flow-control layer; igw's scheduler does not act on it."""
+    """Shape of the ``flowControl`` section; ``igw.flowcontrol`` validates its values and acts
+    on it (see docs/flowcontrol.md)."""
 
     maxBytes: Quantity | None = None
     maxRequests: Quantity | None = None

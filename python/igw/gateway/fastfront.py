@@ -75,7 +75,9 @@ def _head(status: int, items, *, keep_alive: bool, length: int | None) -> bytes:
 class _Message:
     __slots__ = ("body", "headers", "keep_alive", "method", "url")
 
-    def __init__(self, method: str, url: str, headers: dict[str, str], body: bytes, keep_alive):
+    def __init__(
+        self, method: str, url: str, headers: dict[str, str], body: bytes, keep_alive: bool
+    ) -> None:
         self.method = method
         self.url = url
         self.headers = headers
@@ -102,14 +104,13 @@ class FastRequest:
 class _Stream:
     """A chunked response written straight to the connection (the forwarder's SSE relay)."""
 
-    __slots__ = ("_conn", "_head", "_keep_alive", "_sent_head", "defer_head")
+    __slots__ = ("_conn", "_head", "_sent_head", "defer_head")
 
     def __init__(self, conn, status, headers, *, defer_head: bool, keep_alive: bool) -> None:
         self._conn = conn
         self._head = _head(status, headers.items(), keep_alive=keep_alive, length=None)
         self._sent_head = False
         self.defer_head = defer_head
-        self._keep_alive = keep_alive
 
     def _take_head(self) -> bytes:
         if self._sent_head:

@@ -42,6 +42,146 @@ py::array_t<T, py::array::c_style> require_array(const py::handle& obj, const ch
   return py::array_t<T, py::array::c_style>::ensure(arr);  // copies only if non-contiguous
 }
 
+// ---- scalar arguments. Every parameter is taken as a Python object and converted here, so
+// a wrong type raises igw._core.Error naming the argument and the expected type (pybind11's
+// own casters would raise TypeError "incompatible function arguments" naming neither).
+std::string type_name(py::handle v) { return Py_TYPE(v.ptr())->tp_name; }
+
+[[noreturn]] void wrong_type(const char* name, const char* expected, py::handle v) {
+  throw Error(std::string(name) + " must be " + expected + ", got " + type_name(v));
+}
+
+bool is_bool_like(py::handle v) {
+  if (PyBool_Check(v.ptr())) return true;
+  const std::string_view t = Py_TYPE(v.ptr())->tp_name;
+  return t == "numpy.bool_" || t == "numpy.bool";
+}
+
+// Python ints and integer scalars with __index__ (numpy.int64 ...); not bools, not arrays.
+bool is_int_like(py::handle v) {
+  if (PyLong_Check(v.ptr())) return !PyBool_Check(v.ptr());
+  return PyIndex_Check(v.ptr()) && !is_bool_like(v) && !py::isinstance<py::array>(v);
+}
+
+py::object as_index(py::handle v, const char* name) {
+  if (!is_int_like(v)) wrong_type(name, "an int", v);
+  PyObject* idx = PyNumber_Index(v.ptr());
+  if (!idx) {
+    PyErr_Clear();
+    wrong_type(name, "an int", v);
+  }
+  return py::reinterpret_steal<py::object>(idx);
+}
+
+int64_t int_arg(py::handle v, const char* name) {
+  py::object idx = as_index(v, name);
+  int overflow = 0;
+  const long long x = PyLong_AsLongLongAndOverflow(idx.ptr(), &overflow);
+  if (overflow || (x == -1 && PyErr_Occurred())) {
+    PyErr_Clear();
+    throw Error(std::string(name) + " must be an int in -2**63..2**63-1, got " +
+                std::string(py::repr(idx)));
+  }
+  return x;
+}
+
+uint64_t u64_arg(py::handle v, const char* name) {
+  py::object idx = as_index(v, name);
+  const unsigned long long x = PyLong_AsUnsignedLongLong(idx.ptr());
+  if (x == static_cast<unsigned long long>(-1) && PyErr_Occurred()) {
+    PyErr_Clear();
+    throw Error(std::string(name) + " must be an int in 0..2**64-1, got " +
+                std::string(py::repr(idx)));
+  }
+  return x;
+}
+
+double float_arg(py::handle v, const char* name) {
+  PyObject* o = v.ptr();
+  if (PyFloat_Check(o)) return PyFloat_AS_DOUBLE(o);
+  const bool number = is_int_like(v) ||
+                      (!is_bool_like(v) && !py::isinstance<py::array>(v) &&
+                       Py_TYPE(o)->tp_as_number && Py_TYPE(o)->tp_as_number->nb_float);
+  if (!number) wrong_type(name, "a number (int or float)", v);
+  const double d = PyFloat_AsDouble(o);
+  if (d == -1.0 && PyErr_Occurred()) {
+    PyErr_Clear();
+    throw Error(std::string(name) + " must be a number that fits a float, got " +
+                std::string(py::repr(v)));
+  }
+  return d;
+}
+
+bool bool_arg(py::handle v, const char* name) {
+  if (!is_bool_like(v)) wrong_type(name, "a bool", v);
+  return PyObject_IsTrue(v.ptr()) == 1;
+}
+
+std::string str_arg(py::handle v, const char* name) {
+  if (!PyUnicode_Check(v.ptr())) wrong_type(name, "a str", v);
+  Py_ssize_t len = 0;
+  const char* utf8 = PyUnicode_AsUTF8AndSize(v.ptr(), &len);
+  if (!utf8) {
+    PyErr_Clear();
+    throw Error(std::string(name) + " must be text encodable as UTF-8");
+  }
+  return std::string(utf8, static_cast<size_t>(len));
+}
+
+// A call of the wrong shape (missing, unexpected or surplus arguments) must raise
+// igw._core.Error too: every function gets this as its last overload, which pybind11 only
+// reaches when the real one does not fit. `sig` lists the parameters as in _core.pyi.
+[[noreturn]] void bad_call(const std::string& fn, std::string_view sig, const py::args& args,
+                           const py::kwargs& kw) {
+  std::vector<std::string> names;
+  std::vector<bool> required;
+  size_t max_positional = SIZE_MAX;
+  for (size_t start = 0; start < sig.size();) {
+    size_t end = sig.find(", ", start);
+    if (end == std::string_view::npos) end = sig.size();
+    const std::string_view item = sig.substr(start, end - start);
+    if (item == "*") {
+      max_positional = names.size();
+    } else {
+      const size_t eq = item.find('=');
+      names.emplace_back(item.substr(0, eq));
+      required.push_back(eq == std::string_view::npos);
+    }
+    start = end + 2;
+  }
+  max_positional = std::min(max_positional, names.size());
+  const size_t given = args.size();
+  std::string why;
+  if (given > max_positional) {
+    why = "takes at most " + std::to_string(max_positional) + " positional argument" +
+          (max_positional == 1 ? "" : "s") + " (" + std::to_string(given) + " given)";
+  }
+  for (auto item : kw) {
+    if (!why.empty()) break;
+    const std::string key = py::str(item.first);
+    const auto it = std::find(names.begin(), names.end(), key);
+    if (it == names.end()) {
+      why = "got an unexpected keyword argument '" + key + "'";
+    } else if (static_cast<size_t>(it - names.begin()) < std::min(given, max_positional)) {
+      why = "got multiple values for argument '" + key + "'";
+    }
+  }
+  for (size_t i = 0; i < names.size() && why.empty(); ++i) {
+    if (required[i] && !(i < given && i < max_positional) && !kw.contains(names[i]))
+      why = "missing required argument '" + names[i] + "'";
+  }
+  if (why.empty()) why = "arguments do not match its signature";
+  throw Error(fn + "() " + why + "; expected " + fn + "(" + std::string(sig) + ")");
+}
+
+// The last-resort overload of a method (self is ignored) or of a module function.
+auto bad_method(const char* fn, const char* sig) {
+  return [fn, sig](py::handle, const py::args& a, const py::kwargs& k) { bad_call(fn, sig, a, k); };
+}
+auto bad_function(const char* fn, const char* sig) {
+  return [fn, sig](const py::args& a, const py::kwargs& k) { bad_call(fn, sig, a, k); };
+}
+
 uint32_t endpoint_arg(int64_t endpoint, const char* what) {
   if (endpoint < 0 || endpoint > static_cast<int64_t>(kMaxEndpoints))
     throw Error(std::string(what) + ": endpoint " + std::to_string(endpoint) +
@@ -49,12 +189,16 @@ uint32_t endpoint_arg(int64_t endpoint, const char* what) {
   return static_cast<uint32_t>(endpoint);
 }
 
-std::span<const uint8_t> bytes_view(const py::buffer& data, py::buffer_info& info) {
-  info = data.request();
+std::span<const uint8_t> bytes_view(py::handle obj, py::buffer_info& info,
+                                    const char* name = "data") {
+  if (!PyObject_CheckBuffer(obj.ptr()))
+    wrong_type(name, "bytes, bytearray or a contiguous buffer", obj);
+  info = py::reinterpret_borrow<py::buffer>(obj).request();
   py::ssize_t expect = info.itemsize;  // C-contiguous: each stride is the size of the rest
   for (py::ssize_t i = info.ndim - 1; i >= 0; --i) {
     if (info.shape[i] > 1 && info.strides[i] != expect)
-      throw Error("data must be a contiguous buffer (bytes, bytearray or a contiguous view)");
+      throw Error(std::string(name) +
+                  " must be a contiguous buffer (bytes, bytearray or a contiguous view)");
     expect *= info.shape[i];
   }
   return {static_cast<const uint8_t*>(info.ptr), static_cast<size_t>(info.size * info.itemsize)};
@@ -103,10 +247,9 @@ PyPickResult pick(Scheduler& self, const Profile& profile, const py::object& has
   const bool has_prompt = !prompt.is_none();
   if (has_prompt) {
     if (!hashes.is_none()) throw Error("pass either hashes or prompt, not both");
-    if (!py::isinstance<py::buffer>(prompt)) throw Error("prompt must be bytes");
     if (block_bytes < 1) throw Error("block_bytes must be >= 1, got " + std::to_string(block_bytes));
     if (max_blocks < 0) throw Error("max_blocks must be >= 0, got " + std::to_string(max_blocks));
-    prompt_bytes = bytes_view(py::reinterpret_borrow<py::buffer>(prompt), prompt_info);
+    prompt_bytes = bytes_view(prompt, prompt_info, "prompt");
   } else if (!hashes.is_none()) {
     h = require_array<uint64_t>(hashes, "hashes", 1, "uint64");
     req.hashes = {h.data(), static_cast<size_t>(h.shape(0))};
@@ -219,13 +362,23 @@ py::object snapshot(const EndpointTable& t) {
   return s;
 }
 
-std::optional<std::vector<int>> adapter_list(const py::object& obj, const char* name) {
+std::optional<std::vector<int>> adapter_list(py::handle obj, const char* name) {
   if (obj.is_none()) return std::nullopt;
-  try {
-    return obj.cast<std::vector<int>>();
-  } catch (const py::cast_error&) {
-    throw Error(std::string(name) + " must be a list of adapter ids (int)");
+  if (!PyList_Check(obj.ptr()) && !PyTuple_Check(obj.ptr()))
+    throw Error(std::string(name) + " must be a list of adapter ids (int) or None, got " +
+                type_name(obj));
+  std::vector<int> ids;
+  for (auto item : py::reinterpret_borrow<py::sequence>(obj)) {
+    if (!is_int_like(item))
+      throw Error(std::string(name) + " must be a list of adapter ids (int), got an item of type " +
+                  type_name(item));
+    const int64_t a = int_arg(item, name);
+    if (a < 0 || a >= kMaxAdapters)
+      throw Error(std::string(name) + ": adapter id " + std::to_string(a) +
+                  " is not registered (see adapter_id)");
+    ids.push_back(static_cast<int>(a));
   }
+  return ids;
 }
 
 using ScorerTuple =
@@ -245,9 +398,10 @@ std::vector<ScorerTuple> scorer_list(const py::object& scorers) {
     ScorerTuple t;
     std::get<0>(t) = seq[0].cast<std::string>();
     try {
-      std::get<1>(t) = py::float_(seq[1]).cast<double>();
-    } catch (const py::error_already_set&) {
-      throw Error(where + " (" + std::get<0>(t) + "): weight must be a number");
+      std::get<1>(t) = float_arg(seq[1], "weight");
+    } catch (const Error&) {
+      throw Error(where + " (" + std::get<0>(t) + "): weight must be a number, got " +
+                  type_name(seq[1]));
     }
     py::object params = seq[2];
     if (!params.is_none()) {
@@ -256,10 +410,10 @@ std::vector<ScorerTuple> scorer_list(const py::object& scorers) {
         if (!py::isinstance<py::str>(key)) throw Error(where + ": parameter names must be str");
         double v;
         try {
-          v = py::float_(py::reinterpret_borrow<py::object>(value)).cast<double>();
-        } catch (const py::error_already_set&) {
+          v = float_arg(value, "value");
+        } catch (const Error&) {
           throw Error(std::get<0>(t) + ": parameter " + key.cast<std::string>() +
-                      " must be a number");
+                      " must be a number, got " + type_name(value));
         }
         std::get<2>(t).emplace_back(key.cast<std::string>(), v);
       }
@@ -273,26 +427,9 @@ std::vector<ScorerTuple> scorer_list(const py::object& scorers) {
 // declared name up in the kwargs dict (a temporary str per name, ~1.3 us per call); this
 // shim walks only the keywords actually passed. Same names, defaults and errors as the
 // signature in _core.pyi.
-template <class T>
-T kwarg_as(const py::handle& value, const char* name, const char* expected) {
-  if constexpr (std::is_same_v<T, bool>) {
-    const std::string_view type = Py_TYPE(value.ptr())->tp_name;
-    if (PyBool_Check(value.ptr())) return value.ptr() == Py_True;
-    if (type == "numpy.bool_" || type == "numpy.bool") return PyObject_IsTrue(value.ptr()) == 1;
-    throw Error(std::string(name) + " must be " + expected);
-  } else {
-    // Python ints and anything with __index__ (numpy integers); not bools or floats.
-    if (PyBool_Check(value.ptr()) || !PyIndex_Check(value.ptr()))
-      throw Error(std::string(name) + " must be " + expected);
-    try {
-      return value.cast<T>();
-    } catch (const py::cast_error&) {
-      throw Error(std::string(name) + " must be " + expected);
-    }
-  }
-}
-
-PyPickResult pick_kwargs(Scheduler& self, const Profile& profile, const py::kwargs& kw) {
+PyPickResult pick_kwargs(Scheduler& self, py::handle profile_obj, const py::kwargs& kw) {
+  if (!py::isinstance<Profile>(profile_obj)) wrong_type("profile", "an igw._core.Profile", profile_obj);
+  const Profile& profile = profile_obj.cast<const Profile&>();
   py::object hashes = py::none(), prompt = py::none(), candidates = py::none();
   py::object extra_scores = py::none(), extra_weights = py::none();
   int64_t block_bytes = 256, max_blocks = 0, prompt_tokens = 0, block_tokens = 64, k = 1;
@@ -310,16 +447,22 @@ PyPickResult pick_kwargs(Scheduler& self, const Profile& profile, const py::kwar
     else if (name == "candidates") candidates = py::reinterpret_borrow<py::object>(v);
     else if (name == "extra_scores") extra_scores = py::reinterpret_borrow<py::object>(v);
     else if (name == "extra_weights") extra_weights = py::reinterpret_borrow<py::object>(v);
-    else if (name == "block_bytes") block_bytes = kwarg_as<int64_t>(v, key, "an int");
-    else if (name == "max_blocks") max_blocks = kwarg_as<int64_t>(v, key, "an int");
-    else if (name == "prompt_tokens") prompt_tokens = kwarg_as<int64_t>(v, key, "an int");
-    else if (name == "block_tokens") block_tokens = kwarg_as<int64_t>(v, key, "an int");
-    else if (name == "k") k = kwarg_as<int64_t>(v, key, "an int");
-    else if (name == "seed") seed = kwarg_as<uint64_t>(v, key, "an int in 0..2**64-1");
-    else if (name == "lora") lora = kwarg_as<int>(v, key, "an adapter id (int)");
-    else if (name == "reserve") reserve = kwarg_as<bool>(v, key, "a bool");
-    else if (name == "record") record = kwarg_as<bool>(v, key, "a bool");
-    else if (name == "with_scores") with_scores = kwarg_as<bool>(v, key, "a bool");
+    else if (name == "block_bytes") block_bytes = int_arg(v, key);
+    else if (name == "max_blocks") max_blocks = int_arg(v, key);
+    else if (name == "prompt_tokens") prompt_tokens = int_arg(v, key);
+    else if (name == "block_tokens") block_tokens = int_arg(v, key);
+    else if (name == "k") k = int_arg(v, key);
+    else if (name == "seed") seed = u64_arg(v, key);
+    else if (name == "lora") {
+      const int64_t l = int_arg(v, key);
+      if (l < INT32_MIN || l > INT32_MAX)
+        throw Error("lora must be -1 (none), an adapter id in 0..255 or 256 (unknown adapter), "
+                    "got " + std::to_string(l));
+      lora = static_cast<int>(l);
+    }
+    else if (name == "reserve") reserve = bool_arg(v, key);
+    else if (name == "record") record = bool_arg(v, key);
+    else if (name == "with_scores") with_scores = bool_arg(v, key);
     else throw Error("pick() got an unexpected keyword argument '" + std::string(name) + "'");
   }
   return pick(self, profile, hashes, prompt, block_bytes, seed, max_blocks, prompt_tokens,
@@ -347,123 +490,190 @@ PYBIND11_MODULE(_core, m) {
   py::class_<PyPickResult> result(m, "PickResult");
   py::class_<Scheduler> scheduler(m, "Scheduler");
 
-  m.def(
-      "xxh64",
-      [](const py::buffer& data, uint64_t seed) {
-        py::buffer_info info;
-        auto d = bytes_view(data, info);
-        return xxh64(d.data(), d.size(), seed);
-      },
-      py::arg("data"), py::arg("seed") = 0);
-  m.def(
-      "model_seed",
-      [](const std::string& model, const std::string& salt, const std::string& lora) {
-        return model_seed(model, salt, lora);
-      },
-      py::arg("model"), py::arg("cache_salt") = "", py::arg("lora") = "");
-  m.def(
-      "hash_blocks",
-      [](const py::buffer& data, int64_t block_bytes, uint64_t seed, int64_t max_blocks) {
-        py::buffer_info info;
-        return hash_bytes(bytes_view(data, info), block_bytes, seed, max_blocks, "block_bytes");
-      },
-      py::arg("data"), py::arg("block_bytes"), py::arg("seed"), py::arg("max_blocks") = 0);
-  m.def(
-      "hash_token_blocks",
-      [](const py::object& tokens, int64_t block_tokens, uint64_t seed, int64_t max_blocks) {
-        auto t = require_array<uint32_t>(tokens, "tokens", 1, "uint32");
-        if (block_tokens < 1)
-          throw Error("block_tokens must be >= 1, got " + std::to_string(block_tokens));
-        std::span<const uint8_t> d{reinterpret_cast<const uint8_t*>(t.data()),
-                                   static_cast<size_t>(t.shape(0)) * 4};
-        return hash_bytes(d, block_tokens * 4, seed, max_blocks, "block_tokens");
-      },
-      py::arg("tokens"), py::arg("block_tokens"), py::arg("seed"), py::arg("max_blocks") = 0);
+  m.attr("UNKNOWN_ADAPTER") = kMaxAdapters;
 
+  m.def("xxh64",
+        [](py::handle data, py::handle seed) {
+          py::buffer_info info;
+          auto d = bytes_view(data, info);
+          return xxh64(d.data(), d.size(), u64_arg(seed, "seed"));
+        },
+        py::arg("data"), py::arg("seed") = 0);
+  m.def("xxh64", bad_function("xxh64", "data, seed=0"));
+  m.def("model_seed",
+        [](py::handle model, py::handle salt, py::handle lora) {
+          return model_seed(str_arg(model, "model"), str_arg(salt, "cache_salt"),
+                            str_arg(lora, "lora"));
+        },
+        py::arg("model"), py::arg("cache_salt") = "", py::arg("lora") = "");
+  m.def("model_seed", bad_function("model_seed", "model, cache_salt='', lora=''"));
+  m.def("hash_blocks",
+        [](py::handle data, py::handle block_bytes, py::handle seed, py::handle max_blocks) {
+          py::buffer_info info;
+          auto d = bytes_view(data, info);
+          return hash_bytes(d, int_arg(block_bytes, "block_bytes"), u64_arg(seed, "seed"),
+                            int_arg(max_blocks, "max_blocks"), "block_bytes");
+        },
+        py::arg("data"), py::arg("block_bytes"), py::arg("seed"), py::arg("max_blocks") = 0);
+  m.def("hash_blocks", bad_function("hash_blocks", "data, block_bytes, seed, max_blocks=0"));
+  m.def("hash_token_blocks",
+        [](py::handle tokens, py::handle block_tokens_obj, py::handle seed, py::handle max_blocks) {
+          auto t = require_array<uint32_t>(tokens, "tokens", 1, "uint32");
+          const int64_t block_tokens = int_arg(block_tokens_obj, "block_tokens");
+          if (block_tokens < 1 || block_tokens > INT64_MAX / 4)
+            throw Error("block_tokens must be >= 1, got " + std::to_string(block_tokens));
+          std::span<const uint8_t> d{reinterpret_cast<const uint8_t*>(t.data()),
+                                     static_cast<size_t>(t.shape(0)) * 4};
+          return hash_bytes(d, block_tokens * 4, u64_arg(seed, "seed"),
+                            int_arg(max_blocks, "max_blocks"), "block_tokens");
+        },
+        py::arg("tokens"), py::arg("block_tokens"), py::arg("seed"), py::arg("max_blocks") = 0);
+  m.def("hash_token_blocks",
+        bad_function("hash_token_blocks", "tokens, block_tokens, seed, max_blocks=0"));
+
+  auto table_endpoint = [](py::handle e, const char* what) {
+    return endpoint_arg(int_arg(e, "endpoint"), what);
+  };
   table
-      .def(py::init([](int64_t capacity) {
+      .def(py::init([](py::handle capacity_obj) {
+             const int64_t capacity = int_arg(capacity_obj, "capacity");
              if (capacity < 1 || capacity > kMaxEndpoints)
                throw Error("capacity must be in 1..65535, got " + std::to_string(capacity));
              return std::make_shared<EndpointTable>(static_cast<uint32_t>(capacity));
            }),
            py::arg("capacity") = 4096)
+      .def(py::init([](const py::args& a, const py::kwargs& k) -> std::shared_ptr<EndpointTable> {
+        bad_call("EndpointTable", "capacity=4096", a, k);
+      }))
       .def_property_readonly("capacity", &EndpointTable::capacity)
       .def_property_readonly("high_water", &EndpointTable::high_water)
+      .def_property_readonly("version", &EndpointTable::version)
       .def("__len__", &EndpointTable::size)
       .def("add", &EndpointTable::add)
-      .def("remove", [](EndpointTable& t, int64_t e) { t.remove(endpoint_arg(e, "remove")); },
+      .def("add", bad_method("EndpointTable.add", ""))
+      .def("remove",
+           [=](EndpointTable& t, py::handle e) { t.remove(table_endpoint(e, "remove")); },
            py::arg("endpoint"))
-      .def("is_live", &EndpointTable::is_live, py::arg("endpoint"))
+      .def("remove", bad_method("EndpointTable.remove", "endpoint"))
+      .def("is_live",
+           [](const EndpointTable& t, py::handle e) { return t.is_live(int_arg(e, "endpoint")); },
+           py::arg("endpoint"))
+      .def("is_live", bad_method("EndpointTable.is_live", "endpoint"))
       .def(
           "update",
-          [](EndpointTable& t, int64_t e, int64_t waiting, int64_t running, double kv_util,
-             double now, int64_t kv_blocks, int64_t block_size, int64_t max_lora,
-             const py::object& lora_active, const py::object& lora_waiting) {
+          [=](EndpointTable& t, py::handle e, py::handle waiting_obj, py::handle running_obj,
+              py::handle kv_util, py::handle now, py::handle kv_blocks, py::handle block_size,
+              py::handle max_lora, py::handle lora_active, py::handle lora_waiting) {
+            const uint32_t ep = table_endpoint(e, "update");
+            const int64_t waiting = int_arg(waiting_obj, "waiting");
+            const int64_t running = int_arg(running_obj, "running");
             if (waiting < 0 || running < 0 || waiting > INT32_MAX || running > INT32_MAX)
               throw Error("waiting and running must be in 0..2^31-1, got " +
                           std::to_string(waiting) + ", " + std::to_string(running));
+            MetricsUpdate u{static_cast<int32_t>(waiting), static_cast<int32_t>(running),
+                            float_arg(kv_util, "kv_util"), float_arg(now, "now"),
+                            int_arg(kv_blocks, "kv_blocks"), int_arg(block_size, "block_size"),
+                            int_arg(max_lora, "max_lora")};
             auto act = adapter_list(lora_active, "lora_active");
             auto wai = adapter_list(lora_waiting, "lora_waiting");
-            MetricsUpdate u{static_cast<int32_t>(waiting), static_cast<int32_t>(running),
-                            kv_util, now, kv_blocks, block_size, max_lora,
-                            act ? &*act : nullptr, wai ? &*wai : nullptr};
-            t.update(endpoint_arg(e, "update"), u);
+            u.lora_active = act ? &*act : nullptr;
+            u.lora_waiting = wai ? &*wai : nullptr;
+            t.update(ep, u);
           },
           py::arg("endpoint"), py::kw_only(), py::arg("waiting"), py::arg("running"),
           py::arg("kv_util"), py::arg("now"), py::arg("kv_blocks") = -1,
           py::arg("block_size") = -1, py::arg("max_lora") = -1,
           py::arg("lora_active") = py::none(), py::arg("lora_waiting") = py::none())
+      .def("update", bad_method("EndpointTable.update",
+                                "endpoint, *, waiting, running, kv_util, now, kv_blocks=-1, "
+                                "block_size=-1, max_lora=-1, lora_active=None, lora_waiting=None"))
       .def("set_ready",
-           [](EndpointTable& t, int64_t e, bool r) { t.set_ready(endpoint_arg(e, "set_ready"), r); },
+           [=](EndpointTable& t, py::handle e, py::handle r) {
+             const uint32_t ep = table_endpoint(e, "set_ready");
+             t.set_ready(ep, bool_arg(r, "ready"));
+           },
            py::arg("endpoint"), py::arg("ready"))
+      .def("set_ready", bad_method("EndpointTable.set_ready", "endpoint, ready"))
       .def("set_prefill_rate",
-           [](EndpointTable& t, int64_t e, double r) {
-             t.set_prefill_rate(endpoint_arg(e, "set_prefill_rate"), r);
+           [=](EndpointTable& t, py::handle e, py::handle r) {
+             const uint32_t ep = table_endpoint(e, "set_prefill_rate");
+             t.set_prefill_rate(ep, float_arg(r, "tokens_per_second"));
            },
            py::arg("endpoint"), py::arg("tokens_per_second"))
+      .def("set_prefill_rate",
+           bad_method("EndpointTable.set_prefill_rate", "endpoint, tokens_per_second"))
       .def("add_inflight",
-           [](EndpointTable& t, int64_t e, int64_t req, int64_t tok) {
-             t.add_inflight(endpoint_arg(e, "add_inflight"), req, tok);
+           [=](EndpointTable& t, py::handle e, py::handle req, py::handle tok) {
+             const uint32_t ep = table_endpoint(e, "add_inflight");
+             t.add_inflight(ep, int_arg(req, "requests"), int_arg(tok, "tokens"));
            },
            py::arg("endpoint"), py::arg("requests"), py::arg("tokens"))
-      .def("adapter_id", &EndpointTable::adapter_id, py::arg("name"))
-      .def("adapter_name", &EndpointTable::adapter_name, py::arg("adapter"))
-      .def("snapshot", &snapshot);
+      .def("add_inflight", bad_method("EndpointTable.add_inflight", "endpoint, requests, tokens"))
+      .def("adapter_id",
+           [](EndpointTable& t, py::handle name) { return t.adapter_id(str_arg(name, "name")); },
+           py::arg("name"))
+      .def("adapter_id", bad_method("EndpointTable.adapter_id", "name"))
+      .def("find_adapter",
+           [](const EndpointTable& t, py::handle name) {
+             return t.find_adapter(str_arg(name, "name"));
+           },
+           py::arg("name"))
+      .def("find_adapter", bad_method("EndpointTable.find_adapter", "name"))
+      .def("adapter_name",
+           [](const EndpointTable& t, py::handle adapter) {
+             const int64_t a = int_arg(adapter, "adapter");
+             if (a < 0 || a >= kMaxAdapters)
+               throw Error("adapter id " + std::to_string(a) + " is not registered");
+             return t.adapter_name(static_cast<int>(a));
+           },
+           py::arg("adapter"))
+      .def("adapter_name", bad_method("EndpointTable.adapter_name", "adapter"))
+      .def("snapshot", &snapshot)
+      .def("snapshot", bad_method("EndpointTable.snapshot", ""));
 
-  auto index_endpoint = [](const PrefixIndex& ix, int64_t e, const char* what) {
+  auto index_endpoint = [](const PrefixIndex& ix, py::handle obj, const char* what) {
+    const int64_t e = int_arg(obj, "endpoint");
     if (e < 0 || e >= static_cast<int64_t>(ix.max_endpoints()))
       throw Error(std::string(what) + ": endpoint " + std::to_string(e) + " out of range 0.." +
                   std::to_string(ix.max_endpoints() - 1));
     return static_cast<uint32_t>(e);
   };
   index
-      .def(py::init([](int64_t max_endpoints, int64_t default_capacity) {
+      .def(py::init([](py::handle max_obj, py::handle cap_obj) {
+             const int64_t max_endpoints = int_arg(max_obj, "max_endpoints");
+             const int64_t default_capacity = int_arg(cap_obj, "default_capacity");
              if (max_endpoints < 1 || max_endpoints > kMaxEndpoints)
                throw Error("max_endpoints must be in 1..65535, got " +
                            std::to_string(max_endpoints));
              if (default_capacity < 0 || default_capacity > UINT32_MAX)
-               throw Error("default_capacity must be >= 0, got " +
+               throw Error("default_capacity must be in 0..2^32-1, got " +
                            std::to_string(default_capacity));
              return std::make_shared<PrefixIndex>(static_cast<uint32_t>(max_endpoints),
                                                   static_cast<uint32_t>(default_capacity));
            }),
            py::arg("max_endpoints") = 4096, py::arg("default_capacity") = 31250)
+      .def(py::init([](const py::args& a, const py::kwargs& k) -> std::shared_ptr<PrefixIndex> {
+        bad_call("PrefixIndex", "max_endpoints=4096, default_capacity=31250", a, k);
+      }))
       .def("set_capacity",
-           [=](PrefixIndex& ix, int64_t e, int64_t blocks) {
-             if (blocks < 0 || blocks > UINT32_MAX)
-               throw Error("blocks must be >= 0, got " + std::to_string(blocks));
+           [=](PrefixIndex& ix, py::handle e, py::handle blocks_obj) {
              auto ep = index_endpoint(ix, e, "set_capacity");
+             const int64_t blocks = int_arg(blocks_obj, "blocks");
+             if (blocks < 0 || blocks > UINT32_MAX)
+               throw Error("blocks must be in 0..2^32-1, got " + std::to_string(blocks));
              py::gil_scoped_release release;
              ix.set_capacity(ep, static_cast<uint32_t>(blocks));
            },
            py::arg("endpoint"), py::arg("blocks"))
+      .def("set_capacity", bad_method("PrefixIndex.set_capacity", "endpoint, blocks"))
       .def("capacity_of",
-           [=](const PrefixIndex& ix, int64_t e) {
+           [=](const PrefixIndex& ix, py::handle e) {
              return ix.capacity_of(index_endpoint(ix, e, "capacity_of"));
            },
            py::arg("endpoint"))
+      .def("capacity_of", bad_method("PrefixIndex.capacity_of", "endpoint"))
       .def("record",
-           [=](PrefixIndex& ix, int64_t e, const py::object& hashes) {
+           [=](PrefixIndex& ix, py::handle e, py::handle hashes) {
              auto ep = index_endpoint(ix, e, "record");
              auto h = require_array<uint64_t>(hashes, "hashes", 1, "uint64");
              std::span<const uint64_t> s{h.data(), static_cast<size_t>(h.shape(0))};
@@ -471,8 +681,9 @@ PYBIND11_MODULE(_core, m) {
              ix.record(ep, s);
            },
            py::arg("endpoint"), py::arg("hashes"))
+      .def("record", bad_method("PrefixIndex.record", "endpoint, hashes"))
       .def("match",
-           [](const PrefixIndex& ix, const py::object& hashes) {
+           [](const PrefixIndex& ix, py::handle hashes) {
              auto h = require_array<uint64_t>(hashes, "hashes", 1, "uint64");
              std::span<const uint64_t> s{h.data(), static_cast<size_t>(h.shape(0))};
              py::array_t<int32_t> out(static_cast<py::ssize_t>(ix.seen()));
@@ -482,27 +693,36 @@ PYBIND11_MODULE(_core, m) {
              return out;
            },
            py::arg("hashes"))
+      .def("match", bad_method("PrefixIndex.match", "hashes"))
       .def("remove_endpoint",
-           [=](PrefixIndex& ix, int64_t e) {
+           [=](PrefixIndex& ix, py::handle e) {
              auto ep = index_endpoint(ix, e, "remove_endpoint");
              py::gil_scoped_release release;
              ix.remove_endpoint(ep);
            },
            py::arg("endpoint"))
+      .def("remove_endpoint", bad_method("PrefixIndex.remove_endpoint", "endpoint"))
       .def("entries", &PrefixIndex::entries)
+      .def("entries", bad_method("PrefixIndex.entries", ""))
       .def("blocks", &PrefixIndex::blocks)
+      .def("blocks", bad_method("PrefixIndex.blocks", ""))
       .def("endpoint_entries",
-           [=](const PrefixIndex& ix, int64_t e) {
+           [=](const PrefixIndex& ix, py::handle e) {
              return ix.endpoint_entries(index_endpoint(ix, e, "endpoint_entries"));
            },
            py::arg("endpoint"))
-      .def("memory_bytes", &PrefixIndex::memory_bytes);
+      .def("endpoint_entries", bad_method("PrefixIndex.endpoint_entries", "endpoint"))
+      .def("memory_bytes", &PrefixIndex::memory_bytes)
+      .def("memory_bytes", bad_method("PrefixIndex.memory_bytes", ""));
 
   profile
-      .def(py::init([](const py::object& scorers, const std::string& picker) {
-             return Profile(scorer_list(scorers), picker);
+      .def(py::init([](const py::object& scorers, py::handle picker) {
+             return Profile(scorer_list(scorers), str_arg(picker, "picker"));
            }),
            py::arg("scorers"), py::arg("picker") = "max-score-picker")
+      .def(py::init([](const py::args& a, const py::kwargs& k) -> Profile {
+        bad_call("Profile", "scorers, picker='max-score-picker'", a, k);
+      }))
       .def_property_readonly("scorer_types", &Profile::scorer_types)
       .def_property_readonly("picker", [](const Profile& p) {
         switch (p.picker()) {
@@ -525,12 +745,27 @@ PYBIND11_MODULE(_core, m) {
       });
 
   scheduler
-      .def(py::init([](std::shared_ptr<EndpointTable> t, std::shared_ptr<PrefixIndex> ix,
-                       uint64_t seed) { return std::make_unique<Scheduler>(t, ix, seed); }),
+      .def(py::init([](py::handle t, py::handle ix, py::handle seed) {
+             if (!py::isinstance<EndpointTable>(t))
+               wrong_type("table", "an igw._core.EndpointTable", t);
+             if (!py::isinstance<PrefixIndex>(ix))
+               wrong_type("index", "an igw._core.PrefixIndex", ix);
+             return std::make_unique<Scheduler>(t.cast<std::shared_ptr<EndpointTable>>(),
+                                                ix.cast<std::shared_ptr<PrefixIndex>>(),
+                                                u64_arg(seed, "seed"));
+           }),
            py::arg("table"), py::arg("index"), py::arg("seed") = 0)
+      .def(py::init([](const py::args& a, const py::kwargs& k) -> std::unique_ptr<Scheduler> {
+        bad_call("Scheduler", "table, index, seed=0", a, k);
+      }))
       .def("pick", &pick_kwargs, py::arg("profile"),
            "pick(profile, *, hashes=None, prompt=None, block_bytes=256, seed=0, max_blocks=0, "
            "prompt_tokens=0, block_tokens=64, lora=-1, candidates=None, k=1, "
            "extra_scores=None, extra_weights=None, reserve=True, record=True, "
            "with_scores=False) -> PickResult (see _core.pyi)");
+  scheduler.def("pick", bad_method("Scheduler.pick", "profile, *, hashes=None, prompt=None, "
+                                   "block_bytes=256, seed=0, max_blocks=0, prompt_tokens=0, "
+                                   "block_tokens=64, lora=-1, candidates=None, k=1, "
+                                   "extra_scores=None, extra_weights=None, reserve=True, "
+                                   "record=True, with_scores=False"));
 }

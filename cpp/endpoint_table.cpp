@@ -115,6 +115,7 @@ uint32_t EndpointTable::add() {
   write_end(id);
   if (id >= hw) high_water_.store(id + 1, std::memory_order_release);
   live_count_.fetch_add(1, std::memory_order_relaxed);
+  bump_version();
   return id;
 }
 
@@ -128,6 +129,7 @@ void EndpointTable::remove(uint32_t endpoint) {
   uint32_t hw = high_water_.load(std::memory_order_relaxed);
   while (hw > 0 && !(ld(flags_[hw - 1]) & 1)) --hw;
   high_water_.store(hw, std::memory_order_release);
+  bump_version();
 }
 
 AdapterBits EndpointTable::bits_of(const std::vector<int>& ids, const char* what) const {
@@ -170,6 +172,7 @@ void EndpointTable::update(uint32_t endpoint, const MetricsUpdate& m) {
   write_begin(endpoint);
   write_row(endpoint, r);
   write_end(endpoint);
+  bump_version();
 }
 
 void EndpointTable::set_ready(uint32_t endpoint, bool ready) {
@@ -178,6 +181,7 @@ void EndpointTable::set_ready(uint32_t endpoint, bool ready) {
   write_begin(endpoint);
   flags_[endpoint].store(static_cast<uint8_t>(1 | (ready ? 2 : 0)), std::memory_order_relaxed);
   write_end(endpoint);
+  bump_version();
 }
 
 void EndpointTable::set_prefill_rate(uint32_t endpoint, double tps) {
@@ -188,6 +192,7 @@ void EndpointTable::set_prefill_rate(uint32_t endpoint, double tps) {
   write_begin(endpoint);
   prefill_rate_[endpoint].store(static_cast<float>(tps), std::memory_order_relaxed);
   write_end(endpoint);
+  bump_version();
 }
 
 void EndpointTable::add_inflight(uint32_t endpoint, int64_t requests, int64_t tokens) {
@@ -211,6 +216,12 @@ int EndpointTable::adapter_id(const std::string& name) {
   adapters_.push_back(name);
   adapter_ids_.emplace(name, id);
   return id;
+}
+
+int EndpointTable::find_adapter(const std::string& name) const {
+  std::lock_guard lock(write_mu_);
+  const auto it = adapter_ids_.find(name);
+  return it == adapter_ids_.end() ? -1 : it->second;
 }
 
 std::string EndpointTable::adapter_name(int adapter) const {

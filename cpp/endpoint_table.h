@@ -97,6 +97,11 @@ class EndpointTable {
   uint32_t capacity() const noexcept { return capacity_; }
   uint32_t high_water() const noexcept { return high_water_.load(std::memory_order_acquire); }
   uint32_t size() const noexcept { return live_count_.load(std::memory_order_relaxed); }
+  // Incremented (after the write) by every add, remove, update, set_ready and
+  // set_prefill_rate; not by add_inflight, which changes on every pick. A reader that loads
+  // the version before taking a snapshot and finds it unchanged later knows the snapshot's
+  // metrics, membership and readiness are still current (in-flight counters may not be).
+  uint64_t version() const noexcept { return version_.load(std::memory_order_acquire); }
 
   uint32_t add();
   void remove(uint32_t endpoint);
@@ -107,6 +112,9 @@ class EndpointTable {
   void add_inflight(uint32_t endpoint, int64_t requests, int64_t tokens);
 
   int adapter_id(const std::string& name);
+  // Id of a registered adapter name, -1 if unknown; never registers (client-chosen names
+  // must not fill the 256-name registry).
+  int find_adapter(const std::string& name) const;
   std::string adapter_name(int adapter) const;
   int adapter_count() const;
 
@@ -147,11 +155,13 @@ class EndpointTable {
   void write_begin(uint32_t e) noexcept;
   void write_end(uint32_t e) noexcept;
   void write_row(uint32_t e, const Row& r) noexcept;
+  void bump_version() noexcept { version_.fetch_add(1, std::memory_order_acq_rel); }
   AdapterBits bits_of(const std::vector<int>& ids, const char* what) const;
 
   uint32_t capacity_;
   std::atomic<uint32_t> high_water_{0};
   std::atomic<uint32_t> live_count_{0};
+  std::atomic<uint64_t> version_{0};
   mutable std::mutex write_mu_;  // serializes writers; readers never take it
   std::vector<std::string> adapters_;
   std::unordered_map<std::string, int> adapter_ids_;

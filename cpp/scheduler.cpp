@@ -263,8 +263,11 @@ void Scheduler::load_columns(uint32_t need, int lora, uint32_t from, uint32_t to
         pop += std::popcount(EndpointTable::ld(t.lora_active_[e * 4 + wd]));
         pop += std::popcount(EndpointTable::ld(t.lora_waiting_[e * 4 + wd]));
       }
-      const bool act = EndpointTable::ld(t.lora_active_[e * 4 + lora / 64]) & bit;
-      const bool wai = EndpointTable::ld(t.lora_waiting_[e * 4 + lora / 64]) & bit;
+      // lora == kMaxAdapters: an adapter no endpoint has (not in the registry), so only
+      // the free-slot rule can score it.
+      const bool known = lora < kMaxAdapters;
+      const bool act = known && (EndpointTable::ld(t.lora_active_[e * 4 + lora / 64]) & bit);
+      const bool wai = known && (EndpointTable::ld(t.lora_waiting_[e * 4 + lora / 64]) & bit);
       lora_state_[j] = (act ? 1u : 0u) | (wai ? 2u : 0u) | (static_cast<uint32_t>(pop) << 8);
       max_lora_[j] = EndpointTable::ld(t.max_lora_[e]);
     }
@@ -451,8 +454,9 @@ void Scheduler::pick(const Profile& profile, const PickRequest& req, PickOutput&
   if (req.k < 1) throw Error("k must be >= 1");
   if (req.prompt_tokens < 0) throw Error("prompt_tokens must be >= 0");
   if (req.block_tokens < 1) throw Error("block_tokens must be >= 1");
-  if (req.lora >= kMaxAdapters)
-    throw Error("lora must be an adapter id in 0..255 or -1, got " + std::to_string(req.lora));
+  if (req.lora > kMaxAdapters)
+    throw Error("lora must be -1 (none), an adapter id in 0..255 or 256 (unknown adapter), got " +
+                std::to_string(req.lora));
   if (req.extra_weights.size() != req.extra_rows)
     throw Error("extra_scores rows must match extra_weights");
   for (size_t j = 0; j < req.extra_weights.size(); ++j)

@@ -61,7 +61,7 @@ struct PickRequest {
   std::span<const uint64_t> hashes;
   int64_t prompt_tokens = 0;
   int64_t block_tokens = 64;
-  int lora = -1;
+  int lora = -1;  // -1: none requested; 0..255: adapter id; 256 (kMaxAdapters): unknown adapter
   std::span<const bool> candidates;  // empty = all
   bool has_candidates = false;
   uint32_t k = 1;

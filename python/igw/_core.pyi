@@ -10,7 +10,11 @@ Conventions
 * Arrays returned "per endpoint" have length ``table.high_water`` (1 + the largest id ever
   handed out and not since trimmed); entries of removed ids hold zeros / False.
 * Every error raised by the core is ``igw._core.Error`` (re-exported as ``igw.Error``), with a
-  message naming the argument and what was expected. The core never aborts the process.
+  message naming the argument and what was expected -- wrongly typed arguments (``"3"`` for an
+  int, ``1`` for a bool, ``True`` for an int) and calls of the wrong shape (missing, unexpected
+  or surplus arguments) included, never ``TypeError``. Ints accept Python ints and numpy
+  integer scalars; numbers accept ints, floats and numpy scalars; bools accept ``bool`` and
+  ``numpy.bool_``. The core never aborts the process.
 * All methods are safe to call from several threads at once and release the GIL around
   work that does not touch Python objects.
 """
@@ -21,6 +25,10 @@ import numpy as np
 import numpy.typing as npt
 
 __version__: Final[str]
+
+UNKNOWN_ADAPTER: Final[int] = 256
+"""``Scheduler.pick(lora=UNKNOWN_ADAPTER)``: the request names an adapter that is not in the
+registry (``find_adapter`` returned -1), so no endpoint has it running or waiting."""
 
 class Error(Exception):
     """The one error type raised by the core (bad arguments, unknown ids, full tables)."""
@@ -85,6 +93,12 @@ class EndpointTable:
     def capacity(self) -> int: ...
     @property
     def high_water(self) -> int: ...
+    @property
+    def version(self) -> int:
+        """A counter incremented after every ``add``, ``remove``, ``update``, ``set_ready`` and
+        ``set_prefill_rate`` -- not ``add_inflight``, which changes on every pick. Read it
+        before ``snapshot()``; while it is unchanged the snapshot's membership, readiness and
+        metrics are current (its in-flight counters may be stale). Cheap: one atomic load."""
     def __len__(self) -> int:
         """Number of live endpoints."""
     def add(self) -> int:
@@ -117,7 +131,13 @@ class EndpointTable:
     def add_inflight(self, endpoint: int, requests: int, tokens: int) -> None:
         """Adjust igw's own in-flight counters (negative to release); clamped at zero."""
     def adapter_id(self, name: str) -> int:
-        """Id of a LoRA adapter name in the registry, registering it if new (max 256)."""
+        """Id of a LoRA adapter name in the registry, registering it if new (max 256).
+
+        For names servers report (scraped adapter lists); a name a client chose must go
+        through ``find_adapter``, or clients could fill the registry."""
+    def find_adapter(self, name: str) -> int:
+        """Id of a registered adapter name, or -1 if no endpoint ever reported it. Never
+        registers (so client-chosen model names cannot fill the 256-name registry)."""
     def adapter_name(self, adapter: int) -> str: ...
     def snapshot(self) -> Snapshot: ...
 
@@ -229,6 +249,9 @@ class Scheduler:
         ``prompt`` (instead of ``hashes``) hashes the bytes inside the same call, exactly as
         ``hash_blocks(prompt, block_bytes, seed, max_blocks)`` -- one crossing instead of two.
         ``lora`` < 0 means no adapter requested: lora-affinity-scorer gives every endpoint 1.0.
+        ``lora`` = ``UNKNOWN_ADAPTER`` (256) means an adapter no endpoint has: the scorer gives
+        0.8 where ``len(active) + len(waiting) < max_lora`` (a free slot) and 0.0 elsewhere,
+        as the reference scores an adapter absent from every server's lists.
         Scores of ineligible endpoints are 0 in ``scores``. Totals are the weighted sums in
         float64 (``total = sum_s w_s * clamp(score_s, 0, 1)``, in profile order, then extras).
         ``reserve`` adds 1 request and the primary's uncached prompt tokens

@@ -11,7 +11,10 @@ xxHash specification (https://github.com/Cyan4973/xxHash/blob/dev/doc/xxhash_spe
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
+import numbers
 import random
 import struct
 import threading
@@ -23,11 +26,86 @@ import numpy as np
 __version__ = "reference"
 
 MAX_ADAPTERS = 256
+UNKNOWN_ADAPTER = MAX_ADAPTERS  # pick(lora=...) for a requested adapter no endpoint has
 MAX_TABLE_CAPACITY = 65535
 
 
 class Error(Exception):
     """The one error type raised by the core (bad arguments, unknown ids, full tables)."""
+
+
+# ---------------------------------------------------------------------- argument checks
+# The C++ core converts every argument itself and raises Error naming it; these helpers give
+# the reference the same behaviour (Python's own float()/bool() would accept "3" or anything).
+
+
+def _int_arg(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise Error(f"{name} must be an int, got {type(value).__name__}")
+    return int(value)
+
+
+def _seed_arg(name: str, value: object) -> int:
+    seed = _int_arg(name, value)
+    if not 0 <= seed <= _M64:
+        raise Error(f"{name} must be an int in 0..2**64-1, got {seed}")
+    return seed
+
+
+def _float_arg(name: str, value: object) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise Error(f"{name} must be a number (int or float), got {type(value).__name__}")
+    return float(value)
+
+
+def _bool_arg(name: str, value: object) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise Error(f"{name} must be a bool, got {type(value).__name__}")
+    return bool(value)
+
+
+def _str_arg(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise Error(f"{name} must be a str, got {type(value).__name__}")
+    return value
+
+
+def _bytes_arg(name: str, value: object) -> bytes:
+    try:
+        view = memoryview(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise Error(
+            f"{name} must be bytes, bytearray or a contiguous buffer, got {type(value).__name__}"
+        ) from None
+    return view.tobytes()  # copies a strided view (the C++ core rejects one instead)
+
+
+def _strict(fn):
+    """Turn a call of the wrong shape (missing / unexpected / surplus arguments) into Error,
+    as the C++ core does; free on calls that fit (the signature is only checked on failure)."""
+    sig = inspect.signature(fn)
+    name = fn.__qualname__.replace(".__init__", "")
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TypeError:
+            try:
+                sig.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise Error(f"{name}(): {exc}") from None
+            raise
+
+    return call
+
+
+def _strict_methods(cls):
+    """Apply ``_strict`` to a class's constructor and public methods."""
+    for attr, value in list(vars(cls).items()):
+        if inspect.isfunction(value) and (attr == "__init__" or not attr.startswith("_")):
+            setattr(cls, attr, _strict(value))
+    return cls
 
 
 # ---------------------------------------------------------------------------- hashing
@@ -54,10 +132,11 @@ def _merge(acc: int, val: int) -> int:
     return (acc * _P1 + _P4) & _M64
 
 
+@_strict
 def xxh64(data: bytes | bytearray | memoryview, seed: int = 0) -> int:
     """XXH64 of ``data`` per the published xxHash specification (matches ``xxhash.xxh64``)."""
-    b = bytes(data)
-    seed &= _M64
+    b = _bytes_arg("data", data)
+    seed = _seed_arg("seed", seed)
     n = len(b)
     i = 0
     if n >= 32:
@@ -97,9 +176,15 @@ def xxh64(data: bytes | bytearray | memoryview, seed: int = 0) -> int:
     return acc
 
 
+@_strict
 def model_seed(model: str, cache_salt: str = "", lora: str = "") -> int:
     """Root of a prompt's hash chain: ``xxh64(model + b"\\0" + cache_salt + b"\\0" + lora)``."""
-    return xxh64(model.encode() + b"\0" + cache_salt.encode() + b"\0" + lora.encode())
+    args = (("model", model), ("cache_salt", cache_salt), ("lora", lora))
+    parts = [_str_arg(name, value) for name, value in args]
+    try:
+        return xxh64(b"\0".join(p.encode() for p in parts))
+    except UnicodeEncodeError:
+        raise Error("model, cache_salt and lora must be text encodable as UTF-8") from None
 
 
 def _chain(block_ids: list[int], seed: int) -> np.ndarray:
@@ -112,24 +197,28 @@ def _chain(block_ids: list[int], seed: int) -> np.ndarray:
 
 
 def _check_blocks(size: int, max_blocks: int, what: str) -> None:
+    size, max_blocks = _int_arg(what, size), _int_arg("max_blocks", max_blocks)
     if size < 1:
         raise Error(f"{what} must be >= 1, got {size}")
     if max_blocks < 0:
         raise Error(f"max_blocks must be >= 0, got {max_blocks}")
 
 
+@_strict
 def hash_blocks(
     data: bytes | bytearray | memoryview, block_bytes: int, seed: int, max_blocks: int = 0
 ) -> np.ndarray:
     """Chained block hashes of prompt bytes (see ``_core.pyi``)."""
     _check_blocks(block_bytes, max_blocks, "block_bytes")
-    b = bytes(data)
+    b = _bytes_arg("data", data)
+    seed = _seed_arg("seed", seed)
     starts = range(0, len(b), block_bytes)
     if max_blocks:
         starts = starts[:max_blocks]
     return _chain([xxh64(b[s : s + block_bytes]) for s in starts], seed)
 
 
+@_strict
 def hash_token_blocks(
     tokens: np.ndarray, block_tokens: int, seed: int, max_blocks: int = 0
 ) -> np.ndarray:
@@ -193,12 +282,7 @@ class Snapshot:
         self.prefill_rate = np.array([r.prefill_rate for r in rows], dtype=np.float32)
 
 
-def _int_arg(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise Error(f"{name} must be an int, got {type(value).__name__}")
-    return int(value)
-
-
+@_strict_methods
 class EndpointTable:
     """Structure-of-arrays metrics of up to ``capacity`` endpoints (capacity <= 65535)."""
 
@@ -210,11 +294,17 @@ class EndpointTable:
         self._rows: list[_Row] = []
         self._adapters: list[str] = []
         self._adapter_ids: dict[str, int] = {}
+        self._version = 0  # see the version property
         self._lock = threading.RLock()
 
     @property
     def capacity(self) -> int:
         return self._capacity
+
+    @property
+    def version(self) -> int:
+        """Bumped by add, remove, update, set_ready and set_prefill_rate (not add_inflight)."""
+        return self._version
 
     @property
     def high_water(self) -> int:
@@ -229,10 +319,12 @@ class EndpointTable:
             for i, r in enumerate(self._rows):
                 if not r.live:
                     self._rows[i] = _Row(live=True)
+                    self._version += 1
                     return i
             if len(self._rows) >= self._capacity:
                 raise Error(f"endpoint table is full (capacity {self._capacity})")
             self._rows.append(_Row(live=True))
+            self._version += 1
             return len(self._rows) - 1
 
     def _row(self, endpoint: int) -> _Row:
@@ -247,14 +339,19 @@ class EndpointTable:
             self._rows[endpoint] = _Row()
             while self._rows and not self._rows[-1].live:
                 self._rows.pop()
+            self._version += 1
 
     def is_live(self, endpoint: int) -> bool:
+        endpoint = _int_arg("endpoint", endpoint)
         with self._lock:
             return 0 <= endpoint < len(self._rows) and self._rows[endpoint].live
 
     def _adapter_set(self, name: str, ids: list[int] | None, old: frozenset[int]):
         if ids is None:
             return old
+        if not isinstance(ids, (list, tuple)):
+            got = type(ids).__name__
+            raise Error(f"{name} must be a list of adapter ids (int) or None, got {got}")
         out = set()
         for a in ids:
             a = _int_arg(name, a)
@@ -282,10 +379,11 @@ class EndpointTable:
             waiting, running = _int_arg("waiting", waiting), _int_arg("running", running)
             if waiting < 0 or running < 0:
                 raise Error(f"waiting and running must be >= 0, got {waiting}, {running}")
-            kv = float(kv_util)
+            kv = _float_arg("kv_util", kv_util)
             if not (-1e-6 <= kv <= 1 + 1e-6):
                 raise Error(f"kv_util must be within 0..1, got {kv_util}")
-            if not math.isfinite(float(now)):
+            now = _float_arg("now", now)
+            if not math.isfinite(now):
                 raise Error(f"now must be finite, got {now}")
             opts = {"kv_blocks": kv_blocks, "block_size": block_size, "max_lora": max_lora}
             for name, value in opts.items():
@@ -300,17 +398,22 @@ class EndpointTable:
                 if value >= 0:
                     setattr(row, name, int(value))
             row.lora_active, row.lora_waiting = active, waiting_set
+            self._version += 1
 
     def set_ready(self, endpoint: int, ready: bool) -> None:
         with self._lock:
-            self._row(endpoint).ready = bool(ready)
+            row = self._row(endpoint)
+            row.ready = _bool_arg("ready", ready)
+            self._version += 1
 
     def set_prefill_rate(self, endpoint: int, tokens_per_second: float) -> None:
-        rate = float(tokens_per_second)
-        if not math.isfinite(rate) or rate < 0:
-            raise Error(f"tokens_per_second must be finite and >= 0, got {tokens_per_second}")
         with self._lock:
-            self._row(endpoint).prefill_rate = rate
+            row = self._row(endpoint)
+            rate = _float_arg("tokens_per_second", tokens_per_second)
+            if not math.isfinite(rate) or rate < 0:
+                raise Error(f"tokens_per_second must be finite and >= 0, got {tokens_per_second}")
+            row.prefill_rate = rate
+            self._version += 1
 
     def add_inflight(self, endpoint: int, requests: int, tokens: int) -> None:
         requests, tokens = _int_arg("requests", requests), _int_arg("tokens", tokens)
@@ -320,8 +423,7 @@ class EndpointTable:
             row.inflight_tokens = max(0, row.inflight_tokens + tokens)
 
     def adapter_id(self, name: str) -> int:
-        if not isinstance(name, str):
-            raise Error(f"adapter name must be a str, got {type(name).__name__}")
+        name = _str_arg("name", name)
         with self._lock:
             if name in self._adapter_ids:
                 return self._adapter_ids[name]
@@ -331,7 +433,14 @@ class EndpointTable:
             self._adapters.append(name)
             return len(self._adapters) - 1
 
+    def find_adapter(self, name: str) -> int:
+        """Id of a registered adapter name, -1 if unknown; never registers."""
+        name = _str_arg("name", name)
+        with self._lock:
+            return self._adapter_ids.get(name, -1)
+
     def adapter_name(self, adapter: int) -> str:
+        adapter = _int_arg("adapter", adapter)
         with self._lock:
             if not 0 <= adapter < len(self._adapters):
                 raise Error(f"adapter id {adapter} is not registered")
@@ -353,6 +462,7 @@ def _hash_array(hashes: object) -> list[int]:
     return [int(h) for h in arr]
 
 
+@_strict_methods
 class PrefixIndex:
     """Block hash -> endpoints holding it, with a bounded LRU of blocks per endpoint."""
 
@@ -478,6 +588,7 @@ def _check_param(kind: str, key: str, value: float) -> None:
         raise Error(f"{kind}: parameter {key} must be >= 0, got {value}")
 
 
+@_strict_methods
 class Profile:
     """A scheduling profile: weighted scorers and one picker (see ``_core.pyi``)."""
 
@@ -487,34 +598,44 @@ class Profile:
         picker: str = "max-score-picker",
     ) -> None:
         self._scorers: list[tuple[str, float, dict[str, float]]] = []
+        if isinstance(scorers, (str, bytes)) or not isinstance(scorers, (list, tuple)):
+            raise Error("scorers must be a list of (type, weight, params) tuples")
         for n, item in enumerate(scorers):
-            try:
-                kind, weight, params = item
-            except (TypeError, ValueError):
-                raise Error(f"scorers[{n}] must be a (type, weight, params) tuple") from None
+            if isinstance(item, str) or not isinstance(item, (list, tuple)) or len(item) != 3:
+                raise Error(f"scorers[{n}] must be a (type, weight, params) tuple")
+            kind, weight, params = item
+            if not isinstance(kind, str):
+                raise Error(f"scorers[{n}]: type must be a str")
             if kind not in _PARAMS:
                 known = ", ".join(sorted(_PARAMS))
                 raise Error(f"scorers[{n}]: unknown scorer type {kind!r}; known: {known}")
             try:
-                weight = float(weight)
-            except (TypeError, ValueError):
-                raise Error(f"scorers[{n}] ({kind}): weight must be a number") from None
+                weight = _float_arg("weight", weight)
+            except Error:
+                raise Error(
+                    f"scorers[{n}] ({kind}): weight must be a number, got {type(weight).__name__}"
+                ) from None
             if not math.isfinite(weight) or weight < 0:
                 raise Error(f"scorers[{n}] ({kind}): weight must be finite and >= 0, got {weight}")
             merged = dict(_PARAMS[kind])
-            for key, value in dict(params or {}).items():
+            if params is not None and not isinstance(params, dict):
+                raise Error(f"scorers[{n}]: params must be a dict")
+            for key, value in (params or {}).items():
                 if key not in merged:
                     allowed = ", ".join(sorted(_PARAMS[kind])) or "none"
                     raise Error(f"{kind}: unknown parameter {key!r}; allowed: {allowed}")
                 try:
-                    value = float(value)
-                except (TypeError, ValueError):
-                    raise Error(f"{kind}: parameter {key} must be a number") from None
+                    value = _float_arg("value", value)
+                except Error:
+                    raise Error(
+                        f"{kind}: parameter {key} must be a number, got {type(value).__name__}"
+                    ) from None
                 if not math.isfinite(value):
                     raise Error(f"{kind}: parameter {key} must be finite, got {value}")
                 _check_param(kind, key, value)
                 merged[key] = value
             self._scorers.append((kind, weight, merged))
+        picker = _str_arg("picker", picker)
         if picker not in _PICKERS:
             raise Error(f"unknown picker {picker!r}; known: {', '.join(_PICKERS)}")
         self.picker = picker
@@ -604,12 +725,16 @@ def _score(
     raise Error(f"unknown scorer type {kind!r}")  # unreachable: Profile validates
 
 
+@_strict_methods
 class Scheduler:
     """Runs profiles over an EndpointTable and PrefixIndex (see ``_core.pyi``)."""
 
     def __init__(self, table: EndpointTable, index: PrefixIndex, seed: int = 0) -> None:
-        if not isinstance(table, EndpointTable) or not isinstance(index, PrefixIndex):
-            raise Error("Scheduler needs a core_reference EndpointTable and PrefixIndex")
+        if not isinstance(table, EndpointTable):
+            raise Error(f"table must be a core_reference EndpointTable, got {type(table).__name__}")
+        if not isinstance(index, PrefixIndex):
+            raise Error(f"index must be a core_reference PrefixIndex, got {type(index).__name__}")
+        seed = _seed_arg("seed", seed)
         if index._max < table.capacity:
             raise Error(
                 f"PrefixIndex max_endpoints ({index._max}) must be >= EndpointTable "
@@ -641,17 +766,29 @@ class Scheduler:
         with_scores: bool = False,
     ) -> PickResult:
         if not isinstance(profile, Profile):
-            raise Error("profile must be a core_reference Profile")
+            raise Error(f"profile must be a core_reference Profile, got {type(profile).__name__}")
+        block_bytes = _int_arg("block_bytes", block_bytes)
+        max_blocks = _int_arg("max_blocks", max_blocks)
+        seed = _seed_arg("seed", seed)
+        prompt_tokens = _int_arg("prompt_tokens", prompt_tokens)
+        block_tokens = _int_arg("block_tokens", block_tokens)
+        lora, k = _int_arg("lora", lora), _int_arg("k", k)
+        reserve, record = _bool_arg("reserve", reserve), _bool_arg("record", record)
+        with_scores = _bool_arg("with_scores", with_scores)
         if k < 1:
             raise Error(f"k must be >= 1, got {k}")
         if prompt_tokens < 0 or block_tokens < 1:
             raise Error("prompt_tokens must be >= 0 and block_tokens >= 1")
-        if lora >= MAX_ADAPTERS:
-            raise Error(f"lora must be an adapter id in 0..255 or -1, got {lora}")
+        if lora > UNKNOWN_ADAPTER:
+            raise Error(
+                "lora must be -1 (none), an adapter id in 0..255 or 256 (unknown adapter), "
+                f"got {lora}"
+            )
+        lora = max(lora, -1)
         if prompt is not None:
             if hashes is not None:
                 raise Error("pass either hashes or prompt, not both")
-            hashes = hash_blocks(prompt, block_bytes, seed, max_blocks)
+            hashes = hash_blocks(_bytes_arg("prompt", prompt), block_bytes, seed, max_blocks)
         with self._lock, self._table._lock, self._index._lock:
             rows = self._table._rows
             n = len(rows)
@@ -736,7 +873,7 @@ class Scheduler:
             )
         out = []
         for j, w in enumerate(extra_weights):
-            w = float(w)
+            w = _float_arg(f"extra_weights[{j}]", w)
             if not math.isfinite(w) or w < 0:
                 raise Error(f"extra_weights[{j}] must be finite and >= 0, got {w}")
             out.append((w, np.nan_to_num(arr[j], nan=0.0)))

@@ -170,7 +170,7 @@ def test_bad_profiles_raise_clear_errors(core, scorers, picker, match):
         ({"k": 0}, "k"),
         ({"block_tokens": 0}, "block_tokens"),
         ({"prompt_tokens": -5}, "prompt_tokens"),
-        ({"lora": 256}, "lora"),
+        ({"lora": 257}, "lora"),
         ({"prompt": b"abc", "hashes": np.array([1], dtype=np.uint64)}, "either"),
     ],
 )

@@ -106,6 +106,17 @@ def test_lora_affinity_scorer_without_adapter_is_neutral(make_pool, core):
     assert got == approx([1.0, 1.0, 1.0])
 
 
+def test_lora_affinity_scorer_unknown_adapter_scores_free_slots_only(make_pool, core):
+    """An adapter in no endpoint's lists (find_adapter -> -1): 0.8 where a slot is free
+    (endpoint 1: 1 of 4 used), 0.0 where the slots are full, as the reference scores it."""
+    rows = [*ROWS, (0, 0, 0.0, 0, 0)]
+    got, _ = scores_for(
+        make_pool, core, "lora-affinity-scorer", rows=rows, setup=lora_setup,
+        lora=core.UNKNOWN_ADAPTER,
+    )  # fmt: skip
+    assert got == approx([0.0, 0.8, 0.0, 0.0])
+
+
 def prefix_setup(table, index):
     index.record(0, np.arange(1, 9, dtype=np.uint64))  # 8 of 10 blocks
     index.record(1, np.arange(1, 3, dtype=np.uint64))  # 2 of 10

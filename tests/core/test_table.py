@@ -185,3 +185,46 @@ def test_capacity_out_of_range_raises(core, capacity):
 def test_unregistered_adapter_name_lookup_raises(core):
     with pytest.raises(core.Error, match="adapter"):
         core.EndpointTable(4).adapter_name(0)
+
+
+def test_find_adapter_returns_registered_id_and_never_registers(core):
+    t = core.EndpointTable(4)
+    a = t.adapter_id("sql-lora")
+    assert t.find_adapter("sql-lora") == a
+    assert t.find_adapter("client-chosen-name") == -1
+    assert t.adapter_id("next") == a + 1  # the unknown name took no id
+
+
+def test_find_adapter_never_fills_the_registry(core):
+    t = core.EndpointTable(4)
+    for i in range(300):
+        assert t.find_adapter(f"model-{i}") == -1
+    assert t.adapter_id("real") == 0
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda t, e: t.update(e, waiting=1, running=0, kv_util=0.1, now=1.0),
+        lambda t, e: t.set_ready(e, True),
+        lambda t, e: t.set_prefill_rate(e, 1000.0),
+        lambda t, e: t.remove(e),
+        lambda t, e: t.add(),
+    ],
+    ids=["update", "set_ready", "set_prefill_rate", "remove", "add"],
+)
+def test_version_moves_on_every_change_a_snapshot_shows(core, change):
+    t = core.EndpointTable(4)
+    e = t.add()
+    before = t.version
+    change(t, e)
+    assert t.version > before
+
+
+def test_version_ignores_inflight_counters(core):
+    t = core.EndpointTable(4)
+    e = t.add()
+    before = t.version
+    t.add_inflight(e, 1, 100)
+    t.add_inflight(e, -1, -100)
+    assert t.version == before

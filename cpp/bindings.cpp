@@ -629,7 +629,21 @@ PYBIND11_MODULE(_core, m) {
            py::arg("adapter"))
       .def("adapter_name", bad_method("EndpointTable.adapter_name", "adapter"))
       .def("snapshot", &snapshot)
-      .def("snapshot", bad_method("EndpointTable.snapshot", ""));
+      .def("snapshot", bad_method("EndpointTable.snapshot", ""))
+      .def("inflight",
+           [](const EndpointTable& t) {
+             const auto n = static_cast<py::ssize_t>(t.high_water());
+             py::array_t<int32_t> requests(n);
+             py::array_t<int64_t> tokens(n);
+             int32_t* r = requests.mutable_data();
+             int64_t* k = tokens.mutable_data();
+             {
+               py::gil_scoped_release release;
+               t.inflight(static_cast<size_t>(n), r, k);
+             }
+             return py::make_tuple(requests, tokens);
+           })
+      .def("inflight", bad_method("EndpointTable.inflight", ""));
 
   auto index_endpoint = [](const PrefixIndex& ix, py::handle obj, const char* what) {
     const int64_t e = int_arg(obj, "endpoint");

@@ -1,6 +1,7 @@
 #include "endpoint_table.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 
 namespace igw {
@@ -31,6 +32,7 @@ EndpointTable::EndpointTable(uint32_t capacity) : capacity_(capacity) {
   updated_at_ = column<double>(capacity);
   lora_active_ = column<uint64_t>(size_t{capacity} * 4);
   lora_waiting_ = column<uint64_t>(size_t{capacity} * 4);
+  lora_used_ = column<int32_t>(capacity);
 }
 
 void EndpointTable::write_begin(uint32_t e) noexcept {
@@ -51,10 +53,13 @@ void EndpointTable::write_row(uint32_t e, const Row& r) noexcept {
   st(kv_blocks_[e], r.kv_blocks);
   st(block_size_[e], r.block_size);
   st(max_lora_[e], r.max_lora);
+  int32_t used = 0;
   for (int w = 0; w < 4; ++w) {
     st(lora_active_[size_t{e} * 4 + w], r.lora_active[w]);
     st(lora_waiting_[size_t{e} * 4 + w], r.lora_waiting[w]);
+    used += std::popcount(r.lora_active[w]) + std::popcount(r.lora_waiting[w]);
   }
+  st(lora_used_[e], used);
   st(inflight_requests_[e], r.inflight_requests);
   st(inflight_tokens_[e], r.inflight_tokens);
   st(updated_at_[e], r.updated_at);
@@ -287,6 +292,21 @@ void EndpointTable::snapshot(const SnapshotOut& o) const {
   for (size_t i = 0; i < n; ++i)
     if (seq_[i].load(std::memory_order_relaxed) != seqs[i])
       put_row(o, i, read(static_cast<uint32_t>(i)));
+}
+
+void EndpointTable::inflight(size_t n, int32_t* requests, int64_t* tokens) const {
+  n = std::min<size_t>(n, capacity_);
+  std::vector<uint32_t> seqs(n);
+  for (size_t i = 0; i < n; ++i) seqs[i] = read_begin(static_cast<uint32_t>(i));
+  for (size_t i = 0; i < n; ++i) requests[i] = ld(inflight_requests_[i]);
+  for (size_t i = 0; i < n; ++i) tokens[i] = ld(inflight_tokens_[i]);
+  std::atomic_thread_fence(std::memory_order_acquire);
+  for (size_t i = 0; i < n; ++i) {
+    if (seq_[i].load(std::memory_order_relaxed) == seqs[i]) continue;
+    const Row r = read(static_cast<uint32_t>(i));
+    requests[i] = r.inflight_requests;
+    tokens[i] = r.inflight_tokens;
+  }
 }
 
 }  // namespace igw

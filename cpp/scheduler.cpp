@@ -258,11 +258,7 @@ void Scheduler::load_columns(uint32_t need, int lora, uint32_t from, uint32_t to
     const uint64_t bit = uint64_t{1} << (lora % 64);
     for (uint32_t j = from; j < to; ++j) {
       const size_t e = ids[j];
-      int pop = 0;
-      for (int wd = 0; wd < 4; ++wd) {
-        pop += std::popcount(EndpointTable::ld(t.lora_active_[e * 4 + wd]));
-        pop += std::popcount(EndpointTable::ld(t.lora_waiting_[e * 4 + wd]));
-      }
+      const int32_t pop = EndpointTable::ld(t.lora_used_[e]);
       // lora == kMaxAdapters: an adapter no endpoint has (not in the registry), so only
       // the free-slot rule can score it.
       const bool known = lora < kMaxAdapters;

@@ -140,6 +140,10 @@ class EndpointTable:
         registers (so client-chosen model names cannot fill the 256-name registry)."""
     def adapter_name(self, adapter: int) -> str: ...
     def snapshot(self) -> Snapshot: ...
+    def inflight(self) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]:
+        """``(inflight_requests, inflight_tokens)`` as a snapshot would hold them (length
+        ``high_water``), without copying the rest: with ``version``, a caller can keep one
+        snapshot and refresh only the counters that change on every pick."""
 
 # ------------------------------------------------------------------------ prefix index
 

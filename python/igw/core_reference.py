@@ -450,6 +450,13 @@ class EndpointTable:
         with self._lock:
             return Snapshot([_Row(**vars(r)) for r in self._rows])
 
+    def inflight(self) -> tuple[np.ndarray, np.ndarray]:
+        """The snapshot's ``inflight_requests`` and ``inflight_tokens`` arrays alone."""
+        with self._lock:
+            requests = np.array([r.inflight_requests for r in self._rows], dtype=np.int32)
+            tokens = np.array([r.inflight_tokens for r in self._rows], dtype=np.int64)
+            return requests, tokens
+
 
 # ------------------------------------------------------------------------ prefix index
 

@@ -228,3 +228,16 @@ def test_version_ignores_inflight_counters(core):
     t.add_inflight(e, 1, 100)
     t.add_inflight(e, -1, -100)
     assert t.version == before
+
+
+def test_inflight_matches_the_snapshot_counters(core):
+    t = core.EndpointTable(8)
+    ids = [t.add() for _ in range(4)]
+    t.remove(ids[2])
+    t.add_inflight(ids[1], 3, 700)
+    t.add_inflight(ids[3], 1, 5)
+    requests, tokens = t.inflight()
+    s = t.snapshot()
+    assert requests.dtype == np.int32 and tokens.dtype == np.int64
+    assert requests.tolist() == s.inflight_requests.tolist() == [0, 3, 0, 1]
+    assert tokens.tolist() == s.inflight_tokens.tolist() == [0, 700, 0, 5]

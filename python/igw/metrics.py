@@ -15,13 +15,17 @@ latency recorder callable.
 from __future__ import annotations
 
 import math
+import time
+from bisect import bisect_left
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import metrics as _prom_metrics
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:
     from igw.datastore import Pool
@@ -43,6 +47,204 @@ SCHEDULER_BUCKETS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.
 MODEL = ("model_name", "target_model_name")
 MODEL_PRIORITY = (*MODEL, "priority")
 EPP_REQUEST = (*MODEL, "fairness_id", "priority")
+
+
+# --------------------------------------------------------------------- lean metric families
+#
+# prometheus_client's Counter/Histogram cost ~3-4 us per labelled update (``labels()`` builds
+# and validates a key under a lock, ``observe`` walks the buckets linearly, each value has its
+# own lock); the request path makes ~30 of them. These families keep the same names, labels,
+# buckets and exposition (``_total``/``_created``, cumulative ``_bucket``, ``_count``, ``_sum``)
+# but a child update is a list/float update: igw updates metrics only from the event loop
+# thread, so no locks are needed, and scrapes read the values from the same thread.
+
+
+def _created_series() -> bool:
+    """prometheus_client's switch (PROMETHEUS_DISABLE_CREATED_SERIES) for ``_created``."""
+    return bool(getattr(_prom_metrics, "_use_created", True))
+
+
+class _CounterChild:
+    __slots__ = ("created", "value")
+
+    def __init__(self) -> None:
+        self.value = 0.0
+        self.created = time.time()
+
+    def inc(self, amount: float = 1.0) -> None:
+        if amount < 0:
+            raise ValueError("counters can only be incremented by non-negative amounts")
+        self.value += amount
+
+
+class _GaugeChild:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+    def dec(self, amount: float = 1.0) -> None:
+        self.value -= amount
+
+    def set(self, value: float) -> None:
+        self.value = float(value)
+
+
+class _HistogramChild:
+    __slots__ = ("bounds", "counts", "created", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds  # finite upper bounds, ascending; the last bucket is +Inf
+        self.counts = [0] * (len(bounds) + 1)  # per bucket, not cumulative
+        self.sum = 0.0
+        self.created = time.time()
+
+    def observe(self, amount: float) -> None:
+        # bisect_left: the first bound >= amount, i.e. prometheus' "amount <= le".
+        self.counts[bisect_left(self.bounds, amount)] += 1
+        self.sum += amount
+
+
+class _Family(Collector):
+    """One metric family: children per label-value tuple, exposed at scrape time."""
+
+    kind = ""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Iterable[str] = (),
+        *,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self._children: dict[tuple[str, ...], object] = {}
+        if not self.labelnames:
+            self._children[()] = self._child()
+        if registry is not None:
+            registry.register(self)
+
+    def _child(self):
+        raise NotImplementedError
+
+    def labels(self, *values: object, **named: object):
+        """The child for these label values (positional in ``labelnames`` order, or named)."""
+        if named:
+            if values or set(named) != set(self.labelnames):
+                raise ValueError(f"{self.name}: expected the labels {self.labelnames}")
+            values = tuple(named[name] for name in self.labelnames)
+        child = self._children.get(values)  # type: ignore[arg-type]
+        if child is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError(
+                    f"{self.name}: expected {len(self.labelnames)} label values "
+                    f"{self.labelnames}, got {len(values)}"
+                )
+            key = tuple(str(v) for v in values)
+            child = self._children.get(key)
+            if child is None:
+                child = self._children[key] = self._child()
+            if key != values:
+                self._children[values] = child  # type: ignore[index]
+        return child
+
+    def _metric_name(self) -> str:
+        return self.name
+
+    def describe(self):
+        return [Metric(self._metric_name(), self.documentation, self.kind)]
+
+    def _series(self):
+        """(label dict, child) per distinct series (aliases of non-str keys skipped)."""
+        for key, child in list(self._children.items()):
+            if all(type(v) is str for v in key):
+                yield dict(zip(self.labelnames, key, strict=True)), child
+
+
+class Counter(_Family):
+    kind = "counter"
+
+    def _child(self) -> _CounterChild:
+        return _CounterChild()
+
+    def _metric_name(self) -> str:
+        return self.name[: -len("_total")] if self.name.endswith("_total") else self.name
+
+    def inc(self, amount: float = 1.0) -> None:
+        self._children[()].inc(amount)  # type: ignore[attr-defined]
+
+    def collect(self):
+        base = self._metric_name()
+        metric = Metric(base, self.documentation, self.kind)
+        created = _created_series()
+        for labels, child in self._series():
+            metric.add_sample(base + "_total", labels, child.value)
+            if created:
+                metric.add_sample(base + "_created", labels, child.created)
+        yield metric
+
+
+class Gauge(_Family):
+    kind = "gauge"
+
+    def _child(self) -> _GaugeChild:
+        return _GaugeChild()
+
+    def set(self, value: float) -> None:
+        self._children[()].set(value)  # type: ignore[attr-defined]
+
+    def collect(self):
+        metric = Metric(self.name, self.documentation, self.kind)
+        for labels, child in self._series():
+            metric.add_sample(self.name, labels, child.value)
+        yield metric
+
+
+class Histogram(_Family):
+    kind = "histogram"
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Iterable[str] = (),
+        *,
+        buckets: Iterable[float],
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        bounds = tuple(float(b) for b in buckets if not math.isinf(b))
+        if list(bounds) != sorted(bounds):
+            raise ValueError(f"{name}: buckets not in sorted order")
+        self.bounds = bounds
+        self._les = [floatToGoString(b) for b in bounds] + ["+Inf"]
+        super().__init__(name, documentation, labelnames, registry=registry)
+
+    def _child(self) -> _HistogramChild:
+        return _HistogramChild(self.bounds)
+
+    def observe(self, amount: float) -> None:
+        self._children[()].observe(amount)  # type: ignore[attr-defined]
+
+    def collect(self):
+        name = self.name
+        metric = Metric(name, self.documentation, self.kind)
+        created = _created_series()
+        for labels, child in self._series():
+            total = 0
+            for le, count in zip(self._les, child.counts, strict=True):
+                total += count
+                metric.add_sample(name + "_bucket", {**labels, "le": le}, float(total))
+            metric.add_sample(name + "_count", labels, float(total))
+            metric.add_sample(name + "_sum", labels, child.sum)
+            if created:
+                metric.add_sample(name + "_created", labels, child.created)
+        yield metric
 
 
 class _PoolGauges(Collector):
@@ -97,6 +299,53 @@ def pool_gauge_values(pool: Pool) -> dict[str, float]:
         "average_running_requests": float(np.mean(np.asarray(snapshot.running)[ready])),
         "ready_pods": float(ready.size),
     }
+
+
+MAX_CACHED_SERIES = 4096  # label tuples whose children are kept resolved (then reset)
+
+
+class _RequestSeries:
+    """The per-request children for one (model, target, fairness id, priority): the request
+    path resolves its label values once per tuple instead of once per family and update.
+
+    Children are resolved on first use (``__getattr__`` runs only while a slot is unset), so
+    a series appears in the exposition only once something was recorded in it, as before.
+    """
+
+    _PAIR = frozenset({
+        "request_sizes", "epp_running", "request_duration", "response_sizes", "input_tokens",
+        "output_tokens", "ntpot", "cached_tokens",
+    })  # fmt: skip
+    __slots__ = (
+        "_epp", "_metrics", "_model", "_pair", "_priority",
+        "cached_tokens", "epp_cached_tokens", "epp_input_tokens", "epp_ntpot",
+        "epp_output_tokens", "epp_request_duration", "epp_request_size", "epp_request_total",
+        "epp_response_size", "epp_running", "epp_ttft", "input_tokens", "ntpot",
+        "output_tokens", "request_duration", "request_sizes", "request_total",
+        "response_sizes", "running",
+    )  # fmt: skip
+
+    def __init__(self, m: Metrics, model: str, target: str, fairness: str, priority: int):
+        self._metrics = m
+        self._model = model
+        self._pair = (model, target)
+        self._priority = str(priority)
+        self._epp = (model, target, fairness, self._priority)
+
+    def __getattr__(self, name: str):
+        if name.startswith("_") or name not in _RequestSeries.__slots__:
+            raise AttributeError(name)
+        family = getattr(self._metrics, name)
+        if name == "running":
+            child = family.labels(self._model)
+        elif name == "request_total":
+            child = family.labels(*self._pair, self._priority)
+        elif name in _RequestSeries._PAIR:
+            child = family.labels(*self._pair)
+        else:
+            child = family.labels(*self._epp)
+        setattr(self, name, child)
+        return child
 
 
 class Metrics:
@@ -243,6 +492,7 @@ class Metrics:
             (), buckets=SCHEDULER_BUCKETS, registry=r,
         )  # fmt: skip
         self.registry.register(_PoolGauges(self))
+        self._by_labels: dict[tuple[str, str, str, int], _RequestSeries] = {}
         from igw import __version__
 
         self.info.labels(commit="", build_ref=__version__).set(1)
@@ -257,15 +507,25 @@ class Metrics:
         return list(self._pools)
 
     # -- request phase -------------------------------------------------------------------
+    def _series(self, request: Request) -> _RequestSeries:
+        """The children for this request's label values (one dict lookup once seen)."""
+        key = (request.incoming_model, request.target_model, request.fairness_id,
+               request.priority)  # fmt: skip
+        series = self._by_labels.get(key)
+        if series is None:
+            if len(self._by_labels) >= MAX_CACHED_SERIES:
+                self._by_labels.clear()  # bounded: children stay in the families
+            series = self._by_labels[key] = _RequestSeries(self, *key)
+        return series
+
     def record_request(self, request: Request) -> None:
         """A request entered scheduling: count it and its size."""
-        model, target = request.incoming_model, request.target_model
-        priority = str(request.priority)
-        self.request_total.labels(model, target, priority).inc()
-        self.epp_request_total.labels(model, target, request.fairness_id, priority).inc()
+        s = self._series(request)
+        s.request_total.inc()
+        s.epp_request_total.inc()
         size = len(request.upstream_body)
-        self.request_sizes.labels(model, target).observe(size)
-        self.epp_request_size.labels(model, target, request.fairness_id, priority).observe(size)
+        s.request_sizes.observe(size)
+        s.epp_request_size.observe(size)
 
     def record_error(self, request: Request, code_label: str) -> None:
         model, target = request.incoming_model, request.target_model
@@ -301,41 +561,41 @@ class Metrics:
             family.labels("scheduling", plugin_type, plugin_name).observe(seconds)
 
     def running_started(self, request: Request) -> None:
-        self.running.labels(request.incoming_model).inc()
-        self.epp_running.labels(request.incoming_model, request.target_model).inc()
+        s = self._series(request)
+        s.running.inc()
+        s.epp_running.inc()
 
     def running_ended(self, request: Request) -> None:
-        self.running.labels(request.incoming_model).dec()
-        self.epp_running.labels(request.incoming_model, request.target_model).dec()
+        s = self._series(request)
+        s.running.dec()
+        s.epp_running.dec()
 
     # -- response phase ------------------------------------------------------------------
     def record_response(self, request: Request, response_bytes: int) -> None:
         """The response ended normally: latency, size, tokens, normalized TPOT."""
-        model, target = request.incoming_model, request.target_model
+        s = self._series(request)
         end = request.finished_at or request.received_at
         latency = max(0.0, end - request.received_at)
-        self.request_duration.labels(model, target).observe(latency)
-        epp_labels = (model, target, request.fairness_id, str(request.priority))
-        self.epp_request_duration.labels(*epp_labels).observe(latency)
+        s.request_duration.observe(latency)
+        s.epp_request_duration.observe(latency)
         if request.first_byte_at is not None:
-            ttft = max(0.0, request.first_byte_at - request.received_at)
-            self.epp_ttft.labels(*epp_labels).observe(ttft)
-        self.response_sizes.labels(model, target).observe(response_bytes)
-        self.epp_response_size.labels(*epp_labels).observe(response_bytes)
+            s.epp_ttft.observe(max(0.0, request.first_byte_at - request.received_at))
+        s.response_sizes.observe(response_bytes)
+        s.epp_response_size.observe(response_bytes)
         usage = request.usage
         if usage.prompt_tokens > 0:
-            self.input_tokens.labels(model, target).observe(usage.prompt_tokens)
-            self.epp_input_tokens.labels(*epp_labels).observe(usage.prompt_tokens)
+            s.input_tokens.observe(usage.prompt_tokens)
+            s.epp_input_tokens.observe(usage.prompt_tokens)
         if usage.completion_tokens > 0:
-            self.output_tokens.labels(model, target).observe(usage.completion_tokens)
-            self.epp_output_tokens.labels(*epp_labels).observe(usage.completion_tokens)
+            s.output_tokens.observe(usage.completion_tokens)
+            s.epp_output_tokens.observe(usage.completion_tokens)
             ntpot = latency / usage.completion_tokens
             if math.isfinite(ntpot):
-                self.ntpot.labels(model, target).observe(ntpot)
-                self.epp_ntpot.labels(*epp_labels).observe(ntpot)
+                s.ntpot.observe(ntpot)
+                s.epp_ntpot.observe(ntpot)
         if usage.cached_tokens > 0:
-            self.cached_tokens.labels(model, target).observe(usage.cached_tokens)
-            self.epp_cached_tokens.labels(*epp_labels).observe(usage.cached_tokens)
+            s.cached_tokens.observe(usage.cached_tokens)
+            s.epp_cached_tokens.observe(usage.cached_tokens)
 
     # -- exposition ----------------------------------------------------------------------
     def generate(self) -> bytes:

@@ -49,3 +49,15 @@ def test_registry_stops_at_fallback_parser():
 def test_registry_rejects_unknown_parser_types_by_name():
     with pytest.raises(ValueError, match="vertexai-parser"):
         ParserRegistry.from_types(["vertexai-parser"])
+
+
+def test_resolve_cache_is_bounded_and_gives_the_uncached_answer(monkeypatch) -> None:
+    from igw.parsing import paths
+
+    monkeypatch.setattr(paths, "MAX_CACHED_PATHS", 3)
+    registry = paths.ParserRegistry.from_types()
+    for i in range(10):
+        assert registry.resolve(f"/v{i}/chat/completions") == paths.OPENAI_PARSER
+        assert registry.resolve(f"/v{i}/messages") == paths.ANTHROPIC_PARSER
+        assert len(registry._resolved) <= 3
+    assert registry.resolve("/v1/chat/completions") == registry._resolve("/v1/chat/completions")

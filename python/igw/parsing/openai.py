@@ -20,6 +20,7 @@ Validation errors use the reference parser's messages (clients and tests match o
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from typing import Any
 
@@ -67,6 +68,7 @@ class ParsedBody:
         return self.body_json is not None
 
 
+@functools.lru_cache(maxsize=1024)  # paths repeat; clients choose them, so bounded
 def api_for_path(path: str) -> str:
     """The OpenAI API a path addresses (the reference's order; default completions)."""
     for api in ("conversations", "responses"):

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from igw.errors import bad_request
 
 DEFAULT_PATH = "/v1/completions"
+MAX_CACHED_PATHS = 1024  # distinct request paths whose resolution is remembered
 
 OPENAI_PARSER = "openai-parser"
 ANTHROPIC_PARSER = "anthropic-parser"
@@ -70,6 +71,11 @@ class ParserRegistry:
 
     entries: tuple[tuple[str, tuple[str, ...]], ...]
     fallback: str | None
+    # path -> parser type, so a path's suffixes are compared once, not per request. Paths
+    # come from clients: bounded, and emptied when full rather than evicting one by one.
+    _resolved: dict[str, str] = dataclasses.field(
+        default_factory=dict, compare=False, repr=False, hash=False
+    )
 
     @classmethod
     def from_types(cls, types: Iterable[str] = DEFAULT_PARSERS) -> ParserRegistry:
@@ -95,6 +101,16 @@ class ParserRegistry:
 
     def resolve(self, path: str) -> str:
         """The parser type for ``path``; 400 when nothing matches and there is no fallback."""
+        found = self._resolved.get(path)
+        if found is not None:
+            return found
+        found = self._resolve(path)
+        if len(self._resolved) >= MAX_CACHED_PATHS:
+            self._resolved.clear()
+        self._resolved[path] = found
+        return found
+
+    def _resolve(self, path: str) -> str:
         best: str | None = None
         best_len = 0
         for type_name, suffixes in self.entries:

@@ -67,6 +67,7 @@ class Stack:
     tasks: list[asyncio.Task] = dataclasses.field(default_factory=list)
     mirror: Mirror | None = None
     host: str = "127.0.0.1"
+    flow: Any | None = None  # igw.flowcontrol.FlowControl when a pool's config enables it
 
     @property
     def url(self) -> str:
@@ -79,6 +80,8 @@ class Stack:
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self.flow is not None:
+            await self.flow.close()  # queued requests get 503 rejected-shutting-down
         await self.gateway.stop()
         if self.mirror is not None:
             await self.mirror.close()
@@ -86,6 +89,32 @@ class Stack:
             await layer.stop()
         for fleet in self.fleets.values():
             await fleet.stop()
+
+
+class _PoolDetectors:
+    """The legacy shedding path's saturation detector, chosen per pool from its config."""
+
+    def __init__(self, detectors: dict[str, Any]) -> None:
+        self.detectors = detectors
+
+    def saturation(self, pool: Pool, request: Any) -> float:
+        return self.detectors[pool.name].saturation(pool, request)
+
+
+def flow_control_for(
+    engines: dict[str, tuple[Any, str]], metrics: Metrics
+) -> tuple[Any | None, Any | None]:
+    """(FlowControl, None) when any pool's EndpointPickerConfig enables flow control, else
+    (None, the per-pool legacy detector). A bad ``flowControl`` / ``saturationDetector``
+    section is a ``ConfigError`` naming the pool, its config file and the field."""
+    from igw.flowcontrol import FlowControl, detector_from_config
+
+    configs = {name: config for name, (config, _) in engines.items()}
+    flow = FlowControl.from_configs(configs, metrics=metrics)
+    if flow is not None:
+        return flow, None
+    # from_configs has built (so checked) every pool's detector already.
+    return None, _PoolDetectors({name: detector_from_config(c) for name, c in configs.items()})
 
 
 class _LiveObjectives:
@@ -211,6 +240,7 @@ async def start_stack(config: GatewayConfig, options: ServeOptions) -> Stack:
         objectives_file = ObjectivesFile(resolve_path(base, config.objectives_file), None)
     rewrites = inline_rewrites(config, source)
     metrics = Metrics()
+    flow, detector = flow_control_for(engines, metrics)  # config errors before starting
 
     fleets: dict[str, Any] = {}
     runtimes: list[PoolRuntime] = []
@@ -270,9 +300,12 @@ async def start_stack(config: GatewayConfig, options: ServeOptions) -> Stack:
             priorities=config.priorities(),
             limits=options.limits,
             mirror=mirror,
+            detector=detector,
             rng=random.Random(options.seed) if options.seed is not None else None,
         )
         stack = Stack(gateway, router, fleets, layers, mirror=mirror, host=options.host)
+        if flow is not None:
+            stack.flow = flow.attach(gateway.pipeline)
         for runtime in runtimes:
             if runtime.learn_models:
                 await learn_models(runtime)

@@ -310,7 +310,7 @@ async def test_probe_falls_back_to_models_when_health_is_missing(pool, servers, 
 async def test_fetch_models_lists_model_ids(pool, servers, layer):
     server = await servers(models=["llm-base", "english-bot"])
     endpoint = pool.upsert(server.address)
-    assert await layer().fetch_models(endpoint) == ["llm-base", "english-bot"]
+    assert [m.id for m in await layer().fetch_models(endpoint)] == ["llm-base", "english-bot"]
 
 
 async def test_fetch_models_error_names_the_url(pool, layer):
@@ -450,3 +450,75 @@ async def test_a_callers_session_is_used_and_left_open(pool, servers, layer):
         await wait_until(lambda: row(pool, endpoint)["waiting"] == 5)
         await dl.stop()
         assert not session.closed
+
+
+async def test_probe_backoff_grows_across_consecutive_demotions(pool, servers, layer):
+    server = await servers()  # /health passes every time, as a replica that fails requests
+    endpoint = pool.upsert(server.address)
+    policy = OutlierPolicy(min_failures=2, window=10.0, probe_backoff=0.05,
+                           max_probe_backoff=0.4, stable_after=60.0)  # fmt: skip
+    dl = layer(outlier=policy, max_demoted_fraction=1.0)
+    await dl.start()
+    demoted_for = []
+    for expected in (1, 2, 3, 4):
+        dl.report_response(endpoint, ok=False)
+        dl.report_response(endpoint, ok=False)
+        state = dl.state(endpoint)
+        assert state.demoted and state.demotions == expected
+        started = asyncio.get_running_loop().time()
+        await wait_until(lambda: not dl.state(endpoint).demoted, timeout=5)
+        demoted_for.append(asyncio.get_running_loop().time() - started)
+    assert [policy.first_probe_delay(n) for n in (1, 2, 3, 4)] == [0.05, 0.1, 0.2, 0.4]
+    assert demoted_for[2] >= 0.8 * 0.2 and demoted_for[3] >= 0.8 * 0.4  # jitter is +-20%
+    assert demoted_for[3] > demoted_for[0]
+
+
+async def test_demotion_count_resets_after_the_endpoint_stays_in_rotation(pool, servers, layer):
+    server = await servers()
+    endpoint = pool.upsert(server.address)
+    policy = OutlierPolicy(min_failures=2, window=10.0, probe_backoff=0.02, stable_after=0.2)
+    dl = layer(outlier=policy, max_demoted_fraction=1.0)
+    await dl.start()
+    for _ in range(2):
+        dl.report_response(endpoint, ok=False)
+        dl.report_response(endpoint, ok=False)
+        await wait_until(lambda: not dl.state(endpoint).demoted)
+    await asyncio.sleep(0.25)  # in rotation longer than stable_after
+    dl.report_response(endpoint, ok=False)
+    dl.report_response(endpoint, ok=False)
+    assert dl.state(endpoint).demoted and dl.state(endpoint).demotions == 1
+
+
+async def test_a_replica_failing_30_percent_is_demoted_when_its_peers_do_not_fail(
+    pool, servers, layer
+):
+    bad_server, a, b = await servers(), await servers(), await servers()
+    bad, peers = pool.upsert(bad_server.address), [pool.upsert(s.address) for s in (a, b)]
+    dl = layer(outlier=POLICY)
+    await dl.start()
+    for i in range(20):
+        for peer in peers:
+            dl.report_response(peer, ok=True)
+        dl.report_response(bad, ok=i % 10 >= 3)  # 3 of every 10 fail
+    assert dl.state(bad).demoted and not row(pool, bad)["ready"]
+    assert not any(dl.state(peer).demoted for peer in peers)
+
+
+async def test_a_pool_failing_alike_demotes_no_one(pool, servers, layer):
+    endpoints = [pool.upsert((await servers()).address) for _ in range(3)]
+    dl = layer(outlier=POLICY)
+    await dl.start()
+    for i in range(20):
+        for endpoint in endpoints:
+            dl.report_response(endpoint, ok=i % 10 >= 3)
+    assert not any(dl.state(e).demoted for e in endpoints)
+
+
+async def test_fetch_models_gives_each_adapters_parent(pool, servers, layer):
+    server = await servers(models=["llm-base", "english-bot"], parents={"english-bot": "llm-base"})
+    endpoint = pool.upsert(server.address)
+    models = await layer().fetch_models(endpoint)
+    assert [(m.id, m.parent, m.is_adapter) for m in models] == [
+        ("llm-base", None, False),
+        ("english-bot", "llm-base", True),
+    ]

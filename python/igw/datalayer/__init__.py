@@ -14,7 +14,7 @@ from igw.datalayer.engines import (
     custom_engine,
     extract,
 )
-from igw.datalayer.layer import DataLayer, DataLayerError, EndpointState
+from igw.datalayer.layer import DataLayer, DataLayerError, EndpointState, ModelInfo
 from igw.datalayer.outlier import OutlierPolicy
 from igw.datalayer.promtext import MetricsParseError
 
@@ -28,6 +28,7 @@ __all__ = [
     "EngineSpec",
     "FileDiscovery",
     "MetricsParseError",
+    "ModelInfo",
     "OutlierPolicy",
     "Scraped",
     "Series",

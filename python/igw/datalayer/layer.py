@@ -36,7 +36,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import aiohttp
 import yarl
@@ -89,6 +89,8 @@ class EndpointState:
     down_since: float = 0.0
     demoted: bool = False
     demoted_at: float = 0.0
+    demotions: int = 0  # consecutive demotions (reset after ``stable_after`` in rotation)
+    restored_at: float = -math.inf
     ready: bool | None = None  # what we last wrote to the table
     errors: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     last_error: str = ""
@@ -98,6 +100,17 @@ class EndpointState:
     fetch: AiohttpFetch | LeanFetch | None = None
     task: asyncio.Task[None] | None = None
     probe_task: asyncio.Task[None] | None = None
+
+
+class ModelInfo(NamedTuple):
+    """One entry of a ``/v1/models`` list."""
+
+    id: str
+    parent: str | None = None  # the base model when this is a LoRA adapter
+
+    @property
+    def is_adapter(self) -> bool:
+        return self.parent is not None and self.parent != self.id
 
 
 def _positive(name: str, value: float) -> float:
@@ -522,7 +535,10 @@ class DataLayer:
             return  # a removed endpoint whose id was reused
         now = self._clock()
         state.outcomes.add(now, ok)
-        if ok or state.down or not state.outcomes.is_outlier(now):
+        if ok or state.down:
+            return
+        reason = self._outlier_reason(state, now)
+        if reason is None:
             return
         failures, total = state.outcomes.counts(now)
         demoted = sum(s.demoted for s in self._states.values())
@@ -536,9 +552,13 @@ class DataLayer:
                 )  # fmt: skip
             state.errors["withheld"] += 1
             return
+        if now - state.restored_at >= self.outlier.stable_after:
+            state.demotions = 0  # it served long enough since the last demotion
+        state.demotions += 1
         state.demoted = True
         state.demoted_at = now
         self._apply_ready(state)
+        delay = self.outlier.first_probe_delay(state.demotions)
         last = state.last
         scrape = (
             "no metrics yet"
@@ -547,17 +567,41 @@ class DataLayer:
             f"running={last.running} kv={last.kv_util:.2f}"
         )
         log.warning(
-            "demoting endpoint %s: %d of %d responses failed in the last %.0fs while it "
-            "answers its scrapes (%s); probing /health in %.1fs",
-            state.endpoint.address, failures, total, self.outlier.window, scrape,
-            self.outlier.probe_backoff,
+            "demoting endpoint %s: %d of %d responses failed in the last %.0fs (%s) while it "
+            "answers its scrapes (%s); demotion %d in a row, probing /health in %.1fs",
+            state.endpoint.address, failures, total, self.outlier.window, reason, scrape,
+            state.demotions, delay,
         )  # fmt: skip
         state.probe_task = asyncio.get_running_loop().create_task(
-            self._probe_loop(state), name=f"igw-probe {state.endpoint.address}"
+            self._probe_loop(state, delay), name=f"igw-probe {state.endpoint.address}"
         )
 
-    async def _probe_loop(self, state: EndpointState) -> None:
-        delay = self.outlier.probe_backoff
+    def _outlier_reason(self, state: EndpointState, now: float) -> str | None:
+        """Why ``state``'s recent outcomes make it an outlier, or None when they do not."""
+        policy = self.outlier
+        if state.outcomes.is_outlier(now):
+            return f"at least {policy.error_rate:.0%} failed"
+        failures, total = state.outcomes.counts(now)
+        if (
+            policy.relative_factor <= 0
+            or failures < policy.min_failures
+            or failures < policy.relative_min_rate * total
+        ):
+            return None
+        peer_failures = peer_total = 0
+        for other in self._states.values():
+            if other is not state and not other.demoted and not other.down:
+                f, t = other.outcomes.counts(now)
+                peer_failures += f
+                peer_total += t
+        if peer_total < policy.min_failures:
+            return None  # no baseline to compare with
+        peer_rate = peer_failures / peer_total
+        if failures >= policy.relative_factor * peer_rate * total:
+            return f"{failures / total:.0%} against {peer_rate:.0%} for the rest of the pool"
+        return None
+
+    async def _probe_loop(self, state: EndpointState, delay: float) -> None:
         attempts = 0
         while True:
             await asyncio.sleep(delay * self._rng.uniform(0.8, 1.2))
@@ -565,6 +609,7 @@ class DataLayer:
             ok, detail = await self._probe(state.endpoint)
             if ok:
                 state.demoted = False
+                state.restored_at = self._clock()
                 state.outcomes.clear()
                 state.probe_task = None
                 self._apply_ready(state)
@@ -604,8 +649,10 @@ class DataLayer:
         return False, detail
 
     # -- model list -----------------------------------------------------------------------
-    async def fetch_models(self, endpoint: Endpoint) -> list[str]:
-        """Model names an endpoint serves, from its OpenAI ``/v1/models`` list.
+    async def fetch_models(self, endpoint: Endpoint) -> list[ModelInfo]:
+        """The models an endpoint serves, from its OpenAI ``/v1/models`` list, each with its
+        ``parent`` (vLLM lists a LoRA adapter with ``parent`` = its base model; None for a
+        base model or a server that does not say).
 
         Raises ``DataLayerError`` naming the URL and what was wrong.
         """
@@ -634,10 +681,13 @@ class DataLayer:
             raise DataLayerError(
                 f'GET {url}: expected an OpenAI model list {{"data": [{{"id": ...}}]}}'
             )
-        names = []
+        models = []
         for i, item in enumerate(data):
             name = item.get("id") if isinstance(item, dict) else None
             if not isinstance(name, str) or not name:
                 raise DataLayerError(f"GET {url}: data[{i}].id must be a non-empty string")
-            names.append(name)
-        return names
+            parent = item.get("parent")
+            if parent is not None and not isinstance(parent, str):
+                raise DataLayerError(f"GET {url}: data[{i}].parent must be a string or null")
+            models.append(ModelInfo(name, parent or None))
+        return models

@@ -15,9 +15,19 @@ import dataclasses
 @dataclasses.dataclass(frozen=True)
 class OutlierPolicy:
     """When to demote: at least ``min_failures`` failures making at least ``error_rate`` of
-    the responses seen in the last ``window`` seconds (at most ``max_samples`` kept).
+    the responses seen in the last ``window`` seconds (at most ``max_samples`` kept), or,
+    relative to the pool, at least ``relative_min_rate`` of them and ``relative_factor``
+    times the error rate of the rest of the pool (which must have seen ``min_failures``
+    responses itself; ``relative_factor`` 0 turns this off). The relative rule catches a
+    replica that breaks ~30% of its streams while its peers break none, without demoting
+    anyone when the whole pool fails alike.
+
     Probes of a demoted endpoint start after ``probe_backoff`` seconds and back off
-    exponentially (with jitter) up to ``max_probe_backoff``."""
+    exponentially (with jitter) up to ``max_probe_backoff``. A replica that passes its
+    probe but keeps failing requests is demoted again and again: each consecutive demotion
+    starts its probes twice as late (capped the same way), so it spends ever less time in
+    rotation; the count resets once it has stayed in rotation for ``stable_after`` seconds.
+    """
 
     min_failures: int = 5
     error_rate: float = 0.5
@@ -25,6 +35,9 @@ class OutlierPolicy:
     max_samples: int = 256
     probe_backoff: float = 1.0
     max_probe_backoff: float = 30.0
+    relative_factor: float = 3.0
+    relative_min_rate: float = 0.2
+    stable_after: float = 60.0
 
     def __post_init__(self) -> None:
         if self.min_failures < 1:
@@ -35,6 +48,17 @@ class OutlierPolicy:
             raise ValueError("outlier window and probe_backoff must be > 0 seconds")
         if self.max_probe_backoff < self.probe_backoff:
             raise ValueError("outlier max_probe_backoff must be >= probe_backoff")
+        if self.relative_factor < 0 or not 0.0 < self.relative_min_rate <= 1.0:
+            raise ValueError(
+                "outlier relative_factor must be >= 0 and relative_min_rate within (0, 1], "
+                f"got {self.relative_factor} and {self.relative_min_rate}"
+            )
+        if self.stable_after <= 0:
+            raise ValueError(f"outlier stable_after must be > 0 seconds, got {self.stable_after}")
+
+    def first_probe_delay(self, demotions: int) -> float:
+        """Delay before the first probe of the ``demotions``-th consecutive demotion."""
+        return min(self.probe_backoff * 2.0 ** max(0, demotions - 1), self.max_probe_backoff)
 
 
 class OutcomeWindow:

@@ -211,12 +211,19 @@ class FakeModelServer:
     later ``start()`` rebind the same port (an endpoint that vanishes and comes back).
     """
 
-    def __init__(self, page: bytes = b"", *, models: Iterable[str] = ("m",)) -> None:
+    def __init__(
+        self,
+        page: bytes = b"",
+        *,
+        models: Iterable[str] = ("m",),
+        parents: dict[str, str] | None = None,
+    ) -> None:
         self.page = page or vllm_page(bulk=False)
         self.metrics_status = 200
         self.hang = False
         self.health_status = 200
         self.models = list(models)
+        self.parents = dict(parents or {})  # adapter name -> base model in /v1/models
         self.metrics_hits = 0
         self.health_hits = 0
         self.port = 0
@@ -238,7 +245,13 @@ class FakeModelServer:
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(
-            {"object": "list", "data": [{"id": m, "object": "model"} for m in self.models]}
+            {
+                "object": "list",
+                "data": [
+                    {"id": m, "object": "model", "parent": self.parents.get(m)}
+                    for m in self.models
+                ],
+            }
         )
 
     async def start(self) -> FakeModelServer:

@@ -209,6 +209,7 @@ async def learn_models(runtime: PoolRuntime) -> None:
         *(layer.fetch_models(e) for e in runtime.pool.endpoints()), return_exceptions=True
     )
     names: set[str] = set()
+    adapters: set[str] = set()
     for endpoint, result in zip(runtime.pool.endpoints(), results, strict=False):
         if isinstance(result, DataLayerError):
             log.warning(
@@ -219,9 +220,13 @@ async def learn_models(runtime: PoolRuntime) -> None:
                 "pool %s: listing models of %s failed: %r", runtime.name, endpoint.address, result
             )
         else:
-            names.update(result)
+            names.update(model.id for model in result)
+            adapters.update(model.id for model in result if model.is_adapter)
     if names:
         runtime.models = names
+    # vLLM lists LoRA adapters with ``parent`` = the base model: LoRA-aware scoring needs
+    # to know them. Never forgotten (an unloaded adapter's name stays an adapter's name).
+    runtime.adapters |= adapters
 
 
 async def _refresh_models(runtime: PoolRuntime, interval: float) -> None:

@@ -242,3 +242,14 @@ def test_prompts_longer_than_the_profile_allows_are_refused_up_front(capsys) -> 
     argv = ["bench", "run", "--workload", "agentic", "--policies", "default", "--requests", "6"]
     assert main(argv) == 2
     assert "max_model_len" in capsys.readouterr().err
+
+
+def test_warmup_leaves_early_requests_out_of_the_latency_figures(tmp_path) -> None:
+    out = tmp_path / "w.json"
+    argv = ["bench", "run", "--workload", "shared-prefix", "--policies", "round-robin"]
+    assert main([*argv, "--warmup", "0.2", "--json", str(out), *SMALL, *FAKE_ARGS]) == 0
+    res = json.loads(out.read_text())["results"][0]
+    late = sum(1 for t in res["samples"]["sent_at_s"] if t >= 0.2)
+    assert 0 < late < 16
+    assert res["summary"]["requests"] == late and res["summary"]["warmup_s"] == 0.2
+    assert sum(res["per_replica_requests"].values()) == 16  # counters cover the whole run

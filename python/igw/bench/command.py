@@ -105,6 +105,12 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         default=300.0,
         help="wall-time cap per policy, seconds (default 300)",
     )
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=0.0,
+        help="leave requests sent in the first S seconds out of the latency figures (default 0)",
+    )
     p.add_argument("--speed", type=float, default=1.0, help="simulator speed factor")
     p.add_argument("--profile", default="default", help="simulator hardware profile")
     p.add_argument("--seed", type=int, default=0)
@@ -259,6 +265,8 @@ def _validate(args: argparse.Namespace) -> None:
     ):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.warmup < 0:
+        raise ValueError(f"--warmup must be >= 0 seconds, got {args.warmup}")
     for name in ("speed", "duration_max"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
@@ -341,6 +349,7 @@ def run_bench(args: argparse.Namespace) -> int:
         profile=args.profile,
         seed=args.seed,
         duration_max=args.duration_max,
+        warmup=args.warmup,
         sim_args=sim_args,
         fleet_cmd=args.fleet_cmd,
         gateway_cmd=args.gateway_cmd,
@@ -353,6 +362,7 @@ def run_bench(args: argparse.Namespace) -> int:
         f"igw bench: {args.workload}, {len(reqs)} requests at {rate:.2f} req/s ({how}), "
         f"{args.replicas} replicas{' (one at half speed)' if args.slow_replica else ''}, "
         f"profile {args.profile}, speed {args.speed}, seed {args.seed}"
+        + (f", first {args.warmup:g} s not measured" if args.warmup else "")
     )
     print(title, file=sys.stderr)
     started = time.time()
@@ -378,6 +388,7 @@ def run_bench(args: argparse.Namespace) -> int:
         "profile": args.profile,
         "speed": args.speed,
         "seed": args.seed,
+        "warmup_s": args.warmup,
         "params": dataclasses.asdict(params),
         "started_unix": started,
         "elapsed_s": time.time() - started,

@@ -56,6 +56,7 @@ class RunSettings:
     profile: str = "default"
     seed: int = 0
     duration_max: float = 300.0
+    warmup: float = 0.0  # seconds: requests sent earlier are left out of the latency figures
     sim_args: list[str] = dataclasses.field(default_factory=list)
     fleet_cmd: str = DEFAULT_FLEET_CMD
     gateway_cmd: str = DEFAULT_GATEWAY_CMD
@@ -164,7 +165,13 @@ async def run_target(
                 served[key] = served.get(key, 0) + 1
     hits = sum(_counter_deltas(before, after, "vllm:prefix_cache_hits_total").values())
     queries = sum(_counter_deltas(before, after, "vllm:prefix_cache_queries_total").values())
-    row = summarize(target.label, samples, wall, served, hits, queries)
+    # Warm-up: requests sent in the first seconds fill the empty caches; leaving them out
+    # measures the steady state. Counters (hit rate, shares) still cover the whole run.
+    measured = [s for s in samples if s.sent_at >= settings.warmup or (not s.ok and not s.sent_at)]
+    row = summarize(
+        target.label, measured, max(1e-9, wall - settings.warmup), served, hits, queries
+    )
+    row["warmup_s"] = settings.warmup
     errors: dict[str, int] = {}
     for s in samples:
         if not s.ok:

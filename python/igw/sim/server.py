@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import time
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,8 @@ from igw.sim.protocol import ChatRequest, CompletionRequest, RequestError
 
 if TYPE_CHECKING:
     from igw.sim.replica import SimReplica
+
+log = logging.getLogger("igw.sim")
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
 ADMIN_PREFIX = "/sim/"  # simulator-only routes; they answer even while the replica is down
@@ -272,9 +275,21 @@ class Handlers:
     async def _stream(
         self, request: web.Request, job: jobs.Job, waiter: _Waiter
     ) -> web.StreamResponse:
-        seq = job.seq
         resp = web.StreamResponse(headers={**SSE_HEADERS, "x-sim-replica": str(self.replica.index)})
-        await resp.prepare(request)
+        try:
+            await resp.prepare(request)
+            await self._stream_events(request, resp, job, waiter)
+        except ConnectionError as exc:
+            # The client (usually a gateway dropping its upstream request) went away while
+            # we wrote: routine for a server, so no ERROR and no traceback. The caller
+            # aborts the unfinished sequence.
+            log.debug("replica %d: client left request %s: %s", self.replica.index, job.rid, exc)
+        return resp
+
+    async def _stream_events(
+        self, request: web.Request, resp: web.StreamResponse, job: jobs.Job, waiter: _Waiter
+    ) -> None:
+        seq = job.seq
         head = (
             f'data: {{"id":"{job.rid}","object":"'
             f'{"chat.completion.chunk" if job.chat else "text_completion"}",'
@@ -303,7 +318,7 @@ class Handlers:
             waiter.event.clear()
             if waiter.failed:
                 _cut(request)
-                return resp
+                return
             upto = min(seq.output, stop)
             if job.continuous_usage:  # vLLM's continuous_usage_stats: usage on every chunk
                 parts = [
@@ -332,7 +347,7 @@ class Handlers:
                     await resp.write_eof()
                 else:
                     _cut(request)
-                return resp
+                return
             if seq.finished:
                 if parts:
                     parts[-1] = parts[-1].replace(
@@ -348,7 +363,7 @@ class Handlers:
                 parts.append("data: [DONE]\n\n")
                 await resp.write("".join(parts).encode())
                 await resp.write_eof()
-                return resp
+                return
             if parts:
                 await resp.write("".join(parts).encode())
 

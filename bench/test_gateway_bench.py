@@ -256,7 +256,7 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.communicate()
 
 
-def measure(policy: str = "default", frontend: str = "aiohttp") -> dict:
+def measure(policy: str = "default", frontend: str = "httptools") -> dict:
     replicas = _spawn(__file__, "replicas", str(REPLICAS))
     gateway = None
     try:
@@ -338,8 +338,8 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-# Quick mode (CI) measures the default front end; the full run both.
-FRONTENDS = ["aiohttp"] if QUICK else ["aiohttp", "httptools"]
+# Quick mode (CI) measures the default front end (httptools); the full run both.
+FRONTENDS = ["httptools"] if QUICK else ["httptools", "aiohttp"]
 
 
 @pytest.mark.parametrize("frontend", FRONTENDS)
@@ -375,7 +375,7 @@ def _main(argv: list[str]) -> None:
         print(json.dumps(run(_client(spec["urls"], spec["c"], spec["n"], spec["stream"]))))
     else:
         policy = argv[0] if argv else "default"
-        frontend = argv[1] if len(argv) > 1 else "aiohttp"
+        frontend = argv[1] if len(argv) > 1 else "httptools"
         print(table(measure(policy, frontend)))
 
 

@@ -1,8 +1,9 @@
 """The standalone OpenAI-compatible gateway (``igw serve``).
 
 Modules, one job each:
-``app``      aiohttp front end: HTTP -> ``pipeline.Request`` -> pipeline -> forwarder; limits
-``fastfront`` optional httptools front end (``--frontend httptools``), same behaviour, less CPU
+``app``      the gateway: HTTP -> ``pipeline.Request`` -> pipeline -> forwarder; limits;
+           aiohttp front end (``--frontend aiohttp``)
+``fastfront`` the default front end, on httptools: same behaviour, about half the HTTP CPU
 ``proxy``    forwarding: ranked fallback before the first byte, streaming passthrough, errors
 ``upstream`` the keep-alive upstream HTTP client (httptools; aiohttp fallback)
 ``routing``  model name -> pool, per-pool engines, outcome reports to each pool's data layer

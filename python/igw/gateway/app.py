@@ -57,7 +57,23 @@ class Limits:
     upstream_read_timeout: float = 600.0  # upstream silence (between stream chunks too)
     max_attempts: int = 3  # ranked endpoints tried when one cannot be reached
     lean_client: bool | None = None  # httptools upstream client (None: when importable)
-    frontend: str = "aiohttp"  # or "httptools" (igw.gateway.fastfront): less CPU per request
+    # "httptools" (igw.gateway.fastfront: about half aiohttp's HTTP cost per request),
+    # "aiohttp", or "auto": httptools when importable (it is a dependency), else aiohttp.
+    frontend: str = "auto"
+
+
+FRONTENDS = ("auto", "httptools", "aiohttp")
+
+
+def resolve_frontend(name: str) -> str:
+    """The front end ``name`` means: ``auto`` is httptools when it can be imported."""
+    if name not in FRONTENDS:
+        raise ValueError(f"frontend: expected one of {', '.join(FRONTENDS)}, got {name!r}")
+    if name == "auto":
+        from igw.gateway.upstream import httptools
+
+        return "aiohttp" if httptools is None else "httptools"
+    return name
 
 
 ModelsProvider = Callable[[], Sequence[str]]
@@ -112,16 +128,12 @@ class Gateway:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Serve on ``host:port`` (0 = a free port); returns the bound port."""
-        if self.limits.frontend == "httptools":
+        if resolve_frontend(self.limits.frontend) == "httptools":
             from igw.gateway.fastfront import FastFront
 
             self._front = FastFront(self)
             self.port = await self._front.start(host, port)
             return self.port
-        if self.limits.frontend != "aiohttp":
-            raise ValueError(
-                f"frontend: expected aiohttp or httptools, got {self.limits.frontend!r}"
-            )
         self._runner = web.AppRunner(
             self.build_app(),
             access_log=None,

@@ -202,3 +202,43 @@ def test_vllm_generate_without_token_ids_is_rejected():
     assert _error("/inference/v1/generate", b'{"model":"m"}') == (
         "invalid generate request: must have non-empty token_ids field"
     )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"model": "m", "prompt": "hi", "n": 1e400}',  # out of float range: inf both ways
+        b'{"model": "m", "prompt": "hi", "x": NaN}',  # json accepts, orjson does not
+        b'{"model": "m", "prompt": "\\ud800"}',  # lone surrogate
+        b'\xef\xbb\xbf{"model": "m", "prompt": "bom"}',
+        '{"model": "m", "prompt": "utf16"}'.encode("utf-16"),
+        b'{"model": "m", "model": "dup", "prompt": "x"}',
+        b'{"model": "m", "prompt": "caf\xc3\xa9", "nested": {"a": [1, 2.5, true, null]}}',
+    ],
+)
+def test_decode_body_gives_what_json_gives_for_edge_cases(body):
+    import json
+
+    from igw.errors import InferenceError
+    from igw.parsing.openai import decode_body
+
+    try:
+        expected = json.loads(body)
+    except ValueError:
+        expected = None
+    if expected is None or not isinstance(expected, dict):
+        with pytest.raises(InferenceError):
+            decode_body(body)
+        return
+    got = decode_body(body)
+    assert repr(got) == repr(expected)  # repr: NaN != NaN, yet both must be NaN
+
+
+def test_a_rewritten_body_keeps_integers_beyond_64_bits_exact():
+    from igw.parsing.gojson import marshal
+    from igw.parsing.openai import decode_body, exact_body_json
+
+    body = b'{"model": "m", "prompt": "hi", "seed": 123456789012345678901234567890}'
+    exact = exact_body_json(body, decode_body(body))
+    exact["model"] = "other"
+    assert b"123456789012345678901234567890" in marshal(exact)

@@ -119,6 +119,13 @@ def test_route_header_rewrite_reserializes_the_body_sorted_and_compact():
     assert request.out_body == b'{"model":"b","prompt":"p"}'
 
 
+def test_route_rewrite_keeps_integers_beyond_64_bits_exact():
+    body = b'{"model": "a", "prompt": "p", "seed": 123456789012345678901234567890}'
+    request = parsed(body, **{"x-llm-d-model-name-rewrite": "b"})
+    RouteStage().apply(request)
+    assert request.out_body == b'{"model":"b","prompt":"p","seed":123456789012345678901234567890}'
+
+
 def test_route_without_change_keeps_original_bytes():
     request = parsed(b'{"prompt": "p",   "model": "a"}')
     RouteStage().apply(request)

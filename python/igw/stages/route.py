@@ -19,6 +19,8 @@ from collections.abc import Callable
 
 from igw.errors import bad_request
 from igw.parsing.gojson import marshal
+from igw.parsing.openai import exact_body_json
+from igw.parsing.paths import OPENAI_PARSER
 from igw.pipeline import Request
 from igw.stages.protocols import RewriteLookup
 
@@ -75,5 +77,7 @@ class RouteStage:
         if self.is_adapter is None or self.is_adapter(target):
             request.lora = target
         if target != incoming or request.body_json.get("model") != target:
+            if request.attrs.get("parser") == OPENAI_PARSER:
+                request.body_json = exact_body_json(request.body, request.body_json)
             request.body_json["model"] = target
             request.out_body = marshal(request.body_json)

@@ -136,3 +136,41 @@ def test_picks_index_and_table_survive_concurrent_mutation():
     run_threads([picker, picker, matcher, recorder, churn])
     assert len(picked) > 50
     assert index.entries() == sum(index.endpoint_entries(e) for e in range(128))
+
+
+def test_inflight_pairs_versions_and_lora_counts_stay_consistent_under_writes():
+    table = _core.EndpointTable(64)
+    sched = _core.Scheduler(table, _core.PrefixIndex(64, 100), 5)
+    for _ in range(50):
+        table.set_ready(table.add(), True)
+    adapters = [table.adapter_id(f"a{i}") for i in range(8)]
+    lora = _core.Profile([("lora-affinity-scorer", 1.0, {})])
+    rng = np.random.default_rng(3)
+    versions = [table.version]
+
+    def bumper():  # every committed state has tokens == 1000 * requests
+        e = int(rng.integers(0, 50))
+        table.add_inflight(e, 1, 1000)
+        table.add_inflight(e, -1, -1000)
+
+    def reader():
+        requests, tokens = table.inflight()
+        assert (tokens == requests.astype(np.int64) * 1000).all()
+        version = table.version
+        assert version >= versions[-1]
+        versions.append(version)
+
+    def lora_writer():
+        e = int(rng.integers(0, 50))
+        active = [a for a in adapters if rng.random() < 0.3]
+        table.update(e, waiting=0, running=0, kv_util=0.0, now=1.0, lora_active=active,
+                     lora_waiting=[], max_lora=int(rng.integers(0, 4)))  # fmt: skip
+
+    def lora_picker():
+        adapter = adapters[0] if rng.random() < 0.5 else _core.UNKNOWN_ADAPTER
+        res = sched.pick(lora, lora=adapter, reserve=False, record=False, with_scores=True)
+        got = set(np.round(res.scores["lora-affinity-scorer"].astype(np.float64), 3).tolist())
+        assert got <= {0.0, 0.6, 0.8, 1.0}
+
+    run_threads([bumper, bumper, reader, lora_writer, lora_picker])
+    assert versions[-1] > versions[0] and len(versions) > 10

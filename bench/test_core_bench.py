@@ -76,3 +76,22 @@ def test_record_latency(benchmark):
     benchmark(lambda: s.index.record(*next(endpoint_and_hashes)))
     benchmark.extra_info["record_p50_us"] = round(benchmark.stats.stats.median * 1e6, 2)
     assert s.index.entries() > 0
+
+
+ENGINE_CASES = [(100, "default"), (1000, "python-filter")]
+if not QUICK:
+    ENGINE_CASES = list(itertools.product([100, 1000, 10000], sorted(corebench.ENGINE_PROFILES)))
+
+
+@pytest.mark.parametrize(("endpoints", "profile"), ENGINE_CASES)
+def test_engine_schedule_and_release(benchmark, endpoints, profile):
+    """One SchedulingEngine.schedule + release (Python engine + core pick), scrapes landing
+    between picks; python-filter exercises the engine's shared snapshot."""
+    iterations = 300 if QUICK else 1000
+    median_us = benchmark.pedantic(
+        corebench.engine_schedule_us, args=(endpoints, profile, 2048, iterations),
+        rounds=1, iterations=1,
+    )  # fmt: skip
+    assert median_us > 0
+    benchmark.extra_info["schedule_release_p50_us"] = round(median_us, 2)
+    print(f"\nengine schedule+release, {endpoints} endpoints, {profile}: {median_us:.1f} us")

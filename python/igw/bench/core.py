@@ -226,6 +226,59 @@ def measure(
     return result
 
 
+# Scheduling-engine profiles timed by ``engine_schedule_us``: the default (core scorers only:
+# no snapshot), one with a Python filter (the engine's shared snapshot), one with LoRA affinity.
+ENGINE_PROFILES = {
+    "default": None,
+    "python-filter": "plugins: [{type: utilization-filter, parameters: {conditions: "
+    "[{metric: waiting-queue, maxValue: 1000}]}}, {type: queue-scorer}, "
+    "{type: kv-cache-utilization-scorer}, {type: prefix-cache-scorer}]",
+    "lora": "plugins: [{type: queue-scorer}, {type: kv-cache-utilization-scorer}, "
+    "{type: prefix-cache-scorer}, {type: lora-affinity-scorer}]",
+}
+
+
+def engine_schedule_us(
+    endpoints: int, profile: str, prompt_tokens: int = 2048, iterations: int = 1000
+) -> float:
+    """Median microseconds of one ``SchedulingEngine.schedule`` + ``release`` on a pool of
+    ``endpoints`` (the fleet's metrics, a 2k-token prompt, fresh request state each call), with
+    one endpoint's metrics updated between picks as a scrape loop would."""
+    from igw.config import load_config
+    from igw.datastore import Pool
+    from igw.pipeline import Request
+    from igw.scheduling.engine import SchedulingEngine
+
+    fleet = build_fleet(endpoints, prompts_per_endpoint=2, conversations_per_endpoint=1)
+    text = ENGINE_PROFILES[profile]
+    config = None
+    if text is not None:
+        config = load_config(
+            text="apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\n" + text
+        )
+    engine = SchedulingEngine(config)
+    pool = Pool("bench", max_endpoints=max(endpoints, 1), seed=fleet.seed)
+    for i, (waiting, running, kv) in enumerate(fleet.metrics):
+        e = pool.upsert(f"10.{i // 62500}.{i // 250 % 250}.{i % 250 + 1}:8000")
+        pool.table.update(e.id, waiting=waiting, running=running, kv_util=kv, now=1.0, max_lora=4)
+        pool.table.set_ready(e.id, True)
+    requests = [
+        Request(request_id=str(i), incoming_model=MODEL, target_model=MODEL, prompt=q)
+        for i, q in enumerate(build_queries(fleet, prompt_tokens, count=32))
+    ]
+    out = np.empty(iterations, dtype=np.float64)
+    clock = time.perf_counter_ns
+    for i in range(-50, iterations):  # 50 warm-up calls
+        request = requests[i % len(requests)]
+        request.attrs.clear()
+        pool.table.update((i * 7919) % endpoints, waiting=i % 5, running=1, kv_util=0.5, now=1.0)
+        t0 = clock()
+        engine.release(engine.schedule(request, pool))
+        if i >= 0:
+            out[i] = (clock() - t0) / 1000.0
+    return float(np.median(out))
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-h", "--help", action="help", help="show this help and exit")
     parser.add_argument("--endpoints", type=int, default=1000, help="endpoints (default 1000)")

@@ -18,6 +18,11 @@ from typing import Any
 
 from igw.pipeline import Usage
 
+try:  # optional accelerator; json alone gives the same results
+    from orjson import loads as _fast_loads
+except ImportError:  # pragma: no cover - depends on the environment
+    _fast_loads = None
+
 MAX_LINE_CARRY = 1 << 20  # longest partial SSE line kept between chunks
 MAX_BUFFERED_BODY = 32 << 20  # larger non-streamed bodies are not decoded for usage
 
@@ -77,10 +82,17 @@ def usage_from_body(body: bytes) -> Usage | None:
     """Usage of a whole non-streamed JSON response (top-level ``usage``); None if absent."""
     if b"usage" not in body:
         return None
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
+    data: Any = None
+    if _fast_loads is not None:
+        try:  # orjson decodes a subset of what json does, to the same values, ~4x faster
+            data = _fast_loads(body)
+        except ValueError:
+            data = None
+    if data is None:
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError):
+            return None
     return _usage_in_event(data)
 
 

@@ -34,3 +34,11 @@ def test_the_command_line_defaults_to_auto() -> None:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     assert parser.parse_args(["--sim", "1"]).frontend == "auto"
+
+
+def test_generated_request_ids_are_32_hex_digits_and_distinct() -> None:
+    from igw.gateway.app import new_request_id
+
+    ids = [new_request_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)

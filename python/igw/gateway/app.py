@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
+import os
 import time
-import uuid
 from collections.abc import Callable, Sequence
 
 from aiohttp import web
@@ -60,6 +61,17 @@ class Limits:
     # "httptools" (igw.gateway.fastfront: about half aiohttp's HTTP cost per request),
     # "aiohttp", or "auto": httptools when importable (it is a dependency), else aiohttp.
     frontend: str = "auto"
+
+
+# Request ids: 32 hex digits like a uuid4's, a random per-process half and a counter (unique
+# within the process, and across processes with overwhelming odds) at a fraction of uuid4's
+# cost (one urandom call per process instead of per request).
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count(int.from_bytes(os.urandom(4), "big"))
+
+
+def new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFFFFFFFFFF:016x}"
 
 
 FRONTENDS = ("auto", "httptools", "aiohttp")
@@ -192,7 +204,7 @@ class Gateway:
         ``http_request`` is the front end's request object: aiohttp's, or ``FastRequest``.
         """
         request = Request(
-            request_id=headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex,
+            request_id=headers.get(REQUEST_ID_HEADER) or new_request_id(),
             path=path,
             headers=headers,
             body=body,

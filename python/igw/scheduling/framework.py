@@ -12,6 +12,10 @@ Contracts:
 * ``Scorer.score`` returns float32 scores either per endpoint id (length ``high_water``) or
   aligned with ``endpoints`` (the eligible ids, ascending). Values are clamped to [0, 1] and
   weighted like built-in scorers; NaN counts as 0.
+* The snapshot is shared by every plugin of a pick and cached across picks: its arrays are
+  read-only (copy before modifying), and scraped fields may lag the latest scrape by up to
+  5 ms. The in-flight counters (``inflight_requests``, ``inflight_tokens``) are refreshed on
+  every pick, so load that igw itself routed is always current.
 """
 
 from __future__ import annotations

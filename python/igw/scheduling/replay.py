@@ -255,6 +255,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workload", default="shared-prefix")
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument("--config", action="append", default=[], help="EndpointPickerConfig")
+    parser.add_argument(
+        "--peers",
+        default="",
+        help="emulated peer policies to add, comma-separated: sglang-cache-aware "
+        "(igw.scheduling.peers)",
+    )
     parser.add_argument("--replicas", type=int, default=4)
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--load", type=float, default=0.7, help="fraction of rough capacity")
@@ -275,6 +281,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     requests = workloads.build(args.workload, shape)
     targets = [(name, named_policy(name)) for name in args.policies.split(",") if name]
     targets += [(path, load_config(path)) for path in args.config]
+    from igw.scheduling.peers import PEERS
+
+    for name in filter(None, args.peers.split(",")):
+        if name not in PEERS:
+            parser.error(f"--peers: unknown peer {name!r}; expected one of {', '.join(PEERS)}")
+        targets.append((f"emulated:{name}", PEERS[name]()))
     rows = []
     for label, config in targets:
         started = time.perf_counter()

@@ -1,0 +1,466 @@
+"""``igw epp`` with several worker processes on one port: streams/s, added latency, CPU per
+process, and what routing loses when the workers do not share the core's state.
+
+Throughput/latency: W server processes (this file with ``serve PORT``) bind the SAME port with
+``SO_REUSEPORT`` and the kernel spreads incoming TCP connections over them. ``EppServer``
+turns the option off (``grpc.so_reuseport = 0``, so a second ``igw epp`` on a busy port fails
+loudly); the worker processes here patch ``igw.extproc.server.grpc_options`` to turn it back
+on -- the one change a real ``igw epp --workers N`` would make. The client (this file with
+``client ...``) runs in its own process, plays Envoy with the existing ext_proc bench's
+messages (``test_extproc_bench``), opens several channels with a local subchannel pool so each
+channel is its own TCP connection (otherwise grpc shares one connection and one worker gets
+everything), and reports its own CPU from ``/proc/self/stat`` so a client-bound run is visible
+on this 2-core machine. Added latency is measured from the first request message written to
+the routing reply (request-headers response) read.
+
+Routing quality: workers that do not share state each have their own prefix index and
+in-flight counters. Driven in-process (each "worker" is a Director over its own Pool, i.e. its
+own EndpointTable / PrefixIndex / Scheduler, over the same endpoints), requests are assigned to
+workers at random as connection spreading would, and we count where a shared prefix lands.
+
+``IGW_BENCH_QUICK=1`` keeps the file under about 30 s; every run is bounded in count and time.
+Figures are printed (``-s``) and never asserted (the machine is shared and noisy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_extproc_bench import (  # noqa: E402
+    ENDPOINTS,
+    _agentic_body,
+    _igw_root,
+    request_messages,
+    response_messages,
+)
+
+QUICK = os.environ.get("IGW_BENCH_QUICK") == "1"
+TICKS = os.sysconf("SC_CLK_TCK")
+RUN_LIMIT_S = 20.0  # every client run stops issuing requests after this long
+DESTINATION_KEY = "x-gateway-destination-endpoint"
+
+
+def _cpu_of(pid: int | str) -> float:
+    """User + system CPU seconds of a process, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+# ============================================================================ one worker's state
+
+
+def _machine_busy() -> float:
+    """Busy CPU seconds of the whole machine (all cores), from /proc/stat: other jobs on this
+    shared machine show up as busy time that neither the servers nor the client account for."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / TICKS
+
+
+def _build_director(config_text: str | None = None, seed: int = 0):
+    """A Director over its own Pool of ENDPOINTS static endpoints: one worker's whole state
+    (endpoint table with in-flight counters, prefix index, scheduler)."""
+    import igw.datastore
+    from igw.scheduling import _backend
+
+    igw.datastore._core = _backend.core
+    from igw.config import load_config
+    from igw.datastore import Pool
+    from igw.extproc.director import Director
+    from igw.metrics import Metrics
+    from igw.scheduling import SchedulingEngine
+    from igw.stages import build_pipeline
+
+    pool = Pool("bench", "default", seed=seed)
+    for i in range(ENDPOINTS):
+        endpoint = pool.upsert(f"10.0.0.{i + 1}:8000")
+        # equal scraped metrics: any spread comes from igw's own state (prefix, in-flight)
+        pool.table.update(endpoint.id, waiting=0, running=1, kv_util=0.1, now=1e12)
+        pool.table.set_ready(endpoint.id, True)
+    pool.synced = True
+    metrics = Metrics()
+    metrics.add_pool(pool)
+    engine = SchedulingEngine(load_config(text=config_text), recorder=metrics.engine_recorder)
+    pipeline = build_pipeline(engine, pool, metrics=metrics)
+    return Director(pipeline, pool, metrics=metrics), metrics
+
+
+# ============================================================================ server process
+
+
+def _serve(port: int) -> None:
+    """One worker: an EppServer on ``port`` with SO_REUSEPORT on; prints its port when up."""
+    import igw.extproc.server as server_module
+
+    plain_options = server_module.grpc_options
+
+    def reuseport_options(max_recv=None, max_send=None):
+        options = [o for o in plain_options(max_recv, max_send) if o[0] != "grpc.so_reuseport"]
+        return [("grpc.so_reuseport", 1), *options]
+
+    server_module.grpc_options = reuseport_options
+
+    async def main() -> None:
+        director, metrics = _build_director()
+        server = server_module.EppServer(
+            director, host="127.0.0.1", grpc_port=port, health_port=0, metrics_port=None
+        )
+        await server.start()
+        print(server.grpc_port, flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Workers:
+    """W ``igw epp``-like processes bound to one port."""
+
+    def __init__(self, count: int) -> None:
+        self.port = free_port()
+        env = {**os.environ, "PYTHONPATH": _igw_root()}
+        self.procs = [
+            subprocess.Popen(
+                [sys.executable, __file__, "serve", str(self.port)],
+                stdout=subprocess.PIPE,
+                env=env,
+            )
+            for _ in range(count)
+        ]
+        for proc in self.procs:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            assert line.strip() == str(self.port).encode(), f"worker failed to bind: {line!r}"
+
+    def cpu(self) -> list[float]:
+        return [_cpu_of(p.pid) for p in self.procs]
+
+    def close(self) -> None:
+        for proc in self.procs:
+            assert proc.stdout is not None
+            proc.stdout.close()
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+# ============================================================================ client process
+
+
+def _destination(reply) -> str:
+    for option in reply.request_headers.response.header_mutation.set_headers:
+        if option.header.key == DESTINATION_KEY:
+            return (option.header.raw_value or option.header.value.encode()).decode()
+    return ""
+
+
+async def one_stream(stub, req_msgs, resp_head, resp_body) -> tuple[float, str]:
+    """One HTTP request as Envoy plays it; returns (first message -> routing reply s, endpoint)."""
+    call = stub.Process()
+    started = time.perf_counter()
+    for message in req_msgs:
+        await call.write(message)
+    first = await call.read()
+    latency = time.perf_counter() - started
+    assert first.WhichOneof("response") == "request_headers", first
+    for _ in range(len(req_msgs) - 1):
+        await call.read()
+    await call.write(resp_head)
+    await call.read()
+    for message in resp_body:
+        await call.write(message)
+        await call.read()
+    await call.done_writing()
+    assert await call.code() is not None
+    return latency, _destination(first)
+
+
+async def _client(port: int, n: int, concurrency: int, channels: int, shape: str) -> dict:
+    import grpc
+    from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+
+    body = _shape_body(shape)
+    req_msgs = request_messages(body)
+    resp_head, resp_body = response_messages(1000 if shape == "agentic" else 10)
+    options = [
+        ("grpc.max_receive_message_length", 64 << 20),
+        ("grpc.use_local_subchannel_pool", 1),  # one TCP connection per channel
+    ]
+    opened = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) for _ in range(channels)]
+    stubs = [pb_grpc.ExternalProcessorStub(c) for c in opened]
+    for stub in stubs:  # connect every channel (and warm each worker it reaches)
+        await one_stream(stub, req_msgs, resp_head, resp_body)
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)  # "go"
+
+    latencies: list[float] = []
+    destinations: dict[str, int] = {}
+    remaining = [n]
+    cpu_before = _cpu_of("self")
+    started = time.perf_counter()
+    deadline = started + RUN_LIMIT_S
+
+    async def worker(stub) -> None:
+        while remaining[0] > 0 and time.perf_counter() < deadline:
+            remaining[0] -= 1
+            latency, endpoint = await one_stream(stub, req_msgs, resp_head, resp_body)
+            latencies.append(latency)
+            destinations[endpoint] = destinations.get(endpoint, 0) + 1
+
+    await asyncio.gather(*(worker(stubs[i % channels]) for i in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    client_cpu = _cpu_of("self") - cpu_before
+    for channel in opened:
+        await channel.close()
+    latencies.sort()
+    done = len(latencies)
+    return {
+        "requests": done,
+        "elapsed_s": elapsed,
+        "streams_per_s": done / elapsed,
+        "p50_ms": 1e3 * latencies[done // 2],
+        "p99_ms": 1e3 * latencies[min(done - 1, int(done * 0.99))],
+        "client_cpu_s": client_cpu,
+        "client_cpu_share": client_cpu / elapsed,
+        "endpoints_used": len(destinations),
+    }
+
+
+def _shape_body(shape: str) -> bytes:
+    if shape == "agentic":
+        return _agentic_body()
+    return json.dumps(
+        {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi " * 200}]}
+    ).encode()
+
+
+def measure(workers: int, n: int, concurrency: int, channels: int, shape: str = "small") -> dict:
+    """Start the workers and a client process; CPU of each over the measured window only."""
+    servers = Workers(workers)
+    client = None
+    try:
+        client = subprocess.Popen(
+            [sys.executable, __file__, "client", str(servers.port), str(n), str(concurrency),
+             str(channels), shape],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": _igw_root()},
+            text=True,
+        )  # fmt: skip
+        assert client.stdin is not None and client.stdout is not None
+        assert client.stdout.readline().strip() == "ready"
+        before, busy_before = servers.cpu(), _machine_busy()
+        client.stdin.write("go\n")
+        client.stdin.flush()
+        stats = json.loads(client.stdout.readline())
+        after, busy_after = servers.cpu(), _machine_busy()
+        client.wait(30)
+    finally:
+        if client is not None:
+            if client.poll() is None:
+                client.kill()
+                client.wait()
+            for pipe in (client.stdin, client.stdout):
+                if pipe is not None:
+                    pipe.close()
+        servers.close()
+    per_worker = [a - b for a, b in zip(after, before, strict=True)]
+    stats.update(
+        workers=workers,
+        concurrency=concurrency,
+        channels=channels,
+        server_cpu_s=per_worker,
+        server_cpu_share=[c / stats["elapsed_s"] for c in per_worker],
+        server_cpu_per_request_ms=1e3 * sum(per_worker) / stats["requests"],
+        # busy cores of the machine beyond the servers and the client: other jobs' share
+        others_cores=(busy_after - busy_before - sum(per_worker) - stats["client_cpu_s"])
+        / stats["elapsed_s"],
+    )
+    return stats
+
+
+def _print(name: str, stats: dict) -> None:
+    def rounded(v):
+        if isinstance(v, float):
+            return round(v, 3)
+        if isinstance(v, list):
+            return [rounded(x) for x in v]
+        return v
+
+    print(f"\n[workers bench] {name}: {json.dumps({k: rounded(v) for k, v in stats.items()})}")
+
+
+# ============================================================================ throughput / latency
+
+
+def test_two_processes_bind_one_port_and_both_serve():
+    """SO_REUSEPORT works for grpc.aio: both processes bind, the kernel gives both connections."""
+    stats = measure(2, 128 if QUICK else 512, 32, 16)
+    _print("reuseport check (2 workers, 16 connections, c=32)", stats)
+    assert stats["requests"] > 0
+    # 16 connections hashed over 2 listeners: all on one has probability 2^-15
+    assert all(cpu > 0 for cpu in stats["server_cpu_s"]), stats["server_cpu_s"]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("concurrency", [1, 64])
+def test_small_requests_streams_per_second_and_latency(workers, concurrency):
+    if concurrency == 1:
+        n, channels = (40 if QUICK else 400), 1
+    else:
+        n, channels = (256 if QUICK else 3000), 8
+    stats = measure(workers, n, concurrency, channels)
+    _print(f"small, {workers} worker(s), c={concurrency}", stats)
+    assert stats["requests"] > 0 and stats["endpoints_used"] >= 1
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_agentic_streams_per_second(workers):
+    if QUICK:
+        pytest.skip("the agentic shape runs in the full benchmark only")
+    stats = measure(workers, 16, 4, 4, shape="agentic")
+    _print(f"agentic, {workers} worker(s), c=4", stats)
+    assert stats["requests"] > 0
+
+
+# ============================================================================ routing quality
+
+
+def _destination_of(replies) -> str:
+    for reply in replies:
+        if reply.WhichOneof("response") == "request_headers":
+            return _destination(reply)
+    return ""
+
+
+async def _open_stream(director, body: bytes):
+    """Run a request's phase through one worker; return (stream, endpoint) with the request
+    still in flight (its in-flight counters held until the stream is closed)."""
+    stream = director.stream()
+    endpoint = ""
+    for message in request_messages(body):
+        replies = await stream.handle(message)
+        endpoint = endpoint or _destination_of(replies)
+    return stream, endpoint
+
+
+def _chat(prefix: str, suffix: str) -> bytes:
+    return json.dumps(
+        {"model": "m", "messages": [{"role": "system", "content": prefix},
+                                    {"role": "user", "content": suffix}]}
+    ).encode()  # fmt: skip
+
+
+PREDICTED_TTFT = """
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: predicted-ttft-scorer
+- type: prefix-cache-scorer
+- type: max-score-picker
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: predicted-ttft-scorer
+    weight: 3
+  - pluginRef: prefix-cache-scorer
+    weight: 1
+  - pluginRef: max-score-picker
+"""
+
+
+async def _burst(workers: int, config_text: str | None, seed: int, distinct_seeds: bool) -> dict:
+    """64 concurrent requests with one 8 KB system prompt, held in flight, then released.
+    ``distinct_seeds`` gives each worker its own scheduler RNG seed (tie-breaks differ)."""
+    directors = [
+        _build_director(config_text, seed=w if distinct_seeds else 0)[0] for w in range(workers)
+    ]
+    rng = random.Random(seed)
+    prefix = " ".join(f"rule{i}" for i in range(1400))  # ~8 KB shared system prompt
+    held = []
+    endpoints: dict[str, int] = {}
+    for i in range(64):
+        stream, endpoint = await _open_stream(rng.choice(directors), _chat(prefix, f"q{i}"))
+        held.append(stream)
+        endpoints[endpoint] = endpoints.get(endpoint, 0) + 1
+    for stream in held:
+        stream.close(broken=False)
+    return {"distinct_endpoints": len(endpoints), "max_per_endpoint": max(endpoints.values())}
+
+
+async def _sessions(workers: int, seed: int, sessions: int = 24, turns: int = 6) -> dict:
+    """Multi-turn sessions, one request at a time: each turn repeats the session's history.
+    A turn is a hit when its endpoint already served an earlier turn of the session (its
+    prefix is cached there); a worker only knows the turns it routed itself."""
+    directors = [_build_director()[0] for _ in range(workers)]
+    rng = random.Random(seed)
+    history = {s: f"session {s}: " + " ".join(f"s{s}w{i}" for i in range(600)) for s in range(sessions)}
+    served: dict[int, set[str]] = {s: set() for s in range(sessions)}
+    hits = later = 0
+    order = [s for _ in range(turns) for s in rng.sample(range(sessions), sessions)]
+    for s in order:
+        stream, endpoint = await _open_stream(rng.choice(directors), _chat(history[s], "next"))
+        stream.close(broken=False)
+        if served[s]:
+            later += 1
+            hits += endpoint in served[s]
+        served[s].add(endpoint)
+        history[s] += f" turn{len(served[s])} answer text " * 20
+    spread = sum(len(v) for v in served.values()) / sessions
+    return {"prefix_hit_rate": hits / later, "endpoints_per_session": spread}
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4])
+async def test_shared_prefix_burst_spread_with_unshared_state(workers):
+    """Where a burst of same-prefix requests lands when each worker has its own state."""
+    runs = 3 if QUICK else 10
+    stats = {}
+    for label, config in (("default", None), ("ttft", PREDICTED_TTFT)):
+        for seeds in ("same_seed", "own_seed"):
+            results = [await _burst(workers, config, s, seeds == "own_seed") for s in range(runs)]
+            for key in ("distinct_endpoints", "max_per_endpoint"):
+                stats[f"{label}_{seeds}_{key}"] = sum(r[key] for r in results) / runs
+    _print(f"same-prefix burst of 64 over {workers} worker(s), mean of {runs}", stats)
+    assert 1 <= stats["default_same_seed_distinct_endpoints"] <= ENDPOINTS
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4])
+async def test_session_prefix_hit_rate_with_unshared_state(workers):
+    """How often a multi-turn session returns to an endpoint holding its prefix."""
+    runs = 2 if QUICK else 5
+    results = [await _sessions(workers, seed) for seed in range(runs)]
+    stats = {
+        "prefix_hit_rate": sum(r["prefix_hit_rate"] for r in results) / runs,
+        "endpoints_per_session": sum(r["endpoints_per_session"] for r in results) / runs,
+    }
+    _print(f"sessions (24 x 6 turns) over {workers} worker(s), mean of {runs}", stats)
+    assert 0.0 <= stats["prefix_hit_rate"] <= 1.0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["serve"]:
+        _serve(int(sys.argv[2]))
+    elif sys.argv[1:2] == ["client"]:
+        port, n, concurrency, channels = (int(a) for a in sys.argv[2:6])
+        result = asyncio.run(_client(port, n, concurrency, channels, sys.argv[6]))
+        print(json.dumps(result), flush=True)

@@ -36,8 +36,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_extproc_bench import (  # noqa: E402
+# bench/ is on sys.path both under pytest (rootdir import mode) and as a script
+from test_extproc_bench import (
     ENDPOINTS,
     _agentic_body,
     _igw_root,
@@ -112,7 +112,7 @@ def _serve(port: int) -> None:
     server_module.grpc_options = reuseport_options
 
     async def main() -> None:
-        director, metrics = _build_director()
+        director, _metrics = _build_director()
         server = server_module.EppServer(
             director, host="127.0.0.1", grpc_port=port, health_port=0, metrics_port=None
         )
@@ -206,7 +206,8 @@ async def _client(port: int, n: int, concurrency: int, channels: int, shape: str
         ("grpc.max_receive_message_length", 64 << 20),
         ("grpc.use_local_subchannel_pool", 1),  # one TCP connection per channel
     ]
-    opened = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) for _ in range(channels)]
+    target = f"127.0.0.1:{port}"
+    opened = [grpc.aio.insecure_channel(target, options=options) for _ in range(channels)]
     stubs = [pb_grpc.ExternalProcessorStub(c) for c in opened]
     for stub in stubs:  # connect every channel (and warm each worker it reaches)
         await one_stream(stub, req_msgs, resp_head, resp_body)
@@ -414,7 +415,7 @@ async def _sessions(workers: int, seed: int, sessions: int = 24, turns: int = 6)
     prefix is cached there); a worker only knows the turns it routed itself."""
     directors = [_build_director()[0] for _ in range(workers)]
     rng = random.Random(seed)
-    history = {s: f"session {s}: " + " ".join(f"s{s}w{i}" for i in range(600)) for s in range(sessions)}
+    history = {s: " ".join(f"s{s}w{i}" for i in range(600)) for s in range(sessions)}
     served: dict[int, set[str]] = {s: set() for s in range(sessions)}
     hits = later = 0
     order = [s for _ in range(turns) for s in rng.sample(range(sessions), sessions)]

@@ -29,6 +29,7 @@ import json
 import os
 import random
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -456,6 +457,188 @@ async def test_session_prefix_hit_rate_with_unshared_state(workers):
     }
     _print(f"sessions (24 x 6 turns) over {workers} worker(s), mean of {runs}", stats)
     assert 0.0 <= stats["prefix_hit_rate"] <= 1.0
+
+
+# ============================================================================ what sharing costs
+
+
+def test_micro_core_pick_and_release(benchmark):
+    """The work a shared picker serializes: one core pick (default profile, small chat prompt,
+    8 endpoints, reserve + record) and its release. Compare with the ext_proc path's ~2-3 ms
+    of CPU per stream: the pick is a tiny share, so one picker could serve many workers."""
+    from igw.scheduling import _backend
+
+    core = _backend.core
+    table, index = core.EndpointTable(64), core.PrefixIndex(64, 31250)
+    scheduler = core.Scheduler(table, index, 0)
+    for _ in range(ENDPOINTS):
+        endpoint = table.add()
+        table.update(endpoint, waiting=0, running=1, kv_util=0.1, now=1e12)
+        table.set_ready(endpoint, True)
+    profile = core.Profile(
+        [("queue-scorer", 2.0, {}), ("kv-cache-utilization-scorer", 2.0, {}),
+         ("prefix-cache-scorer", 3.0, {})]
+    )  # fmt: skip
+    prompt = ("hi " * 200).encode()
+    seed = core.model_seed("m")
+
+    def pick_and_release():
+        result = scheduler.pick(profile, prompt=prompt, seed=seed, prompt_tokens=150)
+        table.add_inflight(result.endpoints[0], -1, -result.uncached_tokens)
+
+    benchmark(pick_and_release)
+
+
+_ECHO = """
+import socket, sys
+server = socket.socket(socket.AF_UNIX)
+server.bind(sys.argv[1]); server.listen(1); print("up", flush=True)
+conn, _ = server.accept()
+while data := conn.recv(4096):
+    conn.sendall(data)
+"""
+
+
+def test_micro_local_channel_round_trip(tmp_path):
+    """The floor of the "single picker process" design: a ~100-byte request and reply over a
+    Unix socket to another process (blocking, then through asyncio streams, as a worker's
+    event loop would do it). 2,000 round trips each."""
+    path = str(tmp_path / "picker.sock")
+    echo = subprocess.Popen([sys.executable, "-c", _ECHO, path], stdout=subprocess.PIPE)
+    try:
+        assert echo.stdout is not None and echo.stdout.readline().strip() == b"up"
+        message = b"x" * 100
+        rounds = 2000
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(path)
+            started = time.perf_counter()
+            for _ in range(rounds):
+                sock.sendall(message)
+                got = 0
+                while got < len(message):
+                    got += len(sock.recv(4096))
+            blocking_us = 1e6 * (time.perf_counter() - started) / rounds
+
+        async def through_asyncio() -> float:
+            reader, writer = await asyncio.open_unix_connection(path)  # 2nd accept: see below
+            started = time.perf_counter()
+            for _ in range(rounds):
+                writer.write(message)
+                await reader.readexactly(len(message))
+            elapsed = time.perf_counter() - started
+            writer.close()
+            await writer.wait_closed()
+            return 1e6 * elapsed / rounds
+
+        echo.stdout.close()
+        echo.wait(5)  # the echo server exits when the first connection closes
+        echo = subprocess.Popen([sys.executable, "-c", _ECHO, path + "2"], stdout=subprocess.PIPE)
+        assert echo.stdout is not None and echo.stdout.readline().strip() == b"up"
+        path = path + "2"
+        asyncio_us = asyncio.run(through_asyncio())
+    finally:
+        if echo.stdout is not None:
+            echo.stdout.close()
+        if echo.poll() is None:
+            echo.kill()
+        echo.wait()
+    _print("local channel round trip", {"blocking_us": blocking_us, "asyncio_us": asyncio_us})
+    assert blocking_us > 0 and asyncio_us > 0
+
+
+_PICKER = """
+import asyncio, struct, sys
+import numpy as np
+from igw.scheduling import _backend
+core = _backend.core
+table, index = core.EndpointTable(64), core.PrefixIndex(64, 31250)
+scheduler = core.Scheduler(table, index, 0)
+for _ in range(8):
+    e = table.add()
+    table.update(e, waiting=0, running=1, kv_util=0.1, now=1e12)
+    table.set_ready(e, True)
+profile = core.Profile([("queue-scorer", 2.0, {}), ("kv-cache-utilization-scorer", 2.0, {}),
+                        ("prefix-cache-scorer", 3.0, {})])
+
+async def serve(reader, writer):
+    while True:
+        try:
+            head = await reader.readexactly(5)
+        except asyncio.IncompleteReadError:
+            return
+        kind, size = head[0], struct.unpack("<I", head[1:])[0]
+        data = await reader.readexactly(size)
+        if kind == 80:  # "P": pick; body = uint64 block hashes; reply = u16 endpoint, u32 tokens
+            result = scheduler.pick(profile, hashes=np.frombuffer(data, np.uint64),
+                                    prompt_tokens=150)
+            writer.write(struct.pack("<HI", result.endpoints[0], result.uncached_tokens))
+        else:  # "R": release; body = u16 endpoint, u32 tokens; no reply
+            endpoint, tokens = struct.unpack("<HI", data)
+            table.add_inflight(endpoint, -1, -tokens)
+
+async def main():
+    server = await asyncio.start_unix_server(serve, sys.argv[1])
+    print("up", flush=True)
+    async with server:
+        await server.serve_forever()
+
+asyncio.run(main())
+"""
+
+
+def test_micro_picker_process_round_trip(tmp_path):
+    """A prototype of the single-picker design: a separate asyncio process owns the core
+    state; a worker sends the prompt's block hashes, gets the endpoint, and later sends the
+    release (no reply). Reports the worker-side latency per pick and the picker's CPU per
+    pick+release (how many workers one picker core could serve)."""
+    from igw.scheduling import _backend
+
+    path = str(tmp_path / "picker.sock")
+    picker = subprocess.Popen(
+        [sys.executable, "-c", _PICKER, path],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": _igw_root()},
+    )
+    rounds = 2000
+    try:
+        assert picker.stdout is not None and picker.stdout.readline().strip() == b"up"
+        core = _backend.core
+        hashes = core.hash_blocks(("hi " * 200).encode(), 256, core.model_seed("m"))
+        pick_message = b"P" + len(hashes.tobytes()).to_bytes(4, "little") + hashes.tobytes()
+
+        async def run() -> tuple[float, set[int]]:
+            reader, writer = await asyncio.open_unix_connection(path)
+            seen: set[int] = set()
+            started = time.perf_counter()
+            for _ in range(rounds):
+                writer.write(pick_message)
+                endpoint, tokens = struct.unpack("<HI", await reader.readexactly(6))
+                seen.add(endpoint)
+                writer.write(
+                    b"R" + (6).to_bytes(4, "little") + struct.pack("<HI", endpoint, tokens)
+                )
+            elapsed = time.perf_counter() - started
+            writer.close()
+            await writer.wait_closed()
+            return elapsed, seen
+
+        before = _cpu_of(picker.pid)
+        elapsed, seen = asyncio.run(run())
+        time.sleep(0.05)  # let the picker drain the last release
+        picker_cpu = _cpu_of(picker.pid) - before
+    finally:
+        if picker.stdout is not None:
+            picker.stdout.close()
+        picker.terminate()
+        picker.wait(10)
+    stats = {
+        "round_trip_us": 1e6 * elapsed / rounds,
+        "picker_cpu_per_pick_us": 1e6 * picker_cpu / rounds,
+        "picks_per_picker_core_s": rounds / max(picker_cpu, 1e-9),
+        "blocks_per_pick": len(hashes),
+    }
+    _print("picker process prototype", stats)
+    assert seen and all(0 <= e < ENDPOINTS for e in seen)
 
 
 if __name__ == "__main__":

@@ -340,8 +340,9 @@ def test_small_requests_streams_per_second_and_latency(workers, concurrency):
 def test_agentic_streams_per_second(workers):
     if QUICK:
         pytest.skip("the agentic shape runs in the full benchmark only")
-    stats = measure(workers, 16, 4, 4, shape="agentic")
-    _print(f"agentic, {workers} worker(s), c=4", stats)
+    # 8 connections: with 4, all of them land on one of 2 workers one run in 8
+    stats = measure(workers, 24, 8, 8, shape="agentic")
+    _print(f"agentic, {workers} worker(s), c=8", stats)
     assert stats["requests"] > 0
 
 
@@ -457,6 +458,8 @@ async def test_session_prefix_hit_rate_with_unshared_state(workers):
     }
     _print(f"sessions (24 x 6 turns) over {workers} worker(s), mean of {runs}", stats)
     assert 0.0 <= stats["prefix_hit_rate"] <= 1.0
+    if workers == 1:  # one picker with the whole prefix index keeps every session in place
+        assert stats["prefix_hit_rate"] >= 0.95, stats
 
 
 # ============================================================================ what sharing costs

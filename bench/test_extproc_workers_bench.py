@@ -100,8 +100,140 @@ def _build_director(config_text: str | None = None, seed: int = 0):
 # ============================================================================ server process
 
 
-def _serve(port: int) -> None:
-    """One worker: an EppServer on ``port`` with SO_REUSEPORT on; prints its port when up."""
+class _RemotePick:
+    """What ``Scheduler.pick`` returns, rebuilt from the picker's reply."""
+
+    def __init__(self, endpoints: list[int], uncached: int, total: int, matched: int) -> None:
+        import numpy as np
+
+        self.endpoints = endpoints
+        self.uncached_tokens = uncached
+        self.total_blocks = total
+        self.matched_blocks = np.zeros(max(endpoints, default=0) + 1, np.int32)
+        if endpoints:
+            self.matched_blocks[endpoints[0]] = matched
+        self.scores = None
+
+
+class _RemoteScheduler:
+    """Stands in for ``pool.scheduler`` in a worker: the pick runs in the picker process.
+
+    Prototype limits: the default profile only (checked), no candidates / LoRA / Python
+    plugin scores, and a *blocking* round trip on the event loop (~0.1 ms; a real one would
+    await it)."""
+
+    EXPECTED = ("queue-scorer", "kv-cache-utilization-scorer", "prefix-cache-scorer")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def pick(self, profile, *, hashes, prompt_tokens=0, block_tokens=64, k=1, candidates=None,
+             lora=-1, extra_scores=None, **_ignored):  # fmt: skip
+        assert tuple(profile.scorer_types) == self.EXPECTED, profile.scorer_types
+        assert candidates is None and lora < 0 and extra_scores is None
+        payload = struct.pack("<IIH", prompt_tokens, block_tokens, k) + hashes.tobytes()
+        self.sock.sendall(b"P" + struct.pack("<I", len(payload)) + payload)
+        count = struct.unpack("<H", _recv_exactly(self.sock, 2))[0]
+        reply = _recv_exactly(self.sock, 2 * count + 12)
+        endpoints = list(struct.unpack(f"<{count}H", reply[: 2 * count]))
+        uncached, total, matched = struct.unpack("<III", reply[2 * count :])
+        return _RemotePick(endpoints, uncached, total, matched)
+
+
+class _RemoteInflightTable:
+    """Stands in for ``pool.table`` in a worker: reads go to the local table (scraped metrics,
+    membership), in-flight changes go to the picker, which owns the shared counters."""
+
+    def __init__(self, table, sock: socket.socket) -> None:
+        self._table = table
+        self._sock = sock
+
+    def add_inflight(self, endpoint: int, requests: int, tokens: int) -> None:
+        payload = struct.pack("<Hiq", endpoint, requests, tokens)
+        self._sock.sendall(b"R" + struct.pack("<I", len(payload)) + payload)
+
+    def __getattr__(self, name):
+        return getattr(self._table, name)
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("picker closed the connection")
+        data += chunk
+    return data
+
+
+def _picker(path: str) -> None:
+    """The picker process: the only core state; workers send picks and in-flight changes.
+    A worker's outstanding reservations are released when its connection closes."""
+    import numpy as np
+
+    director, _metrics = _build_director()
+    pool = director.pool
+    from igw.scheduling import _backend
+
+    core = _backend.core
+    profile = core.Profile(
+        [(t, w, {}) for t, w in zip(_RemoteScheduler.EXPECTED, (2.0, 2.0, 3.0), strict=True)]
+    )
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held: dict[int, list[int]] = {}  # endpoint -> [requests, tokens] this worker holds
+        try:
+            while True:
+                head = await reader.readexactly(5)
+                data = await reader.readexactly(struct.unpack("<I", head[1:])[0])
+                if head[:1] == b"P":
+                    prompt_tokens, block_tokens, k = struct.unpack("<IIH", data[:10])
+                    result = pool.scheduler.pick(
+                        profile,
+                        hashes=np.frombuffer(data[10:], np.uint64),
+                        prompt_tokens=prompt_tokens,
+                        block_tokens=block_tokens,
+                        k=k,
+                    )
+                    ends = result.endpoints
+                    matched = int(result.matched_blocks[ends[0]]) if ends else 0
+                    if ends:
+                        entry = held.setdefault(ends[0], [0, 0])
+                        entry[0] += 1
+                        entry[1] += result.uncached_tokens
+                    writer.write(
+                        struct.pack(f"<H{len(ends)}H", len(ends), *ends)
+                        + struct.pack("<III", result.uncached_tokens, result.total_blocks, matched)
+                    )
+                else:
+                    endpoint, requests, tokens = struct.unpack("<Hiq", data)
+                    pool.table.add_inflight(endpoint, requests, tokens)
+                    entry = held.setdefault(endpoint, [0, 0])
+                    entry[0] += requests
+                    entry[1] += tokens
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            for endpoint, (requests, tokens) in held.items():  # the worker is gone
+                if requests or tokens:
+                    pool.table.add_inflight(endpoint, -requests, -tokens)
+            writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_unix_server(serve, path)
+        print("up", flush=True)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+def _serve(port: int, picker: str | None = None) -> None:
+    """One worker: an EppServer on ``port`` with SO_REUSEPORT on; prints its port when up.
+    With ``picker`` (a Unix socket path), picks and in-flight counters live in that process."""
     import igw.extproc.server as server_module
 
     plain_options = server_module.grpc_options
@@ -114,6 +246,11 @@ def _serve(port: int) -> None:
 
     async def main() -> None:
         director, _metrics = _build_director()
+        if picker is not None:
+            sock = socket.socket(socket.AF_UNIX)
+            sock.connect(picker)
+            director.pool.scheduler = _RemoteScheduler(sock)
+            director.pool.table = _RemoteInflightTable(director.pool.table, sock)
         server = server_module.EppServer(
             director, host="127.0.0.1", grpc_port=port, health_port=0, metrics_port=None
         )
@@ -131,20 +268,35 @@ def free_port() -> int:
 
 
 class Workers:
-    """W ``igw epp``-like processes bound to one port."""
+    """W ``igw epp``-like processes bound to one port (and, with ``picker``, one picker
+    process that owns the core state, listed last)."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, picker: bool = False) -> None:
+        import tempfile
+
         self.port = free_port()
         env = {**os.environ, "PYTHONPATH": _igw_root()}
-        self.procs = [
+        extra: list[str] = []
+        self.procs: list[subprocess.Popen] = []
+        self.tmp = tempfile.TemporaryDirectory()
+        if picker:
+            path = os.path.join(self.tmp.name, "picker.sock")
+            proc = subprocess.Popen(
+                [sys.executable, __file__, "picker", path], stdout=subprocess.PIPE, env=env
+            )
+            self.procs.append(proc)
+            assert proc.stdout is not None and proc.stdout.readline().strip() == b"up"
+            extra = [path]
+        workers = [
             subprocess.Popen(
-                [sys.executable, __file__, "serve", str(self.port)],
+                [sys.executable, __file__, "serve", str(self.port), *extra],
                 stdout=subprocess.PIPE,
                 env=env,
             )
             for _ in range(count)
         ]
-        for proc in self.procs:
+        self.procs = workers + self.procs
+        for proc in workers:
             assert proc.stdout is not None
             line = proc.stdout.readline()
             assert line.strip() == str(self.port).encode(), f"worker failed to bind: {line!r}"
@@ -163,6 +315,7 @@ class Workers:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        self.tmp.cleanup()
 
 
 # ============================================================================ client process
@@ -200,9 +353,9 @@ async def _client(port: int, n: int, concurrency: int, channels: int, shape: str
     import grpc
     from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
-    body = _shape_body(shape)
-    req_msgs = request_messages(body)
+    req_msgs = request_messages(_shape_body(shape))
     resp_head, resp_body = response_messages(1000 if shape == "agentic" else 10)
+    sessions = _session_messages() if shape == "sessions" else None
     options = [
         ("grpc.max_receive_message_length", 64 << 20),
         ("grpc.use_local_subchannel_pool", 1),  # one TCP connection per channel
@@ -217,6 +370,8 @@ async def _client(port: int, n: int, concurrency: int, channels: int, shape: str
 
     latencies: list[float] = []
     destinations: dict[str, int] = {}
+    served: dict[int, set[str]] = {}  # sessions shape: endpoints each session went to
+    hits = [0, 0]  # later turns that found their session's endpoint, later turns
     remaining = [n]
     cpu_before = _cpu_of("self")
     started = time.perf_counter()
@@ -225,9 +380,19 @@ async def _client(port: int, n: int, concurrency: int, channels: int, shape: str
     async def worker(stub) -> None:
         while remaining[0] > 0 and time.perf_counter() < deadline:
             remaining[0] -= 1
-            latency, endpoint = await one_stream(stub, req_msgs, resp_head, resp_body)
+            messages, session = req_msgs, None
+            if sessions is not None:
+                session = remaining[0] % len(sessions)
+                messages = sessions[session]
+            latency, endpoint = await one_stream(stub, messages, resp_head, resp_body)
             latencies.append(latency)
             destinations[endpoint] = destinations.get(endpoint, 0) + 1
+            if session is not None:
+                seen = served.setdefault(session, set())
+                if seen:
+                    hits[0] += endpoint in seen
+                    hits[1] += 1
+                seen.add(endpoint)
 
     await asyncio.gather(*(worker(stubs[i % channels]) for i in range(concurrency)))
     elapsed = time.perf_counter() - started
@@ -245,7 +410,17 @@ async def _client(port: int, n: int, concurrency: int, channels: int, shape: str
         "client_cpu_s": client_cpu,
         "client_cpu_share": client_cpu / elapsed,
         "endpoints_used": len(destinations),
+        **({"prefix_hit_rate": hits[0] / hits[1]} if hits[1] else {}),
     }
+
+
+def _session_messages(sessions: int = 24) -> list[list]:
+    """One request per session: a 2.4 KB system prompt of its own and a short question."""
+    out = []
+    for s in range(sessions):
+        prefix = " ".join(f"s{s}w{i}" for i in range(400))
+        out.append(request_messages(_chat(prefix, "next")))
+    return out
 
 
 def _shape_body(shape: str) -> bytes:
@@ -256,9 +431,12 @@ def _shape_body(shape: str) -> bytes:
     ).encode()
 
 
-def measure(workers: int, n: int, concurrency: int, channels: int, shape: str = "small") -> dict:
+def measure(
+    workers: int, n: int, concurrency: int, channels: int, shape: str = "small",
+    picker: bool = False,
+) -> dict:  # fmt: skip
     """Start the workers and a client process; CPU of each over the measured window only."""
-    servers = Workers(workers)
+    servers = Workers(workers, picker)
     client = None
     try:
         client = subprocess.Popen(
@@ -289,6 +467,7 @@ def measure(workers: int, n: int, concurrency: int, channels: int, shape: str = 
     per_worker = [a - b for a, b in zip(after, before, strict=True)]
     stats.update(
         workers=workers,
+        picker=picker,
         concurrency=concurrency,
         channels=channels,
         server_cpu_s=per_worker,
@@ -334,6 +513,31 @@ def test_small_requests_streams_per_second_and_latency(workers, concurrency):
     stats = measure(workers, n, concurrency, channels)
     _print(f"small, {workers} worker(s), c={concurrency}", stats)
     assert stats["requests"] > 0 and stats["endpoints_used"] >= 1
+
+
+@pytest.mark.parametrize("concurrency", [1, 64])
+def test_two_workers_with_a_picker_process(concurrency):
+    """Option B of docs/scaling.md wired into the real ext_proc path: 2 workers, one picker
+    process holding the only core state (pick, in-flight counters, prefix index)."""
+    if concurrency == 1:
+        n, channels = (40 if QUICK else 400), 1
+    else:
+        n, channels = (256 if QUICK else 3000), 8
+    stats = measure(2, n, concurrency, channels, picker=True)
+    _print(f"small, 2 workers + picker process, c={concurrency}", stats)
+    assert stats["requests"] > 0
+
+
+@pytest.mark.parametrize(("workers", "picker"), [(1, False), (2, False), (2, True)])
+def test_sessions_over_grpc_prefix_hit_rate(workers, picker):
+    """24 sessions over 8 connections, end to end: how often a session's later requests reach
+    an endpoint that already served it, with 1 worker, 2 unshared workers and 2 workers
+    sharing one picker."""
+    stats = measure(workers, 192 if QUICK else 960, 8, 8, shape="sessions", picker=picker)
+    _print(f"sessions over gRPC, {workers} worker(s), picker={picker}", stats)
+    assert 0.0 <= stats["prefix_hit_rate"] <= 1.0
+    if workers == 1 or picker:  # one state: every later request finds its session's endpoint
+        assert stats["prefix_hit_rate"] >= 0.95, stats
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -646,7 +850,9 @@ def test_micro_picker_process_round_trip(tmp_path):
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["serve"]:
-        _serve(int(sys.argv[2]))
+        _serve(int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else None)
+    elif sys.argv[1:2] == ["picker"]:
+        _picker(sys.argv[2])
     elif sys.argv[1:2] == ["client"]:
         port, n, concurrency, channels = (int(a) for a in sys.argv[2:6])
         result = asyncio.run(_client(port, n, concurrency, channels, sys.argv[6]))

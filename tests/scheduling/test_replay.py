@@ -71,3 +71,40 @@ def test_uncalibrated_endpoints_use_the_pools_mean_rate(make_pool):
     assert core_profile is engine._core_profiles[(id(module), "default", pool.name)][0]
     assert engine._core_profiles[(id(module), "default", pool.name)][1] == 40000
     engine.schedule(make_request("z " * 100), pool)  # uses it without error
+
+
+def _versus_sglang(workload: str, requests: int, slow_replica: float = 1.0):
+    """predicted-ttft and the sglang-router cache_aware emulation on the same requests, at 90%
+    of the replay's rough fleet capacity (the setup of the docs/configuration.md table)."""
+    from igw.scheduling.peers import sglang_cache_aware
+    from igw.scheduling.replay import _capacity_rate
+    from igw.sim import profiles
+
+    params = profiles.make_params("default")
+    shape = workloads.WorkloadParams(requests=requests, seed=0, rate=1.0)
+    shape.rate = 0.9 * _capacity_rate(workloads.build(workload, shape), 4, params)
+    built = workloads.build(workload, shape)
+    ours = replay(named_policy("predicted-ttft"), built, params=params, slow_replica=slow_replica)
+    peer = replay(sglang_cache_aware(), built, params=params, slow_replica=slow_replica)
+    return ours, peer
+
+
+def _p90(result) -> float:
+    return result.percentile(result.ttft_ms, 90)
+
+
+def test_hot_prefix_beats_sglang_emulation_without_a_hot_spot():
+    ours, peer = _versus_sglang("hot-prefix", 600)
+    assert _p90(ours) <= _p90(peer)
+    assert ours.hotspot <= 1.5 < peer.hotspot  # the peer pins the hot prefix to one replica
+
+
+def test_slow_replica_beats_sglang_emulation():
+    ours, peer = _versus_sglang("shared-prefix", 600, slow_replica=2.0)
+    assert _p90(ours) <= _p90(peer)
+
+
+def test_multi_turn_beats_sglang_emulation():
+    ours, peer = _versus_sglang("multi-turn", 700)
+    assert _p90(ours) <= _p90(peer)
+    assert ours.hotspot <= 1.5

@@ -53,6 +53,7 @@ from igw.datastore import Pool
 from igw.pipeline import Decision, Request
 from igw.scheduling._backend import core_of, is_core_error
 from igw.scheduling.calibration import PrefillCalibrator
+from igw.scheduling.demand import PrefixDemand
 from igw.scheduling.framework import PREFIX_ATTR
 from igw.scheduling.profiles import BuiltProfile
 from igw.scheduling.registry import PluginRegistry
@@ -86,6 +87,10 @@ class _CachedSnapshot:
 
 
 BYTES_PER_TOKEN = 4
+# a prompt's prefix group for hot-prefix detection: its first DEMAND_KEY_BLOCKS blocks (512
+# tokens at the default 64-token blocks; fewer for shorter prompts, never the last block),
+# enough to tell system prompts apart
+DEMAND_KEY_BLOCKS = 8
 SNAPSHOT_MAX_AGE = 0.005  # seconds a snapshot may be reused after the table changed
 
 
@@ -127,6 +132,7 @@ class SchedulingEngine:
         self._snapshots: weakref.WeakKeyDictionary[Pool, _CachedSnapshot] = (
             weakref.WeakKeyDictionary()
         )
+        self._demand: weakref.WeakKeyDictionary[Pool, PrefixDemand] = weakref.WeakKeyDictionary()
 
     # ------------------------------------------------------------------------ public
     @property
@@ -284,6 +290,8 @@ class SchedulingEngine:
                 # byte comes after the whole generation and would read as a slow prefill
                 held.work = float(ahead + decision.uncached_tokens)
         charge = profile.request_charge
+        if profile.hot_prefix_factor > 0 and self._hot(pool, hashes, profile.hot_prefix_factor):
+            charge = profile.hot_request_charge
         if charge:
             # the core reserved the request and its uncached tokens atomically; the per-request
             # charge follows at once, before any other pick on this event loop can run
@@ -291,6 +299,18 @@ class SchedulingEngine:
             held.charge = charge
         self._held[id(decision)] = (decision, held)
         return decision
+
+    def _hot(self, pool: Pool, hashes: Any, factor: float) -> bool:
+        """Whether this prompt's prefix group takes more than ``factor`` endpoints' fair share
+        of the pool's recent requests (a prompt with no hashes is never hot)."""
+        if hashes is None or not len(hashes):
+            return False
+        demand = self._demand.get(pool)
+        if demand is None:
+            demand = self._demand[pool] = PrefixDemand()
+        # the last block may be partial and holds the request's own words: leave it out
+        key = int(hashes[max(min(len(hashes) - 1, DEMAND_KEY_BLOCKS), 1) - 1])
+        return demand.is_hot(key, len(pool), factor)
 
     def _run_filters(
         self, request: Request, pool: Pool, profile: BuiltProfile, snapshot: Any, mask

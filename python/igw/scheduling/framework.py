@@ -72,6 +72,10 @@ class CoreScorer:
     prefix: PrefixSettings | None = None  # prefix-cache-scorer: how prompts are hashed
     request_tokens: int = 0  # predicted-ttft-scorer: in-flight tokens charged per request
     calibrate: bool = False  # predicted-ttft-scorer: learn prefill rates online
+    # predicted-ttft-scorer: > 0 charges hot_request_tokens instead of request_tokens to
+    # requests whose prefix is hot (recent share x endpoints > this factor; scheduling.demand)
+    hot_prefix_factor: float = 0.0
+    hot_request_tokens: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

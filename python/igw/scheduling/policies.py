@@ -20,14 +20,19 @@ from igw.config import (
 
 # igw's cost model. The predicted-ttft scorer ranks endpoints by predicted time to first token
 # (queued prefill work over the calibrated prefill rate, this request's uncached tokens from
-# the prefix match); each in-flight request also counts as PER_REQUEST_TOKENS of work so that
-# cache hits are not free and a hot prefix spreads to more replicas as its holder's load
-# grows. The prefix-cache term values what the TTFT of one request does not see: a miss costs
+# the prefix match); each in-flight request also counts as PER_REQUEST_TOKENS of work (its
+# share of every decode step, so cache hits are not free), and a request of a hot prefix (one
+# taking more than HOT_PREFIX_FACTOR replicas' fair share of recent requests) as
+# HOT_REQUEST_TOKENS, so a hot prefix spreads to more replicas as its holder's load grows while
+# the momentary imbalances of uniform traffic do not make igw re-prefill a prefix elsewhere.
+# The prefix-cache term values what the TTFT of one request does not see: a miss costs
 # the whole replica a prefill (every decode on it stalls meanwhile) and evicts other prefixes.
 # A light KV-utilization term keeps away from replicas about to evict. Weights chosen with
 # igw.scheduling.replay over shared-prefix, hot-prefix, bursty, multi-turn and slow-replica
 # workloads (see docs/configuration.md for the table).
-PER_REQUEST_TOKENS = 512
+PER_REQUEST_TOKENS = 128
+HOT_REQUEST_TOKENS = 1024
+HOT_PREFIX_FACTOR = 1.0
 TTFT_WEIGHT = 4.0
 PREFIX_WEIGHT = 3.0
 KV_WEIGHT = 0.5
@@ -46,7 +51,11 @@ def predicted_ttft() -> EndpointPickerConfig:
         [
             PluginSpec(
                 type="predicted-ttft-scorer",
-                parameters={"inflightRequestTokens": PER_REQUEST_TOKENS},
+                parameters={
+                    "inflightRequestTokens": PER_REQUEST_TOKENS,
+                    "hotRequestTokens": HOT_REQUEST_TOKENS,
+                    "hotPrefixFactor": HOT_PREFIX_FACTOR,
+                },
             ),
             PluginSpec(type="prefix-cache-scorer"),
             PluginSpec(type="kv-cache-utilization-scorer"),

@@ -48,6 +48,15 @@ class BuiltProfile:
         return max((s.request_tokens for s, _ in self.core_scorers), default=0)
 
     @functools.cached_property
+    def hot_prefix_factor(self) -> float:
+        """> 0: requests of hot prefixes are charged ``hot_request_charge`` instead."""
+        return max((s.hot_prefix_factor for s, _ in self.core_scorers), default=0.0)
+
+    @functools.cached_property
+    def hot_request_charge(self) -> int:
+        return max((s.hot_request_tokens for s, _ in self.core_scorers), default=0)
+
+    @functools.cached_property
     def uses_lora(self) -> bool:
         return any(s.type == "lora-affinity-scorer" for s, _ in self.core_scorers)
 

@@ -87,6 +87,12 @@ class PredictedTtftParams(Params):
     # flight (until release), so cache hits are not free: a hot prefix spills over to more
     # replicas as its holder's load grows instead of piling onto one (bounded-load affinity)
     inflightRequestTokens: int = Field(default=0, ge=0)
+    # igw-only: > 0 charges hotRequestTokens instead of inflightRequestTokens to requests whose
+    # prefix is hot (its share of recent requests times the number of endpoints exceeds this
+    # factor), so a hot prefix is replicated and ordinary fluctuations of uniform traffic are
+    # not; 0 turns the detection off (igw.scheduling.demand)
+    hotPrefixFactor: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
+    hotRequestTokens: int = Field(default=0, ge=0)
     # igw-only: learn each endpoint's prefill rate from observed first tokens (else every
     # endpoint uses defaultPrefillRate)
     calibrate: bool = True
@@ -152,6 +158,8 @@ def ttft_scorer_factory(name: str, params: PredictedTtftParams) -> CoreScorer:
         params=_ttft_params(params),
         request_tokens=params.inflightRequestTokens,
         calibrate=params.calibrate,
+        hot_prefix_factor=params.hotPrefixFactor,
+        hot_request_tokens=params.hotRequestTokens,
     )
 
 

@@ -540,13 +540,13 @@ def test_sessions_over_grpc_prefix_hit_rate(workers, picker):
         assert stats["prefix_hit_rate"] >= 0.95, stats
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_agentic_streams_per_second(workers):
+@pytest.mark.parametrize(("workers", "picker"), [(1, False), (2, False), (2, True)])
+def test_agentic_streams_per_second(workers, picker):
     if QUICK:
         pytest.skip("the agentic shape runs in the full benchmark only")
     # 8 connections: with 4, all of them land on one of 2 workers one run in 8
-    stats = measure(workers, 24, 8, 8, shape="agentic")
-    _print(f"agentic, {workers} worker(s), c=8", stats)
+    stats = measure(workers, 24, 8, 8, shape="agentic", picker=picker)
+    _print(f"agentic, {workers} worker(s), picker={picker}, c=8", stats)
     assert stats["requests"] > 0
 
 

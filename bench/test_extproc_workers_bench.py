@@ -16,7 +16,13 @@ the routing reply (request-headers response) read.
 Routing quality: workers that do not share state each have their own prefix index and
 in-flight counters. Driven in-process (each "worker" is a Director over its own Pool, i.e. its
 own EndpointTable / PrefixIndex / Scheduler, over the same endpoints), requests are assigned to
-workers at random as connection spreading would, and we count where a shared prefix lands.
+workers at random as connection spreading would, and we count where a shared prefix lands; and
+end to end over gRPC (sessions over 8 connections, hit rate from the destination headers).
+
+Sharing: a prototype of the "one picker process" design (docs/scaling.md, option B): the
+workers' ``pool.scheduler`` and ``pool.table.add_inflight`` are proxied to a picker process
+(``picker PATH``) that owns the only core state; measured alone (round trip, CPU per pick) and
+inside the ext_proc path (throughput, latency, hit rate).
 
 ``IGW_BENCH_QUICK=1`` keeps the file under about 30 s; every run is bounded in count and time.
 Figures are printed (``-s``) and never asserted (the machine is shared and noisy).

@@ -471,7 +471,13 @@ class FakeClock:
 def test_cost_model_avoids_a_slow_replica_once_calibrated(make_pool):
     pool = make_pool([(0, 0, 0.0), (1, 0, 0.0)])
     clock = FakeClock()
-    engine = SchedulingEngine(named_policy("predicted-ttft"), clock=clock)
+    # the cost model alone: every prompt below is a new prefix, which the predicted-ttft
+    # policy's new-prefix-spread-filter places by prefix count, not speed (see its docstring)
+    config = named_policy("predicted-ttft")
+    profile = config.schedulingProfiles[0]
+    profile.plugins = [p for p in profile.plugins if p.pluginRef != "new-prefix-spread-filter"]
+    config.plugins = [p for p in config.plugins if p.type != "new-prefix-spread-filter"]
+    engine = SchedulingEngine(config, clock=clock)
     prompt_tokens = 2000
     # replica 0 prefills at 1,000 tokens/s, replica 1 at 10,000
     for i in range(6):

@@ -27,7 +27,9 @@ from igw.config import (
 # the momentary imbalances of uniform traffic do not make igw re-prefill a prefix elsewhere.
 # The prefix-cache term values what the TTFT of one request does not see: a miss costs
 # the whole replica a prefill (every decode on it stalls meanwhile) and evicts other prefixes.
-# A light KV-utilization term keeps away from replicas about to evict. Weights chosen with
+# A light KV-utilization term keeps away from replicas about to evict. A prefix nobody holds
+# goes to the endpoints holding the fewest prefixes (new-prefix-spread-filter), since where it
+# lands is where its future requests will go. Weights chosen with
 # igw.scheduling.replay over shared-prefix, hot-prefix, bursty, multi-turn and slow-replica
 # workloads (see docs/configuration.md for the table).
 PER_REQUEST_TOKENS = 128
@@ -49,6 +51,7 @@ def _single(
 def predicted_ttft() -> EndpointPickerConfig:
     return _single(
         [
+            PluginSpec(type="new-prefix-spread-filter"),
             PluginSpec(
                 type="predicted-ttft-scorer",
                 parameters={
@@ -62,6 +65,7 @@ def predicted_ttft() -> EndpointPickerConfig:
             PluginSpec(type="max-score-picker"),
         ],
         [
+            ProfilePlugin(pluginRef="new-prefix-spread-filter"),
             ProfilePlugin(pluginRef="predicted-ttft-scorer", weight=TTFT_WEIGHT),
             ProfilePlugin(pluginRef="prefix-cache-scorer", weight=PREFIX_WEIGHT),
             ProfilePlugin(pluginRef="kv-cache-utilization-scorer", weight=KV_WEIGHT),

@@ -114,7 +114,9 @@ def replay(
     pool = Pool("replay", max_endpoints=max(replicas, 1), seed=seed)
     endpoints = [pool.upsert(f"10.0.0.{i + 1}:8000") for i in range(replicas)]
     clock = [0.0]
-    scheduler = SchedulingEngine(config, clock=lambda: clock[0])
+    # snapshot_max_age=0: Python plugins see every table change at once (a wall-clock cache
+    # age would make virtual-time replays depend on how fast this machine is)
+    scheduler = SchedulingEngine(config, clock=lambda: clock[0], snapshot_max_age=0)
     for endpoint in endpoints:
         pool.table.update(endpoint.id, waiting=0, running=0, kv_util=0.0, now=0.0)
         pool.table.set_ready(endpoint.id, True)

@@ -29,6 +29,7 @@ from igw.scheduling.plugins.profile_handlers import (
     SingleProfileHandler,
 )
 from igw.scheduling.plugins.rotation import RoundRobinScorer
+from igw.scheduling.plugins.spread import NewPrefixSpreadFilter, SpreadParams
 from igw.scheduling.plugins.utilization import UtilizationFilter, UtilizationParams
 from igw.scheduling.registry import PluginKind, PluginRegistry
 
@@ -173,6 +174,13 @@ def register_builtins(registry: PluginRegistry) -> PluginRegistry:
         lambda name, p: PrefixCacheAffinityFilter(name, p),
         PluginKind.FILTER,
         params=AffinityParams,
+    )
+    registry.register(
+        "new-prefix-spread-filter",
+        lambda name, p: NewPrefixSpreadFilter(name, p),
+        PluginKind.FILTER,
+        params=SpreadParams,
+        note="igw: a prefix nobody holds goes to the endpoints holding the fewest prefixes",
     )
     registry.register(
         "header-based-testing-filter",

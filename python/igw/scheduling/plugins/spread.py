@@ -11,7 +11,7 @@ with three; that imbalance then lasts as long as the prefixes do. Measured with
 request below its match threshold; here it only narrows the candidates and the cost model
 still chooses among them by load. REFERENCE Part 2 §7 idea 8 (cold-start spreading).
 
-A request is *new* when no candidate holds more than ``newPrefixFraction`` of its blocks. Then
+A request is *new* when no endpoint holds more than ``newPrefixFraction`` of its blocks. Then
 the candidates kept are those whose prefix-index size (blocks held) is within ``tolerance``
 (relative) of the smallest. Sizes are not divided by the calibrated prefill rates, although a
 faster replica could hold more: calibrated from first tokens that include step overheads and
@@ -50,15 +50,13 @@ class NewPrefixSpreadFilter:
         hashes = cached[1] if cached is not None else None
         if hashes is None or not len(hashes):
             return mask
+        found = pool.index.match(hashes)
+        # the common case, a prefix someone holds, costs one match and one max
+        if not len(found) or found.max() > self.params.newPrefixFraction * len(hashes):
+            return mask
         n = min(len(mask), len(snapshot.ready))
         ids = np.flatnonzero(mask[:n] & snapshot.ready[:n])
         if ids.size < 2:
-            return mask
-        found = pool.index.match(hashes)
-        matched = np.zeros(int(ids.max()) + 1, dtype=np.int64)
-        m = min(len(found), len(matched))
-        matched[:m] = found[:m]
-        if matched[ids].max() > self.params.newPrefixFraction * len(hashes):
             return mask
         sizes = np.fromiter((pool.index.endpoint_entries(int(i)) for i in ids), float, ids.size)
         keep = np.zeros_like(mask)

@@ -45,6 +45,11 @@ run bursty --workload bursty --requests 576 --rate 10.5
 run slow-replica --workload shared-prefix --requests 600 --rate 9.2 --slow-replica
 # chat sessions of 5 turns, history growing, 1 s think time (wall)
 run multi-turn --workload multi-turn --requests 600 --rate 10.5 --think-time 1.0
+# steady state: the same at 900 requests, the first 20 s (cold caches) left out of the figures
+if [[ $only == shared-prefix-steady ]]; then
+  run shared-prefix-steady --workload shared-prefix --requests 900 --rate 10.5 --warmup 20 \
+    --duration-max 200
+fi
 # overload: --load 0.7 of the ideal estimate (capacity.py) = 19.3 req/s, more than any policy sustains
 if [[ $only == overload-shared-prefix ]]; then
   run overload-shared-prefix --workload shared-prefix --requests 600 --load 0.7

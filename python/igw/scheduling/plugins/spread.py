@@ -13,7 +13,10 @@ still chooses among them by load. REFERENCE Part 2 §7 idea 8 (cold-start spread
 
 A request is *new* when no endpoint holds more than ``newPrefixFraction`` of its blocks. Then
 the candidates kept are those whose prefix-index size (blocks held) is within ``tolerance``
-(relative) of the smallest. Sizes are not divided by the calibrated prefill rates, although a
+(relative) of the smallest; the default 0 keeps exactly the smallest (ties included): 0.1 let
+4 and 5 equal groups count as even often enough to leave a half-speed replica's peers at a
+hot-spot of 1.60, against 1.46 at most with 0 (replay, 12 slow-replica runs).
+Sizes are not divided by the calibrated prefill rates, although a
 faster replica could hold more: calibrated from first tokens that include step overheads and
 queueing, the rates of identical replicas differ by 10-30%, and dividing by them placed 16
 uniform groups 6/4/3/3 instead of 4/4/4/4 (replay, shared-prefix at 1.1 load, seed 0). A slow
@@ -37,7 +40,7 @@ class SpreadParams(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     newPrefixFraction: float = Field(default=0.3, ge=0.0, le=1.0)
-    tolerance: float = Field(default=0.1, ge=0.0, allow_inf_nan=False)
+    tolerance: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
 
 
 class NewPrefixSpreadFilter:

@@ -13,9 +13,8 @@ still chooses among them by load. REFERENCE Part 2 §7 idea 8 (cold-start spread
 
 A request is *new* when no endpoint holds more than ``newPrefixFraction`` of its blocks. Then
 the candidates kept are those whose prefix-index size (blocks held) is within ``tolerance``
-(relative) of the smallest; the default 0 keeps exactly the smallest (ties included): 0.1 let
-4 and 5 equal groups count as even often enough to leave a half-speed replica's peers at a
-hot-spot of 1.60, against 1.46 at most with 0 (replay, 12 slow-replica runs).
+(relative) of the smallest; the default 0 keeps exactly the smallest (ties included). Measured
+with a half-speed replica (replay, 12 runs): largest hot-spot 1.60 with 0.1, 1.46 with 0.
 Sizes are not divided by the calibrated prefill rates, although a
 faster replica could hold more: calibrated from first tokens that include step overheads and
 queueing, the rates of identical replicas differ by 10-30%, and dividing by them placed 16

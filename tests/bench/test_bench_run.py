@@ -129,7 +129,7 @@ def test_chart_is_written_as_png(tmp_path) -> None:
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_fleet_that_dies_is_reported_with_its_log(capsys) -> None:
+def test_a_fleet_that_dies_is_reported_with_its_log(tmp_path, capsys) -> None:
     code = main(
         [
             "bench",
@@ -140,6 +140,8 @@ def test_a_fleet_that_dies_is_reported_with_its_log(capsys) -> None:
             "default",
             "--fleet-cmd",
             "{python} -c 'import sys; print(\"boom\"); sys.exit(3)'",
+            "--log-dir",
+            str(tmp_path),
             *SMALL,
         ]
     )

@@ -4,6 +4,7 @@ fails with the file, the field path and what was expected."""
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -17,26 +18,9 @@ from igw.config import (
     parse_quantity,
 )
 
-HERMETIC = """
-apiVersion: inference.networking.x-k8s.io/v1alpha1
-kind: EndpointPickerConfig
-plugins:
-- type: queue-scorer
-- type: kv-cache-utilization-scorer
-- type: prefix-cache-scorer
-- type: lora-affinity-scorer
-- type: openai-parser
-schedulingProfiles:
-- name: default
-  plugins:
-  - pluginRef: queue-scorer
-  - pluginRef: kv-cache-utilization-scorer
-  - pluginRef: prefix-cache-scorer
-  - pluginRef: lora-affinity-scorer
-requestHandler:
-  parsers:
-  - pluginRef: openai-parser
-"""
+HERMETIC = (
+    Path(__file__).resolve().parents[1] / "data" / "hermetic-epp-config.yaml"
+).read_text()
 
 
 def config_text(body: str, api: str = API_VERSION) -> str:

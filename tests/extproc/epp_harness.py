@@ -13,6 +13,7 @@ import json
 import random
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -31,26 +32,9 @@ from igw.stages import build_pipeline
 
 POOL_NAME = "vllm-qwen3-32b-pool"
 
-HERMETIC_CONFIG = """
-apiVersion: inference.networking.x-k8s.io/v1alpha1
-kind: EndpointPickerConfig
-plugins:
-- type: queue-scorer
-- type: kv-cache-utilization-scorer
-- type: prefix-cache-scorer
-- type: lora-affinity-scorer
-- type: openai-parser
-schedulingProfiles:
-- name: default
-  plugins:
-  - pluginRef: queue-scorer
-  - pluginRef: kv-cache-utilization-scorer
-  - pluginRef: prefix-cache-scorer
-  - pluginRef: lora-affinity-scorer
-requestHandler:
-  parsers:
-  - pluginRef: openai-parser
-"""
+HERMETIC_CONFIG = (
+    Path(__file__).resolve().parents[1] / "data" / "hermetic-epp-config.yaml"
+).read_text()
 
 PASSTHROUGH_CONFIG = HERMETIC_CONFIG.replace(
     "- type: openai-parser", "- type: passthrough-parser"

@@ -4,6 +4,7 @@ reservation and release, ranked fallbacks, prefix affinity vs load, user plugins
 from __future__ import annotations
 
 import collections
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,26 +14,9 @@ from igw.config import load_config
 from igw.errors import ErrorCode, InferenceError
 from igw.scheduling import PluginKind, SchedulingEngine, default_registry, named_policy
 
-HERMETIC_CONFIG = """
-apiVersion: inference.networking.x-k8s.io/v1alpha1
-kind: EndpointPickerConfig
-plugins:
-- type: queue-scorer
-- type: kv-cache-utilization-scorer
-- type: prefix-cache-scorer
-- type: lora-affinity-scorer
-- type: openai-parser
-schedulingProfiles:
-- name: default
-  plugins:
-  - pluginRef: queue-scorer
-  - pluginRef: kv-cache-utilization-scorer
-  - pluginRef: prefix-cache-scorer
-  - pluginRef: lora-affinity-scorer
-requestHandler:
-  parsers:
-  - pluginRef: openai-parser
-"""
+HERMETIC_CONFIG = (
+    Path(__file__).resolve().parents[1] / "data" / "hermetic-epp-config.yaml"
+).read_text()
 
 
 def ip(i: int) -> str:

@@ -145,15 +145,6 @@ class Pool:
             listener("removed", endpoint)
         return endpoint
 
-    def replace_all(self, addresses: Iterable[str], **attributes) -> None:
-        """Make the membership exactly ``addresses`` (static and file discovery)."""
-        wanted = [normalize_address(a) for a in addresses]
-        for address in set(self._by_address) - set(wanted):
-            self.remove(address)
-        for address in wanted:
-            self.upsert(address, **attributes)
-        self.synced = True
-
     # -- lookups ----------------------------------------------------------------------
     def endpoints(self) -> list[Endpoint]:
         return list(self._by_address.values())

@@ -246,6 +246,20 @@ async def test_stop_cancels_every_task(pool, servers, layer):
     assert server.metrics_hits == hits
 
 
+
+async def test_a_stopped_layer_ignores_new_endpoints_and_resumes_on_start(pool, servers, layer):
+    dl = layer()
+    await dl.start()
+    await dl.stop()
+    server = await servers(vllm_page(7, 0, 0.0))
+    endpoint = pool.upsert(server.address)
+    await asyncio.sleep(0.06)
+    assert dl.state(endpoint) is None and server.metrics_hits == 0
+    await dl.start()  # picks up the members that arrived meanwhile
+    await wait_until(lambda: row(pool, endpoint)["waiting"] == 7)
+    await dl.stop()
+
+
 POLICY = OutlierPolicy(min_failures=5, error_rate=0.5, window=10.0, probe_backoff=0.05)
 
 

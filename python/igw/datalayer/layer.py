@@ -220,7 +220,6 @@ class DataLayer:
         self._owns_session = session is None
         self._states: dict[int, EndpointState] = {}
         self._adapter_ids: dict[str, int] = {}
-        self._subscribed = False
         self._running = False
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -232,15 +231,12 @@ class DataLayer:
             self._session = self._new_session()
             self._owns_session = True
         self._running = True
-        if self._subscribed:
-            for endpoint in self.pool.endpoints():
-                self._on_membership("added", endpoint)
-        else:
-            self._subscribed = True
-            self.pool.subscribe(self._on_membership)  # replays current members as "added"
+        self.pool.subscribe(self._on_membership)  # replays current members as "added"
 
     async def stop(self) -> None:
         """Cancel every scraper and probe, then close the HTTP session we own."""
+        if self._running:
+            self.pool.unsubscribe(self._on_membership)
         self._running = False
         tasks = []
         for state in self._states.values():

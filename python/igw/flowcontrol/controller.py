@@ -391,44 +391,41 @@ class PoolController:
     def _admitted(self, request: Request, since: float) -> None:
         self.dispatched += 1
         request.attrs[ATTR] = self
-        if self.metrics is not None:
-            self.metrics.outcome(
-                self.pool.name,
-                fairness_id=request.fairness_id,
-                priority=request.priority,
-                model=request.incoming_model,
-                target=request.target_model,
-                outcome=DISPATCHED,
-                seconds=max(0.0, self.clock() - since),
-            )
+        self._observe(request, since, DISPATCHED)
 
     def _record(self, item: Item, outcome: str) -> None:
-        if self.metrics is not None:
-            request = item.request
-            self.metrics.outcome(
-                self.pool.name,
-                fairness_id=item.flow,
-                priority=item.priority,
-                model=request.incoming_model,
-                target=request.target_model,
-                outcome=outcome,
-                seconds=max(0.0, self.clock() - item.enqueued_at),
-            )
+        self._observe(
+            item.request, item.enqueued_at, outcome, flow=item.flow, priority=item.priority
+        )
 
     def _reject(
         self, request: Request, since: float, outcome: str, error: InferenceError
     ) -> InferenceError:
-        if self.metrics is not None:
-            self.metrics.outcome(
-                self.pool.name,
-                fairness_id=request.fairness_id,
-                priority=request.priority,
-                model=request.incoming_model,
-                target=request.target_model,
-                outcome=outcome,
-                seconds=max(0.0, self.clock() - since),
-            )
+        self._observe(request, since, outcome)
         return error
+
+    def _observe(
+        self,
+        request: Request,
+        since: float,
+        outcome: str,
+        *,
+        flow: str | None = None,
+        priority: int | None = None,
+    ) -> None:
+        """One outcome and its time in flow control; a queued item's own flow and priority
+        win over the request's (they were fixed when it was enqueued)."""
+        if self.metrics is None:
+            return
+        self.metrics.outcome(
+            self.pool.name,
+            fairness_id=request.fairness_id if flow is None else flow,
+            priority=request.priority if priority is None else priority,
+            model=request.incoming_model,
+            target=request.target_model,
+            outcome=outcome,
+            seconds=max(0.0, self.clock() - since),
+        )
 
     async def close(self) -> None:
         """Shut down: every queued request gets 503 ``rejected-shutting-down``."""

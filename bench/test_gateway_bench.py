@@ -15,6 +15,12 @@ Measured:
 Note the three processes share the machine's cores: at c=64 the client and the replicas take
 CPU the gateway would otherwise get, so req/s is a floor; CPU-s/1k is the cleaner number.
 
+Peer in the same run: when ``sglang-router`` is installed (the ``bench`` extra does not pull it
+in; ``pip install sglang-router``), its ``cache_aware`` policy is started against the same
+replicas and measured the same way, alternating with igw round by round, so the figures can be
+read as ratios on this machine rather than against numbers taken elsewhere.
+``IGW_BENCH_PEER=0`` leaves it out.
+
 ``IGW_BENCH_QUICK=1`` keeps it under ~30 s. Run the full size with
 ``python -m pytest bench/test_gateway_bench.py -s``; or this file directly as a script:
 ``python bench/test_gateway_bench.py`` prints the table.
@@ -23,6 +29,7 @@ CPU the gateway would otherwise get, so req/s is a floor; CPU-s/1k is the cleane
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import re
@@ -45,6 +52,8 @@ C64_REQUESTS = 2000 if QUICK else 30000
 WARMUP = 100 if QUICK else 500
 ROUNDS = 5 if QUICK else 10  # c=1 alternates direct / via igw this many times
 IDLE_SECONDS = 1.0 if QUICK else 3.0
+_PEER_WANTED = os.environ.get("IGW_BENCH_PEER", "1") != "0"
+PEER = _PEER_WANTED and importlib.util.find_spec("sglang_router") is not None
 
 COMPLETION = json.dumps(
     {
@@ -169,14 +178,14 @@ async def _client(urls: list[str], concurrency: int, count: int, stream: bool) -
 
 async def _compare(sets: list[list[str]], rounds: int, count: int, stream: bool) -> dict:
     """Concurrency 1, alternating between URL sets round by round (direct, via igw, ...),
-    so a burst of load from elsewhere on the machine hits both alike; one keep-alive
-    session per set. Returns each set's per-round mean latency."""
+    so a burst of load from elsewhere on the machine hits all alike; one keep-alive
+    session per set. Returns each set's per-round mean latency and its failed requests."""
     import aiohttp
 
     bodies = _bodies(stream)
     headers = {"content-type": "application/json"}
     means: list[list[float]] = [[] for _ in sets]
-    errors = 0
+    errors = [0 for _ in sets]
     sessions = [aiohttp.ClientSession() for _ in sets]
     try:
         for index, urls in enumerate(sets):  # warm up every connection
@@ -194,7 +203,7 @@ async def _compare(sets: list[list[str]], rounds: int, count: int, stream: bool)
                         urls[i % len(urls)], data=bodies[i % len(bodies)], headers=headers
                     ) as response:
                         await response.read()
-                        errors += response.status != 200
+                        errors[index] += response.status != 200
                     total += time.perf_counter() - started
                 means[index].append(total / count * 1e6)
     finally:
@@ -256,85 +265,148 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.communicate()
 
 
-def measure(policy: str = "default", frontend: str = "httptools") -> dict:
+def _start_igw(ports: list[int], policy: str, frontend: str) -> tuple[subprocess.Popen, str]:
+    gateway = _spawn(
+        "-m", "igw", "serve", "--port", "0", "--policy", policy, "--log-level", "error",
+        "--frontend", frontend,
+        "--endpoints", ",".join(f"http://127.0.0.1:{p}" for p in ports),
+    )  # fmt: skip
+    assert gateway.stdout is not None
+    line = gateway.stdout.readline()
+    match = re.search(r"(http://127\.0\.0\.1:\d+)", line)
+    if not match:
+        _stop(gateway)
+        raise RuntimeError(f"igw serve did not start: {line!r}")
+    return gateway, match.group(1)
+
+
+def _start_peer(ports: list[int]) -> tuple[subprocess.Popen, str]:
+    """sglang-router ``cache_aware`` with its CLI defaults (the command ``igw bench`` uses)."""
+    import urllib.request
+
+    from igw.bench.fleet import free_port_block
+    from igw.bench.runner import SGLANG_CMD
+
+    port = free_port_block(1)
+    workers = " ".join(f"http://127.0.0.1:{p}" for p in ports)
+    argv = SGLANG_CMD.format(
+        python=sys.executable, port=port, port2=free_port_block(1), workers=workers,
+        policy="cache_aware",
+    ).split()  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"sglang-router exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=1) as answer:
+                if answer.status == 200:
+                    return proc, url
+        except OSError:
+            time.sleep(0.3)
+    _stop(proc)
+    raise RuntimeError("sglang-router did not become healthy within 60 s")
+
+
+def _idle_rate(pid: int) -> float:
+    """CPU seconds per second the process burns with no requests (igw: scraping /metrics)."""
+    time.sleep(0.5)
+    started, cpu = time.monotonic(), _cpu_seconds(pid)
+    time.sleep(IDLE_SECONDS)
+    return (_cpu_seconds(pid) - cpu) / (time.monotonic() - started)
+
+
+def measure(policy: str = "default", frontend: str = "httptools", peer: bool = PEER) -> dict:
+    """igw (and the peer router, when installed) against the same instant replicas."""
     replicas = _spawn(__file__, "replicas", str(REPLICAS))
-    gateway = None
+    routers: dict[str, tuple[subprocess.Popen, str]] = {}
     try:
         assert replicas.stdout is not None
         ports = json.loads(replicas.stdout.readline())
         direct = [f"http://127.0.0.1:{p}/v1/completions" for p in ports]
-        gateway = _spawn(
-            "-m", "igw", "serve", "--port", "0", "--policy", policy, "--log-level", "error",
-            "--frontend", frontend,
-            "--endpoints", ",".join(f"http://127.0.0.1:{p}" for p in ports),
-        )  # fmt: skip
-        assert gateway.stdout is not None
-        line = gateway.stdout.readline()
-        match = re.search(r"(http://127\.0\.0\.1:\d+)", line)
-        assert match, f"igw serve did not start: {line!r}"
-        via = [match.group(1) + "/v1/completions"]
-        results: dict = {"policy": policy, "frontend": frontend}
-        # The gateway's idle cost (scraping 4 replicas' /metrics every 50 ms), per second.
-        time.sleep(0.5)
-        idle_started, idle_cpu = time.monotonic(), _cpu_seconds(gateway.pid)
-        time.sleep(IDLE_SECONDS)
-        idle_rate = (_cpu_seconds(gateway.pid) - idle_cpu) / (time.monotonic() - idle_started)
-        results["idle_cpu_ms_per_s"] = round(idle_rate * 1000, 1)
+        routers["igw"] = _start_igw(ports, policy, frontend)
+        if peer:
+            routers["sglang"] = _start_peer(ports)
+        names = list(routers)
+        idle = {name: _idle_rate(proc.pid) for name, (proc, _) in routers.items()}
+        results: dict = {"policy": policy, "frontend": frontend, "routers": {}}
+        for name in names:
+            results["routers"][name] = {"idle_cpu_ms_per_s": round(idle[name] * 1000, 1)}
+        sets = [direct] + [[url + "/v1/completions"] for _, url in routers.values()]
         for stream in (False, True):
-            started, cpu_before = time.monotonic(), _cpu_seconds(gateway.pid)
-            out = _run_compare([direct, via], ROUNDS, C1_REQUESTS // ROUNDS, stream)
-            busy = _cpu_seconds(gateway.pid) - cpu_before - idle_rate * (time.monotonic() - started)
+            started = time.monotonic()
+            before = {name: _cpu_seconds(proc.pid) for name, (proc, _) in routers.items()}
+            out = _run_compare(sets, ROUNDS, C1_REQUESTS // ROUNDS, stream)
+            elapsed = time.monotonic() - started
             via_requests = ROUNDS * (C1_REQUESTS // ROUNDS) + WARMUP
-            d, g = (statistics.median(m) for m in out["means_us"])
-            added = [v - u for u, v in zip(*out["means_us"], strict=True)]
-            key = "stream" if stream else "json"
-            results[f"c1_{key}"] = {
-                "direct_mean_us": round(d),
-                "gateway_mean_us": round(g),
-                "added_mean_us": round(statistics.median(added)),  # median over rounds
-                "added_min_us": round(min(added)),
-                "gateway_cpu_us": round(busy / via_requests * 1e6),  # per request, idle cost off
-                "errors": out["errors"],
+            direct_means = out["means_us"][0]
+            key = "c1_stream" if stream else "c1_json"
+            for index, name in enumerate(names, start=1):
+                proc = routers[name][0]
+                busy = _cpu_seconds(proc.pid) - before[name] - idle[name] * elapsed
+                means = out["means_us"][index]
+                added = [v - u for u, v in zip(direct_means, means, strict=True)]
+                results["routers"][name][key] = {
+                    "direct_mean_us": round(statistics.median(direct_means)),
+                    "gateway_mean_us": round(statistics.median(means)),
+                    "added_mean_us": round(statistics.median(added)),  # median over rounds
+                    "added_min_us": round(min(added)),
+                    "cpu_us": round(busy / via_requests * 1e6),  # per request, idle cost off
+                    "errors": out["errors"][index],
+                }
+        for name, (proc, url) in routers.items():
+            before_cpu = _cpu_seconds(proc.pid)
+            load = _run_client([url + "/v1/completions"], 64, C64_REQUESTS, False)
+            cpu = _cpu_seconds(proc.pid) - before_cpu
+            results["routers"][name]["c64"] = {
+                "req_per_s": round(load["req_per_s"]),
+                "cpu_s_per_1k": round(cpu / max(1, load["requests"]) * 1000, 3),
+                "p50_us": round(load["p50_us"]),
+                "p99_us": round(load["p99_us"]),
+                "errors": load["errors"],
+                "first_error": load["first_error"],
             }
-        before = _cpu_seconds(gateway.pid)
-        load = _run_client(via, 64, C64_REQUESTS, False)
-        cpu = _cpu_seconds(gateway.pid) - before
-        results["c64"] = {
-            "req_per_s": round(load["req_per_s"]),
-            "cpu_s_per_1k": round(cpu / load["requests"] * 1000, 3),
-            "p50_us": round(load["p50_us"]),
-            "p99_us": round(load["p99_us"]),
-            "errors": load["errors"],
-            "first_error": load["first_error"],
-        }
         return results
     finally:
-        if gateway is not None:
-            _stop(gateway)
+        for proc, _ in routers.values():
+            _stop(proc)
         _stop(replicas)
 
 
 def table(results: dict) -> str:
+    routers = results["routers"]
     lines = [
-        f"gateway overhead (policy {results['policy']}, {results['frontend']} front end, "
-        f"{REPLICAS} instant replicas, "
-        f"{PROMPT_BYTES // 1024} KB prompts, keep-alive client)",
-        f"{'case':<12}{'direct us':>12}{'via igw us':>12}{'added us':>10}{'best round':>12}"
-        f"{'igw CPU us':>12}",
+        f"gateway overhead (igw policy {results['policy']}, {results['frontend']} front end, "
+        f"{REPLICAS} instant replicas, {PROMPT_BYTES // 1024} KB prompts, keep-alive client)",
+        f"{'router':<8}{'case':<11}{'direct us':>10}{'via us':>9}{'added us':>10}"
+        f"{'best round':>12}{'CPU us':>8}",
     ]
-    for key in ("c1_json", "c1_stream"):
-        r = results[key]
+    for name, r in routers.items():
+        for key in ("c1_json", "c1_stream"):
+            c = r[key]
+            lines.append(
+                f"{name:<8}{key:<11}{c['direct_mean_us']:>10}{c['gateway_mean_us']:>9}"
+                f"{c['added_mean_us']:>10}{c['added_min_us']:>12}{c['cpu_us']:>8}"
+            )
+    for name, r in routers.items():
+        c = r["c64"]
         lines.append(
-            f"{key:<12}{r['direct_mean_us']:>12}{r['gateway_mean_us']:>12}"
-            f"{r['added_mean_us']:>10}{r['added_min_us']:>12}{r['gateway_cpu_us']:>12}"
+            f"{name:<8}c=64: {c['req_per_s']} req/s, {c['cpu_s_per_1k']} CPU-s per 1k requests, "
+            f"p50 {c['p50_us']} us, p99 {c['p99_us']} us, errors {c['errors']} {c['first_error']}"
         )
-    c = results["c64"]
-    lines.append(
-        f"c=64: {c['req_per_s']} req/s, {c['cpu_s_per_1k']} gateway CPU-s per 1k requests, "
-        f"p50 {c['p50_us']} us, p99 {c['p99_us']} us, errors {c['errors']} "
-        f"{c['first_error']}"
-    )
-    lines.append(f"gateway idle (scraping) cost: {results['idle_cpu_ms_per_s']} ms CPU per second")
+    for name, r in routers.items():
+        lines.append(f"{name:<8}idle cost: {r['idle_cpu_ms_per_s']} ms CPU per second")
+    if "sglang" in routers:
+        igw, peer = routers["igw"], routers["sglang"]
+        ratios = [
+            f"c=1 {key} added {igw[key]['added_mean_us'] / max(1, peer[key]['added_mean_us']):.2f}x"
+            for key in ("c1_json", "c1_stream")
+        ]
+        rate = igw["c64"]["req_per_s"] / max(1, peer["c64"]["req_per_s"])
+        cpu = igw["c64"]["cpu_s_per_1k"] / max(1e-9, peer["c64"]["cpu_s_per_1k"])
+        ratios += [f"c=64 req/s {rate:.2f}x", f"c=64 CPU-s/1k {cpu:.2f}x"]
+        lines.append("igw / sglang-router cache_aware, same run: " + ", ".join(ratios))
     return "\n".join(lines)
 
 
@@ -345,17 +417,28 @@ FRONTENDS = ["httptools"] if QUICK else ["httptools", "aiohttp"]
 @pytest.mark.parametrize("frontend", FRONTENDS)
 def test_gateway_overhead(benchmark, frontend) -> None:
     results: dict = {}
-    benchmark.pedantic(lambda: results.update(measure(frontend=frontend)), rounds=1, iterations=1)
+    # The peer is measured once, next to the default front end.
+    peer = PEER and frontend == FRONTENDS[0]
+    benchmark.pedantic(
+        lambda: results.update(measure(frontend=frontend, peer=peer)), rounds=1, iterations=1
+    )
     print("\n" + table(results))
+    igw = results["routers"]["igw"]
     for key in ("c1_json", "c1_stream"):
-        assert results[key]["errors"] == 0
-        benchmark.extra_info[f"{key}_added_mean_us"] = results[key]["added_mean_us"]
+        assert igw[key]["errors"] == 0
+        benchmark.extra_info[f"{key}_added_mean_us"] = igw[key]["added_mean_us"]
         # No delayed-ACK stalls: a 40 ms stall on any request would dwarf the mean.
-        assert results[key]["gateway_mean_us"] < 20_000
-    assert results["c64"]["errors"] == 0
-    benchmark.extra_info["c64_req_per_s"] = results["c64"]["req_per_s"]
-    benchmark.extra_info["c64_cpu_s_per_1k"] = results["c64"]["cpu_s_per_1k"]
-    benchmark.extra_info["c1_json_gateway_cpu_us"] = results["c1_json"]["gateway_cpu_us"]
+        assert igw[key]["gateway_mean_us"] < 20_000
+    assert igw["c64"]["errors"] == 0
+    benchmark.extra_info["c64_req_per_s"] = igw["c64"]["req_per_s"]
+    benchmark.extra_info["c64_cpu_s_per_1k"] = igw["c64"]["cpu_s_per_1k"]
+    benchmark.extra_info["c1_json_cpu_us"] = igw["c1_json"]["cpu_us"]
+    if "sglang" in results["routers"]:
+        peer_figures = results["routers"]["sglang"]
+        for key in ("c1_json", "c1_stream"):
+            benchmark.extra_info[f"sglang_{key}_added_mean_us"] = peer_figures[key]["added_mean_us"]
+        benchmark.extra_info["sglang_c64_req_per_s"] = peer_figures["c64"]["req_per_s"]
+        benchmark.extra_info["sglang_c64_cpu_s_per_1k"] = peer_figures["c64"]["cpu_s_per_1k"]
 
 
 def _main(argv: list[str]) -> None:

@@ -470,6 +470,48 @@ PyPickResult pick_kwargs(Scheduler& self, py::handle profile_obj, const py::kwar
               with_scores);
 }
 
+// Scheduler.filter(profile, *, hashes=None, candidates=None): the profile's filters alone,
+// for a core filter that must run between Python filters (see _core.pyi).
+py::array_t<bool> filter_kwargs(Scheduler& self, py::handle profile_obj, const py::kwargs& kw) {
+  if (!py::isinstance<Profile>(profile_obj)) wrong_type("profile", "an igw._core.Profile", profile_obj);
+  const Profile& profile = profile_obj.cast<const Profile&>();
+  py::object hashes = py::none(), candidates = py::none();
+  for (auto item : kw) {
+    const std::string name = py::str(item.first);
+    if (name == "hashes") hashes = py::reinterpret_borrow<py::object>(item.second);
+    else if (name == "candidates") candidates = py::reinterpret_borrow<py::object>(item.second);
+    else throw Error("filter() got an unexpected keyword argument '" + name + "'");
+  }
+  PickRequest req;
+  py::array_t<uint64_t, py::array::c_style> h;
+  if (!hashes.is_none()) {
+    h = require_array<uint64_t>(hashes, "hashes", 1, "uint64");
+    req.hashes = {h.data(), static_cast<size_t>(h.shape(0))};
+  }
+  const auto hw = static_cast<py::ssize_t>(self.table()->high_water());
+  py::array_t<bool> keep;
+  if (!candidates.is_none()) {
+    auto cand = require_array<bool>(candidates, "candidates", 1, "bool");
+    if (cand.shape(0) < hw)
+      throw Error("candidates has length " + std::to_string(cand.shape(0)) +
+                  ", expected >= high_water " + std::to_string(hw));
+    keep = py::array_t<bool>(cand.shape(0));
+    std::copy(cand.data(), cand.data() + cand.shape(0), keep.mutable_data());
+  } else {
+    keep = py::array_t<bool>(hw);
+    std::fill(keep.mutable_data(), keep.mutable_data() + hw, true);
+  }
+  // the core reads the candidates from the output buffer: filters only clear entries of it
+  req.candidates = {keep.data(), static_cast<size_t>(keep.shape(0))};
+  req.has_candidates = true;
+  std::span<bool> out(keep.mutable_data(), static_cast<size_t>(keep.shape(0)));
+  {
+    py::gil_scoped_release release;
+    self.filter(profile, req, out);
+  }
+  return keep;
+}
+
 // update() runs once per endpoint per scrape (10,000 endpoints every 50 ms = 200k calls/s),
 // so, like pick, it walks only the keywords passed instead of pybind11's per-name lookups
 // (1.2 -> 0.7 us per call). Same names, defaults and errors as _core.pyi.
@@ -766,6 +808,7 @@ PYBIND11_MODULE(_core, m) {
         bad_call("Profile", "scorers, picker='max-score-picker'", a, k);
       }))
       .def_property_readonly("scorer_types", &Profile::scorer_types)
+      .def_property_readonly("filter_types", &Profile::filter_types)
       .def_property_readonly("picker", [](const Profile& p) {
         switch (p.picker()) {
           case PickerKind::MaxScore: return "max-score-picker";
@@ -805,6 +848,10 @@ PYBIND11_MODULE(_core, m) {
            "prompt_tokens=0, block_tokens=64, lora=-1, candidates=None, k=1, "
            "extra_scores=None, extra_weights=None, reserve=True, record=True, "
            "with_scores=False) -> PickResult (see _core.pyi)");
+  scheduler
+      .def("filter", &filter_kwargs, py::arg("profile"),
+           "filter(profile, *, hashes=None, candidates=None) -> bool mask (see _core.pyi)")
+      .def("filter", bad_method("Scheduler.filter", "profile, *, hashes=None, candidates=None"));
   scheduler.def("pick", bad_method("Scheduler.pick", "profile, *, hashes=None, prompt=None, "
                                    "block_bytes=256, seed=0, max_blocks=0, prompt_tokens=0, "
                                    "block_tokens=64, lora=-1, candidates=None, k=1, "

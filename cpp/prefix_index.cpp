@@ -395,6 +395,12 @@ uint32_t PrefixIndex::endpoint_entries(uint32_t endpoint) const {
   return eps_state_[endpoint].size;
 }
 
+void PrefixIndex::endpoint_entries(std::span<const uint32_t> ids,
+                                   std::span<uint32_t> out) const {
+  std::shared_lock lock(mu_);
+  for (size_t j = 0; j < ids.size(); ++j) out[j] = eps_state_[ids[j]].size;
+}
+
 uint64_t PrefixIndex::memory_bytes() const {
   std::shared_lock lock(mu_);
   uint64_t arenas = 0;

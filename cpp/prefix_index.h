@@ -66,6 +66,8 @@ class PrefixIndex {
   void remove_endpoint(uint32_t endpoint);
   uint64_t entries() const;
   uint32_t endpoint_entries(uint32_t endpoint) const;
+  // out[j] = endpoint_entries(ids[j]) under one lock (ids must be < max_endpoints()).
+  void endpoint_entries(std::span<const uint32_t> ids, std::span<uint32_t> out) const;
   uint64_t memory_bytes() const;
   uint64_t blocks() const;
 

@@ -34,17 +34,34 @@ constexpr ScorerInfo kScorers[] = {
      "waitingTokens", 512},
 };
 
+struct FilterInfo {
+  const char* type;
+  FilterKind kind;
+  const char* p1;
+  double d1;
+  const char* p2;
+  double d2;
+};
+
+// The built-in filters, their parameters and defaults (must match _core.pyi).
+constexpr FilterInfo kFilters[] = {
+    {"new-prefix-spread-filter", FilterKind::NewPrefixSpread, "newPrefixFraction", 0.3,
+     "tolerance", 0.0},
+};
+
 void check_param(const std::string& type, const std::string& key, double v) {
   auto fail = [&](const char* what) {
     throw Error(type + ": parameter " + key + " must be " + what + ", got " +
                 std::to_string(v));
   };
   if (!std::isfinite(v)) fail("finite");
-  if (key == "matchLengthWeight" && !(v >= 0 && v <= 1)) fail("within 0..1");
   if ((key == "scaleTokens" || key == "queueThresholdTokens" || key == "queueThreshold" ||
        key == "defaultPrefillRate") && !(v > 0))
     fail("> 0");
-  if ((key == "idleThreshold" || key == "maxBusyScore" || key == "waitingTokens") && v < 0)
+  if ((key == "matchLengthWeight" || key == "newPrefixFraction") && !(v >= 0 && v <= 1))
+    fail("within 0..1");
+  if ((key == "idleThreshold" || key == "maxBusyScore" || key == "waitingTokens" ||
+       key == "tolerance") && v < 0)
     fail(">= 0");
 }
 
@@ -100,31 +117,41 @@ Profile::Profile(
     const ScorerInfo* info = nullptr;
     for (const auto& s : kScorers)
       if (type == s.type) info = &s;
-    if (!info) {
-      std::string known;
+    const FilterInfo* finfo = nullptr;
+    for (const auto& f : kFilters)
+      if (type == f.type) finfo = &f;
+    if (!info && !finfo) {
+      std::string known, filters;
       for (const auto& s : kScorers) known += (known.empty() ? "" : ", ") + std::string(s.type);
+      for (const auto& f : kFilters)
+        filters += (filters.empty() ? "" : ", ") + std::string(f.type);
       throw Error("scorers[" + std::to_string(n) + "]: unknown scorer type '" + type +
-                  "'; known: " + known);
+                  "'; known: " + known + "; filters: " + filters);
     }
     if (!std::isfinite(weight) || weight < 0)
       throw Error("scorers[" + std::to_string(n) + "] (" + type +
                   "): weight must be finite and >= 0, got " + std::to_string(weight));
-    ScorerSpec spec{info->kind, type, weight, info->d1, info->d2};
+    const char* p1 = info ? info->p1 : finfo->p1;
+    const char* p2 = info ? info->p2 : finfo->p2;
+    double v1 = info ? info->d1 : finfo->d1, v2 = info ? info->d2 : finfo->d2;
     for (const auto& [key, value] : params) {
-      if (info->p1 && key == info->p1) {
-        spec.p1 = value;
-      } else if (info->p2 && key == info->p2) {
-        spec.p2 = value;
+      if (p1 && key == p1) {
+        v1 = value;
+      } else if (p2 && key == p2) {
+        v2 = value;
       } else {
         std::string allowed;
-        if (info->p1) allowed += info->p1;
-        if (info->p2) allowed += std::string(", ") + info->p2;
+        if (p1) allowed += p1;
+        if (p2) allowed += std::string(", ") + p2;
         throw Error(type + ": unknown parameter '" + key + "'; allowed: " +
                     (allowed.empty() ? "none" : allowed));
       }
       check_param(type, key, value);
     }
-    scorers_.push_back(std::move(spec));
+    if (finfo)
+      filters_.push_back(FilterSpec{finfo->kind, type, v1, v2});
+    else
+      scorers_.push_back(ScorerSpec{info->kind, type, weight, v1, v2});
   }
   if (picker == "max-score-picker") picker_ = PickerKind::MaxScore;
   else if (picker == "weighted-random-picker") picker_ = PickerKind::WeightedRandom;
@@ -137,6 +164,12 @@ Profile::Profile(
 std::vector<std::string> Profile::scorer_types() const {
   std::vector<std::string> out;
   for (const auto& s : scorers_) out.push_back(s.type);
+  return out;
+}
+
+std::vector<std::string> Profile::filter_types() const {
+  std::vector<std::string> out;
+  for (const auto& f : filters_) out.push_back(f.type);
   return out;
 }
 
@@ -167,9 +200,7 @@ double Scheduler::uniform01() noexcept {
   return 1.0 - static_cast<double>(rng() >> 11) * 0x1.0p-53;
 }
 
-void Scheduler::gather(const Profile& profile, const PickRequest& req, uint32_t n) {
-  uint32_t need = 0;
-  for (const auto& s : profile.scorers()) need |= needs_of(s.kind);
+void Scheduler::gather(uint32_t need, const PickRequest& req, uint32_t n) {
   const EndpointTable& t = *table_;
   ids_.resize(n);
   seqs_.resize(n);
@@ -194,6 +225,7 @@ void Scheduler::gather(const Profile& profile, const PickRequest& req, uint32_t 
       ++c;
     }
   }
+  ids_.resize(c);
   load_columns(need, req.lora, 0, c);
   std::atomic_thread_fence(std::memory_order_acquire);
   bool dropped = false;
@@ -213,27 +245,88 @@ void Scheduler::gather(const Profile& profile, const PickRequest& req, uint32_t 
       }
     }
   }
-  if (dropped) {  // compact the rows that stopped being live/ready while we read
-    uint32_t w = 0;
-    for (uint32_t j = 0; j < c; ++j) {
-      if (ids_[j] == kDropped) continue;
-      ids_[w] = ids_[j];
-      waiting_[w] = waiting_[j]; running_[w] = running_[j];
-      inflight_req_[w] = inflight_req_[j]; max_lora_[w] = max_lora_[j];
-      kv_[w] = kv_[j]; rate_[w] = rate_[j]; inflight_tok_[w] = inflight_tok_[j];
-      lora_state_[w] = lora_state_[j];
-      ++w;
-    }
-    c = w;
-  }
   for (auto* v : {&waiting_, &running_, &inflight_req_, &max_lora_}) v->resize(c);
   kv_.resize(c); rate_.resize(c); inflight_tok_.resize(c); lora_state_.resize(c);
-  ids_.resize(c);
   uncached_.resize(c);
+  if (dropped) compact();  // the rows that stopped being live/ready while we read
+  c = static_cast<uint32_t>(ids_.size());
   if (need & kUncached) {
     for (size_t j = 0; j < c; ++j)
       uncached_[j] = std::max<int64_t>(
           0, req.prompt_tokens - int64_t{matched_full_[ids_[j]]} * req.block_tokens);
+  }
+}
+
+void Scheduler::compact() {
+  const size_t c = ids_.size();
+  size_t w = 0;
+  for (size_t j = 0; j < c; ++j) {
+    if (ids_[j] == kDropped) continue;
+    ids_[w] = ids_[j];
+    waiting_[w] = waiting_[j]; running_[w] = running_[j];
+    inflight_req_[w] = inflight_req_[j]; max_lora_[w] = max_lora_[j];
+    kv_[w] = kv_[j]; rate_[w] = rate_[j]; inflight_tok_[w] = inflight_tok_[j];
+    lora_state_[w] = lora_state_[j]; uncached_[w] = uncached_[j];
+    ++w;
+  }
+  for (auto* v : {&waiting_, &running_, &inflight_req_, &max_lora_}) v->resize(w);
+  kv_.resize(w); rate_.resize(w); inflight_tok_.resize(w); lora_state_.resize(w);
+  uncached_.resize(w);
+  ids_.resize(w);
+}
+
+// new-prefix-spread-filter (igw.scheduling.plugins.spread says why): a request is new when
+// no endpoint -- eligible or not, as the Python plugin matched the whole index -- holds more
+// than newPrefixFraction of its blocks; then only the eligible rows whose prefix-index entry
+// count is within (1 + tolerance) of the smallest stay. No prompt or fewer than two eligible
+// rows: nothing is dropped. Marks dropped rows kDropped; returns whether any was.
+bool Scheduler::spread_keep(const FilterSpec& f, const PickRequest& req, uint32_t n) {
+  const size_t m = ids_.size();
+  if (req.hashes.empty() || m < 2) return false;
+  int32_t most = 0;
+  for (uint32_t e = 0; e < n; ++e) most = std::max(most, matched_full_[e]);
+  if (static_cast<double>(most) > f.p1 * static_cast<double>(req.hashes.size())) return false;
+  sizes_.resize(m);
+  index_->endpoint_entries(ids_, sizes_);
+  const double limit =
+      static_cast<double>(*std::min_element(sizes_.begin(), sizes_.end())) * (1.0 + f.p2);
+  bool dropped = false;
+  for (size_t j = 0; j < m; ++j) {
+    if (!(static_cast<double>(sizes_[j]) <= limit)) {
+      ids_[j] = kDropped;
+      dropped = true;
+    }
+  }
+  return dropped;
+}
+
+void Scheduler::apply_filters(const Profile& profile, const PickRequest& req, uint32_t n) {
+  for (const auto& f : profile.filters()) {
+    bool dropped = false;
+    switch (f.kind) {
+      case FilterKind::NewPrefixSpread:
+        dropped = spread_keep(f, req, n);
+        break;
+    }
+    if (dropped) compact();
+  }
+}
+
+void Scheduler::filter(const Profile& profile, const PickRequest& req, std::span<bool> keep) {
+  std::lock_guard lock(mu_);
+  const uint32_t n = table_->high_water();
+  matched_full_.resize(n);
+  index_->match(req.hashes, std::span<int32_t>(matched_full_.data(), n));
+  gather(0, req, n);
+  order_.assign(ids_.begin(), ids_.end());  // eligible before the filters (ascending)
+  apply_filters(profile, req, n);
+  size_t k = 0;  // ids_ is an ordered subsequence of order_: clear what is missing
+  for (uint32_t e : order_) {
+    if (k < ids_.size() && ids_[k] == e) {
+      ++k;
+    } else if (e < keep.size()) {
+      keep[e] = false;
+    }
   }
 }
 
@@ -464,7 +557,10 @@ void Scheduler::pick(const Profile& profile, const PickRequest& req, PickOutput&
   const uint32_t n = table_->high_water();
   matched_full_.resize(n);
   index_->match(req.hashes, std::span<int32_t>(matched_full_.data(), n));
-  gather(profile, req, n);
+  uint32_t need = 0;
+  for (const auto& s : profile.scorers()) need |= needs_of(s.kind);
+  gather(need, req, n);
+  if (!profile.filters().empty()) apply_filters(profile, req, n);
   const size_t m = ids_.size();
   total_.assign(m, 0.0);
   out.scores.clear();

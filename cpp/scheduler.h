@@ -1,10 +1,12 @@
 // Scheduler: filters as masks, scorers as arrays in [0, 1], a weighted sum and a picker, run
-// over every eligible endpoint in one pass. Formulas follow the reference picker
-// (REFERENCE.md Part 2, 1.2-1.3) and are computed in double in the same operation order as
-// igw.core_reference, so both implementations agree bit for bit on totals.
+// over every eligible endpoint in one pass. Filters run first, in profile order, and narrow
+// the eligible rows every scorer then sees (a filter never empties a non-empty set).
+// Formulas follow the reference picker (REFERENCE.md Part 2, 1.2-1.3) and are computed in
+// double in the same operation order as igw.core_reference, so both implementations agree
+// bit for bit on totals.
 //
 // Atomicity: one mutex around pick. Inside it: gather rows (seqlock reads), match the
-// prefix index, score, pick, add the winner's in-flight counters and record its blocks, so
+// prefix index, filter, score, pick, add the winner's in-flight counters and record its blocks, so
 // a burst of simultaneous picks sees each other's load. Picks take microseconds, so the
 // mutex is not a bottleneck; all per-pick buffers are members reused under that mutex.
 #pragma once
@@ -35,6 +37,7 @@ enum class ScorerKind : uint8_t {
   PredictedTtft,
 };
 enum class PickerKind : uint8_t { MaxScore, WeightedRandom, Random };
+enum class FilterKind : uint8_t { NewPrefixSpread };
 
 struct ScorerSpec {
   ScorerKind kind;
@@ -43,17 +46,29 @@ struct ScorerSpec {
   double p1 = 0, p2 = 0;  // the type's parameters, in the order of kScorerParams
 };
 
+struct FilterSpec {
+  FilterKind kind;
+  std::string type;
+  double p1 = 0, p2 = 0;  // the type's parameters, in the order of kFilters
+};
+
+// A profile's plugins come as one ordered list of (type, weight, params): scorer types become
+// scorers, filter types filters (their weight is validated and otherwise unused), each kind
+// keeping its order. One list, because that is how a config's profile lists them.
 class Profile {
  public:
   Profile(const std::vector<std::tuple<std::string, double, std::vector<std::pair<std::string, double>>>>&
               scorers,
           const std::string& picker);
   const std::vector<ScorerSpec>& scorers() const noexcept { return scorers_; }
+  const std::vector<FilterSpec>& filters() const noexcept { return filters_; }
   PickerKind picker() const noexcept { return picker_; }
   std::vector<std::string> scorer_types() const;
+  std::vector<std::string> filter_types() const;
 
  private:
   std::vector<ScorerSpec> scorers_;
+  std::vector<FilterSpec> filters_;
   PickerKind picker_;
 };
 
@@ -88,11 +103,19 @@ class Scheduler {
   Scheduler(std::shared_ptr<EndpointTable> table, std::shared_ptr<PrefixIndex> index,
             uint64_t seed);
   void pick(const Profile& profile, const PickRequest& req, PickOutput& out);
+  // Only the profile's filters, over the live, ready candidates (req.hashes and
+  // req.candidates are read; nothing is reserved or recorded). keep[e] for e < keep.size()
+  // starts as the candidate mask (all true without one); the endpoints a filter drops are
+  // cleared, the rest (not live or ready ones included) left as given.
+  void filter(const Profile& profile, const PickRequest& req, std::span<bool> keep);
   const std::shared_ptr<EndpointTable>& table() const noexcept { return table_; }
   const std::shared_ptr<PrefixIndex>& index() const noexcept { return index_; }
 
  private:
-  void gather(const Profile& profile, const PickRequest& req, uint32_t n);
+  void gather(uint32_t need, const PickRequest& req, uint32_t n);
+  void apply_filters(const Profile& profile, const PickRequest& req, uint32_t n);
+  bool spread_keep(const FilterSpec& f, const PickRequest& req, uint32_t n);
+  void compact();  // drop the rows of ids_ marked kDropped from ids_ and every column
   void load_columns(uint32_t need, int lora, uint32_t from, uint32_t to);
   void score(const ScorerSpec& s, const PickRequest& req, std::vector<double>& v);
   void rank(PickerKind picker, uint32_t k, std::vector<uint32_t>& ranked);
@@ -114,6 +137,7 @@ class Scheduler {
   std::vector<int32_t> matched_full_;
   std::vector<double> total_, tmp_, keys_, lut_;
   std::vector<uint32_t> order_;
+  std::vector<uint32_t> sizes_;  // filters: prefix-index entries per eligible row
 };
 
 }  // namespace igw

@@ -179,9 +179,14 @@ class PrefixIndex:
 # --------------------------------------------------------------------------- scheduler
 
 class Profile:
-    """A scheduling profile: weighted scorers and one picker, run over all endpoints at once.
+    """A scheduling profile: filters, weighted scorers and one picker, run over all endpoints
+    at once.
 
-    ``scorers`` is a list of ``(type, weight, params)``; built-in types and their params:
+    ``scorers`` is the profile's core plugins in order, each ``(type, weight, params)``: a
+    scorer type is a scorer, a filter type a filter (its weight is checked like a scorer's and
+    otherwise unused). Filters run first, in their order, and narrow the eligible endpoints
+    every scorer then sees; a filter never empties a non-empty set. Built-in scorer types and
+    their params:
       queue-scorer {}, running-requests-size-scorer {}, kv-cache-utilization-scorer {},
       prefix-cache-scorer {matchLengthWeight: 0.0, scaleTokens: 8192},
       lora-affinity-scorer {}, active-request-scorer {idleThreshold: 0, maxBusyScore: 1.0},
@@ -192,6 +197,13 @@ class Profile:
         rate`` where ``uncached = max(0, prompt_tokens - matched_blocks*block_tokens)`` and
         ``rate`` is the endpoint's ``prefill_rate`` (or the default when 0); score =
         ``min_e(ttft) / ttft_e`` over eligible endpoints (1.0 for the fastest).
+    Built-in filter types and their params:
+      new-prefix-spread-filter {newPrefixFraction: 0.3 (0..1), tolerance: 0.0 (>= 0)} -- a
+        prompt is *new* when no endpoint of the table (eligible or not) holds more than
+        ``newPrefixFraction x total_blocks`` of its leading blocks; for a new prompt only the
+        eligible endpoints whose ``PrefixIndex.endpoint_entries`` is
+        ``<= min x (1 + tolerance)`` (min over the eligible ones) stay. No hashes, fewer than
+        two eligible endpoints, or a prompt someone holds: nothing is dropped.
     ``picker`` is one of max-score-picker, weighted-random-picker, random-picker.
     Unknown types, unknown param keys, negative or non-finite weights raise ``Error``.
     """
@@ -203,6 +215,8 @@ class Profile:
     ) -> None: ...
     @property
     def scorer_types(self) -> list[str]: ...
+    @property
+    def filter_types(self) -> list[str]: ...
     @property
     def picker(self) -> str: ...
 
@@ -224,6 +238,18 @@ class Scheduler:
 
     def __init__(self, table: EndpointTable, index: PrefixIndex, seed: int = 0) -> None:
         """``index`` must cover every table id: ``max_endpoints >= table.capacity``."""
+    def filter(
+        self,
+        profile: Profile,
+        *,
+        hashes: npt.NDArray[np.uint64] | None = None,
+        candidates: npt.NDArray[np.bool_] | None = None,
+    ) -> npt.NDArray[np.bool_]:
+        """Run only the profile's filters (as ``pick`` would, over the live, ready endpoints
+        among ``candidates``) and return a copy of ``candidates`` (all True, length
+        ``high_water``, without them) with the endpoints the filters dropped cleared; entries
+        of endpoints that are not live and ready are left as given. Reserves and records
+        nothing. For a core filter that must run between Python filters, in profile order."""
     def pick(
         self,
         profile: Profile,
@@ -245,7 +271,7 @@ class Scheduler:
         with_scores: bool = False,
     ) -> PickResult:
         """Pick up to ``k`` ranked endpoints among live, ready endpoints (and ``candidates``,
-        a bool mask of length >= high_water, when given).
+        a bool mask of length >= high_water, when given) that the profile's filters keep.
 
         ``extra_scores`` is a float32 ``[m, high_water]`` array of scores from Python plugins
         with ``m`` matching ``extra_weights``; they are clamped to [0,1] and weighted like

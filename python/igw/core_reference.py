@@ -581,23 +581,26 @@ _PARAMS: dict[str, dict[str, float]] = {
     "load-aware-scorer": {"queueThreshold": 128.0},
     "predicted-ttft-scorer": {"defaultPrefillRate": 8000.0, "waitingTokens": 512.0},
 }
+_FILTERS: dict[str, dict[str, float]] = {
+    "new-prefix-spread-filter": {"newPrefixFraction": 0.3, "tolerance": 0.0},
+}
 _PICKERS = ("max-score-picker", "weighted-random-picker", "random-picker")
 
 
 def _check_param(kind: str, key: str, value: float) -> None:
     """Range checks shared with the C++ core (which keys must be positive etc.)."""
     positive = {"scaleTokens", "queueThresholdTokens", "queueThreshold", "defaultPrefillRate"}
-    if key == "matchLengthWeight" and not 0.0 <= value <= 1.0:
+    if key in {"matchLengthWeight", "newPrefixFraction"} and not 0.0 <= value <= 1.0:
         raise Error(f"{kind}: parameter {key} must be within 0..1, got {value}")
     if key in positive and not value > 0:
         raise Error(f"{kind}: parameter {key} must be > 0, got {value}")
-    if key in {"idleThreshold", "maxBusyScore", "waitingTokens"} and value < 0:
+    if key in {"idleThreshold", "maxBusyScore", "waitingTokens", "tolerance"} and value < 0:
         raise Error(f"{kind}: parameter {key} must be >= 0, got {value}")
 
 
 @_strict_methods
 class Profile:
-    """A scheduling profile: weighted scorers and one picker (see ``_core.pyi``)."""
+    """A scheduling profile: filters, weighted scorers and one picker (see ``_core.pyi``)."""
 
     def __init__(
         self,
@@ -605,6 +608,7 @@ class Profile:
         picker: str = "max-score-picker",
     ) -> None:
         self._scorers: list[tuple[str, float, dict[str, float]]] = []
+        self._filters: list[tuple[str, dict[str, float]]] = []
         if isinstance(scorers, (str, bytes)) or not isinstance(scorers, (list, tuple)):
             raise Error("scorers must be a list of (type, weight, params) tuples")
         for n, item in enumerate(scorers):
@@ -613,9 +617,13 @@ class Profile:
             kind, weight, params = item
             if not isinstance(kind, str):
                 raise Error(f"scorers[{n}]: type must be a str")
-            if kind not in _PARAMS:
-                known = ", ".join(sorted(_PARAMS))
-                raise Error(f"scorers[{n}]: unknown scorer type {kind!r}; known: {known}")
+            defaults = _PARAMS.get(kind, _FILTERS.get(kind))
+            if defaults is None:
+                known, filters = ", ".join(sorted(_PARAMS)), ", ".join(sorted(_FILTERS))
+                raise Error(
+                    f"scorers[{n}]: unknown scorer type {kind!r}; known: {known}; "
+                    f"filters: {filters}"
+                )
             try:
                 weight = _float_arg("weight", weight)
             except Error:
@@ -624,12 +632,12 @@ class Profile:
                 ) from None
             if not math.isfinite(weight) or weight < 0:
                 raise Error(f"scorers[{n}] ({kind}): weight must be finite and >= 0, got {weight}")
-            merged = dict(_PARAMS[kind])
+            merged = dict(defaults)
             if params is not None and not isinstance(params, dict):
                 raise Error(f"scorers[{n}]: params must be a dict")
             for key, value in (params or {}).items():
                 if key not in merged:
-                    allowed = ", ".join(sorted(_PARAMS[kind])) or "none"
+                    allowed = ", ".join(sorted(defaults)) or "none"
                     raise Error(f"{kind}: unknown parameter {key!r}; allowed: {allowed}")
                 try:
                     value = _float_arg("value", value)
@@ -641,7 +649,10 @@ class Profile:
                     raise Error(f"{kind}: parameter {key} must be finite, got {value}")
                 _check_param(kind, key, value)
                 merged[key] = value
-            self._scorers.append((kind, weight, merged))
+            if kind in _FILTERS:
+                self._filters.append((kind, merged))
+            else:
+                self._scorers.append((kind, weight, merged))
         picker = _str_arg("picker", picker)
         if picker not in _PICKERS:
             raise Error(f"unknown picker {picker!r}; known: {', '.join(_PICKERS)}")
@@ -650,6 +661,10 @@ class Profile:
     @property
     def scorer_types(self) -> list[str]:
         return [kind for kind, _, _ in self._scorers]
+
+    @property
+    def filter_types(self) -> list[str]:
+        return [kind for kind, _ in self._filters]
 
 
 @dataclass
@@ -730,6 +745,33 @@ def _score(
         best = min(ttft)
         return [1.0 if t <= 0.0 else best / t for t in ttft]
     raise Error(f"unknown scorer type {kind!r}")  # unreachable: Profile validates
+
+
+def _spread(
+    p: dict[str, float], eligible: list[int], matched: np.ndarray, total: int, index: PrefixIndex
+) -> list[int]:
+    """new-prefix-spread-filter (see ``_core.pyi``): the eligible endpoints it keeps.
+
+    New means no endpoint of the table, eligible or not, holds more than
+    ``newPrefixFraction`` of the prompt's blocks; then the endpoints with the fewest
+    prefix-index entries (within ``tolerance``, relative) stay."""
+    if total == 0 or len(eligible) < 2:
+        return eligible
+    most = int(matched.max()) if len(matched) else 0
+    if most > p["newPrefixFraction"] * total:
+        return eligible
+    sizes = [float(len(index._lru.get(e, ()))) for e in eligible]  # no _check: it bumps _seen
+    limit = min(sizes) * (1.0 + p["tolerance"])
+    return [e for e, size in zip(eligible, sizes, strict=True) if size <= limit]
+
+
+def _apply_filters(
+    profile: Profile, eligible: list[int], matched: np.ndarray, total: int, index: PrefixIndex
+) -> list[int]:
+    for kind, params in profile._filters:
+        if kind == "new-prefix-spread-filter":
+            eligible = _spread(params, eligible, matched, total, index)
+    return eligible
 
 
 @_strict_methods
@@ -817,6 +859,7 @@ class Scheduler:
                 for e in range(n)
                 if rows[e].live and rows[e].ready and (candidates is None or bool(candidates[e]))
             ]
+            eligible = _apply_filters(profile, eligible, matched_all, total_blocks, self._index)
             unc_all = [max(0, prompt_tokens - int(matched_all[e]) * block_tokens) for e in range(n)]
             scores: dict[str, np.ndarray] = {}
             total = [0.0] * len(eligible)
@@ -864,6 +907,42 @@ class Scheduler:
                 uncached_tokens=uncached,
                 scores=scores if with_scores else None,
             )
+
+    def filter(
+        self,
+        profile: Profile,
+        *,
+        hashes: np.ndarray | None = None,
+        candidates: np.ndarray | None = None,
+    ) -> np.ndarray:
+        if not isinstance(profile, Profile):
+            raise Error(f"profile must be a core_reference Profile, got {type(profile).__name__}")
+        with self._lock, self._table._lock, self._index._lock:
+            rows = self._table._rows
+            n = len(rows)
+            if candidates is not None:
+                if (
+                    not isinstance(candidates, np.ndarray)
+                    or candidates.dtype != np.bool_
+                    or candidates.ndim != 1
+                ):
+                    raise Error("candidates must be a 1-d bool numpy array")
+                if len(candidates) < n:
+                    raise Error(f"candidates has length {len(candidates)}, expected >= {n}")
+                keep = candidates.copy()
+            else:
+                keep = np.ones(n, dtype=np.bool_)
+            total = 0 if hashes is None else len(_hash_array(hashes))
+            full = self._index.match(hashes) if hashes is not None else np.zeros(0, np.int32)
+            matched = np.zeros(n, dtype=np.int32)
+            m = min(n, len(full))
+            matched[:m] = full[:m]
+            eligible = [e for e in range(n) if rows[e].live and rows[e].ready and keep[e]]
+            kept = set(_apply_filters(profile, eligible, matched, total, self._index))
+            for e in eligible:
+                if e not in kept:
+                    keep[e] = False
+            return keep
 
     @staticmethod
     def _extra(extra_scores, extra_weights, n) -> list[tuple[float, np.ndarray]]:

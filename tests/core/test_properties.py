@@ -195,3 +195,50 @@ def test_reserve_and_record_sequences_match_reference(table_rows, queries):
             return  # a tie: the two may legitimately diverge from here on
         assert fast.endpoints == ref.endpoints
         assert fast.uncached_tokens == ref.uncached_tokens
+
+
+# prompts no endpoint holds (their blocks are never recorded), so the spread rule engages
+fresh_prompts = st.lists(st.integers(50, 60), min_size=1, max_size=6).map(
+    lambda v: np.array(v, dtype=np.uint64)
+)
+spread_filters = st.builds(
+    lambda fraction, tolerance: ("new-prefix-spread-filter", 0.0,
+                                 {"newPrefixFraction": fraction, "tolerance": tolerance}),
+    st.one_of(st.sampled_from([0.0, 0.3, 1.0]), st.floats(0, 1)),
+    st.one_of(st.sampled_from([0.0, 0.5]), st.floats(0, 3)),
+)  # fmt: skip
+
+
+# two endpoints in three ready whatever the draw: the rule needs two eligible candidates
+mostly_ready = rows.map(lambda rs: [(*r[:6], r[6] or i % 3 != 0) for i, r in enumerate(rs)])
+
+
+@settings(SETTINGS, max_examples=200)
+@given(
+    table_rows=mostly_ready,
+    recorded=st.lists(st.tuples(endpoints, prompts), min_size=1, max_size=16),
+    query=st.one_of(st.none(), prompts, fresh_prompts),
+    spread=spread_filters,
+    scorers=scorer_sets,
+    position=st.integers(0, 4),
+    candidates=st.lists(st.sampled_from([True, True, False]), min_size=MAX_EP, max_size=MAX_EP),
+)
+def test_filters_match_reference(table_rows, recorded, query, spread, scorers, position,
+                                 candidates):  # fmt: skip
+    plugins = list(scorers)
+    plugins.insert(min(position, len(plugins)), spread)  # filters run first wherever listed
+    fast_s = build(_core, table_rows, recorded)
+    ref_s = build(core_reference, table_rows, recorded)
+    mask = np.array(candidates[: len(table_rows)], dtype=np.bool_)
+    fast_p, ref_p = _core.Profile(plugins), core_reference.Profile(plugins)
+    fast_kept = fast_s.filter(fast_p, hashes=query, candidates=mask)
+    ref_kept = ref_s.filter(ref_p, hashes=query, candidates=mask)
+    assert fast_kept.tolist() == ref_kept.tolist()
+    kw = dict(hashes=query, prompt_tokens=300, candidates=mask, k=MAX_EP, with_scores=True,
+              reserve=False, record=False)  # fmt: skip
+    fast, ref = fast_s.pick(fast_p, **kw), ref_s.pick(ref_p, **kw)
+    for name in ref.scores:
+        assert fast.scores[name].tolist() == ref.scores[name].tolist(), name
+    assert sorted(fast.endpoints) == sorted(ref.endpoints)
+    ready = [row[6] for row in table_rows]
+    assert sorted(ref.endpoints) == [e for e, keep in enumerate(ref_kept) if keep and ready[e]]

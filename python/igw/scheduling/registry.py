@@ -149,10 +149,17 @@ class PluginRegistry:
 
     # -- whole configs ----------------------------------------------------------------------
     def build(self, config: EndpointPickerConfig, source: str = "<config>") -> BuiltConfig:
-        """Instantiate every plugin and assemble the profiles; ``ConfigError`` on any problem."""
+        """Instantiate every plugin and assemble the profiles; ``ConfigError`` on any problem.
+
+        Core filters that no Python filter follows move into each profile's core plugins
+        (``core_plugins.lower_core_filters``), so they run inside the core pick."""
+        from igw.scheduling.plugins.core_plugins import lower_core_filters
         from igw.scheduling.profiles import build_config
 
-        return build_config(self, config, source)
+        built = build_config(self, config, source)
+        for profile in built.profiles.values():
+            lower_core_filters(profile)
+        return built
 
     def validate(self, config: EndpointPickerConfig, source: str = "<config>") -> None:
         """Everything ``build`` checks, for ``load_config``."""

@@ -5,8 +5,8 @@ type name of the reference picker (recognised; see ``registry`` for what that me
 and embedders build their own registry from it and add plugins with ``register``.
 
 What igw does with each family of reference types:
-* scheduling scorers/pickers with a core implementation, Python filters, the single and
-  header profile handlers: implemented;
+* scheduling scorers/pickers/filters with a core implementation, Python filters, the single
+  and header profile handlers: implemented;
 * request parsers (``*-parser``), data-layer sources/extractors, saturation detectors and
   flow-control policies: accepted, their parameters kept for the layer that owns them;
 * data producers whose job igw's core does anyway (``approx-prefix-cache-producer``,
@@ -29,7 +29,7 @@ from igw.scheduling.plugins.profile_handlers import (
     SingleProfileHandler,
 )
 from igw.scheduling.plugins.rotation import RoundRobinScorer
-from igw.scheduling.plugins.spread import NewPrefixSpreadFilter, SpreadParams
+from igw.scheduling.plugins.spread import SpreadParams, spread_filter_factory
 from igw.scheduling.plugins.utilization import UtilizationFilter, UtilizationParams
 from igw.scheduling.registry import PluginKind, PluginRegistry
 
@@ -177,10 +177,11 @@ def register_builtins(registry: PluginRegistry) -> PluginRegistry:
     )
     registry.register(
         "new-prefix-spread-filter",
-        lambda name, p: NewPrefixSpreadFilter(name, p),
+        spread_filter_factory,
         PluginKind.FILTER,
         params=SpreadParams,
-        note="igw: a prefix nobody holds goes to the endpoints holding the fewest prefixes",
+        note="igw, in the core: a prefix nobody holds goes to the endpoints holding the fewest "
+        "prefixes",
     )
     registry.register(
         "header-based-testing-filter",

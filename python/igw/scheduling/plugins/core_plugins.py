@@ -1,17 +1,40 @@
-"""Built-in scorers and pickers that run inside the core, with their strict parameters.
+"""Built-in scorers, filters and pickers that run inside the core, with their strict
+parameters.
 
 Parameter names are the reference picker's (camelCase); each factory maps them onto the
 core's ``Profile`` parameter names. Parameters igw accepts for compatibility but does not need
 (e.g. the name of a data producer) are parsed and ignored.
+
+Core filters (``CoreFilter``) reach the core the way core scorers do: the core ``Profile``
+takes one ordered list of plugins and tells filters from scorers by type. The engine runs
+Python filters before the core pick, so a profile's core filters can join its core plugins
+only when no Python filter follows them (``lower_core_filters``); one that a Python filter
+follows stays a filter of the engine and runs alone in the core (``Scheduler.filter``), so
+the profile's filter order holds either way.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from igw.scheduling.framework import CorePicker, CoreScorer, PassivePlugin, PrefixSettings
+from igw.scheduling._backend import core_of
+from igw.scheduling.framework import (
+    PREFIX_ATTR,
+    CorePicker,
+    CoreScorer,
+    PassivePlugin,
+    PrefixSettings,
+)
+
+if TYPE_CHECKING:
+    from igw.scheduling.profiles import BuiltProfile
 
 BYTES_PER_TOKEN = 4  # the reference's tokenizer-free estimate
 DEFAULT_BLOCK_TOKENS = 64
@@ -206,3 +229,39 @@ CORE_SCORERS: dict[str, tuple[type[Params], object]] = {
 }
 
 CORE_PICKERS = ("max-score-picker", "weighted-random-picker", "random-picker")
+
+
+@dataclasses.dataclass(frozen=True)
+class CoreFilter(CoreScorer):
+    """A filter implemented by the core; ``params`` uses the core's parameter names.
+
+    A ``CoreScorer`` so that, once ``lower_core_filters`` has moved it among a profile's core
+    scorers, everything that turns those into a core ``Profile`` passes it on unchanged (its
+    charge, calibration and hot-prefix fields keep their neutral defaults)."""
+
+    def filter(self, request: Any, pool: Any, snapshot: Any, mask: np.ndarray) -> np.ndarray:
+        """The same filter run on its own in the core, for a profile where a Python filter
+        follows it (so it must run before that one, not inside the pick)."""
+        cached = request.attrs.get(PREFIX_ATTR)
+        hashes = cached[1] if cached is not None else None
+        high_water = pool.table.high_water
+        if len(mask) < high_water:
+            mask = np.concatenate([mask, np.zeros(high_water - len(mask), dtype=np.bool_)])
+        profile = _filter_profile(core_of(pool.scheduler), self.type, tuple(self.params.items()))
+        return pool.scheduler.filter(profile, hashes=hashes, candidates=mask)
+
+
+@functools.lru_cache(maxsize=64)
+def _filter_profile(module: ModuleType, type_name: str, params: tuple[tuple[str, float], ...]):
+    return module.Profile([(type_name, 0.0, dict(params))])
+
+
+def lower_core_filters(profile: BuiltProfile) -> None:
+    """Move the core filters that no Python filter follows from the profile's filters to the
+    front of its core plugins, in order, so they run inside the core pick (no snapshot, no
+    Python call). Filters that stay keep their order; the engine runs those before the pick."""
+    tail: list[tuple[CoreFilter, float]] = []
+    while profile.filters and isinstance(profile.filters[-1][0], CoreFilter):
+        plugin, _, _ = profile.filters.pop()
+        tail.insert(0, (plugin, 0.0))
+    profile.core_scorers[:0] = tail

@@ -20,19 +20,21 @@ faster replica could hold more: calibrated from first tokens that include step o
 queueing, the rates of identical replicas differ by 10-30%, and dividing by them placed 16
 uniform groups 6/4/3/3 instead of 4/4/4/4 (replay, shared-prefix at 1.1 load, seed 0). A slow
 replica is left to the cost model, which decides every request after the first of a prefix.
-Requests with no prompt, or with a cached prefix, pass through. Cost: one index match per
-request, and for new prefixes one size lookup per candidate (Python calls: ~0.3 us each, so
-at thousands of endpoints this filter costs more than the core pick; a core scorer would not).
+Requests with no prompt, or with a cached prefix, pass through.
+
+It runs in the core (``_core.pyi``: ``Profile``, filter types), inside the pick that already
+matches the prompt against the index: no snapshot, no second match, no Python call per
+candidate. As a Python filter it cost one index match per request and one size lookup per
+candidate for new prefixes, more than the whole core pick at thousands of endpoints.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from igw.scheduling.framework import PREFIX_ATTR
+from igw.scheduling.plugins.core_plugins import CoreFilter
+
+TYPE = "new-prefix-spread-filter"
 
 
 class SpreadParams(BaseModel):
@@ -42,25 +44,9 @@ class SpreadParams(BaseModel):
     tolerance: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
 
 
-class NewPrefixSpreadFilter:
-    def __init__(self, name: str, params: SpreadParams) -> None:
-        self.name = name
-        self.params = params
-
-    def filter(self, request: Any, pool: Any, snapshot: Any, mask: np.ndarray) -> np.ndarray:
-        cached = request.attrs.get(PREFIX_ATTR)
-        hashes = cached[1] if cached is not None else None
-        if hashes is None or not len(hashes):
-            return mask
-        found = pool.index.match(hashes)
-        # the common case, a prefix someone holds, costs one match and one max
-        if not len(found) or found.max() > self.params.newPrefixFraction * len(hashes):
-            return mask
-        n = min(len(mask), len(snapshot.ready))
-        ids = np.flatnonzero(mask[:n] & snapshot.ready[:n])
-        if ids.size < 2:
-            return mask
-        sizes = np.fromiter((pool.index.endpoint_entries(int(i)) for i in ids), float, ids.size)
-        keep = np.zeros_like(mask)
-        keep[ids[sizes <= sizes.min() * (1.0 + self.params.tolerance)]] = True
-        return keep
+def spread_filter_factory(name: str, params: SpreadParams) -> CoreFilter:
+    return CoreFilter(
+        name=name,
+        type=TYPE,
+        params={"newPrefixFraction": params.newPrefixFraction, "tolerance": params.tolerance},
+    )

@@ -32,6 +32,7 @@ request, releasing in-flight reservations even when Envoy or the client goes awa
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -42,6 +43,15 @@ import grpc
 
 from igw.errors import ErrorCode, InferenceError, no_endpoints
 from igw.extproc import messages as msgs
+from igw.extproc.observer import (
+    DEFAULT_MAX_LINK_AGE,
+    DEFAULT_MAX_LINKS,
+    DEFAULT_OBSERVER_GRACE,
+    Link,
+    LiveRequests,
+    Observer,
+    first_token_hook,
+)
 from igw.parsing import request_path
 from igw.pipeline import Decision, Pipeline, Request
 from igw.stages.parse import SUBSET_KEY, apply_headers
@@ -53,10 +63,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("igw.extproc")
 
-DESTINATION_NAMESPACE = "envoy.lb"
+DESTINATION_NAMESPACE = msgs.LB_NAMESPACE
 DESTINATION_KEY = "x-gateway-destination-endpoint"
 SCORES_KEY = "x-gateway-destination-endpoint-scores"
-SERVED_KEY = "x-gateway-destination-endpoint-served"
+SERVED_KEY = msgs.SERVED_KEY
 REQUEST_ID_HEADER = "x-request-id"
 WENT_INTO_RESP_HEADERS = "x-went-into-resp-headers"
 SERVED_ECHO_HEADER = "x-conformance-test-served-endpoint"
@@ -110,6 +120,9 @@ class Director:
         use_subset_metadata: bool = True,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         rng: random.Random | None = None,
+        max_live_requests: int = DEFAULT_MAX_LINKS,
+        max_live_age: float = DEFAULT_MAX_LINK_AGE,
+        observer_grace: float = DEFAULT_OBSERVER_GRACE,
     ) -> None:
         self.pipeline = pipeline
         self.pool = pool
@@ -120,9 +133,36 @@ class Director:
         self.max_body_bytes = max_body_bytes
         self.rng = rng or random.Random()
         self.open_streams = 0
+        # Routing streams by request id, for observer streams to join (``observer.py``).
+        self.live = LiveRequests(max_live_requests, max_live_age)
+        self.observer_grace = observer_grace
+        # ``--usage-metrics=false`` removes the usage stage: observers then skip parsing too.
+        self.usage_enabled = any(s.name == "usage" for s in pipeline.response_stages)
+        self._first_token = first_token_hook(pipeline)
 
     def stream(self) -> Stream:
         return Stream(self)
+
+    def observer(self) -> Observer:
+        """State for a stream whose messages carry ``observability_mode`` (never answered)."""
+        return Observer(self)
+
+    def finish(self, request: Request, *, failed: bool) -> None:
+        """``Pipeline.finish`` (release, metrics, outlier report); never raises."""
+        try:
+            self.pipeline.finish(request, failed=failed)
+        except Exception:  # accounting must never break the stream
+            log.exception("finishing request %s failed", request.request_id)
+
+    def observe_first_token(self, decision: Decision, ttft_s: float) -> None:
+        if self._first_token is not None:
+            try:
+                self._first_token(decision, ttft_s)
+            except Exception:
+                log.exception("first-token observation failed")
+
+    def call_later(self, delay: float, callback: Any) -> None:
+        asyncio.get_running_loop().call_later(delay, callback)
 
 
 class Stream:
@@ -137,6 +177,7 @@ class Stream:
         "_resp_streaming",
         "d",
         "done",
+        "link",
         "request",
         "request_complete",
         "response_complete",
@@ -158,6 +199,7 @@ class Stream:
         self.response_complete = False
         self.response_started = False
         self.done = False  # the servicer ends the stream after sending the replies
+        self.link: Link | None = None  # shared with an observer stream of the same request
         director.open_streams += 1
 
     # ---------------------------------------------------------------- dispatch
@@ -191,6 +233,11 @@ class Stream:
         A cancelled or broken stream, or one that ends before any response, is a failure.
         """
         self.d.open_streams -= 1
+        link = self.link
+        if link is not None:
+            self.d.live.discard(link)
+            if link.routing_ended:
+                return  # verdict given; the request ends with its observer
         if self.scheduled and self.request is not None and self.request.finished_at is None:
             # Envoy half-closes cleanly after the response only when it sends no response
             # body (response_body_mode NONE); body chunks without end_of_stream mean a break.
@@ -219,6 +266,7 @@ class Stream:
             metadata=msgs.metadata_to_dict(message.metadata_context),
         )
         self.request = request
+        self.link = self.d.live.add(self.d, request)
         if not http.end_of_stream:
             return []  # the reply waits for the body (REFERENCE 1.2)
         return self._headers_only(request)
@@ -341,7 +389,7 @@ class Stream:
         if request is None:  # response-only stream (Envoy skipped the request phase)
             request = self.request = Request(request_id=str(uuid.uuid4()))
         headers = msgs.header_map_to_dict(message.response_headers.headers)
-        served = _served_endpoint(msgs.metadata_to_dict(message.metadata_context))
+        served = msgs.served_endpoint(msgs.metadata_to_dict(message.metadata_context))
         if served:
             request.served_endpoint = served
         status_text = headers.get(":status") or headers.get("status") or "200"
@@ -397,10 +445,10 @@ class Stream:
         request = self.request
         if request is None or request.finished_at is not None:
             return
-        try:
-            self.d.pipeline.finish(request, failed=failed)
-        except Exception:  # accounting must never break the stream
-            log.exception("finishing request %s failed", request.request_id)
+        if self.link is not None:
+            self.link.routing_done(failed=failed)  # waits for an attached observer, if any
+        else:
+            self.d.finish(request, failed=failed)
 
     def _error_reply(self, error: InferenceError) -> list[msgs.ProcessingResponse]:
         request = self.request
@@ -418,12 +466,3 @@ class Stream:
         if error.http_status is None:
             raise StreamError(grpc.StatusCode.UNKNOWN, error.body_text())
         return [msgs.immediate_response(error)]
-
-
-def _served_endpoint(metadata: dict[str, Any]) -> str | None:
-    namespace = metadata.get(DESTINATION_NAMESPACE)
-    if isinstance(namespace, dict):
-        value = namespace.get(SERVED_KEY)
-        if isinstance(value, str) and value:
-            return value
-    return None

@@ -19,6 +19,8 @@ from google.protobuf import json_format, struct_pb2
 from igw.errors import InferenceError
 
 BODY_CHUNK_BYTES = 62_000
+LB_NAMESPACE = "envoy.lb"
+SERVED_KEY = "x-gateway-destination-endpoint-served"
 
 ProcessingRequest = pb.ProcessingRequest
 ProcessingResponse = pb.ProcessingResponse
@@ -41,6 +43,16 @@ def metadata_to_dict(metadata: base_pb2.Metadata) -> dict[str, Any]:
         namespace: json_format.MessageToDict(struct)
         for namespace, struct in metadata.filter_metadata.items()
     }
+
+
+def served_endpoint(metadata: Mapping[str, Any]) -> str | None:
+    """The endpoint Envoy actually used (``envoy.lb`` / ``...-served`` metadata), if given."""
+    namespace = metadata.get(LB_NAMESPACE)
+    if isinstance(namespace, dict):
+        value = namespace.get(SERVED_KEY)
+        if isinstance(value, str) and value:
+            return value
+    return None
 
 
 def header_options(headers: Iterable[tuple[str, str]]) -> list[base_pb2.HeaderValueOption]:

@@ -255,8 +255,8 @@ async def test_unknown_request_id_records_tokens_under_the_response_model():
 
 
 async def test_observer_only_deployment_reads_non_streamed_json_usage():
-    body = json.dumps({"id": "x", "model": "m-json", "choices": [],
-                       "usage": {"prompt_tokens": 11, "completion_tokens": 3}}).encode()  # fmt: skip
+    usage = {"prompt_tokens": 11, "completion_tokens": 3}
+    body = json.dumps({"id": "x", "model": "m-json", "choices": [], "usage": usage}).encode()
     headers = {":status": "200", "content-type": "application/json"}
     async with running_epp(make_pool(IDLE3)) as epp:
         messages = observer_messages(None, [body[:20], body[20:]], headers=headers)

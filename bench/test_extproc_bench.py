@@ -18,6 +18,13 @@ Workloads
 
 * the same agentic workload against a plain servicer with no igw logic (the baseline the
   other figures are read against: what the gRPC transport alone costs per message);
+* agentic-observe: the two-filter deployment of ``deploy/envoy/envoy-observe.yaml``. Per
+  request the client opens a routing stream (request headers, body chunks, response headers,
+  close; ``response_body_mode: NONE``) and an observer stream (request headers, response
+  headers, the 1,000 chunks and ``end_of_stream``, all with ``observability_mode``, nothing
+  read back), measured in one run against igw today (single stream, every chunk answered)
+  and against the plain servicer in receive-only mode (``--recv-only``: observability
+  messages are not answered), the floor for this workload.
 
 Micro-benchmarks (pytest-benchmark) time the pure Python per-message work without gRPC.
 
@@ -81,7 +88,7 @@ def _serve(argv: list[str]) -> None:
         if generator:
             servicer = _GeneratorServicer(director)
         if "--plain" in argv:
-            servicer = _PlainServicer()
+            servicer = _PlainServicer(recv_only="--recv-only" in argv)
         server = EppServer(
             director,
             host="127.0.0.1",
@@ -131,7 +138,12 @@ def _igw_root() -> str:
 
 class _PlainServicer:
     """The baseline: the same message protocol with no igw logic (no parsing, no scheduling,
-    no accounting): echo every body chunk, answer headers with an empty mutation."""
+    no accounting): echo every body chunk, answer headers with an empty mutation. In
+    ``recv_only`` mode messages marked ``observability_mode`` are read and not answered, as
+    Envoy's observability mode requires (what receiving alone costs)."""
+
+    def __init__(self, recv_only: bool = False) -> None:
+        self.recv_only = recv_only
 
     async def Process(self, request_iterator, context):
         import grpc
@@ -151,6 +163,8 @@ class _PlainServicer:
             message = await context.read()
             if message is grpc.aio.EOF:
                 return
+            if self.recv_only and message.observability_mode:
+                continue
             kind = message.WhichOneof("request")
             if kind == "request_body":
                 pending.append(message.request_body.body)
@@ -285,7 +299,60 @@ async def one_request(stub, req_msgs, resp_head, resp_body) -> tuple[float, int]
     return latency, sent
 
 
-async def drive(port: int, n: int, concurrency: int, req_msgs, resp_head, resp_body) -> dict:
+def observer_messages(req_msgs, resp_head, resp_body) -> list:
+    """What Envoy's observability-mode filter sends: request headers (request body NONE), the
+    response headers and body, every message marked ``observability_mode``."""
+    _, pb = _messages()
+    out = []
+    for message in (req_msgs[0], resp_head, *resp_body):
+        copy = pb.ProcessingRequest()
+        copy.CopyFrom(message)
+        copy.observability_mode = True
+        out.append(copy)
+    return out
+
+
+def _with_request_id(message, request_id: str):
+    """A copy of a request-headers message carrying ``x-request-id: request_id``."""
+    _, pb = _messages()
+    copy = pb.ProcessingRequest()
+    copy.CopyFrom(message)
+    for header in copy.request_headers.headers.headers:
+        if header.key == "x-request-id":
+            header.raw_value = request_id.encode()
+    return copy
+
+
+async def one_observed_request(stub, req_msgs, resp_head, obs_msgs, request_id: str):
+    """One HTTP request through the two-filter deployment: the routing stream (response body
+    NONE) and the observer stream, interleaved as Envoy sends them (the observer sits after
+    igw-route: it sees the request once routed, and the response before igw-route does)."""
+    route = stub.Process()
+    await route.write(_with_request_id(req_msgs[0], request_id))
+    for message in req_msgs[1:]:
+        await route.write(message)
+    last_sent = time.perf_counter()
+    first = await route.read()
+    latency = time.perf_counter() - last_sent
+    assert first.WhichOneof("response") == "request_headers", first
+    for _ in range(len(req_msgs) - 1):
+        await route.read()
+    observer = stub.Process()
+    await observer.write(_with_request_id(obs_msgs[0], request_id))
+    await observer.write(obs_msgs[1])  # response headers reach the observer first
+    await route.write(resp_head)
+    await route.read()
+    for message in obs_msgs[2:]:
+        await observer.write(message)
+    await observer.done_writing()
+    await route.done_writing()
+    assert await observer.code() is not None
+    assert await route.code() is not None
+    return latency, len(req_msgs) + 1 + len(obs_msgs)
+
+
+async def drive(port: int, n: int, concurrency: int, req_msgs, resp_head, resp_body,
+                obs_msgs=None) -> dict:  # fmt: skip
     import grpc
     from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
@@ -296,14 +363,19 @@ async def drive(port: int, n: int, concurrency: int, req_msgs, resp_head, resp_b
         options=[("grpc.max_receive_message_length", 64 << 20)],
     ) as channel:
         stub = pb_grpc.ExternalProcessorStub(channel)
-        await one_request(stub, req_msgs, resp_head, resp_body)  # warm-up
+
+        async def play(i: int) -> tuple[float, int]:
+            if obs_msgs is not None:
+                return await one_observed_request(stub, req_msgs, resp_head, obs_msgs, f"r{i}")
+            return await one_request(stub, req_msgs, resp_head, resp_body)
+
+        await play(-1)  # warm-up
         queue = list(range(n))
 
         async def worker() -> None:
             nonlocal messages
             while queue:
-                queue.pop()
-                latency, sent = await one_request(stub, req_msgs, resp_head, resp_body)
+                latency, sent = await play(queue.pop())
                 latencies.append(latency)
                 messages += sent
 
@@ -321,11 +393,14 @@ async def drive(port: int, n: int, concurrency: int, req_msgs, resp_head, resp_b
     }
 
 
-def measure(flags: tuple[str, ...], n: int, concurrency: int, req_msgs, resp_head, resp_body):
+def measure(flags: tuple[str, ...], n: int, concurrency: int, req_msgs, resp_head, resp_body,
+            obs_msgs=None):  # fmt: skip
     server = Server(*flags)
     try:
         before = server.cpu_seconds()
-        stats = asyncio.run(drive(server.port, n, concurrency, req_msgs, resp_head, resp_body))
+        stats = asyncio.run(
+            drive(server.port, n, concurrency, req_msgs, resp_head, resp_body, obs_msgs)
+        )
         # the warm-up request is included in the CPU window: count it
         cpu = server.cpu_seconds() - before
         stats["server_cpu_per_request_ms"] = 1e3 * cpu / (n + 1)
@@ -383,6 +458,32 @@ def test_agentic_cpu_per_request(name, flags, response_chunks):
     if name == "agentic":
         # a loose guard against regressions well beyond the 40 ms target
         assert stats["server_cpu_per_request_ms"] < 400
+
+
+def test_agentic_observe_cpu_against_today_and_the_receive_only_baseline():
+    """The two-filter deployment (routing + observer) against igw's single stream today and
+    against the bare servicer that only receives the observed chunks, in one run."""
+    body = _agentic_body()
+    req_msgs = request_messages(body)
+    resp_head, resp_body = response_messages(1000)
+    obs_msgs = observer_messages(req_msgs, resp_head, resp_body)
+    n = 3 if QUICK else 10
+    today = measure((), n, 1, req_msgs, resp_head, resp_body)
+    observe = measure((), n, 1, req_msgs, resp_head, [], obs_msgs)
+    floor = measure(("--plain", "--recv-only"), n, 1, req_msgs, resp_head, [], obs_msgs)
+    for name, stats in (("agentic (today)", today), ("agentic-observe", observe),
+                        ("agentic-observe, plain receive-only baseline", floor)):  # fmt: skip
+        _print(name, stats)
+    per_request = observe["server_cpu_per_request_ms"]
+    ratios = {
+        "observe/today per request": per_request / today["server_cpu_per_request_ms"],
+        "observe/baseline per request": per_request / floor["server_cpu_per_request_ms"],
+        "observe/baseline per message": observe["server_cpu_per_message_us"]
+        / floor["server_cpu_per_message_us"],
+    }
+    print(f"[extproc bench] ratios: {json.dumps({k: round(v, 2) for k, v in ratios.items()})}")
+    # a loose guard: not answering 1,000 chunks must save a clear share of today's CPU
+    assert per_request < 0.85 * today["server_cpu_per_request_ms"]
 
 
 @pytest.mark.parametrize("concurrency", [1, 64])

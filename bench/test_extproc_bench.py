@@ -551,6 +551,29 @@ def test_micro_response_chunk_handling(benchmark, director):
     stream.close(broken=False)
 
 
+def test_micro_observed_chunk_handling(benchmark, director):
+    """Python work for one observed response chunk (no reply): byte count, [DONE] probe, usage
+    scan, on an observer joined to its routing stream."""
+    req_msgs = request_messages(b'{"model":"m","messages":[{"role":"user","content":"x"}]}')
+    resp_head, resp_body = response_messages(2)
+    obs_msgs = observer_messages(req_msgs, resp_head, resp_body)
+    stream = director.stream()
+
+    async def setup():
+        for message in req_msgs:
+            await stream.handle(message)
+
+    asyncio.run(setup())
+    observer = director.observer()
+    observer.handle(obs_msgs[0])
+    observer.handle(obs_msgs[1])
+    assert observer.link is not None
+    chunk = obs_msgs[2]
+    benchmark(observer.handle, chunk)
+    observer.close(broken=False)
+    stream.close(broken=False)
+
+
 def test_micro_agentic_request_phase(benchmark, director):
     """Python work of the request phase for a 400 KB prompt: join, parse, hash, schedule."""
     req_msgs = request_messages(_agentic_body())

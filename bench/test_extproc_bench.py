@@ -483,7 +483,7 @@ def test_agentic_observe_cpu_against_today_and_the_receive_only_baseline():
     }
     print(f"[extproc bench] ratios: {json.dumps({k: round(v, 2) for k, v in ratios.items()})}")
     # a loose guard: not answering 1,000 chunks must save a clear share of today's CPU
-    assert per_request < 0.85 * today["server_cpu_per_request_ms"]
+    assert per_request < 0.9 * today["server_cpu_per_request_ms"]
 
 
 @pytest.mark.parametrize("concurrency", [1, 64])

@@ -218,12 +218,22 @@ async def test_sse_stream_ending_without_done_reports_the_endpoint_as_failing():
         assert await wait_for(lambda: reporter.reports == [("192.168.1.2:8000", False)])
 
 
-async def test_complete_sse_stream_reports_the_endpoint_as_serving():
+@pytest.mark.parametrize(
+    "last",
+    [
+        [b"data: [DONE]\n\n"],
+        [b"data: [DO", b"NE]\n\n"],  # cut by the chunk boundary
+        [b'event: response.completed\ndata: {"type": "response.completed"}\n\n'],
+        [b'event: message_stop\ndata: {"type": "message_stop"}\n\n'],
+    ],
+    ids=["done", "done-split", "responses-api", "anthropic"],
+)
+async def test_complete_sse_stream_reports_the_endpoint_as_serving(last):
     reporter = Reporter()
     served = {"envoy.lb": {"x-gateway-destination-endpoint-served": "192.168.1.2:8000"}}
     async with running_epp(make_pool(IDLE3), reporter=reporter) as epp:
         call = await route(epp, "r-7")
-        await observe(epp, observer_messages("r-7", sse_events()))
+        await observe(epp, observer_messages("r-7", sse_events(done=False) + last))
         await end_route(call, meta=served)
         assert await wait_for(lambda: reporter.reports == [("192.168.1.2:8000", True)])
 

@@ -22,7 +22,11 @@ Deployments that need nothing from response bodies (no model rewrite, token metr
 wanted) can set Envoy's ``response_body_mode: NONE``: igw then sees the response headers only
 and finishes the request when Envoy closes the stream at the end of the HTTP request, saving
 one gRPC round trip per response chunk (``mode_override`` cannot do this per request: Envoy
-ignores it when the request body mode is FULL_DUPLEX_STREAMED).
+ignores it when the request body mode is FULL_DUPLEX_STREAMED). To keep token metrics and the
+outlier signals of the body at about half the CPU, a second ext_proc filter in Envoy's
+observability mode streams the response to igw unanswered (``observer.py``): each routing
+stream registers its request in ``Director.live`` under ``x-request-id``, the observer joins
+it, and the request is finished once both have ended (``Link``).
 
 Errors become the reference's ImmediateResponse (``InferenceError`` with an HTTP status) or,
 for codes without one and for protocol violations, a ``StreamError`` that the servicer turns

@@ -50,10 +50,10 @@ EVENT_STREAM = "text/event-stream"
 DEFAULT_MAX_LINKS = 65_536  # routing streams waiting for their observer
 DEFAULT_MAX_LINK_AGE = 600.0  # seconds a routing stream stays findable by its observer
 DEFAULT_OBSERVER_GRACE = 10.0  # seconds a finished routing stream waits for its observer
-# Last events of the SSE dialects igw parses (OpenAI, Responses API, Anthropic).
-TERMINAL_MARKERS = (b"[DONE]", b"response.completed", b"response.incomplete",
-                    b"response.failed", b"message_stop")  # fmt: skip
-_TAIL = max(len(m) for m in TERMINAL_MARKERS) - 1  # a marker cut by a chunk boundary
+# Last events of the SSE dialects igw parses (OpenAI, Responses API, Anthropic); one regex
+# pass per chunk costs half of five ``in`` probes.
+_TERMINAL = re.compile(rb"\[DONE\]|response\.(?:completed|incomplete|failed)|message_stop")
+_TAIL = len(b"response.incomplete") - 1  # the longest marker, cut by a chunk boundary
 MODEL_SCAN_BYTES = 8192  # where a response names its model (first event / top of the body)
 _MODEL = re.compile(rb'"model"\s*:\s*("(?:[^"\\]|\\.){0,512}")')
 
@@ -195,10 +195,8 @@ class Observed:
         self.bytes += len(chunk)
         if self.streaming and not self.terminated:
             joined = self.tail + chunk if self.tail else chunk
-            for marker in TERMINAL_MARKERS:
-                if marker in joined:
-                    self.terminated = True
-                    break
+            if _TERMINAL.search(joined) is not None:
+                self.terminated = True
             self.tail = joined[-_TAIL:]
 
     @property

@@ -165,8 +165,14 @@ class Director:
             except Exception:
                 log.exception("first-token observation failed")
 
-    def call_later(self, delay: float, callback: Any) -> None:
-        asyncio.get_running_loop().call_later(delay, callback)
+    def call_later(self, delay: float, callback: Any) -> bool:
+        """Schedule ``callback``; False when no event loop runs (then nothing can wait)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        loop.call_later(delay, callback)
+        return True
 
 
 class Stream:

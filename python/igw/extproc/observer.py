@@ -85,9 +85,8 @@ class Link:
             return
         self.routing_failed = failed
         self.director.live.discard(self)
-        if self.watching:
-            # The observer's end (usage, [DONE]) is still on its way: wait for it, bounded.
-            self.director.call_later(self.director.observer_grace, self._expire)
+        # The observer's end (usage, [DONE]) may still be on its way: wait for it, bounded.
+        if self.watching and self.director.call_later(self.director.observer_grace, self._expire):
             return
         self.director.finish(self.request, failed=failed or self.observer_failed)
 

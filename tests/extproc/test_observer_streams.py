@@ -315,6 +315,24 @@ async def test_bad_bodies_on_observer_streams_are_harmless(headers, chunks):
         assert await wait_for(lambda: epp.director.open_streams == 0)
 
 
+async def test_internal_error_on_an_observer_is_unanswered_and_frees_the_routing_stream(
+    monkeypatch,
+):
+    from igw.extproc.observer import Observed
+
+    def explode(self, chunk):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(Observed, "chunk", explode)
+    async with running_epp(make_pool(IDLE3), director_options={"observer_grace": 30.0}) as epp:
+        call = await route(epp, "r-err")
+        _, replies = await observe(epp, observer_messages("r-err", sse_events()))
+        assert replies == []
+        await end_route(call)
+        assert await wait_for(lambda: epp.inflight() == 0, timeout=1.0)  # not the 30 s grace
+        assert epp.metric("inference_objective_request_duration_seconds_count", MODEL) == 1
+
+
 async def test_usage_is_not_parsed_when_usage_metrics_are_off():
     async with running_epp(make_pool(IDLE3)) as epp:
         stages = epp.director.pipeline.response_stages

@@ -322,6 +322,41 @@ def test_usage_and_reverse_rewrite_stages_on_a_stream():
     assert request.usage.prompt_tokens == 9 and request.response_streaming
 
 
+def test_usage_of_a_whole_json_body_is_read_when_the_request_finishes():
+    request = Request("r", incoming_model="m", target_model="m")
+    usage = UsageStage()
+    usage.on_headers(request, 200, {"content-type": "application/json"})
+    body = b'{"id":"x","usage":{"prompt_tokens":7,"completion_tokens":3}}'
+    assert usage.on_chunk(request, body[:20], False) == body[:20]
+    assert usage.on_chunk(request, body[20:], True) == body[20:]
+    assert request.usage.prompt_tokens == 0  # not decoded on the response path
+    usage.on_finish(request)
+    assert (request.usage.prompt_tokens, request.usage.completion_tokens) == (7, 3)
+
+
+def test_usage_of_a_json_body_that_never_ended_is_not_guessed():
+    request = Request("r", incoming_model="m", target_model="m")
+    usage = UsageStage()
+    usage.on_headers(request, 200, {"content-type": "application/json"})
+    usage.on_chunk(request, b'{"usage":{"prompt_tokens":7}}', False)
+    usage.on_finish(request)  # the replica broke off before the end of the body
+    assert request.usage.prompt_tokens == 0
+
+
+async def test_pipeline_records_token_metrics_of_a_non_streamed_response():
+    metrics = Metrics()
+    pool = pool_of((0, 0.1))
+    pipeline = build_pipeline(FakeEngine(), pool, metrics=metrics)
+    request = request_for({"model": "m", "prompt": "p"})
+    await pipeline.run(request)
+    pipeline.response_started(request, 200, {"content-type": "application/json"})
+    pipeline.response_chunk(request, b'{"usage":{"prompt_tokens":5,"completion_tokens":2}}', True)
+    pipeline.finish(request)
+    labels = {"model_name": "m", "target_model_name": "m"}
+    assert metrics.registry.get_sample_value("inference_objective_input_tokens_sum", labels) == 5
+    assert metrics.registry.get_sample_value("inference_objective_output_tokens_sum", labels) == 2
+
+
 def test_account_stage_observes_first_token_once():
     class Engine(FakeEngine):
         def __init__(self):

@@ -22,7 +22,13 @@ EVENT_STREAM = "text/event-stream"
 
 
 class UsageStage:
-    """Reads token usage out of SSE events or the whole JSON body into ``request.usage``."""
+    """Reads token usage out of SSE events or the whole JSON body into ``request.usage``.
+
+    A streamed response is scanned chunk by chunk (the usage event is near its end and the
+    chunks are not kept). A whole JSON body is only collected here and decoded at
+    ``on_finish``: nothing downstream reads the usage before the request ends, and decoding
+    it there keeps the JSON parse off the path between the replica's answer and the client.
+    """
 
     name = "usage"
 
@@ -35,13 +41,23 @@ class UsageStage:
         parser: UsageParser | None = request.attrs.get("usage_parser")
         if parser is None:
             parser = request.attrs["usage_parser"] = UsageParser(request.response_streaming)
-        parser.feed(chunk, end_of_stream)
-        if parser.usage is not None:
-            request.usage = parser.usage
+        if parser.streaming:
+            parser.feed(chunk, end_of_stream)
+            if parser.usage is not None:
+                request.usage = parser.usage
+        else:
+            parser.feed(chunk, False)
+            if end_of_stream:
+                request.attrs["usage_complete"] = True
         return chunk
 
     def on_finish(self, request: Request) -> None:
-        return None
+        parser: UsageParser | None = request.attrs.get("usage_parser")
+        if parser is None or parser.streaming or not request.attrs.get("usage_complete"):
+            return  # streamed (done as it went), or a body that never ended: no usage
+        parser.feed(b"", True)
+        if parser.usage is not None:
+            request.usage = parser.usage
 
 
 class ReverseRewriteStage:

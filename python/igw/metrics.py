@@ -8,16 +8,23 @@ Everything lives on one ``Metrics`` object with its own ``CollectorRegistry`` (n
 global default registry), so tests and several front ends in one process do not collide.
 The ``inference_pool_*`` gauges are not pushed: they are computed from each registered Pool's
 snapshot when Prometheus scrapes, so they are always current and cost nothing per request.
-Stages call the ``record_*`` methods; the scheduling engine gets ``plugin_recorder`` as its
+Stages call the ``record_*`` methods; the scheduling engine gets ``engine_recorder`` as its
 latency recorder callable.
+
+The updates made while a request is being routed (scheduling attempts, request count and
+size, scheduler and plugin latencies) do not influence the routing, so on an event loop they
+are queued and applied together right after the current step, i.e. once the request has been
+sent on: they stay off the request's latency path. Nothing is lost or reordered; anything
+that reads the registry (a scrape, ``get_sample_value``) applies the queue first.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -247,6 +254,21 @@ class Histogram(_Family):
         yield metric
 
 
+class _ApplyPending(Collector):
+    """Registered first: every collection of the registry applies the queued updates before
+    the families are read."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self):
+        self._metrics.flush()
+        return iter(())
+
+    def describe(self):
+        return []
+
+
 class _PoolGauges(Collector):
     """Computes the pool gauges from the Pool snapshots at scrape time."""
 
@@ -354,7 +376,10 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         self._pools: list[Pool] = []
+        self._pending: list[tuple[Callable[..., None], tuple]] = []
+        self._flush_loop: asyncio.AbstractEventLoop | None = None
         r = self.registry
+        r.register(_ApplyPending(self))
         self.request_total = Counter(
             "inference_objective_request_total",
             "Counter of inference objective requests broken out for each model and target model.",
@@ -518,8 +543,33 @@ class Metrics:
             series = self._by_labels[key] = _RequestSeries(self, *key)
         return series
 
+    # -- deferred updates ------------------------------------------------------------------
+    def _defer(self, update: Callable[..., None], *args: object) -> None:
+        """Apply ``update(*args)`` after the current event-loop step (at once with no loop)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            update(*args)
+            return
+        self._pending.append((update, args))
+        if self._flush_loop is not loop:
+            self._flush_loop = loop
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Apply the queued updates, in the order they were made."""
+        self._flush_loop = None
+        while self._pending:
+            pending, self._pending = self._pending, []
+            for update, args in pending:
+                update(*args)
+
     def record_request(self, request: Request) -> None:
         """A request entered scheduling: count it and its size."""
+        self._defer(self._record_request, request)
+
+    def _record_request(self, request: Request) -> None:
         s = self._series(request)
         s.request_total.inc()
         s.epp_request_total.inc()
@@ -539,6 +589,9 @@ class Metrics:
 
     def record_scheduled(self, request: Request, status: str = "success") -> None:
         """A scheduling attempt ended (``status`` success or failure)."""
+        self._defer(self._record_scheduled, request, status)
+
+    def _record_scheduled(self, request: Request, status: str) -> None:
         decision = request.decision
         if decision is not None and decision.endpoints:
             endpoint = decision.primary
@@ -553,6 +606,9 @@ class Metrics:
     def engine_recorder(self, plugin_type: str, plugin_name: str, seconds: float) -> None:
         """The scheduling engine's latency recorder: ``("scheduler", "e2e", s)`` is the whole
         schedule call; anything else is one plugin (or the fused core pass)."""
+        self._defer(self._record_engine, plugin_type, plugin_name, seconds)
+
+    def _record_engine(self, plugin_type: str, plugin_name: str, seconds: float) -> None:
         if plugin_type == "scheduler" and plugin_name == "e2e":
             self.scheduler_e2e.observe(seconds)
             self.epp_scheduler_e2e.observe(seconds)

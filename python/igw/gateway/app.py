@@ -29,7 +29,7 @@ from aiohttp import web
 
 from igw.errors import InferenceError
 from igw.gateway.errors import error_response, inference_error_response
-from igw.gateway.proxy import REQUEST_ID_HEADER, Forwarder
+from igw.gateway.proxy import REQUEST_ID_HEADER, Answer, Forwarder
 from igw.pipeline import Pipeline, Request
 
 try:  # Python 3.11+
@@ -196,7 +196,8 @@ class Gateway:
             response.force_close()  # the rest of the body is never read
             return response
         headers = {name.lower(): value for name, value in http_request.headers.items()}
-        return await self.serve(http_request, http_request.path, headers, body)
+        response = await self.serve(http_request, http_request.path, headers, body)
+        return response.to_aiohttp() if isinstance(response, Answer) else response
 
     async def serve(self, http_request, path: str, headers: dict[str, str], body: bytes):
         """Pipeline and forward one inference request (headers with lower-case names).

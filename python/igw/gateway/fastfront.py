@@ -31,6 +31,7 @@ import httptools
 from aiohttp import web
 
 from igw.gateway.errors import error_body
+from igw.gateway.proxy import Answer
 
 if TYPE_CHECKING:
     from igw.gateway.app import Gateway
@@ -51,11 +52,11 @@ def _date_header() -> bytes:
     return _date_cache[1]
 
 
+_REASONS = {status.value: status.phrase for status in http.HTTPStatus}
+
+
 def _reason(status: int) -> str:
-    try:
-        return http.HTTPStatus(status).phrase
-    except ValueError:
-        return "Unknown"
+    return _REASONS.get(status, "Unknown")
 
 
 def _head(status: int, items, *, keep_alive: bool, length: int | None) -> bytes:
@@ -304,6 +305,11 @@ class _Connection(asyncio.Protocol):
         if self.can_write is not None and not self.can_write.done():
             await self.can_write
 
+    def _send_answer(self, answer: Answer, keep_alive: bool) -> None:
+        body = answer.body
+        head = _head(answer.status, answer.headers.items(), keep_alive=keep_alive, length=len(body))
+        self.write(head + body)
+
     def _send(self, response: web.Response, keep_alive: bool) -> None:
         body = response.body or b""
         if not isinstance(body, (bytes, bytearray)):
@@ -330,7 +336,9 @@ class _Connection(asyncio.Protocol):
                         self.transport.resume_reading()
                 request = FastRequest(self, message.url, message.keep_alive)
                 response = await self.front.dispatch(request, message)
-                if isinstance(response, web.Response):
+                if type(response) is Answer:
+                    self._send_answer(response, message.keep_alive)
+                elif isinstance(response, web.Response):
                     self._send(response, message.keep_alive)
                 if not message.keep_alive:
                     if self.transport is not None:

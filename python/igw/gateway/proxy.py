@@ -91,6 +91,22 @@ def response_headers(items: Iterable[tuple[str, str]], address: str) -> dict[str
     return out
 
 
+class Answer:
+    """A whole (non-streamed) response from a replica, for the front end to write: the
+    httptools front end writes it straight to the socket, the aiohttp one wraps it in a
+    ``web.Response`` (building that object on every request costs more than writing it)."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def to_aiohttp(self) -> web.Response:
+        return web.Response(status=self.status, body=self.body, headers=self.headers)
+
+
 class _HeadWithFirstChunk(web.StreamResponse):
     """A stream whose head is written together with its first chunk (as ``web.Response``
     does), used when that chunk is already in hand: no head-only segment."""
@@ -124,8 +140,13 @@ class Forwarder:
     def _finish(self, request: Request, failed: bool) -> None:
         self.pipeline.finish(request, failed=failed)
 
-    async def forward(self, http_request: web.BaseRequest, request: Request) -> web.StreamResponse:
-        """Relay ``request`` to ``request.decision.endpoints``; ``finish`` always follows."""
+    async def forward(
+        self, http_request: web.BaseRequest, request: Request
+    ) -> web.StreamResponse | Answer:
+        """Relay ``request`` to ``request.decision.endpoints``; ``finish`` always follows.
+
+        Returns the streamed response already written, an ``Answer`` to write, or an error
+        ``web.Response``."""
         upstream = None
         failed = False
         try:
@@ -149,7 +170,7 @@ class Forwarder:
                 return response
             data = await upstream.read()
             data = self.pipeline.response_chunk(request, data, True)
-            return web.Response(status=status, body=data, headers=headers)
+            return Answer(status, headers, data)
         except UpstreamError as exc:
             # Failed while reading a non-streamed body: nothing was sent to the client yet.
             failed = True

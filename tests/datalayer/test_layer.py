@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 
 import pytest
 
 from igw.datalayer import DataLayer, DataLayerError, OutlierPolicy
+from igw.datalayer.layer import SCRAPE_COHORT
 from igw.datalayer.testing import (
     LoraSeries,
     sglang_page,
@@ -246,7 +248,6 @@ async def test_stop_cancels_every_task(pool, servers, layer):
     assert server.metrics_hits == hits
 
 
-
 async def test_a_stopped_layer_ignores_new_endpoints_and_resumes_on_start(pool, servers, layer):
     dl = layer()
     await dl.start()
@@ -378,7 +379,7 @@ async def test_failures_back_off_exponentially(pool, layer):
     assert not row(pool, endpoint)["ready"]
 
 
-async def test_first_scrapes_are_spread_over_the_interval(pool, servers, layer):
+async def test_first_scrapes_of_a_small_fleet_happen_together(pool, servers, layer):
     fleet = [await servers() for _ in range(12)]
     for server in fleet:
         pool.upsert(server.address)
@@ -388,8 +389,29 @@ async def test_first_scrapes_are_spread_over_the_interval(pool, servers, layer):
     await dl.start()
     await wait_until(lambda: all(dl.state(e).last_success for e in pool.endpoints()))
     firsts = sorted(dl.state(e).last_success for e in pool.endpoints())
-    assert firsts[-1] - firsts[0] > 0.05  # not in lockstep
+    assert firsts[-1] - firsts[0] < 0.1  # one cohort: one wake-up, not twelve
     assert firsts[-1] - started < 1.0  # all started promptly (first interval + slack)
+
+
+def test_endpoints_of_one_cohort_share_a_scrape_phase(pool, layer):
+    dl = layer(interval=0.05)
+    last = SCRAPE_COHORT - 1
+    assert dl.scrape_phase(0) == dl.scrape_phase(last)
+    assert dl.scrape_phase(last) != dl.scrape_phase(SCRAPE_COHORT)
+
+
+def test_cohort_phases_spread_over_the_interval(pool, layer):
+    dl = layer(interval=1.0)
+    phases = sorted(dl.scrape_phase(c * SCRAPE_COHORT) for c in range(16))
+    assert all(0.0 <= p < 1.0 for p in phases)
+    gaps = [b - a for a, b in itertools.pairwise(phases)] + [1.0 + phases[0] - phases[-1]]
+    assert max(gaps) < 0.15  # 16 cohorts, none bunched: an even split would be 0.0625
+
+
+def test_next_scrape_tick_is_on_the_grid_and_skips_missed_ticks(pool, layer):
+    dl = layer(interval=0.2)
+    assert dl._next_tick(0.01, 1.234) == pytest.approx(1.41)
+    assert dl._next_tick(0.01, 1.4101) == pytest.approx(1.61)  # just past a tick: the next
 
 
 async def test_unknown_engine_label_counts_an_error_and_stays_ready(pool, servers, layer):

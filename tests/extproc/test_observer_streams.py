@@ -238,6 +238,19 @@ async def test_complete_sse_stream_reports_the_endpoint_as_serving(last):
         assert await wait_for(lambda: reporter.reports == [("192.168.1.2:8000", True)])
 
 
+async def test_5xx_seen_only_by_the_observer_is_reported_against_the_served_endpoint():
+    reporter = Reporter()
+    served = {"envoy.lb": {"x-gateway-destination-endpoint-served": "192.168.1.3:8000"}}
+    async with running_epp(make_pool(IDLE3), reporter=reporter) as epp:
+        call = await route(epp, "r-5xx")
+        messages = observer_messages("r-5xx", [b"overloaded"], headers={":status": "503"})
+        messages[1] = observed(resp_headers({":status": "503"}, meta=served))
+        await observe(epp, messages)
+        await call.done_writing()  # this routing stream is not sent the response headers
+        assert await call.code() == grpc.StatusCode.OK
+        assert await wait_for(lambda: reporter.reports == [("192.168.1.3:8000", False)])
+
+
 async def test_observer_broken_mid_response_leaves_the_outcome_unknown():
     reporter = Reporter()
     async with running_epp(make_pool(IDLE3), reporter=reporter) as epp:

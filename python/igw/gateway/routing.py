@@ -133,3 +133,16 @@ class EngineSet:
         observe = getattr(self._for(decision.pool), "observe_first_token", None)
         if observe is not None:
             observe(decision, ttft_s)
+
+    def hold_for_prefill(self, decision: Decision, request: Request, notify) -> bool:
+        hold = getattr(self._for(decision.pool), "hold_for_prefill", None)
+        return hold is not None and hold(decision, request, notify)
+
+    def stop_waiting(self, decision: Decision) -> None:
+        stop = getattr(self._for(decision.pool), "stop_waiting", None)
+        if stop is not None:
+            stop(decision)
+
+    def prefill_gate_max_wait(self, decision: Decision) -> float:
+        limit = getattr(self._for(decision.pool), "prefill_gate_max_wait", None)
+        return limit(decision) if limit is not None else 0.0

@@ -30,6 +30,12 @@ subset hint that matches nothing -> 503 ``rejected-no-endpoints``; filters that 
 that raises or returns a wrong shape is skipped for that request (a filter passes everything,
 a scorer scores 0) and logged: a bug in user code must not take routing down.
 
+Prefill gate (``predicted-ttft-scorer`` parameter ``prefillGateTokens``; see
+``igw.scheduling.gate`` for why): after the pick, a streamed request with at least that many
+uncached tokens asks ``hold_for_prefill``; while another such request routed to the same
+endpoint has not produced its first token, it waits (still reserved, so the cost model counts
+it) and is let go by that request's first token or end, or by the front end's time limit.
+
 An engine is used from one event loop thread: the core's pick is atomic, and the engine's own
 bookkeeping (per-request charges, prefill-ahead estimates) is updated right after it with no
 ``await`` in between, so concurrent requests on that loop see each other's load.
@@ -55,6 +61,7 @@ from igw.scheduling._backend import core_of, is_core_error
 from igw.scheduling.calibration import PrefillCalibrator
 from igw.scheduling.demand import PrefixDemand
 from igw.scheduling.framework import PREFIX_ATTR
+from igw.scheduling.gate import Notify, PrefillGate
 from igw.scheduling.profiles import BuiltProfile
 from igw.scheduling.registry import PluginRegistry
 
@@ -73,6 +80,7 @@ class _Held:
     work: float | None = None  # prefill work ahead at pick time (streamed requests only)
     prefilled: bool = False
     picked_at: float = 0.0  # engine clock at the pick
+    gated: bool = False  # owns or waits for its endpoint's prefill gate
 
 
 @dataclasses.dataclass(slots=True)
@@ -133,6 +141,7 @@ class SchedulingEngine:
             weakref.WeakKeyDictionary()
         )
         self._demand: weakref.WeakKeyDictionary[Pool, PrefixDemand] = weakref.WeakKeyDictionary()
+        self._gate = PrefillGate()
 
     # ------------------------------------------------------------------------ public
     @property
@@ -168,6 +177,8 @@ class SchedulingEngine:
         decision.reserved = False
         entry = self._held.pop(id(decision), None)
         held = entry[1] if entry is not None and entry[0] is decision else None
+        if held is not None:
+            self._leave_gate(decision, held)
         tokens = decision.uncached_tokens
         charge = 0
         if held is not None:
@@ -184,6 +195,8 @@ class SchedulingEngine:
         """
         entry = self._held.get(id(decision))
         held = entry[1] if entry is not None and entry[0] is decision else None
+        if held is not None:
+            self._leave_gate(decision, held)
         if held is None or not decision.reserved or held.prefilled:
             return
         self._unreserve(decision, 0, self._end_prefill(held, decision))
@@ -200,6 +213,42 @@ class SchedulingEngine:
             except Exception as exc:  # endpoint removed meanwhile
                 if not is_core_error(exc):
                     raise
+
+    def hold_for_prefill(self, decision: Decision, request: Request, notify: Notify) -> bool:
+        """Whether ``decision`` must wait before being sent: True when it is a long streamed
+        prefill and its endpoint already has one in flight; ``notify()`` is then called when
+        it may go. False (go now) in every other case."""
+        entry = self._held.get(id(decision))
+        held = entry[1] if entry is not None and entry[0] is decision else None
+        if held is None or not decision.reserved or held.gated or not request.stream:
+            return False
+        profile = self.built.profiles.get(decision.profile)
+        threshold = profile.prefill_gate_tokens if profile is not None else 0
+        if threshold <= 0 or decision.uncached_tokens < threshold:
+            return False
+        held.gated = True
+        return not self._gate.enter(held.endpoint, decision, notify)
+
+    def stop_waiting(self, decision: Decision) -> None:
+        """The request stops waiting for (or gives up) its endpoint's prefill gate."""
+        entry = self._held.get(id(decision))
+        if entry is not None and entry[0] is decision:
+            self._leave_gate(decision, entry[1])
+
+    def prefill_gate_max_wait(self, decision: Decision) -> float:
+        """Seconds a held request waits at most before it is sent anyway."""
+        profile = self.built.profiles.get(decision.profile)
+        return profile.prefill_gate_max_wait if profile is not None else 0.0
+
+    @property
+    def gate_tickets(self) -> int:
+        """Requests owning or waiting for a prefill gate (0 when idle; a leak otherwise)."""
+        return len(self._gate)
+
+    def _leave_gate(self, decision: Decision, held: _Held) -> None:
+        if held.gated:
+            held.gated = False
+            self._gate.leave(held.endpoint, decision)
 
     def _end_prefill(self, held: _Held, decision: Decision) -> int:
         """Mark the decision's prefill done; returns the uncached tokens still reserved."""

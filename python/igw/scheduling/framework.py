@@ -76,6 +76,11 @@ class CoreScorer:
     # requests whose prefix is hot (recent share x endpoints > this factor; scheduling.demand)
     hot_prefix_factor: float = 0.0
     hot_request_tokens: int = 0
+    # predicted-ttft-scorer: > 0 holds a streamed request with this many uncached tokens
+    # while its endpoint has another such prefill in flight (igw.scheduling.gate), at most
+    # prefill_gate_max_wait seconds
+    prefill_gate_tokens: int = 0
+    prefill_gate_max_wait: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,6 +35,10 @@ from igw.config import (
 PER_REQUEST_TOKENS = 128
 HOT_REQUEST_TOKENS = 1024
 HOT_PREFIX_FACTOR = 1.0
+# A streamed request with at least this many uncached tokens waits at the gateway while its
+# replica has another such prefill that has not produced its first token (igw.scheduling.gate):
+# half of vLLM's usual 2,048-token step budget, so two long prefills could not share a step.
+PREFILL_GATE_TOKENS = 1024
 TTFT_WEIGHT = 4.0
 PREFIX_WEIGHT = 3.0
 KV_WEIGHT = 0.5
@@ -58,6 +62,7 @@ def predicted_ttft() -> EndpointPickerConfig:
                     "inflightRequestTokens": PER_REQUEST_TOKENS,
                     "hotRequestTokens": HOT_REQUEST_TOKENS,
                     "hotPrefixFactor": HOT_PREFIX_FACTOR,
+                    "prefillGateTokens": PREFILL_GATE_TOKENS,
                 },
             ),
             PluginSpec(type="prefix-cache-scorer"),

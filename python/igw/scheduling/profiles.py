@@ -57,6 +57,15 @@ class BuiltProfile:
         return max((s.hot_request_tokens for s, _ in self.core_scorers), default=0)
 
     @functools.cached_property
+    def prefill_gate_tokens(self) -> int:
+        """> 0: streamed requests with this many uncached tokens pass the prefill gate."""
+        return max((s.prefill_gate_tokens for s, _ in self.core_scorers), default=0)
+
+    @functools.cached_property
+    def prefill_gate_max_wait(self) -> float:
+        return max((s.prefill_gate_max_wait for s, _ in self.core_scorers), default=0.0)
+
+    @functools.cached_property
     def uses_lora(self) -> bool:
         return any(s.type == "lora-affinity-scorer" for s, _ in self.core_scorers)
 

@@ -141,6 +141,13 @@ def replay(
     errors = 0
     now = 0.0
 
+    def admit(i: int) -> None:
+        """A request held by the prefill gate may go (called from a first token or release)."""
+        item = pending[i]
+        engines[item.replica].add(item.seq)
+        if not busy[item.replica]:
+            start_step(item.replica, clock[0])
+
     def start_step(r: int, at: float) -> None:
         engine = engines[r]
         if not engine.has_work():
@@ -201,6 +208,8 @@ def replay(
                 continue
             seq = model.Seq(tokens, hashes, target, arrival=now * 1000.0, listener=data)
             item.seq = seq
+            if scheduler.hold_for_prefill(item.decision, request, lambda i=data: admit(i)):
+                continue  # behind another long prefill on that replica (scheduling.gate)
             engines[r].add(seq)
             if not busy[r]:
                 start_step(r, now)

@@ -5,11 +5,18 @@ raises that itself for subsets; the checks here are the cheap early exits). An e
 that is not an ``InferenceError`` is the reference's "untyped scheduler error": 429
 ``failed to find target endpoint: ...``. After success the request is counted
 (``inference_objective_request_total``) and marked running.
+
+Then, when the engine has a prefill gate (``igw.scheduling.gate``), a long streamed prefill
+whose endpoint already has one in flight waits here, reserved, until that one's first token
+(or end), or at most the profile's ``prefillGateMaxWaitSeconds``; a client that leaves while
+waiting gives its place up.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -20,6 +27,9 @@ from igw.stages.protocols import Engine
 if TYPE_CHECKING:
     from igw.datastore import Pool
     from igw.metrics import Metrics
+    from igw.pipeline import Decision
+
+log = logging.getLogger("igw.schedule")
 
 
 class ScheduleStage:
@@ -65,6 +75,30 @@ class ScheduleStage:
             self.metrics.record_request(request)
             self.metrics.running_started(request)
         request.attrs["running"] = True
+        if getattr(self.engine, "hold_for_prefill", None) is not None:
+            await self._pass_prefill_gate(request, decision)
+
+    async def _pass_prefill_gate(self, request: Request, decision: Decision) -> None:
+        future = asyncio.get_running_loop().create_future()
+
+        def notify() -> None:
+            if not future.done():
+                future.set_result(None)
+
+        if not self.engine.hold_for_prefill(decision, request, notify):
+            return
+        limit = self.engine.prefill_gate_max_wait(decision)
+        try:
+            await asyncio.wait_for(future, timeout=limit)
+        except asyncio.TimeoutError:
+            log.debug(
+                "request %s: sent to %s after waiting %gs behind a long prefill",
+                request.request_id, decision.primary.address, limit,
+            )  # fmt: skip
+            self.engine.stop_waiting(decision)
+        except BaseException:
+            self.engine.stop_waiting(decision)
+            raise
 
     def _record(self, request: Request, status: str) -> None:
         if self.metrics is not None:

@@ -119,6 +119,12 @@ class PredictedTtftParams(Params):
     # igw-only: learn each endpoint's prefill rate from observed first tokens (else every
     # endpoint uses defaultPrefillRate)
     calibrate: bool = True
+    # igw-only: > 0 holds a streamed request with at least this many uncached tokens at the
+    # gateway while its endpoint has another such prefill that has not produced its first
+    # token, so cache hits are not queued behind several long prefills (igw.scheduling.gate);
+    # for at most prefillGateMaxWaitSeconds. 0 turns the gate off.
+    prefillGateTokens: int = Field(default=0, ge=0)
+    prefillGateMaxWaitSeconds: float = Field(default=10.0, gt=0, allow_inf_nan=False)
 
     @field_validator("defaultPrefillRate", "waitingTokens")
     @classmethod
@@ -183,6 +189,8 @@ def ttft_scorer_factory(name: str, params: PredictedTtftParams) -> CoreScorer:
         calibrate=params.calibrate,
         hot_prefix_factor=params.hotPrefixFactor,
         hot_request_tokens=params.hotRequestTokens,
+        prefill_gate_tokens=params.prefillGateTokens,
+        prefill_gate_max_wait=params.prefillGateMaxWaitSeconds,
     )
 
 

@@ -79,14 +79,16 @@ class ScheduleStage:
             await self._pass_prefill_gate(request, decision)
 
     async def _pass_prefill_gate(self, request: Request, decision: Decision) -> None:
-        future = asyncio.get_running_loop().create_future()
+        waiter: list[asyncio.Future] = []  # made only when held (notify never runs before)
 
         def notify() -> None:
-            if not future.done():
-                future.set_result(None)
+            if waiter and not waiter[0].done():
+                waiter[0].set_result(None)
 
         if not self.engine.hold_for_prefill(decision, request, notify):
             return
+        future = asyncio.get_running_loop().create_future()
+        waiter.append(future)
         limit = self.engine.prefill_gate_max_wait(decision)
         try:
             await asyncio.wait_for(future, timeout=limit)

@@ -72,6 +72,53 @@ def test_endpoints_have_independent_gates():
     assert gate.enter("b", Ticket(), lambda: None)
 
 
+def test_a_follower_goes_right_after_the_long_prefill_of_its_group():
+    gate = PrefillGate()
+    calls: list[str] = []
+    owner, leader, follower = Ticket(), Ticket(), Ticket()
+    gate.enter("a", owner, lambda: None, group=1)
+    gate.enter("a", leader, lambda: calls.append("leader"), group=2)
+    assert gate.follow("a", follower, lambda: calls.append("follower"), group=2)
+    assert len(gate) == 3
+    gate.leave("a", owner)
+    assert calls == ["leader", "follower"] and gate.owner("a") is leader
+    gate.leave("a", leader)
+    assert len(gate) == 0
+
+
+def test_nothing_to_follow_without_a_waiting_prefill_of_the_group():
+    gate = PrefillGate()
+    owner, other = Ticket(), Ticket()
+    gate.enter("a", owner, lambda: None, group=1)
+    assert not gate.follow("a", Ticket(), lambda: None, group=1)  # the owner is not waiting
+    gate.enter("a", other, lambda: None, group=2)
+    assert not gate.follow("a", Ticket(), lambda: None, group=3)
+    assert not gate.follow("b", Ticket(), lambda: None, group=2)
+
+
+def test_followers_go_when_their_long_prefill_gives_up():
+    gate = PrefillGate()
+    calls: list[str] = []
+    owner, leader, follower = Ticket(), Ticket(), Ticket()
+    gate.enter("a", owner, lambda: None, group=1)
+    gate.enter("a", leader, lambda: calls.append("leader"), group=2)
+    gate.follow("a", follower, lambda: calls.append("follower"), group=2)
+    gate.leave("a", leader)  # timed out or cancelled while waiting
+    assert calls == ["follower"] and gate.owner("a") is owner
+
+
+def test_a_follower_giving_up_is_never_called():
+    gate = PrefillGate()
+    calls: list[str] = []
+    owner, leader, follower = Ticket(), Ticket(), Ticket()
+    gate.enter("a", owner, lambda: None, group=1)
+    gate.enter("a", leader, lambda: None, group=2)
+    gate.follow("a", follower, lambda: calls.append("follower"), group=2)
+    gate.leave("a", follower)
+    gate.leave("a", owner)
+    assert calls == [] and len(gate) == 1  # the leader owns the gate now
+
+
 # ---------------------------------------------------------------------- in the engine
 
 
@@ -121,6 +168,26 @@ def test_the_owners_first_token_lets_the_held_request_go(one_endpoint):
     assert calls == ["go"]
     engine.release(d1)
     engine.release(d2)
+    assert engine.gate_tickets == 0
+
+
+def test_a_cache_hit_on_a_prefix_still_waiting_at_the_gate_waits_behind_it(one_endpoint):
+    engine = SchedulingEngine(_gated_config())
+    first, second = _long(1, stream=True), _long(2, stream=True)
+    d1, d2 = _schedule(engine, one_endpoint, first), _schedule(engine, one_endpoint, second)
+    calls: list[str] = []
+    engine.hold_for_prefill(d1, first, lambda: None)
+    engine.hold_for_prefill(d2, second, lambda: calls.append("second"))
+    # the same prompt as the held one: igw counts it cached on the endpoint, the server has not
+    # seen it yet; sent now, it would do the long prefill itself, past the gate
+    follower = _long(2, stream=True)
+    d3 = engine.schedule(follower, one_endpoint)
+    assert d3.uncached_tokens < GATE_TOKENS
+    assert engine.hold_for_prefill(d3, follower, lambda: calls.append("follower"))
+    engine.observe_first_token(d1, 0.2)
+    assert calls == ["second", "follower"]
+    for decision in (d1, d2, d3):
+        engine.release(decision)
     assert engine.gate_tickets == 0
 
 

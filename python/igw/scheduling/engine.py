@@ -34,7 +34,9 @@ Prefill gate (``predicted-ttft-scorer`` parameter ``prefillGateTokens``; see
 ``igw.scheduling.gate`` for why): after the pick, a streamed request with at least that many
 uncached tokens asks ``hold_for_prefill``; while another such request routed to the same
 endpoint has not produced its first token, it waits (still reserved, so the cost model counts
-it) and is let go by that request's first token or end, or by the front end's time limit.
+it) and is let go by that request's first token or end, or by the front end's time limit. A
+shorter request whose prefix igw counts as cached there only because a held long prefill of
+its group was routed there waits right behind that one (``PrefillGate.follow``).
 
 An engine is used from one event loop thread: the core's pick is atomic, and the engine's own
 bookkeeping (per-request charges, prefill-ahead estimates) is updated right after it with no
@@ -100,6 +102,12 @@ BYTES_PER_TOKEN = 4
 # enough to tell system prompts apart
 DEMAND_KEY_BLOCKS = 8
 SNAPSHOT_MAX_AGE = 0.005  # seconds a snapshot may be reused after the table changed
+
+
+def _group_of(hashes: Any) -> int:
+    """A prompt's prefix group: the hash of its first DEMAND_KEY_BLOCKS blocks (never the last
+    block, which may be partial and holds the request's own words)."""
+    return int(hashes[max(min(len(hashes) - 1, DEMAND_KEY_BLOCKS), 1) - 1])
 
 
 class SchedulingEngine:
@@ -224,10 +232,15 @@ class SchedulingEngine:
             return False
         profile = self.built.profiles.get(decision.profile)
         threshold = profile.prefill_gate_tokens if profile is not None else 0
-        if threshold <= 0 or decision.uncached_tokens < threshold:
+        if threshold <= 0:
             return False
+        group = self._group_key(request)
+        if decision.uncached_tokens < threshold:
+            # cached on the endpoint, unless only because a held long prefill was routed there
+            held.gated = self._gate.follow(held.endpoint, decision, notify, group)
+            return held.gated
         held.gated = True
-        return not self._gate.enter(held.endpoint, decision, notify)
+        return not self._gate.enter(held.endpoint, decision, notify, group)
 
     def stop_waiting(self, decision: Decision) -> None:
         """The request stops waiting for (or gives up) its endpoint's prefill gate."""
@@ -244,6 +257,13 @@ class SchedulingEngine:
     def gate_tickets(self) -> int:
         """Requests owning or waiting for a prefill gate (0 when idle; a leak otherwise)."""
         return len(self._gate)
+
+    @staticmethod
+    def _group_key(request: Request) -> int | None:
+        """The prompt's prefix group (as hot-prefix detection keys it), None without hashes."""
+        cached = request.attrs.get(PREFIX_ATTR)
+        hashes = cached[1] if cached is not None else None
+        return _group_of(hashes) if hashes is not None and len(hashes) else None
 
     def _leave_gate(self, decision: Decision, held: _Held) -> None:
         if held.gated:
@@ -357,9 +377,7 @@ class SchedulingEngine:
         demand = self._demand.get(pool)
         if demand is None:
             demand = self._demand[pool] = PrefixDemand()
-        # the last block may be partial and holds the request's own words: leave it out
-        key = int(hashes[max(min(len(hashes) - 1, DEMAND_KEY_BLOCKS), 1) - 1])
-        return demand.is_hot(key, len(pool), factor)
+        return demand.is_hot(_group_of(hashes), len(pool), factor)
 
     def _run_filters(
         self, request: Request, pool: Pool, profile: BuiltProfile, snapshot: Any, mask

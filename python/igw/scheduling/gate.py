@@ -24,49 +24,94 @@ bookkeeping only (no asyncio): the scheduling engine owns one and the front ends
 from __future__ import annotations
 
 import collections
+import dataclasses
 from collections.abc import Callable, Hashable
 
 Notify = Callable[[], None]
 
 
+@dataclasses.dataclass(slots=True)
+class _Waiter:
+    ticket: object
+    notify: Notify
+    group: Hashable | None
+    followers: list[tuple[object, Notify]] = dataclasses.field(default_factory=list)
+
+
 class PrefillGate:
-    """Per endpoint: the request whose long prefill is in flight, and the ones waiting."""
+    """Per endpoint: the request whose long prefill is in flight, the long prefills waiting
+    (first come, first served), and for each of those the requests *following* it: requests
+    of the same prefix group that igw already counts as cached on that endpoint because the
+    waiting one was routed there. Sent ahead of it, the first follower would do the long prefill
+    itself, past the gate; held, they all go right behind it and find the prefix cached."""
 
     def __init__(self) -> None:
         self._owner: dict[Hashable, object] = {}
-        # endpoint -> id(ticket) -> (ticket, notify), in arrival order; tickets are compared
-        # by identity (a request's decision), so they need not be hashable
-        self._waiting: dict[Hashable, collections.OrderedDict[int, tuple[object, Notify]]] = {}
+        # endpoint -> id(ticket) -> waiter, in arrival order; tickets are compared by identity
+        # (a request's decision), so they need not be hashable
+        self._waiting: dict[Hashable, collections.OrderedDict[int, _Waiter]] = {}
+        self._following: dict[int, _Waiter] = {}  # id(follower ticket) -> the waiter it follows
 
-    def enter(self, endpoint: Hashable, ticket: object, notify: Notify) -> bool:
+    def enter(
+        self, endpoint: Hashable, ticket: object, notify: Notify, group: Hashable | None = None
+    ) -> bool:
         """Take ``endpoint``'s gate for ``ticket``: True at once, or False and ``notify()``
-        is called when it is ``ticket``'s turn (it then owns the gate)."""
+        is called when it is ``ticket``'s turn (it then owns the gate). ``group`` names its
+        prefix group, for ``follow``."""
         if endpoint not in self._owner:
             self._owner[endpoint] = ticket
             return True
-        self._waiting.setdefault(endpoint, collections.OrderedDict())[id(ticket)] = (ticket, notify)
+        waiting = self._waiting.setdefault(endpoint, collections.OrderedDict())
+        waiting[id(ticket)] = _Waiter(ticket, notify, group)
+        return False
+
+    def follow(self, endpoint: Hashable, ticket: object, notify: Notify, group: Hashable) -> bool:
+        """Hold ``ticket`` behind a waiting long prefill of the same ``group`` on ``endpoint``:
+        True (``notify()`` comes when that one goes, or gives up), or False when there is none."""
+        waiting = self._waiting.get(endpoint)
+        if not waiting or group is None:
+            return False
+        for waiter in waiting.values():
+            if waiter.group == group:
+                waiter.followers.append((ticket, notify))
+                self._following[id(ticket)] = waiter
+                return True
         return False
 
     def leave(self, endpoint: Hashable, ticket: object) -> None:
         """``ticket`` is done with the gate (its first token came, or it ended), or stops
         waiting for it. Safe to call for a ticket that never entered, or twice."""
+        leader = self._following.get(id(ticket))
+        if leader is not None:
+            for i, (follower, _) in enumerate(leader.followers):
+                if follower is ticket:
+                    del leader.followers[i]
+                    del self._following[id(ticket)]
+                    return
         waiting = self._waiting.get(endpoint)
         if self._owner.get(endpoint) is not ticket:
-            if waiting is not None:
-                entry = waiting.get(id(ticket))
-                if entry is not None and entry[0] is ticket:
-                    del waiting[id(ticket)]
-                    if not waiting:
-                        del self._waiting[endpoint]
+            waiter = waiting.get(id(ticket)) if waiting is not None else None
+            if waiter is not None and waiter.ticket is ticket:
+                del waiting[id(ticket)]  # type: ignore[union-attr]
+                if not waiting:
+                    del self._waiting[endpoint]
+                self._release_followers(waiter)
             return
         del self._owner[endpoint]
         if not waiting:
             return
-        _, (ticket, notify) = waiting.popitem(last=False)
+        _, waiter = waiting.popitem(last=False)
         if not waiting:
             del self._waiting[endpoint]
-        self._owner[endpoint] = ticket
-        notify()
+        self._owner[endpoint] = waiter.ticket
+        waiter.notify()
+        self._release_followers(waiter)
+
+    def _release_followers(self, waiter: _Waiter) -> None:
+        followers, waiter.followers = waiter.followers, []
+        for ticket, notify in followers:
+            del self._following[id(ticket)]
+            notify()
 
     def owner(self, endpoint: Hashable) -> object | None:
         return self._owner.get(endpoint)
@@ -76,5 +121,6 @@ class PrefillGate:
         return len(waiting) if waiting else 0
 
     def __len__(self) -> int:
-        """Tickets the gate knows about (owners and waiters): 0 when nothing is in flight."""
-        return len(self._owner) + sum(len(w) for w in self._waiting.values())
+        """Tickets the gate holds (owners, waiters, followers): 0 when nothing is in flight."""
+        waiters = sum(len(w) for w in self._waiting.values())
+        return len(self._owner) + waiters + len(self._following)

@@ -10,10 +10,9 @@ lets such cache hits reach the server first; the long prompts wait about as long
 have in the server's queue. The server is never starved of prefill work: the next long prompt
 is released the moment the previous one finishes prefilling.
 
-Measured with the deterministic replay (``python -m igw.scheduling.replay --prefill-gate``),
-shared-prefix and hot-prefix at 105 requests/s (model time) on 4 replicas, seeds 1-3: TTFT p90
--3% to -19% (shared-prefix) and -20% to -27% (hot-prefix, one seed +6%); the price is paid by
-the held long prompts: TTFT p99 +2% to +15%. Multi-turn and agentic workloads are unchanged.
+Measured with the deterministic replay at ~70% load (docs/configuration.md has the table):
+TTFT p90 -35% to -51% on shared-prefix, -45% on bursty, -38% with a half-speed replica, p99
+lower too; hot-prefix -11% to +8%; multi-turn and agentic unchanged; hit rates unchanged.
 
 A long prefill is one whose uncached tokens (igw's own prefix-index estimate) reach the
 threshold. Only streamed requests are held or hold the gate: a buffered response shows no

@@ -11,8 +11,8 @@ have in the server's queue. The server is never starved of prefill work: the nex
 is released the moment the previous one finishes prefilling.
 
 Measured with the deterministic replay at ~70% load (docs/configuration.md has the table):
-TTFT p90 -35% to -51% on shared-prefix, -45% on bursty, -38% with a half-speed replica, p99
-lower too; hot-prefix -11% to +8%; multi-turn and agentic unchanged; hit rates unchanged.
+TTFT p90 -37% to -51% on shared-prefix and -46% on bursty against no gate, p99 lower too;
+hot-prefix -18% to +8%; multi-turn and agentic unchanged; hit rates unchanged.
 
 A long prefill is one whose uncached tokens (igw's own prefix-index estimate) reach the
 threshold. Only streamed requests are held or hold the gate: a buffered response shows no

@@ -33,7 +33,7 @@ from igw.config import (
 # igw.scheduling.replay over shared-prefix, hot-prefix, bursty, multi-turn and slow-replica
 # workloads (see docs/configuration.md for the table).
 PER_REQUEST_TOKENS = 128
-HOT_REQUEST_TOKENS = 1024
+HOT_REQUEST_TOKENS = 512
 HOT_PREFIX_FACTOR = 1.0
 # A streamed request with at least this many uncached tokens waits at the gateway while its
 # replica has another such prefill that has not produced its first token (igw.scheduling.gate):

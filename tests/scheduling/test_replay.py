@@ -68,8 +68,8 @@ def test_uncalibrated_endpoints_use_the_pools_mean_rate(make_pool):
 
     module = core_of(pool.scheduler)
     core_profile = engine._core_profile(module, profile, pool)
-    assert core_profile is engine._core_profiles[(id(module), "default", pool.name)][0]
-    assert engine._core_profiles[(id(module), "default", pool.name)][1] == 40000
+    assert core_profile is engine._core_profiles[(id(module), "default", pool.name, False)][0]
+    assert engine._core_profiles[(id(module), "default", pool.name, False)][1] == 40000
     engine.schedule(make_request("z " * 100), pool)  # uses it without error
 
 

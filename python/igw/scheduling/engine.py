@@ -136,7 +136,7 @@ class SchedulingEngine:
         self.with_scores = with_scores
         self.calibrator = calibrator if calibrator is not None else PrefillCalibrator()
         self.clock = clock
-        self._core_profiles: dict[tuple[int, str, str], tuple[Any, float]] = {}
+        self._core_profiles: dict[tuple[int, str, str, bool], tuple[Any, float]] = {}
         # id(decision) -> (decision, what it still holds); the decision is kept so its id
         # cannot be reused by another object before it is released
         self._held: dict[int, tuple[Decision, _Held]] = {}
@@ -330,7 +330,11 @@ class SchedulingEngine:
         self._record("core-pick", profile.name, time.perf_counter() - started)
         if not result.endpoints:
             raise errors.no_endpoints()
-        endpoints = [pool.by_id(i) for i in result.endpoints]
+        ranked = list(result.endpoints)
+        if len(ranked) < k and profile.narrows_in_core:
+            ranked += self._fallbacks(module, profile, pool, hashes, prompt_tokens, lora, mask,
+                                      k - len(ranked), ranked)  # fmt: skip
+        endpoints = [pool.by_id(i) for i in ranked]
         primary = result.endpoints[0]
         matched = int(result.matched_blocks[primary]) if primary < len(result.matched_blocks) else 0
         decision = Decision(
@@ -501,17 +505,46 @@ class SchedulingEngine:
         adapter = pool.table.find_adapter(name)
         return adapter if adapter >= 0 else module.UNKNOWN_ADAPTER
 
-    def _core_profile(self, module, profile: BuiltProfile, pool: Pool):
+    def _fallbacks(
+        self, module, profile: BuiltProfile, pool: Pool, hashes, prompt_tokens: int, lora: int,
+        mask, count: int, taken: list[int],
+    ) -> list[int]:  # fmt: skip
+        """Ranked fallbacks beyond what the profile's core filters left.
+
+        A core filter such as ``new-prefix-spread-filter`` narrows where a request *should* go,
+        not where it *may* go: when it leaves fewer endpoints than the ranked list needs, the
+        rest are ranked by the same scorers over the other candidates, so a replica that
+        refuses connections still has somewhere to fail over to. No reservation, no record."""
+        candidates = np.ones(pool.table.high_water, dtype=np.bool_) if mask is None else mask.copy()
+        candidates[[i for i in taken if i < len(candidates)]] = False
+        if not candidates.any():
+            return []
+        result = pool.scheduler.pick(
+            self._core_profile(module, profile, pool, unfiltered=True),
+            hashes=hashes,
+            prompt_tokens=prompt_tokens,
+            block_tokens=profile.prefix.block_tokens,
+            lora=lora,
+            candidates=candidates,
+            k=count,
+            reserve=False,
+            record=False,
+        )
+        return list(result.endpoints)
+
+    def _core_profile(self, module, profile: BuiltProfile, pool: Pool, *, unfiltered=False):
         """The core Profile for ``profile``; with calibration, its default prefill rate (used
         for endpoints with no sample yet) follows the pool's mean calibrated rate, rebuilt
         when that moves by more than 10%."""
         prior = self.calibrator.pool_rate(pool.name) if profile.calibrates else None
-        key = (id(module), profile.name, pool.name if prior is not None else "")
+        key = (id(module), profile.name, pool.name if prior is not None else "", unfiltered)
         cached = self._core_profiles.get(key)
         if cached is not None and (prior is None or abs(cached[1] / prior - 1.0) <= 0.1):
             return cached[0]
         scorers = []
         for scorer, weight in profile.core_scorers:
+            if unfiltered and getattr(scorer, "is_filter", False):
+                continue
             params = dict(scorer.params)
             if prior is not None and scorer.type == "predicted-ttft-scorer" and scorer.calibrate:
                 params["defaultPrefillRate"] = prior

@@ -57,6 +57,11 @@ class BuiltProfile:
         return max((s.hot_request_tokens for s, _ in self.core_scorers), default=0)
 
     @functools.cached_property
+    def narrows_in_core(self) -> bool:
+        """Core filters run inside this profile's pick (ranked fallbacks may need a refill)."""
+        return any(getattr(s, "is_filter", False) for s, _ in self.core_scorers)
+
+    @functools.cached_property
     def prefill_gate_tokens(self) -> int:
         """> 0: streamed requests with this many uncached tokens pass the prefill gate."""
         return max((s.prefill_gate_tokens for s, _ in self.core_scorers), default=0)

@@ -247,6 +247,8 @@ class CoreFilter(CoreScorer):
     scorers, everything that turns those into a core ``Profile`` passes it on unchanged (its
     charge, calibration and hot-prefix fields keep their neutral defaults)."""
 
+    is_filter = True  # a class attribute, not a field: tells it from the scorers it sits among
+
     def filter(self, request: Any, pool: Any, snapshot: Any, mask: np.ndarray) -> np.ndarray:
         """The same filter run on its own in the core, for a profile where a Python filter
         follows it (so it must run before that one, not inside the pick)."""

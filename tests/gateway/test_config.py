@@ -67,3 +67,23 @@ def test_bad_config_names_field_and_expectation(text, field, expected):
 def test_missing_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
         load_gateway_config(tmp_path / "absent.yaml")
+
+
+def test_pools_that_name_no_policy_route_with_predicted_ttft():
+    from igw.gateway.config import PoolSpec
+    from igw.gateway.serve import ServeOptions, engine_config
+    from igw.scheduling import named_policy
+
+    config, source = engine_config(PoolSpec(endpoints=["http://127.0.0.1:9"]), "p", ServeOptions())
+    assert source == "predicted-ttft"
+    assert config == named_policy("predicted-ttft")
+
+
+def test_the_command_line_policy_wins_over_the_default():
+    from igw.gateway.config import PoolSpec
+    from igw.gateway.serve import ServeOptions, engine_config
+
+    _, source = engine_config(
+        PoolSpec(endpoints=["http://127.0.0.1:9"]), "p", ServeOptions(policy="default")
+    )
+    assert source == "default"

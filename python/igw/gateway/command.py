@@ -47,8 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     routing = parser.add_argument_group("routing")
     routing.add_argument(
         "--policy", default=None,
-        help="named policy for pools that name none: default | predicted-ttft | round-robin | "
-        "random | least-loaded (default: default)",
+        help="named policy for pools that name none: predicted-ttft (igw's cost model, the "
+        "default) | default (the reference picker's weights) | round-robin | random | "
+        "least-loaded",
     )  # fmt: skip
     routing.add_argument(
         "--epp-config", type=Path, metavar="FILE",

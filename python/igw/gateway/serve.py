@@ -39,6 +39,12 @@ from igw.scheduling import SchedulingEngine, named_policy
 log = logging.getLogger("igw.gateway")
 
 MODEL_REFRESH_SECONDS = 15.0
+# The standalone gateway is igw's own product, not a drop-in for anything, so it routes with
+# igw's best policy unless told otherwise; ``igw epp`` keeps the reference picker's default
+# profile. Measured over HTTP (docs/benchmarks.md): predicted-ttft's TTFT p90 is 0.3-0.6x
+# sglang-router cache_aware's on shared-prefix, bursty, half-speed-replica and multi-turn
+# workloads, where the reference weights pin a hot prefix to one replica like the peers do.
+DEFAULT_POLICY = "predicted-ttft"
 
 
 @dataclasses.dataclass
@@ -181,7 +187,8 @@ def inline_rewrites(config: GatewayConfig, source: str) -> RewriteStore | None:
 
 
 def engine_config(spec: PoolSpec, name: str, options: ServeOptions):
-    """The EndpointPickerConfig of a pool: its own, else the command line's, else default."""
+    """The EndpointPickerConfig of a pool: its own, else the command line's, else
+    ``DEFAULT_POLICY``."""
     if spec.epp_config is not None:
         base = options.config_path or Path("igw.yaml")
         return load_config(resolve_path(base, spec.epp_config)), str(spec.epp_config)
@@ -189,7 +196,7 @@ def engine_config(spec: PoolSpec, name: str, options: ServeOptions):
         return _policy(spec.policy, f"pools.{name}.policy", options), spec.policy
     if options.epp_config is not None:
         return load_config(options.epp_config), str(options.epp_config)
-    policy = options.policy or "default"
+    policy = options.policy or DEFAULT_POLICY
     return _policy(policy, "--policy", options), policy
 
 

@@ -248,7 +248,8 @@ class Stream:
             self.d.live.discard(link)
             if link.routing_ended:
                 return  # verdict given; the request ends with its observer
-        if self.scheduled and self.request is not None and self.request.finished_at is None:
+        request = self.request
+        if request is not None and request.finished_at is None and self._holds_decision():
             # Envoy half-closes cleanly after the response only when it sends no response
             # body (response_body_mode NONE); body chunks without end_of_stream mean a break.
             clean = self.response_started and not broken and not self._resp_chunks_seen
@@ -449,6 +450,15 @@ class Stream:
         return msgs.body_responses(out, phase="response")
 
     # ---------------------------------------------------------------- endings
+    def _holds_decision(self) -> bool:
+        """The request was scheduled, or is between its pick and the end of the pipeline
+        (waiting at the prefill gate, or a later stage refused it): its reservation must be
+        released whatever ends the stream."""
+        request = self.request
+        if request is None:
+            return False
+        return self.scheduled or (request.decision is not None and request.decision.reserved)
+
     def _finish(self, *, failed: bool) -> None:
         if not failed:
             self.response_complete = True
@@ -470,7 +480,7 @@ class Stream:
             )
         if self.d.metrics is not None and request is not None:
             self.d.metrics.record_error(request, error.code.label)
-        if request is not None and self.scheduled:
+        if request is not None and self._holds_decision():
             self._finish(failed=True)
         self.done = True
         if error.http_status is None:

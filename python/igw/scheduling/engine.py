@@ -332,8 +332,9 @@ class SchedulingEngine:
             raise errors.no_endpoints()
         ranked = list(result.endpoints)
         if len(ranked) < k and profile.narrows_in_core:
+            extra = (extra_scores, extra_weights)
             ranked += self._fallbacks(module, profile, pool, hashes, prompt_tokens, lora, mask,
-                                      k - len(ranked), ranked)  # fmt: skip
+                                      extra, k - len(ranked), ranked)  # fmt: skip
         endpoints = [pool.by_id(i) for i in ranked]
         primary = result.endpoints[0]
         matched = int(result.matched_blocks[primary]) if primary < len(result.matched_blocks) else 0
@@ -507,7 +508,7 @@ class SchedulingEngine:
 
     def _fallbacks(
         self, module, profile: BuiltProfile, pool: Pool, hashes, prompt_tokens: int, lora: int,
-        mask, count: int, taken: list[int],
+        mask, extra: tuple[Any, Any], count: int, taken: list[int],
     ) -> list[int]:  # fmt: skip
         """Ranked fallbacks beyond what the profile's core filters left.
 
@@ -527,12 +528,16 @@ class SchedulingEngine:
             lora=lora,
             candidates=candidates,
             k=count,
+            extra_scores=extra[0],
+            extra_weights=extra[1],
             reserve=False,
             record=False,
         )
         return list(result.endpoints)
 
-    def _core_profile(self, module, profile: BuiltProfile, pool: Pool, *, unfiltered=False):
+    def _core_profile(
+        self, module, profile: BuiltProfile, pool: Pool, *, unfiltered: bool = False
+    ) -> Any:
         """The core Profile for ``profile``; with calibration, its default prefill rate (used
         for endpoints with no sample yet) follows the pool's mean calibrated rate, rebuilt
         when that moves by more than 10%."""

@@ -60,6 +60,7 @@ def test_serve_sim_starts_prints_url_and_curl_example_and_answers():
         text = "".join(lines)
         assert f"curl -s {url}/v1/completions" in text
         assert '"model": "sim-model"' in text
+        assert "routing: predicted-ttft" in text  # the policy in use is printed
         body = json.dumps({"model": "sim-model", "prompt": "Once upon a time", "max_tokens": 4})
         request = urllib.request.Request(
             url + "/v1/completions", data=body.encode(),

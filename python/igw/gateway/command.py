@@ -159,7 +159,9 @@ def banner(stack) -> str:
     for name, runtime in stack.router.pools.items():
         addresses = ", ".join(e.address for e in runtime.pool.endpoints())
         kind = "simulated replicas" if name in stack.fleets else "replicas"
-        lines.append(f"  pool {name}: {len(runtime.pool)} {kind} ({addresses})")
+        policy = stack.policies.get(name)
+        routed = f", routing: {policy}" if policy else ""
+        lines.append(f"  pool {name}: {len(runtime.pool)} {kind} ({addresses}){routed}")
     models = stack.router.models()
     lines.append("  models: " + (", ".join(models) or "(learned from the replicas' /v1/models)"))
     example = json.dumps(

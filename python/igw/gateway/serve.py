@@ -74,6 +74,7 @@ class Stack:
     mirror: Mirror | None = None
     host: str = "127.0.0.1"
     flow: Any | None = None  # igw.flowcontrol.FlowControl when a pool's config enables it
+    policies: dict[str, str] = dataclasses.field(default_factory=dict)  # pool -> policy/config
 
     @property
     def url(self) -> str:
@@ -315,7 +316,8 @@ async def start_stack(config: GatewayConfig, options: ServeOptions) -> Stack:
             detector=detector,
             rng=random.Random(options.seed) if options.seed is not None else None,
         )
-        stack = Stack(gateway, router, fleets, layers, mirror=mirror, host=options.host)
+        stack = Stack(gateway, router, fleets, layers, mirror=mirror, host=options.host,
+                      policies={name: source for name, (_, source) in engines.items()})  # fmt: skip
         if flow is not None:
             stack.flow = flow.attach(gateway.pipeline)
         for runtime in runtimes:

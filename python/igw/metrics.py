@@ -627,7 +627,7 @@ class Metrics:
         s.epp_running.dec()
 
     # -- response phase ------------------------------------------------------------------
-    def record_response(self, request: Request, response_bytes: int) -> None:
+    def record_response(self, request: Request, response_bytes: int | None) -> None:
         """The response ended normally: latency, size, tokens, normalized TPOT."""
         s = self._series(request)
         end = request.finished_at or request.received_at
@@ -636,8 +636,9 @@ class Metrics:
         s.epp_request_duration.observe(latency)
         if request.first_byte_at is not None:
             s.epp_ttft.observe(max(0.0, request.first_byte_at - request.received_at))
-        s.response_sizes.observe(response_bytes)
-        s.epp_response_size.observe(response_bytes)
+        if response_bytes is not None:  # None: the body was not all seen (observer mode)
+            s.response_sizes.observe(response_bytes)
+            s.epp_response_size.observe(response_bytes)
         usage = request.usage
         if usage.prompt_tokens > 0:
             s.input_tokens.observe(usage.prompt_tokens)

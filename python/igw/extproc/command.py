@@ -167,6 +167,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "ORIGINAL_DST header mode needs a single ip:port)",
     )
     add_bool(own, "usage-metrics", True, "parse token usage out of responses")
+    own.add_argument(
+        "--observe-until",
+        choices=("end", "first-token"),
+        default="end",
+        help="observer streams (an ext_proc filter in observability_mode, see "
+        "deploy/envoy/envoy-observe.yaml): read each response to its end (token and size "
+        "metrics, truncated-stream detection), or only to its first chunk and close the "
+        "stream (time to first token, prefill calibration and the prefill gate at a few ms of "
+        "CPU per request; no token or size metrics). Default: end",
+    )
 
     ignored = parser.add_argument_group("accepted for compatibility, ignored")
     for flag, default in _IGNORED_BOOLS.items():
@@ -402,6 +412,7 @@ async def _main(args: argparse.Namespace) -> int:
         emit_endpoint_scores=args.emit_endpoint_scores,
         use_subset_metadata=not args.disable_endpoint_subset_filter,
         max_body_bytes=args.max_request_body,
+        observe_until=args.observe_until,
     )
     credentials = None
     if args.secure_serving:

@@ -101,6 +101,9 @@ SYSTEM_OWNED_HEADERS = frozenset(
 )
 
 
+OBSERVE_UNTIL = ("end", "first-token")
+
+
 class StreamError(Exception):
     """Ends the gRPC stream with ``code`` (Envoy then applies its failure mode)."""
 
@@ -127,7 +130,12 @@ class Director:
         max_live_requests: int = DEFAULT_MAX_LINKS,
         max_live_age: float = DEFAULT_MAX_LINK_AGE,
         observer_grace: float = DEFAULT_OBSERVER_GRACE,
+        observe_until: str = "end",
     ) -> None:
+        if observe_until not in OBSERVE_UNTIL:
+            raise ValueError(
+                f"observe_until: expected one of {', '.join(OBSERVE_UNTIL)}, got {observe_until!r}"
+            )
         self.pipeline = pipeline
         self.pool = pool
         self.metrics = metrics
@@ -140,6 +148,10 @@ class Director:
         # Routing streams by request id, for observer streams to join (``observer.py``).
         self.live = LiveRequests(max_live_requests, max_live_age)
         self.observer_grace = observer_grace
+        # "first-token": observers close their stream after the first response chunk (see
+        # ``observer.py``): TTFT, calibration and the prefill gate's release without reading
+        # the rest; token counts and response sizes are then not recorded.
+        self.observe_until = observe_until
         # ``--usage-metrics=false`` removes the usage stage: observers then skip parsing too.
         self.usage_enabled = any(s.name == "usage" for s in pipeline.response_stages)
         self._first_token = first_token_hook(pipeline)

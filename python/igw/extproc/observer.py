@@ -173,7 +173,8 @@ class Observed:
     """What an observer saw of one response (cheap per chunk: byte count, usage scan, marker)."""
 
     __slots__ = ("bytes", "ended", "eos", "first_byte_at", "head", "headers", "model",
-                 "parser", "served", "status", "streaming", "tail", "terminated")  # fmt: skip
+                 "parser", "partial", "served", "status", "streaming", "tail",
+                 "terminated")  # fmt: skip
 
     def __init__(self) -> None:
         self.headers: dict[str, str] | None = None
@@ -189,6 +190,7 @@ class Observed:
         self.head = b""  # the response's first bytes, while looking for its model
         self.eos = False  # the response ended (body end_of_stream, trailers, headers-only)
         self.ended = False
+        self.partial = False  # igw stopped reading by choice (``observe_until="first-token"``)
 
     def chunk(self, chunk: bytes) -> None:
         self.bytes += len(chunk)
@@ -206,7 +208,7 @@ class Observed:
     @property
     def failed(self) -> bool:
         """The stream broke after the response started: the request did not complete."""
-        return self.headers is not None and not self.eos
+        return self.headers is not None and not self.eos and not self.partial
 
     def apply(self, request: Request) -> None:
         """Merge what was seen into the routing stream's request (its own findings win)."""
@@ -215,7 +217,9 @@ class Observed:
         if request.first_byte_at is None:
             request.first_byte_at = self.first_byte_at
         attrs = request.attrs
-        if not attrs.get("response_bytes"):
+        if self.partial:
+            attrs["response_size_unknown"] = True  # only the first chunk was read
+        elif not attrs.get("response_bytes"):
             attrs["response_bytes"] = self.bytes
         if not request.response_status and self.status:
             request.response_status = self.status
@@ -325,6 +329,14 @@ class Observer:
             seen.parser.feed(chunk, eos)
         if eos:
             self._end(eos=True)
+        elif chunk and self.d.observe_until == "first-token":
+            seen.partial = True  # the first token is all this deployment reads
+            self._end(eos=False)
+
+    @property
+    def finished_early(self) -> bool:
+        """igw needs no more of this stream: the servicer ends it (Envoy then stops sending)."""
+        return self.seen.partial
 
     def _first_token(self) -> None:
         """Prefill is over: the scheduler's in-flight tokens and TTFT calibration hear it now."""

@@ -83,6 +83,8 @@ class ExternalProcessorServicer(pb_grpc.ExternalProcessorServicer):
                 except Exception:
                     log.exception("observer stream: message dropped, the rest of it ignored")
                     observer.give_up()  # stop interpreting; keep reading silently
+                if observer.finished_early:
+                    break  # closing the stream tells Envoy no more messages are needed
                 message = await context.read()
                 if message is grpc.aio.EOF:
                     break

@@ -117,7 +117,9 @@ class AccountStage:
             if running:
                 self.metrics.running_ended(request)
             if not request.failed and (running or request.response_status):
-                self.metrics.record_response(request, request.attrs.get("response_bytes", 0))
+                size = None if request.attrs.get("response_size_unknown") else (
+                    request.attrs.get("response_bytes", 0))  # fmt: skip
+                self.metrics.record_response(request, size)
         if self.reporter is not None and decision is not None and decision.endpoints:
             ok = _outcome(request)
             if ok is not None:

@@ -83,7 +83,8 @@ def _serve(argv: list[str]) -> None:
         metrics.add_pool(pool)
         engine = SchedulingEngine(load_config(), recorder=metrics.engine_recorder)
         pipeline = build_pipeline(engine, pool, metrics=metrics)
-        director = Director(pipeline, pool, metrics=metrics)
+        until = "first-token" if "--observe-first-token" in argv else "end"
+        director = Director(pipeline, pool, metrics=metrics, observe_until=until)
         servicer = None
         if generator:
             servicer = _GeneratorServicer(director)
@@ -342,13 +343,21 @@ async def one_observed_request(stub, req_msgs, resp_head, obs_msgs, request_id: 
     await observer.write(obs_msgs[1])  # response headers reach the observer first
     await route.write(resp_head)
     await route.read()
+    observed = 2
     for message in obs_msgs[2:]:
-        await observer.write(message)
-    await observer.done_writing()
+        if observer.done():
+            break  # igw ended the observer stream (--observe-until first-token): Envoy stops
+        try:
+            await observer.write(message)
+        except Exception:  # the server closed it between the check and the write
+            break
+        observed += 1
+    if not observer.done():
+        await observer.done_writing()
     await route.done_writing()
     assert await observer.code() is not None
     assert await route.code() is not None
-    return latency, len(req_msgs) + 1 + len(obs_msgs)
+    return latency, len(req_msgs) + 1 + observed
 
 
 async def drive(port: int, n: int, concurrency: int, req_msgs, resp_head, resp_body,
@@ -484,6 +493,24 @@ def test_agentic_observe_cpu_against_today_and_the_receive_only_baseline():
     print(f"[extproc bench] ratios: {json.dumps({k: round(v, 2) for k, v in ratios.items()})}")
     # a loose guard: not answering 1,000 chunks must save a clear share of today's CPU
     assert per_request < 0.9 * today["server_cpu_per_request_ms"]
+
+
+def test_agentic_observe_to_the_first_token_cpu():
+    """The same two-filter deployment with ``--observe-until first-token``: igw closes the
+    observer stream after the first response chunk, so Envoy stops sending the other 999
+    (token and size metrics are given up; TTFT, calibration and the prefill gate stay)."""
+    body = _agentic_body()
+    req_msgs = request_messages(body)
+    resp_head, resp_body = response_messages(1000)
+    obs_msgs = observer_messages(req_msgs, resp_head, resp_body)
+    n = 3 if QUICK else 10
+    full = measure((), n, 1, req_msgs, resp_head, [], obs_msgs)
+    first = measure(("--observe-first-token",), n, 1, req_msgs, resp_head, [], obs_msgs)
+    _print("agentic-observe (to the end)", full)
+    _print("agentic-observe (to the first token)", first)
+    ratio = first["server_cpu_per_request_ms"] / full["server_cpu_per_request_ms"]
+    print(f"[extproc bench] first-token / to-the-end per request: {ratio:.2f}")
+    assert first["server_cpu_per_request_ms"] < full["server_cpu_per_request_ms"]
 
 
 @pytest.mark.parametrize("concurrency", [1, 64])

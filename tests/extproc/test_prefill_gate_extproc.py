@@ -8,16 +8,13 @@ import json
 
 import pytest
 from epp_harness import make_pool, req_body, req_headers, resp_body, resp_headers, running_epp
+from sched_helpers import gated_config
 
-from igw.scheduling import SchedulingEngine, named_policy
+from igw.scheduling import SchedulingEngine
 
 
 def _gated_engine(tokens: int = 256) -> SchedulingEngine:
-    config = named_policy("predicted-ttft").model_copy(deep=True)
-    for plugin in config.plugins:
-        if plugin.type == "predicted-ttft-scorer":
-            plugin.parameters = {**(plugin.parameters or {}), "prefillGateTokens": tokens}
-    return SchedulingEngine(config)
+    return SchedulingEngine(gated_config(tokens))
 
 
 def _long_streamed(i: int, request_id: str) -> list:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+from igw.config import EndpointPickerConfig
 from igw.datastore import Pool
 from igw.pipeline import Request
 
@@ -43,3 +44,14 @@ def make_request(prompt: str = "hello", model: str = "my-model", **fields) -> Re
         prompt=prompt.encode(),
         **fields,
     )
+
+
+def gated_config(tokens: int) -> EndpointPickerConfig:
+    """``predicted-ttft`` with its prefill gate at ``tokens`` uncached tokens (0 = off)."""
+    from igw.scheduling import named_policy
+
+    config = named_policy("predicted-ttft").model_copy(deep=True)
+    for plugin in config.plugins:
+        if plugin.type == "predicted-ttft-scorer":
+            plugin.parameters = {**(plugin.parameters or {}), "prefillGateTokens": tokens}
+    return config

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from sched_helpers import add_endpoint, make_request
+from sched_helpers import add_endpoint, gated_config, make_request
 
-from igw.config import EndpointPickerConfig
 from igw.datastore import Pool
 from igw.scheduling import SchedulingEngine, named_policy
 from igw.scheduling.gate import PrefillGate
@@ -122,14 +121,6 @@ def test_a_follower_giving_up_is_never_called():
 # ---------------------------------------------------------------------- in the engine
 
 
-def _gated_config(tokens: int = GATE_TOKENS) -> EndpointPickerConfig:
-    config = named_policy("predicted-ttft").model_copy(deep=True)
-    for plugin in config.plugins:
-        if plugin.type == "predicted-ttft-scorer":
-            plugin.parameters = {**(plugin.parameters or {}), "prefillGateTokens": tokens}
-    return config
-
-
 @pytest.fixture
 def one_endpoint():
     pool = Pool("gate")
@@ -149,35 +140,36 @@ def _schedule(engine, pool, request):
     return decision
 
 
-def test_a_second_long_streamed_prefill_on_the_endpoint_is_held(one_endpoint):
-    engine = SchedulingEngine(_gated_config())
+def _owner_and_held(pool, calls: list[str]):
+    """Two long streamed prompts on one endpoint: the first owns its gate, the second waits
+    and appends "held" to ``calls`` when it may go. Returns (engine, d1, d2)."""
+    engine = SchedulingEngine(gated_config(GATE_TOKENS))
     first, second = _long(1, stream=True), _long(2, stream=True)
-    d1, d2 = _schedule(engine, one_endpoint, first), _schedule(engine, one_endpoint, second)
+    d1, d2 = _schedule(engine, pool, first), _schedule(engine, pool, second)
     assert not engine.hold_for_prefill(d1, first, lambda: None)
-    assert engine.hold_for_prefill(d2, second, lambda: None)
+    assert engine.hold_for_prefill(d2, second, lambda: calls.append("held"))
+    return engine, d1, d2
+
+
+def test_a_second_long_streamed_prefill_on_the_endpoint_is_held(one_endpoint):
+    calls: list[str] = []
+    engine, _, _ = _owner_and_held(one_endpoint, calls)  # asserts the first goes, the second waits
+    assert calls == [] and engine.gate_tickets == 2
 
 
 def test_the_owners_first_token_lets_the_held_request_go(one_endpoint):
-    engine = SchedulingEngine(_gated_config())
-    first, second = _long(1, stream=True), _long(2, stream=True)
-    d1, d2 = _schedule(engine, one_endpoint, first), _schedule(engine, one_endpoint, second)
     calls: list[str] = []
-    engine.hold_for_prefill(d1, first, lambda: None)
-    engine.hold_for_prefill(d2, second, lambda: calls.append("go"))
+    engine, d1, d2 = _owner_and_held(one_endpoint, calls)
     engine.observe_first_token(d1, 0.2)
-    assert calls == ["go"]
+    assert calls == ["held"]
     engine.release(d1)
     engine.release(d2)
     assert engine.gate_tickets == 0
 
 
 def test_a_cache_hit_on_a_prefix_still_waiting_at_the_gate_waits_behind_it(one_endpoint):
-    engine = SchedulingEngine(_gated_config())
-    first, second = _long(1, stream=True), _long(2, stream=True)
-    d1, d2 = _schedule(engine, one_endpoint, first), _schedule(engine, one_endpoint, second)
     calls: list[str] = []
-    engine.hold_for_prefill(d1, first, lambda: None)
-    engine.hold_for_prefill(d2, second, lambda: calls.append("second"))
+    engine, d1, d2 = _owner_and_held(one_endpoint, calls)
     # the same prompt as the held one: igw counts it cached on the endpoint, the server has not
     # seen it yet; sent now, it would do the long prefill itself, past the gate
     follower = _long(2, stream=True)
@@ -185,25 +177,21 @@ def test_a_cache_hit_on_a_prefix_still_waiting_at_the_gate_waits_behind_it(one_e
     assert d3.uncached_tokens < GATE_TOKENS
     assert engine.hold_for_prefill(d3, follower, lambda: calls.append("follower"))
     engine.observe_first_token(d1, 0.2)
-    assert calls == ["second", "follower"]
+    assert calls == ["held", "follower"]
     for decision in (d1, d2, d3):
         engine.release(decision)
     assert engine.gate_tickets == 0
 
 
 def test_the_owner_ending_without_a_token_lets_the_held_request_go(one_endpoint):
-    engine = SchedulingEngine(_gated_config())
-    first, second = _long(1, stream=True), _long(2, stream=True)
-    d1, d2 = _schedule(engine, one_endpoint, first), _schedule(engine, one_endpoint, second)
     calls: list[str] = []
-    engine.hold_for_prefill(d1, first, lambda: None)
-    engine.hold_for_prefill(d2, second, lambda: calls.append("go"))
+    engine, d1, _ = _owner_and_held(one_endpoint, calls)
     engine.release(d1)  # failed, or the client left
-    assert calls == ["go"]
+    assert calls == ["held"]
 
 
 def test_cache_hits_and_buffered_requests_are_never_held(one_endpoint):
-    engine = SchedulingEngine(_gated_config())
+    engine = SchedulingEngine(gated_config(GATE_TOKENS))
     first = _long(1, stream=True)
     d1 = _schedule(engine, one_endpoint, first)
     assert not engine.hold_for_prefill(d1, first, lambda: None)
@@ -217,12 +205,8 @@ def test_cache_hits_and_buffered_requests_are_never_held(one_endpoint):
 
 
 def test_a_held_request_that_stops_waiting_leaves_no_trace(one_endpoint):
-    engine = SchedulingEngine(_gated_config())
-    first, second = _long(1, stream=True), _long(2, stream=True)
-    d1, d2 = _schedule(engine, one_endpoint, first), _schedule(engine, one_endpoint, second)
     calls: list[str] = []
-    engine.hold_for_prefill(d1, first, lambda: None)
-    engine.hold_for_prefill(d2, second, lambda: calls.append("go"))
+    engine, d1, d2 = _owner_and_held(one_endpoint, calls)
     engine.stop_waiting(d2)
     engine.release(d1)
     engine.release(d2)
@@ -230,7 +214,7 @@ def test_a_held_request_that_stops_waiting_leaves_no_trace(one_endpoint):
 
 
 def test_profiles_without_the_gate_never_hold(one_endpoint):
-    engine = SchedulingEngine(_gated_config(tokens=0))
+    engine = SchedulingEngine(gated_config(0))
     first, second = _long(1, stream=True), _long(2, stream=True)
     d1, d2 = engine.schedule(first, one_endpoint), engine.schedule(second, one_endpoint)
     assert not engine.hold_for_prefill(d1, first, lambda: None)
@@ -241,7 +225,7 @@ def test_the_gate_parameters_are_validated():
     from igw.config import ConfigError
 
     with pytest.raises((ConfigError, ValueError), match="prefillGateTokens"):
-        SchedulingEngine(_gated_config(tokens=-1))
+        SchedulingEngine(gated_config(-1))
 
 
 # ------------------------------------------------------------------- routing effect
@@ -264,8 +248,8 @@ def test_the_gate_lowers_ttft_p90_of_a_cold_start_in_replay():
     shape = workloads.WorkloadParams(requests=600, rate=105.0, seed=1)
     requests = workloads.build("shared-prefix", shape)
     params = make_params("default")
-    without = replay(_gated_config(tokens=0), requests, params=params, seed=1)
-    gated = replay(_gated_config(tokens=1024), requests, params=params, seed=1)
+    without = replay(gated_config(0), requests, params=params, seed=1)
+    gated = replay(gated_config(1024), requests, params=params, seed=1)
     p90 = (without.percentile(without.ttft_ms, 90), gated.percentile(gated.ttft_ms, 90))
     assert p90[1] < 0.9 * p90[0]
     assert gated.hit_rate >= without.hit_rate - 0.005  # no extra cold prefills

@@ -201,8 +201,7 @@ class SchedulingEngine:
         count (the request itself stays in flight until ``release``), and the observation
         calibrates the endpoint's prefill rate for the predicted-ttft scorer.
         """
-        entry = self._held.get(id(decision))
-        held = entry[1] if entry is not None and entry[0] is decision else None
+        held = self._held_of(decision)
         if held is not None:
             self._leave_gate(decision, held)
         if held is None or not decision.reserved or held.prefilled:
@@ -226,8 +225,7 @@ class SchedulingEngine:
         """Whether ``decision`` must wait before being sent: True when it is a long streamed
         prefill and its endpoint already has one in flight; ``notify()`` is then called when
         it may go. False (go now) in every other case."""
-        entry = self._held.get(id(decision))
-        held = entry[1] if entry is not None and entry[0] is decision else None
+        held = self._held_of(decision)
         if held is None or not decision.reserved or held.gated or not request.stream:
             return False
         profile = self.built.profiles.get(decision.profile)
@@ -244,9 +242,9 @@ class SchedulingEngine:
 
     def stop_waiting(self, decision: Decision) -> None:
         """The request stops waiting for (or gives up) its endpoint's prefill gate."""
-        entry = self._held.get(id(decision))
-        if entry is not None and entry[0] is decision:
-            self._leave_gate(decision, entry[1])
+        held = self._held_of(decision)
+        if held is not None:
+            self._leave_gate(decision, held)
 
     def prefill_gate_max_wait(self, decision: Decision) -> float:
         """Seconds a held request waits at most before it is sent anyway."""
@@ -264,6 +262,11 @@ class SchedulingEngine:
         cached = request.attrs.get(PREFIX_ATTR)
         hashes = cached[1] if cached is not None else None
         return _group_of(hashes) if hashes is not None and len(hashes) else None
+
+    def _held_of(self, decision: Decision) -> _Held | None:
+        """What ``decision`` still holds (None once released, or if it is not this engine's)."""
+        entry = self._held.get(id(decision))
+        return entry[1] if entry is not None and entry[0] is decision else None
 
     def _leave_gate(self, decision: Decision, held: _Held) -> None:
         if held.gated:
@@ -313,28 +316,30 @@ class SchedulingEngine:
             pad = np.zeros((extra_scores.shape[0], high_water - extra_scores.shape[1]), np.float32)
             extra_scores = np.concatenate([extra_scores, pad], axis=1)
         started = time.perf_counter()
+        request_args = {
+            "hashes": hashes,
+            "prompt_tokens": prompt_tokens,
+            "block_tokens": profile.prefix.block_tokens,
+            "lora": lora,
+            "extra_scores": extra_scores,
+            "extra_weights": extra_weights,
+        }
         result = pool.scheduler.pick(
             self._core_profile(module, profile, pool),
-            hashes=hashes,
-            prompt_tokens=prompt_tokens,
-            block_tokens=profile.prefix.block_tokens,
-            lora=lora,
             candidates=mask,
             k=k,
-            extra_scores=extra_scores,
-            extra_weights=extra_weights,
             reserve=True,
             record=True,
             with_scores=with_scores,
+            **request_args,
         )
         self._record("core-pick", profile.name, time.perf_counter() - started)
         if not result.endpoints:
             raise errors.no_endpoints()
         ranked = list(result.endpoints)
         if len(ranked) < k and profile.narrows_in_core:
-            extra = (extra_scores, extra_weights)
-            ranked += self._fallbacks(module, profile, pool, hashes, prompt_tokens, lora, mask,
-                                      extra, k - len(ranked), ranked)  # fmt: skip
+            ranked += self._fallbacks(module, profile, pool, request_args, mask, k - len(ranked),
+                                      ranked)  # fmt: skip
         endpoints = [pool.by_id(i) for i in ranked]
         primary = result.endpoints[0]
         matched = int(result.matched_blocks[primary]) if primary < len(result.matched_blocks) else 0
@@ -507,8 +512,8 @@ class SchedulingEngine:
         return adapter if adapter >= 0 else module.UNKNOWN_ADAPTER
 
     def _fallbacks(
-        self, module, profile: BuiltProfile, pool: Pool, hashes, prompt_tokens: int, lora: int,
-        mask, extra: tuple[Any, Any], count: int, taken: list[int],
+        self, module, profile: BuiltProfile, pool: Pool, request_args: dict[str, Any], mask,
+        count: int, taken: list[int],
     ) -> list[int]:  # fmt: skip
         """Ranked fallbacks beyond what the profile's core filters left.
 
@@ -522,16 +527,11 @@ class SchedulingEngine:
             return []
         result = pool.scheduler.pick(
             self._core_profile(module, profile, pool, unfiltered=True),
-            hashes=hashes,
-            prompt_tokens=prompt_tokens,
-            block_tokens=profile.prefix.block_tokens,
-            lora=lora,
             candidates=candidates,
             k=count,
-            extra_scores=extra[0],
-            extra_weights=extra[1],
             reserve=False,
             record=False,
+            **request_args,
         )
         return list(result.endpoints)
 

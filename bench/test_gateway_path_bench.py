@@ -18,43 +18,30 @@ metrics); ``before answer`` stops at the write of the response.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 
 import pytest
 
+# The same completion answer and the same 64 prompts of 16 KB as the socket benchmark.
+from test_gateway_bench import COMPLETION, _bodies
+
 QUICK = os.environ.get("IGW_BENCH_QUICK") == "1"
 REQUESTS = 2_000 if QUICK else 20_000
 WARMUP = 300
-PROMPT_BYTES = 16 * 1024
-ANSWER = json.dumps(
-    {
-        "id": "cmpl-0",
-        "object": "text_completion",
-        "model": "sim-model",
-        "choices": [{"index": 0, "text": "ok", "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 4096, "completion_tokens": 1, "total_tokens": 4097},
-    }
-).encode()
 UPSTREAM_ANSWER = (
     b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-    b"date: Thu, 26 Nov 2026 16:00:00 GMT\r\n\r\n" % len(ANSWER)
-) + ANSWER
+    b"date: Thu, 26 Nov 2026 16:00:00 GMT\r\n\r\n" % len(COMPLETION)
+) + COMPLETION
 
 
 def _requests() -> list[bytes]:
-    out = []
-    for i in range(64):
-        unit = f"Document {i}: the quick brown fox jumps over the lazy dog. "
-        prompt = (unit * (PROMPT_BYTES // len(unit) + 1))[:PROMPT_BYTES]
-        body = json.dumps({"model": "sim-model", "prompt": prompt, "max_tokens": 1}).encode()
-        out.append(
-            b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
-            b"Content-Type: application/json\r\nUser-Agent: bench\r\nAccept: */*\r\n"
-            b"Content-Length: %d\r\n\r\n" % len(body) + body
-        )
-    return out
+    return [
+        b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
+        b"Content-Type: application/json\r\nUser-Agent: bench\r\nAccept: */*\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body) + body
+        for body in _bodies(stream=False)
+    ]
 
 
 class _Transport:
@@ -121,11 +108,12 @@ def _minimal_proxy():
     """One client protocol relaying each request to one upstream protocol: the floor."""
     import httptools
 
-    class Upstream:
-        def __init__(self) -> None:
-            self.parser = httptools.HttpResponseParser(self)
+    class Collector:
+        """httptools callbacks that gather one message's body; ``complete`` gets it whole."""
+
+        def __init__(self, parser_type) -> None:
+            self.parser = parser_type(self)
             self.body: list[bytes] = []
-            self.done = None
 
         def data_received(self, data: bytes) -> None:
             self.parser.feed_data(data)
@@ -135,12 +123,19 @@ def _minimal_proxy():
 
         def on_message_complete(self) -> None:
             body, self.body = b"".join(self.body), []
+            self.complete(body)
+
+    class Upstream(Collector):
+        def __init__(self) -> None:
+            super().__init__(httptools.HttpResponseParser)
+            self.done = None
+
+        def complete(self, body: bytes) -> None:
             self.done.set_result(body)
 
-    class Front:
+    class Front(Collector):
         def __init__(self) -> None:
-            self.parser = httptools.HttpRequestParser(self)
-            self.body: list[bytes] = []
+            super().__init__(httptools.HttpRequestParser)
             self.loop = asyncio.get_running_loop()
             self.upstream = Upstream()
             self.upstream.transport = _Transport(
@@ -150,14 +145,7 @@ def _minimal_proxy():
         def connection_made(self, transport) -> None:
             self.transport = transport
 
-        def data_received(self, data: bytes) -> None:
-            self.parser.feed_data(data)
-
-        def on_body(self, body: bytes) -> None:
-            self.body.append(body)
-
-        def on_message_complete(self) -> None:
-            body, self.body = b"".join(self.body), []
+        def complete(self, body: bytes) -> None:
             self.loop.create_task(self.relay(body))
 
         async def relay(self, body: bytes) -> None:

@@ -36,19 +36,22 @@ async def _observe_first_chunk(epp, request_id: str):
     return call
 
 
+async def _request_observed_to_first_token(epp, request_id: str = "r1") -> None:
+    """One HTTP request of the two-filter deployment: routed, observed, routing stream ended."""
+    routing = await route(epp, request_id)
+    await _observe_first_chunk(epp, request_id)
+    await end_route(routing)
+
+
 async def test_igw_closes_the_observer_stream_after_the_first_chunk():
     async with running_epp(make_pool(IDLE3), director_options=FIRST_TOKEN) as epp:
-        routing = await route(epp, "r1")
-        await _observe_first_chunk(epp, "r1")
-        await end_route(routing)
+        await _request_observed_to_first_token(epp)
         assert await wait_for(lambda: epp.inflight() == 0)
 
 
 async def test_the_request_records_its_first_token_but_no_tokens_or_sizes():
     async with running_epp(make_pool(IDLE3), director_options=FIRST_TOKEN) as epp:
-        routing = await route(epp, "r1")
-        await _observe_first_chunk(epp, "r1")
-        await end_route(routing)
+        await _request_observed_to_first_token(epp)
         assert await wait_for(
             lambda: epp.metric("inference_objective_request_duration_seconds_count", MODEL) == 1
         )
@@ -60,9 +63,7 @@ async def test_the_request_records_its_first_token_but_no_tokens_or_sizes():
 
 async def test_a_request_observed_to_its_first_token_is_not_a_failure():
     async with running_epp(make_pool(IDLE3), director_options=FIRST_TOKEN) as epp:
-        routing = await route(epp, "r1")
-        await _observe_first_chunk(epp, "r1")
-        await end_route(routing)
+        await _request_observed_to_first_token(epp)
         assert await wait_for(lambda: epp.inflight() == 0)
         assert epp.metric("inference_objective_request_error_total", {
             **MODEL, "error_code": "ModelServerError"}) is None  # fmt: skip

@@ -6,19 +6,24 @@
 #include <emmintrin.h>
 #endif
 #include <limits>
+#include <tuple>
 
 namespace igw {
 
 namespace {
 
-struct ScorerInfo {
+// A built-in plugin: its type name, kind, and up to two parameters with their defaults.
+template <typename Kind>
+struct PluginInfo {
   const char* type;
-  ScorerKind kind;
+  Kind kind;
   const char* p1;
   double d1;
   const char* p2;
   double d2;
 };
+using ScorerInfo = PluginInfo<ScorerKind>;
+using FilterInfo = PluginInfo<FilterKind>;
 
 // The built-in scorers, their parameters and defaults (must match _core.pyi).
 constexpr ScorerInfo kScorers[] = {
@@ -34,20 +39,25 @@ constexpr ScorerInfo kScorers[] = {
      "waitingTokens", 512},
 };
 
-struct FilterInfo {
-  const char* type;
-  FilterKind kind;
-  const char* p1;
-  double d1;
-  const char* p2;
-  double d2;
-};
-
 // The built-in filters, their parameters and defaults (must match _core.pyi).
 constexpr FilterInfo kFilters[] = {
     {"new-prefix-spread-filter", FilterKind::NewPrefixSpread, "newPrefixFraction", 0.3,
      "tolerance", 0.0},
 };
+
+template <typename Kind, size_t N>
+const PluginInfo<Kind>* find_plugin(const PluginInfo<Kind> (&table)[N], const std::string& type) {
+  for (const auto& info : table)
+    if (type == info.type) return &info;
+  return nullptr;
+}
+
+template <typename Kind, size_t N>
+std::string type_names(const PluginInfo<Kind> (&table)[N]) {
+  std::string names;
+  for (const auto& info : table) names += (names.empty() ? "" : ", ") + std::string(info.type);
+  return names;
+}
 
 void check_param(const std::string& type, const std::string& key, double v) {
   auto fail = [&](const char* what) {
@@ -114,26 +124,18 @@ Profile::Profile(
     const std::string& picker) {
   for (size_t n = 0; n < scorers.size(); ++n) {
     const auto& [type, weight, params] = scorers[n];
-    const ScorerInfo* info = nullptr;
-    for (const auto& s : kScorers)
-      if (type == s.type) info = &s;
-    const FilterInfo* finfo = nullptr;
-    for (const auto& f : kFilters)
-      if (type == f.type) finfo = &f;
-    if (!info && !finfo) {
-      std::string known, filters;
-      for (const auto& s : kScorers) known += (known.empty() ? "" : ", ") + std::string(s.type);
-      for (const auto& f : kFilters)
-        filters += (filters.empty() ? "" : ", ") + std::string(f.type);
+    const ScorerInfo* info = find_plugin(kScorers, type);
+    const FilterInfo* finfo = find_plugin(kFilters, type);
+    if (!info && !finfo)
       throw Error("scorers[" + std::to_string(n) + "]: unknown scorer type '" + type +
-                  "'; known: " + known + "; filters: " + filters);
-    }
+                  "'; known: " + type_names(kScorers) + "; filters: " + type_names(kFilters));
     if (!std::isfinite(weight) || weight < 0)
       throw Error("scorers[" + std::to_string(n) + "] (" + type +
                   "): weight must be finite and >= 0, got " + std::to_string(weight));
-    const char* p1 = info ? info->p1 : finfo->p1;
-    const char* p2 = info ? info->p2 : finfo->p2;
-    double v1 = info ? info->d1 : finfo->d1, v2 = info ? info->d2 : finfo->d2;
+    auto declared = [](const auto& plugin) {
+      return std::tuple{plugin.p1, plugin.d1, plugin.p2, plugin.d2};
+    };
+    auto [p1, v1, p2, v2] = info ? declared(*info) : declared(*finfo);
     for (const auto& [key, value] : params) {
       if (p1 && key == p1) {
         v1 = value;

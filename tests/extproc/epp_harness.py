@@ -77,6 +77,16 @@ class Rewrites:
         return None if target is None else (target, Rule("rewrite-test"))
 
 
+class Reporter:
+    """Records the endpoint outcomes the account stage reports (outlier detection input)."""
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[str, bool]] = []
+
+    def report_response(self, endpoint, ok: bool) -> None:
+        self.reports.append((endpoint.address, ok))
+
+
 def address(i: int) -> str:
     return f"192.168.1.{i + 1}:8000"
 

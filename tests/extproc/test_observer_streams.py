@@ -10,6 +10,7 @@ import grpc
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from epp_harness import (
+    Reporter,
     make_pool,
     req_headers,
     req_llm,
@@ -101,14 +102,6 @@ async def wait_for(predicate, timeout: float = 2.0) -> bool:
             return True
         await asyncio.sleep(0.005)
     return predicate()
-
-
-class Reporter:
-    def __init__(self) -> None:
-        self.reports: list[tuple[str, bool]] = []
-
-    def report_response(self, endpoint, ok: bool) -> None:
-        self.reports.append((endpoint.address, ok))
 
 
 # ----------------------------------------------------------------------------- no replies

@@ -6,6 +6,7 @@ import asyncio
 
 import grpc
 from epp_harness import (
+    Reporter,
     make_pool,
     req_body,
     req_headers,
@@ -162,16 +163,8 @@ async def test_stream_closed_before_any_response_is_not_counted_as_served():
         assert epp.inflight() == 0
 
 
-class _Reporter:
-    def __init__(self) -> None:
-        self.reports: list[tuple[str, bool]] = []
-
-    def report_response(self, endpoint, ok: bool) -> None:
-        self.reports.append((endpoint.address, ok))
-
-
 async def test_cancelled_stream_is_not_reported_against_the_endpoint():
-    reporter = _Reporter()
+    reporter = Reporter()
     async with running_epp(make_pool(IDLE3), reporter=reporter) as epp:
         call = epp.stub.Process()
         for message in req_llm("p", "my-model", "my-model"):
@@ -189,7 +182,7 @@ async def test_cancelled_stream_is_not_reported_against_the_endpoint():
 
 
 async def test_5xx_response_is_reported_against_the_served_endpoint():
-    reporter = _Reporter()
+    reporter = Reporter()
     served = {"envoy.lb": {"x-gateway-destination-endpoint-served": "192.168.1.3:8000"}}
     async with running_epp(make_pool(IDLE3), reporter=reporter) as epp:
         await epp.exchange(

@@ -34,8 +34,9 @@ def make_item(seq: int, flow: str, deadline: int, size: int) -> Item:
     )
 
 
-def run(band: Band, ops) -> tuple[list[Item], list[Item]]:
-    """Apply ops to the band and to a list model; check counts after every step."""
+def run(band: Band, ops, expect=None) -> tuple[list[Item], list[Item]]:
+    """Apply ops to the band and to a list model; check counts after every step, and with
+    ``expect(live)`` that every pop returns the item the model says comes next."""
     live: list[Item] = []
     popped: list[Item] = []
     seq = 0
@@ -55,6 +56,8 @@ def run(band: Band, ops) -> tuple[list[Item], list[Item]]:
                 assert item is None
                 continue
             assert item is not None and item in live
+            if expect is not None:
+                assert item is expect(live)
             live.remove(item)
             item.done = True
             popped.append(item)
@@ -68,51 +71,14 @@ def run(band: Band, ops) -> tuple[list[Item], list[Item]]:
 @given(OPS)
 def test_global_strict_fcfs_pops_the_oldest_live_item(ops):
     band = Band(0, max_requests=10**6, max_bytes=1e18, fairness=GLOBAL_STRICT, ordering=FCFS)
-    live: list[Item] = []
-    seq = 0
-    for op in ops:
-        if op[0] == "push":
-            item = make_item(seq, op[1], op[2], op[3])
-            seq += 1
-            band.push(item)
-            live.append(item)
-        elif op[0] == "discard" and live:
-            item = live.pop(op[1] % len(live))
-            item.done = True
-            band.discard(item)
-        elif op[0] == "pop":
-            item = band.pop()
-            expected = min(live, key=lambda i: i.seq) if live else None
-            assert item is expected
-            if item is not None:
-                item.done = True
-                live.remove(item)
-        assert band.count == len(live)
+    run(band, ops, expect=lambda live: min(live, key=lambda i: i.seq))
 
 
 @settings(max_examples=80, deadline=None)
 @given(OPS)
 def test_global_strict_edf_pops_the_earliest_deadline(ops):
     band = Band(0, max_requests=10**6, max_bytes=1e18, fairness=GLOBAL_STRICT, ordering=EDF)
-    live: list[Item] = []
-    seq = 0
-    for op in ops:
-        if op[0] == "push":
-            item = make_item(seq, op[1], op[2], op[3])
-            seq += 1
-            band.push(item)
-            live.append(item)
-        elif op[0] == "discard" and live:
-            item = live.pop(op[1] % len(live))
-            item.done = True
-            band.discard(item)
-        elif op[0] == "pop":
-            item = band.pop()
-            expected = min(live, key=lambda i: (i.deadline, i.seq)) if live else None
-            assert item is expected
-            if item is not None:
-                item.done = True
-                live.remove(item)
+    run(band, ops, expect=lambda live: min(live, key=lambda i: (i.deadline, i.seq)))
 
 
 @settings(max_examples=80, deadline=None)

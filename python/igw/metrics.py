@@ -4,6 +4,13 @@ Dashboards and HPA rules written for the reference picker keep working: the lega
 ``inference_objective_*`` / ``inference_pool_*`` / ``inference_extension_*`` families (still
 emitted by the reference) and the main ``llm_d_epp_*`` families are both exported.
 
+Each per-request measurement is recorded once, in its ``llm_d_epp_*`` family. Its legacy twin
+(same buckets, a subset of the labels: the reference's legacy families have no
+``fairness_id``, some no ``priority`` or ``target_model_name``) is a ``RollUp``: at scrape time
+it sums the current family's series that share the legacy labels and emits them under the
+legacy name. The request path so pays for one update per measurement, not two; a scrape
+pays for the sums instead.
+
 Everything lives on one ``Metrics`` object with its own ``CollectorRegistry`` (never the
 global default registry), so tests and several front ends in one process do not collide.
 The ``inference_pool_*`` gauges are not pushed: they are computed from each registered Pool's
@@ -161,17 +168,36 @@ class _Family(Collector):
                 self._children[values] = child  # type: ignore[index]
         return child
 
-    def _metric_name(self) -> str:
-        return self.name
+    def metric_name(self, name: str) -> str:
+        """The family name in the exposition for a family registered as ``name``."""
+        return name
 
     def describe(self):
-        return [Metric(self._metric_name(), self.documentation, self.kind)]
+        return [Metric(self.metric_name(self.name), self.documentation, self.kind)]
 
-    def _series(self):
-        """(label dict, child) per distinct series (aliases of non-str keys skipped)."""
+    def keyed_series(self):
+        """(label values, child) per distinct series (aliases of non-str keys skipped)."""
         for key, child in list(self._children.items()):
             if all(type(v) is str for v in key):
-                yield dict(zip(self.labelnames, key, strict=True)), child
+                yield key, child
+
+    def _series(self):
+        """(label dict, child) per distinct series."""
+        names = self.labelnames
+        for key, child in self.keyed_series():
+            yield dict(zip(names, key, strict=True)), child
+
+    def collect(self):
+        yield self.exposition(self.name, self.documentation, self._series())
+
+    def exposition(self, name: str, documentation: str, series: Iterable) -> Metric:
+        """The samples of ``series`` ((label dict, child) pairs) as family ``name``; shared by
+        this family and the ``RollUp`` views derived from it."""
+        raise NotImplementedError
+
+    def merged(self, children: list):
+        """One child holding the sum of ``children`` (the child itself when there is one)."""
+        raise NotImplementedError
 
 
 class Counter(_Family):
@@ -180,21 +206,29 @@ class Counter(_Family):
     def _child(self) -> _CounterChild:
         return _CounterChild()
 
-    def _metric_name(self) -> str:
-        return self.name[: -len("_total")] if self.name.endswith("_total") else self.name
+    def metric_name(self, name: str) -> str:
+        return name[: -len("_total")] if name.endswith("_total") else name
 
     def inc(self, amount: float = 1.0) -> None:
         self._children[()].inc(amount)  # type: ignore[attr-defined]
 
-    def collect(self):
-        base = self._metric_name()
-        metric = Metric(base, self.documentation, self.kind)
+    def exposition(self, name: str, documentation: str, series: Iterable) -> Metric:
+        base = self.metric_name(name)
+        metric = Metric(base, documentation, self.kind)
         created = _created_series()
-        for labels, child in self._series():
+        for labels, child in series:
             metric.add_sample(base + "_total", labels, child.value)
             if created:
                 metric.add_sample(base + "_created", labels, child.created)
-        yield metric
+        return metric
+
+    def merged(self, children: list) -> _CounterChild:
+        if len(children) == 1:
+            return children[0]
+        total = _CounterChild()
+        total.value = sum(c.value for c in children)
+        total.created = min(c.created for c in children)
+        return total
 
 
 class Gauge(_Family):
@@ -206,11 +240,18 @@ class Gauge(_Family):
     def set(self, value: float) -> None:
         self._children[()].set(value)  # type: ignore[attr-defined]
 
-    def collect(self):
-        metric = Metric(self.name, self.documentation, self.kind)
-        for labels, child in self._series():
-            metric.add_sample(self.name, labels, child.value)
-        yield metric
+    def exposition(self, name: str, documentation: str, series: Iterable) -> Metric:
+        metric = Metric(name, documentation, self.kind)
+        for labels, child in series:
+            metric.add_sample(name, labels, child.value)
+        return metric
+
+    def merged(self, children: list) -> _GaugeChild:
+        if len(children) == 1:
+            return children[0]
+        total = _GaugeChild()
+        total.value = sum(c.value for c in children)
+        return total
 
 
 class Histogram(_Family):
@@ -238,11 +279,10 @@ class Histogram(_Family):
     def observe(self, amount: float) -> None:
         self._children[()].observe(amount)  # type: ignore[attr-defined]
 
-    def collect(self):
-        name = self.name
-        metric = Metric(name, self.documentation, self.kind)
+    def exposition(self, name: str, documentation: str, series: Iterable) -> Metric:
+        metric = Metric(name, documentation, self.kind)
         created = _created_series()
-        for labels, child in self._series():
+        for labels, child in series:
             total = 0
             for le, count in zip(self._les, child.counts, strict=True):
                 total += count
@@ -251,7 +291,76 @@ class Histogram(_Family):
             metric.add_sample(name + "_sum", labels, child.sum)
             if created:
                 metric.add_sample(name + "_created", labels, child.created)
-        yield metric
+        return metric
+
+    def merged(self, children: list) -> _HistogramChild:
+        if len(children) == 1:
+            return children[0]
+        total = _HistogramChild(self.bounds)
+        total.counts = [sum(column) for column in zip(*(c.counts for c in children), strict=True)]
+        total.sum = sum(c.sum for c in children)
+        total.created = min(c.created for c in children)
+        return total
+
+
+class RollUp(Collector):
+    """A family exported at scrape time from another one: the same kind, buckets and values
+    under another name, keeping only ``labelnames`` (a subset of the source's labels; the
+    source's series that agree on them are summed).
+
+    Why: the legacy families are the current ones minus some labels, so recording both on
+    every request would do each update twice. A series appears here once its first source
+    series does; its ``_created`` is the earliest of theirs. Sums of several series are
+    added in the source's series order, so a float ``_sum`` can differ from a single running
+    total in the last bits; counts and integer sums are exact.
+    """
+
+    def __init__(
+        self,
+        source: _Family,
+        name: str,
+        documentation: str,
+        labelnames: Iterable[str] | None = None,
+        *,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.source = source
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = source.labelnames if labelnames is None else tuple(labelnames)
+        unknown = [n for n in self.labelnames if n not in source.labelnames]
+        if unknown:
+            raise ValueError(
+                f"{name}: labels {unknown} are not labels of {source.name} {source.labelnames}"
+            )
+        self._index = tuple(source.labelnames.index(n) for n in self.labelnames)
+        self._same_labels = self.labelnames == source.labelnames
+        if registry is not None:
+            registry.register(self)
+
+    def describe(self):
+        return [Metric(self.source.metric_name(self.name), self.documentation, self.source.kind)]
+
+    def collect(self):
+        yield self.source.exposition(self.name, self.documentation, self._series())
+
+    def _series(self):
+        names, source = self.labelnames, self.source
+        if self._same_labels:
+            for key, child in source.keyed_series():
+                yield dict(zip(names, key, strict=True)), child
+            return
+        index = self._index
+        groups: dict[tuple[str, ...], list] = {}
+        for key, child in source.keyed_series():
+            group = tuple(key[i] for i in index)
+            members = groups.get(group)
+            if members is None:
+                groups[group] = [child]
+            else:
+                members.append(child)
+        for group, children in groups.items():
+            yield dict(zip(names, group, strict=True)), source.merged(children)
 
 
 class _ApplyPending(Collector):
@@ -334,189 +443,183 @@ class _RequestSeries:
     a series appears in the exposition only once something was recorded in it, as before.
     """
 
-    _PAIR = frozenset({
-        "request_sizes", "epp_running", "request_duration", "response_sizes", "input_tokens",
-        "output_tokens", "ntpot", "cached_tokens",
-    })  # fmt: skip
     __slots__ = (
-        "_epp", "_metrics", "_model", "_pair", "_priority",
-        "cached_tokens", "epp_cached_tokens", "epp_input_tokens", "epp_ntpot",
-        "epp_output_tokens", "epp_request_duration", "epp_request_size", "epp_request_total",
-        "epp_response_size", "epp_running", "epp_ttft", "input_tokens", "ntpot",
-        "output_tokens", "request_duration", "request_sizes", "request_total",
-        "response_sizes", "running",
+        "_epp", "_metrics", "_pair",
+        "epp_cached_tokens", "epp_input_tokens", "epp_ntpot", "epp_output_tokens",
+        "epp_request_duration", "epp_request_size", "epp_request_total", "epp_response_size",
+        "epp_running", "epp_ttft",
     )  # fmt: skip
 
     def __init__(self, m: Metrics, model: str, target: str, fairness: str, priority: int):
         self._metrics = m
-        self._model = model
         self._pair = (model, target)
-        self._priority = str(priority)
-        self._epp = (model, target, fairness, self._priority)
+        self._epp = (model, target, fairness, str(priority))
 
     def __getattr__(self, name: str):
         if name.startswith("_") or name not in _RequestSeries.__slots__:
             raise AttributeError(name)
         family = getattr(self._metrics, name)
-        if name == "running":
-            child = family.labels(self._model)
-        elif name == "request_total":
-            child = family.labels(*self._pair, self._priority)
-        elif name in _RequestSeries._PAIR:
-            child = family.labels(*self._pair)
-        else:
-            child = family.labels(*self._epp)
+        child = family.labels(*(self._pair if name == "epp_running" else self._epp))
         setattr(self, name, child)
         return child
 
 
 class Metrics:
-    """The metric families and the ``record_*`` calls the stages make."""
+    """The metric families and the ``record_*`` calls the stages make.
+
+    Only the ``llm_d_epp_*`` families (and the legacy families with no current twin) are
+    updated; ``request_total``, ``request_duration``, ``running`` ... are ``RollUp`` views of
+    their ``epp_*`` twins, read-only.
+    """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         self._pools: list[Pool] = []
         self._pending: list[tuple[Callable[..., None], tuple]] = []
         self._flush_loop: asyncio.AbstractEventLoop | None = None
-        r = self.registry
-        r.register(_ApplyPending(self))
-        self.request_total = Counter(
-            "inference_objective_request_total",
-            "Counter of inference objective requests broken out for each model and target model.",
-            MODEL_PRIORITY, registry=r,
-        )  # fmt: skip
-        self.request_error_total = Counter(
-            "inference_objective_request_error_total",
-            "Counter of inference objective requests errors broken out for each model and "
-            "target model.",
-            (*MODEL, "error_code"), registry=r,
-        )  # fmt: skip
-        self.request_duration = Histogram(
-            "inference_objective_request_duration_seconds",
-            "Inference objective response latency distribution in seconds.",
-            MODEL, buckets=GENERAL_LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.request_sizes = Histogram(
-            "inference_objective_request_sizes",
-            "Inference objective requests size distribution in bytes.",
-            MODEL, buckets=REQUEST_SIZE_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.response_sizes = Histogram(
-            "inference_objective_response_sizes",
-            "Inference objective responses size distribution in bytes.",
-            MODEL, buckets=RESPONSE_SIZE_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.input_tokens = Histogram(
-            "inference_objective_input_tokens",
-            "Inference objective input token count distribution for requests in each model.",
-            MODEL, buckets=INPUT_TOKEN_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.output_tokens = Histogram(
-            "inference_objective_output_tokens",
-            "Inference objective output token count distribution for requests in each model.",
-            MODEL, buckets=OUTPUT_TOKEN_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.cached_tokens = Histogram(
-            "inference_objective_prompt_cached_tokens",
-            "Inference objective prompt cached token count distribution.",
-            MODEL, buckets=INPUT_TOKEN_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.running = Gauge(
-            "inference_objective_running_requests",
-            "Inference objective number of running requests in each model.",
-            ("model_name",), registry=r,
-        )  # fmt: skip
-        self.ntpot = Histogram(
-            "inference_objective_normalized_time_per_output_token_seconds",
-            "Inference objective latency divided by number of output tokens in seconds.",
-            MODEL, buckets=NTPOT_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.scheduler_e2e = Histogram(
-            "inference_extension_scheduler_e2e_duration_seconds",
-            "End-to-end scheduling latency distribution in seconds.",
-            (), buckets=SCHEDULER_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.scheduler_attempts = Counter(
-            "inference_extension_scheduler_attempts_total",
-            "Total number of scheduling attempts.",
-            ("status", "target_model_name", "pod_name", "namespace", "port"), registry=r,
-        )  # fmt: skip
-        self.plugin_duration = Histogram(
-            "inference_extension_plugin_duration_seconds",
-            "Plugin processing latency distribution in seconds for each extension point, "
-            "plugin type and plugin name.",
-            ("extension_point", "plugin_type", "plugin_name"),
-            buckets=SCHEDULER_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.rewrite_decisions = Counter(
-            "inference_extension_model_rewrite_decisions_total",
-            "Total number of inference model rewrite decisions.",
-            ("model_rewrite_name", "model_name", "target_model"), registry=r,
-        )  # fmt: skip
-        self.info = Gauge(
-            "inference_extension_info", "General information of the current build.",
-            ("commit", "build_ref"), registry=r,
-        )  # fmt: skip
-        # The current (non-deprecated) families.
+        # The current (non-deprecated) families, which the request path updates.
         self.epp_request_total = Counter(
-            "llm_d_epp_request_total", "Counter of requests.", EPP_REQUEST, registry=r
+            "llm_d_epp_request_total", "Counter of requests.", EPP_REQUEST
         )
         self.epp_request_error_total = Counter(
             "llm_d_epp_request_error_total", "Counter of request errors.",
-            (*EPP_REQUEST, "error_code"), registry=r,
+            (*EPP_REQUEST, "error_code"),
         )  # fmt: skip
         self.epp_request_duration = Histogram(
             "llm_d_epp_request_duration_seconds", "Request latency in seconds.",
-            EPP_REQUEST, buckets=GENERAL_LATENCY_BUCKETS, registry=r,
+            EPP_REQUEST, buckets=GENERAL_LATENCY_BUCKETS,
         )  # fmt: skip
         self.epp_ttft = Histogram(
             "llm_d_epp_request_ttft_seconds", "Time to first response byte in seconds.",
-            EPP_REQUEST, buckets=GENERAL_LATENCY_BUCKETS, registry=r,
+            EPP_REQUEST, buckets=GENERAL_LATENCY_BUCKETS,
         )  # fmt: skip
         self.epp_request_size = Histogram(
             "llm_d_epp_request_size_bytes", "Request body size in bytes.",
-            EPP_REQUEST, buckets=REQUEST_SIZE_BUCKETS, registry=r,
+            EPP_REQUEST, buckets=REQUEST_SIZE_BUCKETS,
         )  # fmt: skip
         self.epp_response_size = Histogram(
             "llm_d_epp_response_size_bytes", "Response body size in bytes.",
-            EPP_REQUEST, buckets=RESPONSE_SIZE_BUCKETS, registry=r,
+            EPP_REQUEST, buckets=RESPONSE_SIZE_BUCKETS,
         )  # fmt: skip
         self.epp_input_tokens = Histogram(
             "llm_d_epp_request_input_tokens", "Input tokens per request.",
-            EPP_REQUEST, buckets=INPUT_TOKEN_BUCKETS, registry=r,
+            EPP_REQUEST, buckets=INPUT_TOKEN_BUCKETS,
         )  # fmt: skip
         self.epp_output_tokens = Histogram(
             "llm_d_epp_request_output_tokens", "Output tokens per request.",
-            EPP_REQUEST, buckets=OUTPUT_TOKEN_BUCKETS, registry=r,
+            EPP_REQUEST, buckets=OUTPUT_TOKEN_BUCKETS,
         )  # fmt: skip
         self.epp_cached_tokens = Histogram(
             "llm_d_epp_request_cached_tokens", "Prompt tokens served from the prefix cache.",
-            EPP_REQUEST, buckets=INPUT_TOKEN_BUCKETS, registry=r,
+            EPP_REQUEST, buckets=INPUT_TOKEN_BUCKETS,
         )  # fmt: skip
         self.epp_ntpot = Histogram(
             "llm_d_epp_request_ntpot_seconds", "Request latency divided by output tokens.",
-            EPP_REQUEST, buckets=NTPOT_BUCKETS, registry=r,
+            EPP_REQUEST, buckets=NTPOT_BUCKETS,
         )  # fmt: skip
         self.epp_running = Gauge(
             "llm_d_epp_request_running", "Number of running requests.",
-            ("model_name", "target_model_name"), registry=r,
+            ("model_name", "target_model_name"),
         )  # fmt: skip
         self.epp_scheduler_e2e = Histogram(
             "llm_d_epp_scheduler_e2e_duration_seconds",
             "End-to-end scheduling latency distribution in seconds.",
-            (), buckets=SCHEDULER_BUCKETS, registry=r,
+            (), buckets=SCHEDULER_BUCKETS,
         )  # fmt: skip
         self.epp_plugin_duration = Histogram(
             "llm_d_epp_plugin_duration_seconds", "Plugin processing latency in seconds.",
-            ("extension_point", "plugin_type", "plugin_name"),
-            buckets=SCHEDULER_BUCKETS, registry=r,
+            ("extension_point", "plugin_type", "plugin_name"), buckets=SCHEDULER_BUCKETS,
         )  # fmt: skip
         self.epp_request_processing = Histogram(
             "llm_d_epp_request_processing_duration_seconds",
             "Time the picker spent on the request phase (parse to routing decision).",
-            (), buckets=SCHEDULER_BUCKETS, registry=r,
+            (), buckets=SCHEDULER_BUCKETS,
         )  # fmt: skip
-        self.registry.register(_PoolGauges(self))
+        # The legacy families: views of their current twins, or recorded (no twin).
+        self.request_total = RollUp(
+            self.epp_request_total, "inference_objective_request_total",
+            "Counter of inference objective requests broken out for each model and target model.",
+            MODEL_PRIORITY,
+        )  # fmt: skip
+        self.request_error_total = RollUp(
+            self.epp_request_error_total, "inference_objective_request_error_total",
+            "Counter of inference objective requests errors broken out for each model and "
+            "target model.",
+            (*MODEL, "error_code"),
+        )  # fmt: skip
+        self.request_duration = RollUp(
+            self.epp_request_duration, "inference_objective_request_duration_seconds",
+            "Inference objective response latency distribution in seconds.", MODEL,
+        )  # fmt: skip
+        self.request_sizes = RollUp(
+            self.epp_request_size, "inference_objective_request_sizes",
+            "Inference objective requests size distribution in bytes.", MODEL,
+        )  # fmt: skip
+        self.response_sizes = RollUp(
+            self.epp_response_size, "inference_objective_response_sizes",
+            "Inference objective responses size distribution in bytes.", MODEL,
+        )  # fmt: skip
+        self.input_tokens = RollUp(
+            self.epp_input_tokens, "inference_objective_input_tokens",
+            "Inference objective input token count distribution for requests in each model.",
+            MODEL,
+        )  # fmt: skip
+        self.output_tokens = RollUp(
+            self.epp_output_tokens, "inference_objective_output_tokens",
+            "Inference objective output token count distribution for requests in each model.",
+            MODEL,
+        )  # fmt: skip
+        self.cached_tokens = RollUp(
+            self.epp_cached_tokens, "inference_objective_prompt_cached_tokens",
+            "Inference objective prompt cached token count distribution.", MODEL,
+        )  # fmt: skip
+        self.running = RollUp(
+            self.epp_running, "inference_objective_running_requests",
+            "Inference objective number of running requests in each model.", ("model_name",),
+        )  # fmt: skip
+        self.ntpot = RollUp(
+            self.epp_ntpot, "inference_objective_normalized_time_per_output_token_seconds",
+            "Inference objective latency divided by number of output tokens in seconds.", MODEL,
+        )  # fmt: skip
+        self.scheduler_e2e = RollUp(
+            self.epp_scheduler_e2e, "inference_extension_scheduler_e2e_duration_seconds",
+            "End-to-end scheduling latency distribution in seconds.",
+        )  # fmt: skip
+        # pod_name here, endpoint_name in the reference's current family, which igw does not
+        # export: recorded.
+        self.scheduler_attempts = Counter(
+            "inference_extension_scheduler_attempts_total",
+            "Total number of scheduling attempts.",
+            ("status", "target_model_name", "pod_name", "namespace", "port"),
+        )  # fmt: skip
+        self.plugin_duration = RollUp(
+            self.epp_plugin_duration, "inference_extension_plugin_duration_seconds",
+            "Plugin processing latency distribution in seconds for each extension point, "
+            "plugin type and plugin name.",
+        )  # fmt: skip
+        self.rewrite_decisions = Counter(
+            "inference_extension_model_rewrite_decisions_total",
+            "Total number of inference model rewrite decisions.",
+            ("model_rewrite_name", "model_name", "target_model"),
+        )  # fmt: skip
+        self.info = Gauge(
+            "inference_extension_info", "General information of the current build.",
+            ("commit", "build_ref"),
+        )  # fmt: skip
+        # Registration order is exposition order: legacy families first, as before.
+        for collector in (
+            _ApplyPending(self),
+            self.request_total, self.request_error_total, self.request_duration,
+            self.request_sizes, self.response_sizes, self.input_tokens, self.output_tokens,
+            self.cached_tokens, self.running, self.ntpot, self.scheduler_e2e,
+            self.scheduler_attempts, self.plugin_duration, self.rewrite_decisions, self.info,
+            self.epp_request_total, self.epp_request_error_total, self.epp_request_duration,
+            self.epp_ttft, self.epp_request_size, self.epp_response_size,
+            self.epp_input_tokens, self.epp_output_tokens, self.epp_cached_tokens,
+            self.epp_ntpot, self.epp_running, self.epp_scheduler_e2e, self.epp_plugin_duration,
+            self.epp_request_processing, _PoolGauges(self),
+        ):  # fmt: skip
+            self.registry.register(collector)
         self._by_labels: dict[tuple[str, str, str, int], _RequestSeries] = {}
         from igw import __version__
 
@@ -571,18 +674,14 @@ class Metrics:
 
     def _record_request(self, request: Request) -> None:
         s = self._series(request)
-        s.request_total.inc()
         s.epp_request_total.inc()
-        size = len(request.upstream_body)
-        s.request_sizes.observe(size)
-        s.epp_request_size.observe(size)
+        s.epp_request_size.observe(len(request.upstream_body))
 
     def record_error(self, request: Request, code_label: str) -> None:
-        model, target = request.incoming_model, request.target_model
-        self.request_error_total.labels(model, target, code_label).inc()
         self.epp_request_error_total.labels(
-            model, target, request.fairness_id, str(request.priority), code_label
-        ).inc()
+            request.incoming_model, request.target_model, request.fairness_id,
+            str(request.priority), code_label,
+        ).inc()  # fmt: skip
 
     def record_rewrite(self, rule_name: str, model: str, target: str) -> None:
         self.rewrite_decisions.labels(rule_name, model, target).inc()
@@ -610,48 +709,36 @@ class Metrics:
 
     def _record_engine(self, plugin_type: str, plugin_name: str, seconds: float) -> None:
         if plugin_type == "scheduler" and plugin_name == "e2e":
-            self.scheduler_e2e.observe(seconds)
             self.epp_scheduler_e2e.observe(seconds)
-            return
-        for family in (self.plugin_duration, self.epp_plugin_duration):
-            family.labels("scheduling", plugin_type, plugin_name).observe(seconds)
+        else:
+            self.epp_plugin_duration.labels("scheduling", plugin_type, plugin_name).observe(seconds)
 
     def running_started(self, request: Request) -> None:
-        s = self._series(request)
-        s.running.inc()
-        s.epp_running.inc()
+        self._series(request).epp_running.inc()
 
     def running_ended(self, request: Request) -> None:
-        s = self._series(request)
-        s.running.dec()
-        s.epp_running.dec()
+        self._series(request).epp_running.dec()
 
     # -- response phase ------------------------------------------------------------------
     def record_response(self, request: Request, response_bytes: int | None) -> None:
         """The response ended normally: latency, size, tokens, normalized TPOT."""
         s = self._series(request)
-        end = request.finished_at or request.received_at
-        latency = max(0.0, end - request.received_at)
-        s.request_duration.observe(latency)
+        received = request.received_at
+        latency = max(0.0, (request.finished_at or received) - received)
         s.epp_request_duration.observe(latency)
         if request.first_byte_at is not None:
-            s.epp_ttft.observe(max(0.0, request.first_byte_at - request.received_at))
+            s.epp_ttft.observe(max(0.0, request.first_byte_at - received))
         if response_bytes is not None:  # None: the body was not all seen (observer mode)
-            s.response_sizes.observe(response_bytes)
             s.epp_response_size.observe(response_bytes)
         usage = request.usage
         if usage.prompt_tokens > 0:
-            s.input_tokens.observe(usage.prompt_tokens)
             s.epp_input_tokens.observe(usage.prompt_tokens)
         if usage.completion_tokens > 0:
-            s.output_tokens.observe(usage.completion_tokens)
             s.epp_output_tokens.observe(usage.completion_tokens)
             ntpot = latency / usage.completion_tokens
             if math.isfinite(ntpot):
-                s.ntpot.observe(ntpot)
                 s.epp_ntpot.observe(ntpot)
         if usage.cached_tokens > 0:
-            s.cached_tokens.observe(usage.cached_tokens)
             s.epp_cached_tokens.observe(usage.cached_tokens)
 
     # -- exposition ----------------------------------------------------------------------

@@ -16,7 +16,7 @@ def _request() -> Request:
 
 def _raw_count(metrics: Metrics) -> float:
     """The counter's value without going through the registry (which applies the queue)."""
-    child = metrics.request_total.labels("m", "m", "0")
+    child = metrics.epp_request_total.labels("m", "m", "default-flow", "0")
     return child.value
 
 

@@ -11,3 +11,13 @@ from igw.scheduling import _backend
 @pytest.fixture(autouse=True)
 def core_backend(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(igw.datastore, "_core", _backend.core)
+
+
+@pytest.fixture(params=[False, True], ids=["ext_proc-port", "observer-port"])
+def observer_transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Runs an observer test twice: observer streams on ``--grpc-port`` (grpc.aio), and on
+    ``--observer-port`` (igw's receive-only transport); both must behave the same."""
+    import epp_harness
+
+    monkeypatch.setattr(epp_harness, "OBSERVERS_ON_OWN_PORT", request.param)
+    return request.param

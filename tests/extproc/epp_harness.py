@@ -221,6 +221,10 @@ def streamed_body(replies: Iterable[pb.ProcessingResponse], phase: str) -> tuple
 
 # ----------------------------------------------------------------------------- server
 
+# Where running_epp sends observer streams by default; the ``observer_transport`` fixture of
+# the observer test modules runs each of their tests on both ports.
+OBSERVERS_ON_OWN_PORT = False
+
 
 @dataclasses.dataclass
 class Epp:
@@ -231,6 +235,7 @@ class Epp:
     engine: SchedulingEngine
     channel: grpc.aio.Channel
     stub: pb_grpc.ExternalProcessorStub
+    observer_stub: pb_grpc.ExternalProcessorStub  # ``stub``, or the observer port's
 
     async def exchange(self, messages: Sequence[pb.ProcessingRequest]) -> list:
         """Send every message, half-close, and return every reply (raises on a gRPC error)."""
@@ -260,8 +265,12 @@ async def running_epp(
     k: int | None = None,
     engine: Any = None,
     with_scores: bool = False,
+    observers_on_own_port: bool | None = None,
     **pipeline_options: Any,
 ) -> AsyncIterator[Epp]:
+    """An EppServer on free ports with a client channel. Observer streams go to ``--grpc-port``
+    or, with ``observers_on_own_port`` (default: ``OBSERVERS_ON_OWN_PORT``), to the observer
+    port, through ``Epp.observer_stub``."""
     config = load_config(text=config_text)
     metrics = Metrics()
     metrics.add_pool(pool)
@@ -287,9 +296,20 @@ async def running_epp(
         rng=random.Random(7),
         **(director_options or {}),
     )
-    server = EppServer(director, host="127.0.0.1", grpc_port=0, health_port=0, metrics_port=0)
+    own_port = OBSERVERS_ON_OWN_PORT if observers_on_own_port is None else observers_on_own_port
+    server = EppServer(
+        director,
+        host="127.0.0.1",
+        grpc_port=0,
+        health_port=0,
+        metrics_port=0,
+        observer_port=0 if own_port else None,
+    )
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    observer_channel = channel
+    if own_port:
+        observer_channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.observer_port}")
     try:
         yield Epp(
             server,
@@ -299,7 +319,10 @@ async def running_epp(
             engine,
             channel,
             pb_grpc.ExternalProcessorStub(channel),
+            pb_grpc.ExternalProcessorStub(observer_channel),
         )
     finally:
         await channel.close()
+        if observer_channel is not channel:
+            await observer_channel.close()
         await server.stop(0)

@@ -21,12 +21,14 @@ from test_observer_streams import (
 
 from igw.extproc.director import Director
 
+pytestmark = pytest.mark.usefixtures("observer_transport")
+
 FIRST_TOKEN = {"observe_until": "first-token"}
 
 
 async def _observe_first_chunk(epp, request_id: str):
     """Headers and the first chunk; then igw ends the stream without Envoy half-closing it."""
-    call = epp.stub.Process()
+    call = epp.observer_stub.Process()
     messages = observer_messages(request_id, sse_events())
     for message in messages[:3]:  # request headers, response headers, first chunk
         await call.write(message)

@@ -22,6 +22,8 @@ from epp_harness import (
 from igw.extproc.observer import LiveRequests
 from igw.pipeline import Request
 
+pytestmark = pytest.mark.usefixtures("observer_transport")
+
 IDLE3 = [(0, 0.1), (0, 0.1), (0, 0.1)]
 SSE = {":status": "200", "content-type": "text/event-stream"}
 MODEL = {"model_name": "my-model", "target_model_name": "my-model"}
@@ -58,7 +60,7 @@ def observer_messages(request_id: str | None, events: list[bytes], *, headers=SS
 
 async def observe(epp, messages, *, close: bool = True):
     """Sends an observer stream; returns (call, replies) once the server ended it (if close)."""
-    call = epp.stub.Process()
+    call = epp.observer_stub.Process()
     for message in messages:
         await call.write(message)
     if not close:

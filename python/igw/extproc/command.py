@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import signal
+import ssl
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -177,6 +178,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "stream (time to first token, prefill calibration and the prefill gate at a few ms of "
         "CPU per request; no token or size metrics). Default: end",
     )
+    own.add_argument(
+        "--observer-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="also serve observer streams on PORT with igw's receive-only gRPC transport "
+        "(about a third of the CPU per streamed chunk of the ext_proc port; same TLS setting "
+        "and certificate; point the observability_mode filter's cluster at it, see "
+        "deploy/envoy/envoy-observe.yaml). Default: off (observer streams use --grpc-port)",
+    )
+    own.add_argument(
+        "--observer-read-batch",
+        type=parse_duration,
+        default=parse_duration("1ms"),
+        metavar="DURATION",
+        help="on a busy observer connection, wait this long between socket reads so one read "
+        "takes many chunks (time stamps are late by at most this much; 0 = read at once). "
+        "Default: 1ms",
+    )
 
     ignored = parser.add_argument_group("accepted for compatibility, ignored")
     for flag, default in _IGNORED_BOOLS.items():
@@ -317,7 +337,7 @@ async def _main(args: argparse.Namespace) -> int:
     from igw.datastore import Pool
     from igw.extproc.director import Director
     from igw.extproc.server import EppServer
-    from igw.extproc.tls import server_credentials
+    from igw.extproc.tls import certificate_pair, grpc_credentials, ssl_server_context
     from igw.flowcontrol import install as install_flow_control
     from igw.metrics import Metrics
     from igw.parsing import ParserRegistry
@@ -414,12 +434,20 @@ async def _main(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_request_body,
         observe_until=args.observe_until,
     )
+    if args.observer_port is not None and not 0 <= args.observer_port <= 65535:
+        raise UsageError(f"--observer-port: {args.observer_port} is not a port (0-65535)")
+    if args.observer_read_batch < 0:
+        raise UsageError("--observer-read-batch: expected a duration >= 0")
     credentials = None
+    observer_ssl = None
     if args.secure_serving:
         try:
-            credentials, _ = server_credentials(args.cert_path or None)
-        except (ValueError, OSError) as error:
-            raise UsageError(str(error)) from None
+            cert_pem, key_pem = certificate_pair(args.cert_path or None)
+            credentials = grpc_credentials(cert_pem, key_pem)
+            if args.observer_port is not None:
+                observer_ssl = ssl_server_context(cert_pem, key_pem)
+        except (ValueError, OSError, ssl.SSLError) as error:
+            raise UsageError(f"TLS: {error}") from None
     server = EppServer(
         director,
         host=args.bind_address,
@@ -430,6 +458,9 @@ async def _main(args: argparse.Namespace) -> int:
         max_recv=args.grpc_max_recv_msg_size or None,
         max_send=args.grpc_max_send_msg_size or None,
         synced=(lambda: pool.synced and elector.is_leader) if elector is not None else None,
+        observer_port=args.observer_port,
+        observer_ssl=observer_ssl,
+        observer_read_batch=args.observer_read_batch,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -447,12 +478,16 @@ async def _main(args: argparse.Namespace) -> int:
     if args.objectives_file and objectives_source is not None:
         watch_task = asyncio.create_task(objectives_source.source.watch(1.0))
     scheme = "TLS" if credentials is not None else "plaintext"
+    observers = ""
+    if server.observer_port is not None:
+        observers = f"observer streams on :{server.observer_port}, "
     source = ""
     if getattr(discovery, "client", None) is not None:
         source = f" (watching Kubernetes at {discovery.client.config.server})"
     print(
         f"igw epp: ext_proc on {args.bind_address}:{server.grpc_port} ({scheme}), health on "
-        f":{server.health_port}, metrics on :{server.metrics_port}/metrics, pool {pool_name} "
+        f":{server.health_port}, metrics on :{server.metrics_port}/metrics, {observers}pool "
+        f"{pool_name} "
         f"with {len(pool)} endpoints{source}",
         flush=True,
     )

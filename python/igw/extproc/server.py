@@ -3,13 +3,17 @@
 ``EppServer`` wires a ``Director`` into a ``grpc.aio`` server (TLS or plaintext; it also
 answers ``grpc.health.v1`` for Envoy's cluster health check), a second server for
 ``grpc.health.v1`` on its own port (plaintext, as Kubernetes gRPC probes expect),
-and an aiohttp app serving ``/metrics`` from igw's own registry. ``stop`` drains: readiness
+an aiohttp app serving ``/metrics`` from igw's own registry, and, when asked for, the
+observer port (``observe_server.py``: observability-mode streams without grpc-python's
+per-message cost). ``stop`` drains: readiness
 turns NOT_SERVING first, then the servers stop with a grace period.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import ssl
 from collections.abc import Callable
 
 import grpc
@@ -19,6 +23,7 @@ from grpc_health.v1 import health_pb2_grpc
 
 from igw.extproc.director import Director
 from igw.extproc.health import HealthServicer, Readiness
+from igw.extproc.observe_server import DEFAULT_MAX_MESSAGE, DEFAULT_READ_BATCH, ObserverServer
 from igw.extproc.service import ExternalProcessorServicer
 from igw.metrics import Metrics
 
@@ -72,6 +77,9 @@ class EppServer:
         max_recv: int | None = None,
         max_send: int | None = None,
         servicer: object | None = None,
+        observer_port: int | None = None,
+        observer_ssl: ssl.SSLContext | None = None,
+        observer_read_batch: float = DEFAULT_READ_BATCH,
     ) -> None:
         self.director = director
         self.host = host
@@ -94,13 +102,30 @@ class EppServer:
         else:
             self.grpc_port = self.server.add_insecure_port(target)
         self.health_port = self.health_server.add_insecure_port(f"{host}:{health_port}")
+        self.observer: ObserverServer | None = None
+        if observer_port is not None:
+            self.observer = ObserverServer(
+                director,
+                health,
+                host=host,
+                port=observer_port,
+                ssl_context=observer_ssl,
+                read_batch=observer_read_batch,
+                max_message=max_recv or DEFAULT_MAX_MESSAGE,
+            )
         self._metrics_port = metrics_port
         self.metrics_port: int | None = None
         self._metrics_runner: web.AppRunner | None = None
 
+    @property
+    def observer_port(self) -> int | None:
+        return self.observer.port if self.observer is not None else None
+
     async def start(self) -> None:
         await self.server.start()
         await self.health_server.start()
+        if self.observer is not None:
+            await self.observer.start()
         if self._metrics_port is not None and self.director.metrics is not None:
             self._metrics_runner = await start_metrics_server(
                 self.director.metrics, self.host, self._metrics_port
@@ -111,7 +136,10 @@ class EppServer:
         """Drain: report NOT_SERVING, let open streams finish for ``grace`` s, then stop."""
         self.readiness.draining = True
         try:
-            await self.server.stop(grace)
+            if self.observer is not None:
+                await asyncio.gather(self.server.stop(grace), self.observer.stop(grace))
+            else:
+                await self.server.stop(grace)
         finally:
             await self.health_server.stop(0)
             if self._metrics_runner is not None:

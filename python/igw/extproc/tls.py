@@ -3,7 +3,9 @@
 The reference serves ext_proc over TLS by default (``--secure-serving=true``) with a
 self-signed certificate when no ``--cert-path`` is given; Envoy is configured not to verify
 it. igw does the same, generating an EC P-256 key and a one-year certificate in memory with
-the ``cryptography`` package (no files written).
+the ``cryptography`` package. The observer port (``observe_server.py``) serves the same
+certificate through Python's ``ssl``, which loads it only from files: they live in a private
+temporary directory for the moment it takes to load them.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import ssl
+import tempfile
 
 import grpc
 
@@ -60,7 +64,29 @@ def load_cert_dir(cert_path: str) -> tuple[bytes, bytes]:
         return f_crt.read(), f_key.read()
 
 
+def certificate_pair(cert_path: str | None) -> tuple[bytes, bytes]:
+    """(certificate PEM, key PEM): from ``cert_path``, or self-signed when it is not given."""
+    return load_cert_dir(cert_path) if cert_path else self_signed()
+
+
 def server_credentials(cert_path: str | None) -> tuple[grpc.ServerCredentials, bytes]:
     """Server credentials and the certificate PEM (clients in tests trust it)."""
-    cert_pem, key_pem = load_cert_dir(cert_path) if cert_path else self_signed()
-    return grpc.ssl_server_credentials([(key_pem, cert_pem)]), cert_pem
+    cert_pem, key_pem = certificate_pair(cert_path)
+    return grpc_credentials(cert_pem, key_pem), cert_pem
+
+
+def grpc_credentials(cert_pem: bytes, key_pem: bytes) -> grpc.ServerCredentials:
+    return grpc.ssl_server_credentials([(key_pem, cert_pem)])
+
+
+def ssl_server_context(cert_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
+    """A TLS server context offering HTTP/2 by ALPN, as gRPC clients (Envoy too) require."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.set_alpn_protocols(["h2"])
+    with tempfile.TemporaryDirectory(prefix="igw-tls-") as folder:
+        cert_file, key_file = os.path.join(folder, "tls.crt"), os.path.join(folder, "tls.key")
+        for path, pem in ((cert_file, cert_pem), (key_file, key_pem)):
+            with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
+                out.write(pem)
+        context.load_cert_chain(cert_file, key_file)
+    return context

@@ -538,10 +538,9 @@ def test_agentic_observe_on_the_observer_port_cpu():
     own_port = measure(("--observer-port",), n, 1, req_msgs, resp_head, [], obs_msgs)
     unbatched = measure(("--observer-port", "--no-read-batch"), n, 1, req_msgs, resp_head, [],
                         obs_msgs)  # fmt: skip
-    for name, stats in (("agentic-observe, observer on the ext_proc port", grpc_port),
-                        ("agentic-observe, observer port", own_port),
-                        ("agentic-observe, observer port, read batching off", unbatched)):  # fmt: skip
-        _print(name, stats)
+    _print("agentic-observe, observer on the ext_proc port", grpc_port)
+    _print("agentic-observe, observer port", own_port)
+    _print("agentic-observe, observer port, read batching off", unbatched)
     per_request = own_port["server_cpu_per_request_ms"]
     ratios = {
         "observer port / ext_proc port": per_request / grpc_port["server_cpu_per_request_ms"],

@@ -21,10 +21,11 @@ Two more savings:
   stream has consumed 32 KiB or the connection a quarter of its window.
 * Reads are batched while a connection is busy: after a read that came less than
   ``read_batch`` seconds after the previous one, reading pauses for ``read_batch``, so the
-  frames queue in the socket and the next read takes them all at once. A quiet connection is
-  read at once, so the first chunk after a long prefill is not delayed. On a busy connection a
-  chunk's time stamp (time to first token, the prefill gate's release) is late by at most
-  ``read_batch``; ``--observer-read-batch=0`` turns batching off.
+  frames queue in the socket and the next read takes them all at once. A connection that was
+  quiet for longer than ``read_batch`` is read at once, so the first chunk after a long
+  prefill is not delayed. On a busy connection a chunk's time stamp (time to first token, the
+  prefill gate's release) is late by at most ``read_batch``; ``--observer-read-batch=0``
+  turns batching off.
 
 What goes back to Envoy: a ``Process`` stream gets its response headers when it opens and
 ``grpc-status: 0`` when it ends. When igw ends it early (``--observe-until first-token``) an

@@ -71,16 +71,26 @@ def test_observer_sends_and_goes_with_the_streamed_response():
     assert list(observe.metadata_options.forwarding_namespaces.untyped) == ["envoy.lb"]
 
 
-@pytest.mark.parametrize("name", ["igw-route", "igw-observe"])
-def test_both_filters_call_the_ext_proc_cluster(name):
-    assert ext_proc(name).grpc_service.envoy_grpc.cluster_name == "ext_proc"
+@pytest.mark.parametrize(
+    ("name", "cluster"), [("igw-route", "ext_proc"), ("igw-observe", "igw_observe")]
+)
+def test_routing_calls_the_ext_proc_port_and_observing_the_observer_port(name, cluster):
+    assert ext_proc(name).grpc_service.envoy_grpc.cluster_name == cluster
 
 
-def test_clusters_are_those_of_the_single_filter_bootstrap():
+def test_clusters_are_those_of_the_single_filter_bootstrap_plus_the_observer_port():
     observe = {c.name: c for c in bootstrap().static_resources.clusters}
     single = {c.name: c for c in bootstrap("envoy.yaml").static_resources.clusters}
+    observer = observe.pop("igw_observe")
     assert observe == single
     original = observe["original_destination_cluster"].original_dst_lb_config
     assert original.http_header_name == DESTINATION_KEY
     health = observe["ext_proc"].health_checks[0].grpc_health_check
     assert health.service_name == SERVICE_NAME
+    # the observer cluster is the ext_proc cluster (TLS, h2, health check) on the observer port
+    [endpoint] = observer.load_assignment.endpoints[0].lb_endpoints
+    address = endpoint.endpoint.address.socket_address
+    assert address.port_value == 9004
+    observer.name = observer.load_assignment.cluster_name = "ext_proc"
+    address.port_value = 9002
+    assert observer == observe["ext_proc"]

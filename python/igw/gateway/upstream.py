@@ -13,6 +13,12 @@ reused connection that the server had already closed (nothing received) is retri
 a fresh connection, as every HTTP client does for stale keep-alive; reading pauses when the
 client downstream is slower than the replica (``HIGH_WATER``); every read has a timeout;
 TCP_NODELAY is set on every connection (small SSE writes must not wait for delayed ACKs).
+
+The read timeout is one lazy timer per connection, not a loop timer armed and cancelled for
+every wait (~2.3 us each, measured with uvloop; a request waits once for its head and once
+per streamed chunk that is not already buffered): each wait sets the connection's deadline
+and the future it applies to; the armed timer, when it fires, expires that future if its
+deadline has passed, re-arms for a later deadline, or lapses when nothing waits.
 """
 
 from __future__ import annotations
@@ -40,6 +46,54 @@ MAX_IDLE_PER_HOST = 256
 def _expire(future: asyncio.Future) -> None:
     if not future.done():
         future.set_exception(asyncio.TimeoutError())
+
+
+class _Deadline:
+    """The read timeout of one connection: at most one loop timer, re-used across waits."""
+
+    __slots__ = ("_at", "_loop", "_timer", "_waiting", "deadline")
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._at = 0.0  # when the armed timer fires
+        self._waiting: asyncio.Future | None = None
+        self.deadline = 0.0
+
+    def watch(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future, seconds: float):
+        """``future`` fails with ``TimeoutError`` unless done within ``seconds``."""
+        self._loop = loop
+        self._waiting = future
+        self.deadline = deadline = loop.time() + seconds
+        timer = self._timer
+        if timer is not None:
+            if self._at <= deadline:
+                return  # fires first, then re-arms for the rest
+            timer.cancel()
+        self._at = deadline
+        self._timer = loop.call_at(deadline, self._fire)
+
+    def done(self) -> None:
+        """The wait is over (its timer, if armed, finds nothing to do and lapses)."""
+        self._waiting = None
+
+    def _fire(self) -> None:
+        self._timer = None
+        future = self._waiting
+        if future is None or future.done() or self._loop is None:
+            return
+        if self._loop.time() < self.deadline:
+            self._at = self.deadline
+            self._timer = self._loop.call_at(self.deadline, self._fire)
+            return
+        self._waiting = None
+        _expire(future)
+
+    def cancel(self) -> None:
+        self._waiting = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class UpstreamError(ConnectionError):
@@ -76,6 +130,7 @@ class _Connection(asyncio.Protocol):
         "_received",
         "_until_eof",
         "_waiter",
+        "deadline",
         "key",
         "parser",
         "transport",
@@ -86,6 +141,7 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self._closed = False
+        self.deadline = _Deadline()
         self._reset()
 
     def _reset(self) -> None:
@@ -123,6 +179,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        self.deadline.cancel()
         if self._until_eof and exc is None and not self._done:
             self._done = True  # HTTP/1.0-style body: the close is its end
             self._keep_alive = False
@@ -196,6 +253,7 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self._closed = True
+        self.deadline.cancel()
         if self.transport is not None:
             self.transport.close()
 
@@ -236,7 +294,7 @@ class UpstreamResponse:
                 raise conn._error
             loop = asyncio.get_running_loop()
             waiter = conn._waiter = loop.create_future()
-            timer = loop.call_later(self._read_timeout, _expire, waiter)
+            conn.deadline.watch(loop, waiter, self._read_timeout)
             try:
                 await waiter
             except asyncio.TimeoutError:
@@ -244,7 +302,7 @@ class UpstreamResponse:
                     f"no data from the replica for {self._read_timeout:g}s"
                 ) from None
             finally:
-                timer.cancel()
+                conn.deadline.done()
                 conn._waiter = None
         chunk = conn._chunks.popleft()
         conn._buffered -= len(chunk)
@@ -334,7 +392,7 @@ class UpstreamPool:
         head = conn._head = loop.create_future()
         assert conn.transport is not None
         conn.transport.write(data)
-        timer = loop.call_later(self.read_timeout, _expire, head)  # cheaper than a Timeout
+        conn.deadline.watch(loop, head, self.read_timeout)
         try:
             status = await head
         except asyncio.TimeoutError:
@@ -346,7 +404,7 @@ class UpstreamPool:
             conn.close()
             raise
         finally:
-            timer.cancel()
+            conn.deadline.done()
         return UpstreamResponse(self, conn, status)
 
     def _finished(self, conn: _Connection) -> None:

@@ -10,6 +10,7 @@ import sys
 import time
 
 import grpc
+import pytest
 from epp_harness import make_pool, resp_body, running_epp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from test_command import ENV
@@ -214,3 +215,15 @@ async def test_igw_epp_serves_the_observer_port_over_tls_with_its_certificate(tm
             proc.kill()
             await proc.wait()
     assert proc.returncode == 0
+
+
+def test_the_observer_port_serves_on_uvloop_too():
+    uvloop = pytest.importorskip("uvloop")
+
+    async def observed_once() -> float | None:
+        async with observer_epp() as epp:
+            await observe(epp, observer_messages("alone", sse_events("m-uv")))
+            labels = {"model_name": "m-uv", "target_model_name": "m-uv"}
+            return epp.metric("inference_objective_input_tokens_sum", labels)
+
+    assert uvloop.run(observed_once()) == 120

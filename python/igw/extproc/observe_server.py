@@ -41,7 +41,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import hpack
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
@@ -147,10 +147,10 @@ class ObserverConnection(asyncio.Protocol):
 
     # ---------------------------------------------------------------- asyncio
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, only alike
+        self.transport = cast(asyncio.Transport, transport)
         self.server.connections.add(self)
-        transport.write(SERVER_PREFACE)
+        self.transport.write(SERVER_PREFACE)
 
     def data_received(self, data: bytes) -> None:
         try:

@@ -103,15 +103,17 @@ async def test_reused_upstream_connection_times_out_from_its_new_request():
     async def first_only(reader, writer):
         nonlocal requests, connections
         connections += 1
-        while True:
-            try:
+        try:
+            while True:
                 await reader.readuntil(b"\r\n\r\n")
-            except asyncio.IncompleteReadError:
-                return
-            requests += 1
-            if requests == 1:  # the second request is never answered
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                await writer.drain()
+                requests += 1
+                if requests == 1:  # the second request is never answered
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the client closed the connection
+        finally:
+            writer.close()
 
     server = await asyncio.start_server(first_only, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]

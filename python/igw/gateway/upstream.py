@@ -38,6 +38,7 @@ try:  # Python 3.11+
 except ImportError:  # pragma: no cover - Python 3.10 (aiohttp depends on async-timeout there)
     from async_timeout import timeout as _timeout  # type: ignore[no-redef]
 
+_FRAMING = frozenset({"content-length", "transfer-encoding"})
 HIGH_WATER = 256 * 1024  # buffered response bytes before we stop reading from the replica
 LOW_WATER = 64 * 1024
 MAX_IDLE_PER_HOST = 256
@@ -121,6 +122,7 @@ class _Connection(asyncio.Protocol):
         "_closed",
         "_done",
         "_error",
+        "_framed",
         "_head",
         "_header_name",
         "_headers",
@@ -146,6 +148,7 @@ class _Connection(asyncio.Protocol):
 
     def _reset(self) -> None:
         self._headers: list[tuple[str, str]] = []
+        self._framed = False  # a content-length or transfer-encoding header came
         self._header_name = ""
         self._head: asyncio.Future | None = None
         self._chunks: collections.deque[bytes] = collections.deque()
@@ -198,22 +201,21 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks ----------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        key = name.decode("latin-1").lower()
+        if key in _FRAMING:
+            self._framed = True
+        self._headers.append((key, value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         if status < 200:  # informational: wait for the final head
             self._informational = True
             self._headers = []
+            self._framed = False
             return
         # llhttp forgets keep-alive once the message completes: ask while it knows.
         self._keep_alive = self.parser.should_keep_alive()
-        names = {name for name, _ in self._headers}
-        self._until_eof = (
-            "content-length" not in names
-            and "transfer-encoding" not in names
-            and status not in (204, 304)
-        )
+        self._until_eof = not self._framed and status not in (204, 304)
         head = self._head
         if head is not None and not head.done():
             head.set_result(status)
@@ -313,6 +315,16 @@ class UpstreamResponse:
 
     async def read(self) -> bytes:
         """The whole body."""
+        conn = self._conn
+        if conn._done:  # all of it came already (the usual non-streamed answer): no waits
+            chunks = conn._chunks
+            data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+            chunks.clear()
+            conn._buffered = 0
+            if conn._paused and conn.transport is not None:
+                conn._paused = False
+                conn.transport.resume_reading()
+            return data
         parts = []
         while True:
             chunk = await self.readany()

@@ -134,6 +134,7 @@ class _Connection(asyncio.Protocol):
         "_waiter",
         "deadline",
         "key",
+        "loop",
         "parser",
         "transport",
     )
@@ -142,6 +143,9 @@ class _Connection(asyncio.Protocol):
         self.key = key
         self.parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
+        # the connection's loop, looked up once: on Python 3.11 every get_running_loop()
+        # is a getpid() system call
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self.deadline = _Deadline()
         self._reset()
@@ -165,6 +169,7 @@ class _Connection(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.loop = asyncio.get_running_loop()
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
@@ -294,7 +299,7 @@ class UpstreamResponse:
                 return b""
             if conn._error is not None:
                 raise conn._error
-            loop = asyncio.get_running_loop()
+            loop = conn.loop or asyncio.get_running_loop()
             waiter = conn._waiter = loop.create_future()
             conn.deadline.watch(loop, waiter, self._read_timeout)
             try:
@@ -400,7 +405,7 @@ class UpstreamPool:
         if conn._closed or conn.transport is None or conn.transport.is_closing():
             raise UpstreamConnectError("the idle connection was closed")
         conn._reset()
-        loop = asyncio.get_running_loop()
+        loop = conn.loop or asyncio.get_running_loop()
         head = conn._head = loop.create_future()
         assert conn.transport is not None
         conn.transport.write(data)

@@ -107,8 +107,13 @@ def _event_usage(payload: bytes) -> Usage | None:
 
 
 def _maybe_rounded(usage: Usage) -> bool:
-    counts = (usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
-    return any(not -_INT64_LIMIT < n < _INT64_LIMIT for n in (*counts, usage.total_tokens))
+    low, high = -_INT64_LIMIT, _INT64_LIMIT
+    return not (
+        low < usage.prompt_tokens < high
+        and low < usage.completion_tokens < high
+        and low < usage.cached_tokens < high
+        and low < usage.total_tokens < high
+    )
 
 
 def usage_from_body(body: bytes) -> Usage | None:

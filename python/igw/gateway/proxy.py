@@ -69,6 +69,7 @@ _RETRY_STATUSES = frozenset({500, 502, 503, 504})
 # OpenAI streams of these kinds end with "data: [DONE]"; without it the stream was cut.
 _DONE_KINDS = frozenset({RequestKind.COMPLETIONS, RequestKind.CHAT})
 _DONE_MARK = b"[DONE]"
+MAX_CACHED_TARGETS = 4096  # endpoint address -> (host, port), bounded like the pools
 
 FailureReporter = Callable[["Endpoint"], None]
 
@@ -133,6 +134,8 @@ class Forwarder:
         )
         self.report_failure = report_failure
         self.max_attempts = max(1, max_attempts)
+        # "ip:port" -> (host, port): Endpoint.host / .port split the address on every call
+        self._targets: dict[str, tuple[str, int]] = {}
 
     async def close(self) -> None:
         await self.upstream.close()
@@ -197,10 +200,9 @@ class Forwarder:
         last = len(candidates) - 1
         for index, endpoint in enumerate(candidates):
             tried.append(endpoint.address)
+            host, port = self._target(endpoint)
             try:
-                upstream = await self.upstream.post(
-                    endpoint.host, endpoint.port, path, headers, body
-                )
+                upstream = await self.upstream.post(host, port, path, headers, body)
             except (UpstreamConnectError, UpstreamTimeoutError) as exc:
                 log.warning(
                     "request %s: %s failed before any response (%s); %s",
@@ -219,6 +221,14 @@ class Forwarder:
                 continue
             return upstream, endpoint.address
         return None, ", ".join(tried)
+
+    def _target(self, endpoint: Endpoint) -> tuple[str, int]:
+        target = self._targets.get(endpoint.address)
+        if target is None:
+            if len(self._targets) >= MAX_CACHED_TARGETS:
+                self._targets.clear()
+            target = self._targets[endpoint.address] = (endpoint.host, endpoint.port)
+        return target
 
     def _report(self, endpoint: Endpoint) -> None:
         if self.report_failure is not None:

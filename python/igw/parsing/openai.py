@@ -300,13 +300,15 @@ _PROMPT_BUILDERS = {
 }
 
 
+_MAX_OUTPUT_FIELDS = {
+    "chat/completions": ("max_completion_tokens", "max_tokens"),
+    "completions": ("max_tokens",),
+    "responses": ("max_output_tokens",),
+}
+
+
 def _max_output_tokens(api: str, data: dict[str, Any]) -> int | None:
-    fields = {
-        "chat/completions": ("max_completion_tokens", "max_tokens"),
-        "completions": ("max_tokens",),
-        "responses": ("max_output_tokens",),
-    }.get(api, ())
-    for name in fields:
+    for name in _MAX_OUTPUT_FIELDS.get(api, ()):
         value = data.get(name)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
             return int(value)

@@ -63,7 +63,7 @@ def _serve(argv: list[str]) -> None:
     from igw.config import load_config
     from igw.datastore import Pool
     from igw.extproc.director import Director
-    from igw.extproc.observe_server import DEFAULT_READ_BATCH
+    from igw.extproc.h2_transport import DEFAULT_READ_BATCH
     from igw.extproc.server import EppServer
     from igw.metrics import Metrics
     from igw.scheduling import SchedulingEngine

@@ -26,7 +26,7 @@ from test_observer_streams import (
     wait_for,
 )
 
-from igw.extproc.observe_server import PROCESS_PATH
+from igw.extproc.h2_transport import PROCESS_PATH
 from igw.extproc.tls import self_signed
 
 SIZES = "inference_objective_response_sizes_sum"

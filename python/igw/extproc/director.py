@@ -227,18 +227,30 @@ class Stream:
     # ---------------------------------------------------------------- dispatch
     async def handle(self, message: msgs.ProcessingRequest) -> list[msgs.ProcessingResponse]:
         """Replies to one Envoy message (possibly none). Raises ``StreamError``."""
+        replies = self.handle_now(message)
+        if replies is not None:
+            return replies
+        try:
+            if message.WhichOneof("request") == "request_body":
+                return await self._request_body(message)
+            return await self._request_trailers(message)
+        except InferenceError as error:
+            return self._error_reply(error)
+
+    def handle_now(self, message: msgs.ProcessingRequest) -> list[msgs.ProcessingResponse] | None:
+        """``handle`` for the messages that never wait; None for the request body and
+        trailers, which may (flow control, the prefill gate): ``handle`` those. Lets a transport
+        answer the streamed response chunks without a coroutine each."""
         kind = message.WhichOneof("request")
         try:
             if kind == "response_body":
                 return self._response_body(message.response_body)
-            if kind == "request_body":
-                return await self._request_body(message)
+            if kind in ("request_body", "request_trailers"):
+                return None
             if kind == "request_headers":
                 return self._request_headers(message)
             if kind == "response_headers":
                 return self._response_headers(message)
-            if kind == "request_trailers":
-                return await self._request_trailers(message)
             if kind == "response_trailers":
                 self._finish(failed=False)
                 return [msgs.trailers_response("response")]

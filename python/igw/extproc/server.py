@@ -4,7 +4,7 @@
 answers ``grpc.health.v1`` for Envoy's cluster health check), a second server for
 ``grpc.health.v1`` on its own port (plaintext, as Kubernetes gRPC probes expect),
 an aiohttp app serving ``/metrics`` from igw's own registry, and, when asked for, the
-observer port (``observe_server.py``: observability-mode streams without grpc-python's
+observer port (``h2_transport.py``: observability-mode streams without grpc-python's
 per-message cost). ``stop`` drains: readiness
 turns NOT_SERVING first, then the servers stop with a grace period.
 """
@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2_grpc
 
 from igw.extproc.director import Director
 from igw.extproc.health import HealthServicer, Readiness
-from igw.extproc.observe_server import DEFAULT_MAX_MESSAGE, DEFAULT_READ_BATCH, ObserverServer
+from igw.extproc.h2_transport import DEFAULT_MAX_MESSAGE, DEFAULT_READ_BATCH, ObserverServer
 from igw.extproc.service import ExternalProcessorServicer
 from igw.metrics import Metrics
 

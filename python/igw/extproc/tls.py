@@ -3,7 +3,7 @@
 The reference serves ext_proc over TLS by default (``--secure-serving=true``) with a
 self-signed certificate when no ``--cert-path`` is given; Envoy is configured not to verify
 it. igw does the same, generating an EC P-256 key and a one-year certificate in memory with
-the ``cryptography`` package. The observer port (``observe_server.py``) serves the same
+the ``cryptography`` package. The observer port (``h2_transport.py``) serves the same
 certificate through Python's ``ssl``, which loads it only from files: they live in a private
 temporary directory for the moment it takes to load them.
 """

@@ -99,7 +99,8 @@ def _serve(argv: list[str]) -> None:
             metrics_port=None,
             servicer=servicer,
             observer_port=0 if "--observer-port" in argv else None,
-            observer_read_batch=0.0 if "--no-read-batch" in argv else DEFAULT_READ_BATCH,
+            read_batch=0.0 if "--no-read-batch" in argv else DEFAULT_READ_BATCH,
+            transport="igw" if "--igw-transport" in argv else "grpcio",
         )
         await server.start()
         print(server.grpc_port, server.observer_port or "", flush=True)

@@ -21,3 +21,13 @@ def observer_transport(request: pytest.FixtureRequest, monkeypatch: pytest.Monke
 
     monkeypatch.setattr(epp_harness, "OBSERVERS_ON_OWN_PORT", request.param)
     return request.param
+
+
+@pytest.fixture(params=["grpcio", "igw"], ids=["grpcio", "igw-transport"])
+def epp_transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs an ext_proc test on both transports of the ext_proc port: grpc.aio and igw's own
+    (``h2_transport.py``); both must behave the same."""
+    import epp_harness
+
+    monkeypatch.setattr(epp_harness, "EPP_TRANSPORT", request.param)
+    return request.param

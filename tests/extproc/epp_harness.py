@@ -224,6 +224,9 @@ def streamed_body(replies: Iterable[pb.ProcessingResponse], phase: str) -> tuple
 # Where running_epp sends observer streams by default; the ``observer_transport`` fixture of
 # the observer test modules runs each of their tests on both ports.
 OBSERVERS_ON_OWN_PORT = False
+# What serves running_epp's ext_proc port ("grpcio" or "igw"); the ``epp_transport`` fixture
+# runs the ext_proc tests on both.
+EPP_TRANSPORT = "grpcio"
 
 
 @dataclasses.dataclass
@@ -304,6 +307,7 @@ async def running_epp(
         health_port=0,
         metrics_port=0,
         observer_port=0 if own_port else None,
+        transport=EPP_TRANSPORT,
     )
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}")

@@ -20,6 +20,8 @@ from epp_harness import (
 from igw.errors import ErrorCode, InferenceError
 from igw.parsing import ParserRegistry
 
+pytestmark = pytest.mark.usefixtures("epp_transport")
+
 IDLE = [(0, 0.1), (0, 0.1)]
 
 

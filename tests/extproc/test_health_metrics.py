@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import aiohttp
 import grpc
+import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from epp_harness import destination, make_pool, req_llm, resp_body, resp_headers, running_epp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from igw.extproc.tls import server_credentials
+
+pytestmark = pytest.mark.usefixtures("epp_transport")
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from epp_harness import (
     PASSTHROUGH_CONFIG,
     destination,
@@ -20,6 +21,8 @@ from epp_harness import (
     streamed_body,
     subset_metadata,
 )
+
+pytestmark = pytest.mark.usefixtures("epp_transport")
 
 
 def assert_routed(replies, endpoint: str, body: bytes) -> None:

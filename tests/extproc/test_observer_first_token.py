@@ -21,7 +21,7 @@ from test_observer_streams import (
 
 from igw.extproc.director import Director
 
-pytestmark = pytest.mark.usefixtures("observer_transport")
+pytestmark = pytest.mark.usefixtures("observer_transport", "epp_transport")
 
 FIRST_TOKEN = {"observe_until": "first-token"}
 

@@ -65,7 +65,7 @@ async def test_other_methods_are_unimplemented_and_the_connection_stays_usable()
             raise AssertionError("an unknown method was answered")
         except grpc.aio.AioRpcError as error:
             assert error.code() == grpc.StatusCode.UNIMPLEMENTED
-            assert "not served on the observer port" in (error.details() or "")
+            assert "not served by igw's transport" in (error.details() or "")
         health = health_pb2_grpc.HealthStub(channel)
         reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING

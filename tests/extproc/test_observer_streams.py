@@ -22,7 +22,7 @@ from epp_harness import (
 from igw.extproc.observer import LiveRequests
 from igw.pipeline import Request
 
-pytestmark = pytest.mark.usefixtures("observer_transport")
+pytestmark = pytest.mark.usefixtures("observer_transport", "epp_transport")
 
 IDLE3 = [(0, 0.1), (0, 0.1), (0, 0.1)]
 SSE = {":status": "200", "content-type": "text/event-stream"}

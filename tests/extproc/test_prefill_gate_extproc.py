@@ -12,6 +12,8 @@ from sched_helpers import gated_config
 
 from igw.scheduling import SchedulingEngine
 
+pytestmark = pytest.mark.usefixtures("epp_transport")
+
 
 def _gated_engine(tokens: int = 256) -> SchedulingEngine:
     return SchedulingEngine(gated_config(tokens))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 
+import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from epp_harness import (
     destination,
@@ -22,6 +23,8 @@ from epp_harness import (
     streamed_body,
     subset_metadata,
 )
+
+pytestmark = pytest.mark.usefixtures("epp_transport")
 
 IDLE3 = [(0, 0.1), (0, 0.1), (0, 0.1)]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import pytest
 from epp_harness import (
     Reporter,
     make_pool,
@@ -15,6 +16,8 @@ from epp_harness import (
     resp_headers,
     running_epp,
 )
+
+pytestmark = pytest.mark.usefixtures("epp_transport")
 
 IDLE3 = [(0, 0.1), (0, 0.1), (0, 0.1)]
 

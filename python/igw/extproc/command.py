@@ -179,6 +179,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "CPU per request; no token or size metrics). Default: end",
     )
     own.add_argument(
+        "--grpc-transport",
+        choices=("grpcio", "igw"),
+        default="grpcio",
+        help="what serves the ext_proc port: grpcio (grpc.aio, the default) or igw's own "
+        "HTTP/2 transport (several times less CPU per ext_proc message; same behaviour, "
+        "health checks answered, TLS from the same certificate). Default: grpcio",
+    )
+    own.add_argument(
         "--observer-port",
         type=int,
         default=None,
@@ -439,13 +447,13 @@ async def _main(args: argparse.Namespace) -> int:
     if args.observer_read_batch < 0:
         raise UsageError("--observer-read-batch: expected a duration >= 0")
     credentials = None
-    observer_ssl = None
+    ssl_context = None
     if args.secure_serving:
         try:
             cert_pem, key_pem = certificate_pair(args.cert_path or None)
             credentials = grpc_credentials(cert_pem, key_pem)
-            if args.observer_port is not None:
-                observer_ssl = ssl_server_context(cert_pem, key_pem)
+            if args.observer_port is not None or args.grpc_transport == "igw":
+                ssl_context = ssl_server_context(cert_pem, key_pem)
         except (ValueError, OSError, ssl.SSLError) as error:
             raise UsageError(f"TLS: {error}") from None
     server = EppServer(
@@ -458,9 +466,10 @@ async def _main(args: argparse.Namespace) -> int:
         max_recv=args.grpc_max_recv_msg_size or None,
         max_send=args.grpc_max_send_msg_size or None,
         synced=(lambda: pool.synced and elector.is_leader) if elector is not None else None,
+        transport=args.grpc_transport,
         observer_port=args.observer_port,
-        observer_ssl=observer_ssl,
-        observer_read_batch=args.observer_read_batch,
+        ssl_context=ssl_context,
+        read_batch=args.observer_read_batch,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -469,7 +478,7 @@ async def _main(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
     try:
         await server.start()
-    except RuntimeError as error:  # grpc: "Failed to bind"
+    except (RuntimeError, OSError) as error:  # grpc: "Failed to bind"; asyncio: OSError
         await discovery.stop()
         raise UsageError(f"cannot listen: {error}") from None
     await datalayer.start()

@@ -1,43 +1,55 @@
-"""Observer streams on a port of their own, over a receive-only gRPC transport.
+"""igw's own gRPC transport for ``ExternalProcessor/Process``: HTTP/2 framed here, in asyncio.
 
-Why this exists: grpc-python spends 70-100 µs of CPU on every message it receives, whatever
-the servicer then does, so the 1,000 chunks of a long streamed answer cost ~80 ms on an
-observer stream before igw has looked at one of them (``bench/test_extproc_bench.py``). An
-observability-mode stream needs almost nothing of gRPC: Envoy sends, igw reads, and the only
-thing igw ever writes is the stream's end. ``igw epp --observer-port`` serves these streams
-here, in one asyncio protocol per connection, and hands every ``ProcessingRequest`` to the same
-``Observer`` the grpc.aio servicer uses, so both ports interpret a stream identically.
+Why this exists: grpc-python spends 70-100 µs of CPU on every message it receives and about
+twice that on every message it answers, whatever the servicer does. A long streamed answer is
+1,000 ext_proc messages, so the transport alone costs 80-250 ms per request before igw has looked
+at one chunk (``bench/test_extproc_bench.py``). ext_proc needs little of gRPC: one
+bidirectional method, no deadlines, no compression, Envoy as the only client. This module
+serves that subset with one asyncio protocol per connection and hands every
+``ProcessingRequest`` to the same ``Stream`` / ``Observer`` code as the grpc.aio servicer
+(``service.py``), so both transports behave the same; the ext_proc tests run on both.
+
+Where it serves: ``--observer-port`` (an extra port, meant for the observability-mode filter of
+``deploy/envoy/envoy-observe.yaml``) and, with ``--grpc-transport=igw``, the ext_proc port
+itself. Either serves routing and observer streams alike: a stream's first message decides,
+as in ``service.py``.
 
 Why not the ``h2`` library: measured on the same 1,000-chunk stream, its per-frame state
-machine alone costs ~11 µs a frame, more than the whole per-message budget. A server that only
-receives meets few frame types (DATA, HEADERS and CONTINUATION, SETTINGS, PING,
-WINDOW_UPDATE, RST_STREAM, GOAWAY, PRIORITY; RFC 9113), so the framing is done here and
-header blocks go through ``hpack`` (python-hyper's HPACK codec, the one h2 uses), which keeps
-the dynamic tables right.
+machine alone costs ~11 µs a frame, more than the whole per-message budget. A gRPC server meets
+few frame types (DATA, HEADERS and CONTINUATION, SETTINGS, PING, WINDOW_UPDATE, RST_STREAM,
+GOAWAY, PRIORITY; RFC 9113), so the framing is done here. Header blocks go through ``hpack``
+(python-hyper's HPACK codec, the one h2 uses), which keeps the dynamic tables right.
 
-Two more savings:
+Costs it avoids:
 
-* Flow control is granted in bulk: large windows at the start, and a WINDOW_UPDATE only once a
-  stream has consumed 32 KiB or the connection a quarter of its window.
-* Reads are batched while a connection is busy: after a read that came less than
-  ``read_batch`` seconds after the previous one, reading pauses for ``read_batch``, so the
-  frames queue in the socket and the next read takes them all at once. A connection that was
-  quiet for longer than ``read_batch`` is read at once, so the first chunk after a long
-  prefill is not delayed. On a busy connection a chunk's time stamp (time to first token, the
-  prefill gate's release) is late by at most ``read_batch``; ``--observer-read-batch=0``
-  turns batching off.
+* A coroutine per message: ``Stream.handle_now`` answers everything but the request body and
+  trailers at once. Only those, which may wait for flow control or the prefill gate, run in a
+  task per stream, and the messages behind them queue so that the order is kept.
+* Flow control per frame: large windows are granted at the start, and a WINDOW_UPDATE goes out
+  only once a stream has consumed 32 KiB or the connection a quarter of its window. Replies
+  respect the peer's windows and frame size (a stream's replies wait in its outbox).
+* A read per chunk on busy observer connections: after a read that came less than
+  ``read_batch`` seconds after the previous one, and while the connection carries no routing
+  stream (routing waits for nobody), reading pauses for ``read_batch``. The frames queue in the
+  socket, and the next read takes them all at once. A connection that was quiet for longer than
+  ``read_batch`` is read at once, so the first chunk after a long prefill is not delayed. On a
+  busy one a chunk's time stamp (time to first token, the prefill gate's release) is late by at
+  most ``read_batch``.
 
-What goes back to Envoy: a ``Process`` stream gets its response headers when it opens and
-``grpc-status: 0`` when it ends. When igw ends it early (``--observe-until first-token``) an
-RST_STREAM(NO_ERROR) follows, so Envoy stops sending. ``grpc.health.v1.Health/Check`` is answered
-as on the main port, because Envoy health-checks the cluster. Any other method gets
-UNIMPLEMENTED. A message igw cannot decode is logged, and the rest of its stream is read
-without being interpreted, as on the grpc.aio path.
+Also served: ``grpc.health.v1.Health/Check`` (Envoy health-checks the cluster); ``Watch`` and
+every other method get UNIMPLEMENTED.
+
+Behaviour on an observer stream: nothing is written but its end. When igw ends it early
+(``--observe-until first-token``), an RST_STREAM(NO_ERROR) follows, so Envoy stops sending. A
+message igw cannot decode is logged, and the rest of its stream is read without being
+interpreted. A routing stream's errors end it with their gRPC status, as ``context.abort``
+would.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import ssl
@@ -48,8 +60,10 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2
 
+from igw.extproc.director import StreamError
+
 if TYPE_CHECKING:
-    from igw.extproc.director import Director
+    from igw.extproc.director import Director, Stream
     from igw.extproc.health import HealthServicer
     from igw.extproc.observer import Observer
 
@@ -64,11 +78,14 @@ DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY = rang
 WINDOW_UPDATE, CONTINUATION = 8, 9
 END_STREAM = ACK = 0x1
 END_HEADERS, PADDED, PRIORITY_FLAG = 0x4, 0x8, 0x20
-NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FRAME_SIZE_ERROR, COMPRESSION_ERROR = 0, 1, 2, 6, 9
+NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0, 1, 2, 3
+FRAME_SIZE_ERROR, REFUSED_STREAM, COMPRESSION_ERROR = 6, 7, 9
 SETTINGS_HEADER_TABLE_SIZE, SETTINGS_MAX_CONCURRENT_STREAMS = 1, 3
 SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_FRAME_SIZE, SETTINGS_MAX_HEADER_LIST_SIZE = 4, 5, 6
 
 DEFAULT_WINDOW = 65_535  # every window before the peer has acknowledged our SETTINGS
+DEFAULT_FRAME = 16_384  # the largest frame a peer accepts until it says otherwise
+MAX_WINDOW = (1 << 31) - 1
 STREAM_WINDOW = 1 << 22
 CONNECTION_WINDOW = 1 << 26
 STREAM_UPDATE_AT = 1 << 15  # below DEFAULT_WINDOW: no stall before our SETTINGS are acked
@@ -79,8 +96,9 @@ DEFAULT_MAX_MESSAGE = 4 << 20  # grpc's default receive limit
 DEFAULT_READ_BATCH = 0.001
 
 RESPONSE_HEADERS = ((":status", "200"), ("content-type", "application/grpc"))
-# gRPC status codes used here
-GRPC_OK, GRPC_INVALID_ARGUMENT, GRPC_UNIMPLEMENTED = 0, 3, 12
+# gRPC status codes used here (grpc.StatusCode values)
+GRPC_OK, GRPC_UNKNOWN, GRPC_INVALID_ARGUMENT, GRPC_RESOURCE_EXHAUSTED = 0, 2, 3, 8
+GRPC_UNIMPLEMENTED = 12
 
 
 def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
@@ -105,6 +123,16 @@ SERVER_PREFACE = frame(SETTINGS, 0, 0, _settings_payload()) + frame(
 )
 
 
+def grpc_message(text: str) -> str:
+    """``grpc-message`` is percent-encoded: printable ASCII but ``%`` passes, the rest is
+    escaped byte by byte (gRPC over HTTP/2)."""
+    return "".join(
+        char if " " <= char <= "~" and char != "%" else
+        "".join(f"%{byte:02X}" for byte in char.encode())
+        for char in text
+    )  # fmt: skip
+
+
 class ConnectionError_(Exception):
     """The peer broke HTTP/2: GOAWAY with ``code`` and close the connection."""
 
@@ -114,34 +142,49 @@ class ConnectionError_(Exception):
 
 
 class Call:
-    """One HTTP/2 stream (one gRPC call) on an observer connection."""
+    """One HTTP/2 stream (one gRPC call)."""
 
-    __slots__ = ("consumed", "ignored", "observer", "path", "pending", "unary")
+    __slots__ = ("consumed", "ending", "ignored", "observer", "outbox", "path", "pending",
+                 "queue", "remote_closed", "send_window", "stream", "task",
+                 "unary")  # fmt: skip
 
-    def __init__(self, path: bytes) -> None:
+    def __init__(self, path: bytes, send_window: int) -> None:
         self.path = path
-        self.observer: Observer | None = None
         self.pending = b""  # the start of a gRPC message cut by a frame boundary
-        self.unary: list[bytes] | None = None  # messages of a unary call, answered at its end
         self.consumed = 0  # flow-controlled bytes not yet given back by WINDOW_UPDATE
-        self.ignored = False  # read and dropped (undecodable input, answered call)
+        self.ignored = False  # read and dropped (undecodable input, call already answered)
+        self.remote_closed = False  # Envoy half-closed (END_STREAM)
+        self.unary: list[bytes] | None = None  # messages of a unary call, answered at its end
+        self.observer: Observer | None = None
+        self.stream: Stream | None = None  # a routing stream
+        self.queue: collections.deque[pb.ProcessingRequest] = collections.deque()
+        self.task: asyncio.Task | None = None  # handles ``queue`` while a message waits
+        self.send_window = send_window
+        self.outbox = bytearray()  # replies waiting for flow-control window
+        self.ending: bytes | None = None  # frames that end the call, sent after the outbox
 
 
-class ObserverConnection(asyncio.Protocol):
-    """One HTTP/2 connection from Envoy, carrying any number of observer streams."""
+class H2Connection(asyncio.Protocol):
+    """One HTTP/2 connection from Envoy, carrying any number of ext_proc streams."""
 
-    def __init__(self, server: ObserverServer) -> None:
+    def __init__(self, server: H2GrpcServer) -> None:
         self.server = server
+        self.director = server.director
         self.transport: asyncio.Transport | None = None
         self.buffer = b""
         self.preface_seen = False
         self.calls: dict[int, Call] = {}
+        self.sending: dict[int, Call] = {}  # ended calls whose replies wait for window
+        self.routing = 0  # open routing streams (reads are not batched while any is open)
         self.last_stream_id = 0
         self.continuing: tuple[int, int, list[bytes]] | None = None  # (stream, flags, parts)
         self.decoder = hpack.Decoder(max_header_list_size=MAX_HEADER_LIST)
         self.encoder = hpack.Encoder()
         self.out: list[bytes] = []
         self.connection_consumed = 0
+        self.send_window = DEFAULT_WINDOW
+        self.peer_initial_window = DEFAULT_WINDOW
+        self.peer_max_frame = DEFAULT_FRAME
         self.last_read = -1.0
         self.paused = False
 
@@ -156,10 +199,10 @@ class ObserverConnection(asyncio.Protocol):
         try:
             self._receive(data)
         except ConnectionError_ as error:
-            log.warning("observer connection: %s; closing it", error)
+            log.warning("ext_proc connection: %s; closing it", error)
             self._goaway(error.code)
         except Exception:
-            log.exception("observer connection failed; closing it")
+            log.exception("ext_proc connection failed; closing it")
             self._goaway(INTERNAL_ERROR)
         self._flush()
         self._batch_reads()
@@ -167,14 +210,15 @@ class ObserverConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
         calls, self.calls = self.calls, {}
+        self.sending.clear()
         for call in calls.values():
-            self._close_observer(call, broken=True)
+            self._abandon(call)
 
     # ---------------------------------------------------------------- reading
     def _batch_reads(self) -> None:
         window = self.server.read_batch
         transport = self.transport
-        if not window or transport is None or transport.is_closing():
+        if not window or self.routing or transport is None or transport.is_closing():
             return
         loop = asyncio.get_running_loop()
         now = loop.time()
@@ -227,7 +271,8 @@ class ObserverConnection(asyncio.Protocol):
             raise ConnectionError_(PROTOCOL_ERROR, "DATA on stream 0")
         self.connection_consumed += length
         if self.connection_consumed >= CONNECTION_WINDOW // 4:
-            self.out.append(frame(WINDOW_UPDATE, 0, 0, self.connection_consumed.to_bytes(4, "big")))
+            consumed = self.connection_consumed.to_bytes(4, "big")
+            self.out.append(frame(WINDOW_UPDATE, 0, 0, consumed))
             self.connection_consumed = 0
         call = self.calls.get(stream_id)
         if call is None:
@@ -253,9 +298,13 @@ class ObserverConnection(asyncio.Protocol):
         limit = self.server.max_message
         while size - pos >= 5:
             length = int.from_bytes(buf[pos + 1 : pos + 5], "big")
-            if length > limit or buf[pos]:
-                why = "compressed" if buf[pos] else f"{length} bytes, limit {limit}"
-                self._give_up(call, f"message {why}")
+            if length > limit:
+                self._refuse(stream_id, call, GRPC_RESOURCE_EXHAUSTED,
+                             f"message of {length} bytes, limit {limit}")  # fmt: skip
+                return
+            if buf[pos]:
+                self._refuse(stream_id, call, GRPC_UNIMPLEMENTED,
+                             "compressed messages are not supported")  # fmt: skip
                 return
             end = pos + 5 + length
             if end > size:
@@ -267,32 +316,151 @@ class ObserverConnection(asyncio.Protocol):
         call.pending = buf[pos:] if pos < size else b""
 
     def _deliver(self, stream_id: int, call: Call, raw: bytes) -> None:
-        observer = call.observer
-        if observer is None:
-            if call.unary is not None:
-                call.unary.append(raw)
+        if call.unary is not None:
+            call.unary.append(raw)
             return
         try:
             message = pb.ProcessingRequest.FromString(raw)
         except DecodeError as error:
-            self._give_up(call, f"undecodable ProcessingRequest ({error})")
+            self._refuse(stream_id, call, GRPC_INVALID_ARGUMENT,
+                         f"undecodable ProcessingRequest ({error})")  # fmt: skip
             return
+        if call.stream is not None:
+            self._route(stream_id, call, message)
+        elif call.observer is not None:
+            self._observe(stream_id, call, message)
+        elif message.observability_mode:  # the first message decides, as in service.py
+            call.observer = self.director.observer()
+            self._observe(stream_id, call, message)
+        else:
+            call.stream = self.director.stream()
+            self.routing += 1
+            self._route(stream_id, call, message)
+
+    def _refuse(self, stream_id: int, call: Call, status: int, why: str) -> None:
+        """Input igw cannot take: an observer reads the rest silently, a routing stream ends."""
+        call.pending = b""
+        if call.stream is not None:
+            self._fail(stream_id, call, status, why)
+            return
+        log.warning("ext_proc stream: %s; the rest of it is read and ignored", why)
+        call.ignored = True
+        if call.observer is not None:
+            call.observer.give_up()
+
+    # ---------------------------------------------------------------- observer streams
+    def _observe(self, stream_id: int, call: Call, message: pb.ProcessingRequest) -> None:
+        observer = call.observer
+        assert observer is not None
         try:
             observer.handle(message)
         except Exception:
             log.exception("observer stream: message dropped, the rest of it ignored")
-            self._give_up(call, "")
+            call.ignored = True
+            observer.give_up()
             return
         if observer.finished_early:
             self._end_early(stream_id, call)
 
-    def _give_up(self, call: Call, why: str) -> None:
-        if why:
-            log.warning("observer stream: %s; the rest of it is read and ignored", why)
+    # ---------------------------------------------------------------- routing streams
+    def _route(self, stream_id: int, call: Call, message: pb.ProcessingRequest) -> None:
+        if call.task is not None or call.queue:
+            call.queue.append(message)  # behind a message that waits: keep the order
+            return
+        stream = call.stream
+        assert stream is not None
+        if message.observability_mode:  # Envoy never mixes modes on one stream
+            log.warning("observability_mode message on a routing stream: dropped")
+            return
+        try:
+            replies = stream.handle_now(message)
+        except StreamError as error:
+            self._fail(stream_id, call, error.code.value[0], error.message)
+            return
+        except Exception as exc:
+            log.exception("ext_proc stream failed")
+            self._fail(stream_id, call, GRPC_UNKNOWN, f"internal error: {exc}")
+            return
+        if replies is None:
+            call.queue.append(message)
+            call.task = asyncio.get_running_loop().create_task(self._drain(stream_id, call))
+            return
+        self._reply(stream_id, call, replies)
+        if stream.done:
+            self._end_routing(stream_id, call)
+
+    async def _drain(self, stream_id: int, call: Call) -> None:
+        """Handle the queued messages in order, awaiting those that wait (request body)."""
+        stream = call.stream
+        assert stream is not None
+        try:
+            while call.queue:
+                message = call.queue.popleft()
+                if message.observability_mode:
+                    log.warning("observability_mode message on a routing stream: dropped")
+                    continue
+                self._reply(stream_id, call, await stream.handle(message))
+                if stream.done:
+                    call.task = None
+                    self._end_routing(stream_id, call)
+                    return
+            call.task = None
+            if call.remote_closed:
+                self._end_routing(stream_id, call)
+        except StreamError as error:
+            call.task = None
+            self._fail(stream_id, call, error.code.value[0], error.message)
+        except asyncio.CancelledError:  # Envoy reset the stream, or the connection is gone
+            call.task = None
+            self._close_routing(call, broken=True)
+            raise
+        except Exception as exc:
+            call.task = None
+            log.exception("ext_proc stream failed")
+            self._fail(stream_id, call, GRPC_UNKNOWN, f"internal error: {exc}")
+        finally:
+            self._flush()
+
+    def _reply(self, stream_id: int, call: Call, replies: list[pb.ProcessingResponse]) -> None:
+        if not replies:
+            return
+        for reply in replies:
+            data = reply.SerializeToString()
+            call.outbox += b"\0" + len(data).to_bytes(4, "big") + data
+        self._pump(stream_id, call)
+
+    def _end_routing(self, stream_id: int, call: Call) -> None:
+        """The stream is over (Envoy half-closed, or igw has nothing more to do): status OK."""
+        self._close_routing(call, broken=False)
+        self._end_call(stream_id, call, GRPC_OK)
+
+    def _fail(self, stream_id: int, call: Call, status: int, message: str) -> None:
+        """End a routing stream with an error status (``context.abort``)."""
+        if call.task is not None and call.task is not asyncio.current_task():
+            self._cancel(call)
+        else:
+            self._close_routing(call, broken=True)
+        self._end_call(stream_id, call, status, message)
+
+    def _cancel(self, call: Call) -> None:
+        """Cancel the call's task; the routing stream is closed once it has unwound (or at
+        once if it never started), as the grpc.aio servicer's ``finally`` does."""
+        task, call.task = call.task, None
+        if task is not None:
+            task.cancel()
+            task.add_done_callback(lambda _task: self._close_routing(call, broken=True))
+
+    def _close_routing(self, call: Call, *, broken: bool) -> None:
+        stream, call.stream = call.stream, None
+        if stream is None:
+            return
+        self.routing -= 1
         call.ignored = True
-        call.pending = b""
-        if call.observer is not None:
-            call.observer.give_up()
+        call.queue.clear()
+        try:
+            stream.close(broken=broken)
+        except Exception:
+            log.exception("ext_proc stream: closing it failed")
 
     # ---------------------------------------------------------------- control frames
     def _control(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
@@ -300,6 +468,8 @@ class ObserverConnection(asyncio.Protocol):
             self._headers_frame(stream_id, flags, payload)
         elif kind == CONTINUATION:
             self._continuation(stream_id, flags, payload)
+        elif kind == WINDOW_UPDATE:
+            self._window_update(stream_id, payload)
         elif kind == SETTINGS:
             self._settings(flags, payload)
         elif kind == PING:
@@ -308,13 +478,14 @@ class ObserverConnection(asyncio.Protocol):
             if not flags & ACK:
                 self.out.append(frame(PING, ACK, 0, payload))
         elif kind == RST_STREAM:
+            self.sending.pop(stream_id, None)
             call = self.calls.pop(stream_id, None)
             if call is not None:
-                self._close_observer(call, broken=True)
+                self._abandon(call)
         elif kind == PUSH_PROMISE:
             raise ConnectionError_(PROTOCOL_ERROR, "PUSH_PROMISE from a client")
-        # PRIORITY, WINDOW_UPDATE (igw sends only a few bytes), GOAWAY (Envoy closes the
-        # connection once its streams end) and unknown types need nothing.
+        # PRIORITY, GOAWAY (Envoy closes the connection once its streams end) and unknown
+        # frame types need nothing.
 
     def _settings(self, flags: int, payload: bytes) -> None:
         if flags & ACK:
@@ -323,9 +494,37 @@ class ObserverConnection(asyncio.Protocol):
             raise ConnectionError_(FRAME_SIZE_ERROR, "SETTINGS payload not a multiple of 6")
         for pos in range(0, len(payload), 6):
             key = int.from_bytes(payload[pos : pos + 2], "big")
+            value = int.from_bytes(payload[pos + 2 : pos + 6], "big")
             if key == SETTINGS_HEADER_TABLE_SIZE:
-                self.encoder.header_table_size = int.from_bytes(payload[pos + 2 : pos + 6], "big")
+                self.encoder.header_table_size = value
+            elif key == SETTINGS_INITIAL_WINDOW_SIZE:
+                if value > MAX_WINDOW:
+                    raise ConnectionError_(FLOW_CONTROL_ERROR, "initial window above 2^31-1")
+                delta = value - self.peer_initial_window
+                self.peer_initial_window = value
+                for call in (*self.calls.values(), *self.sending.values()):
+                    call.send_window += delta
+            elif key == SETTINGS_MAX_FRAME_SIZE:
+                if not DEFAULT_FRAME <= value <= (1 << 24) - 1:
+                    raise ConnectionError_(PROTOCOL_ERROR, f"max frame size {value}")
+                self.peer_max_frame = value
         self.out.append(frame(SETTINGS, ACK, 0))
+        self._pump_all()
+
+    def _window_update(self, stream_id: int, payload: bytes) -> None:
+        if len(payload) != 4:
+            raise ConnectionError_(FRAME_SIZE_ERROR, "WINDOW_UPDATE payload is not 4 bytes")
+        increment = int.from_bytes(payload, "big") & 0x7FFFFFFF
+        if stream_id == 0:
+            if increment == 0:
+                raise ConnectionError_(PROTOCOL_ERROR, "connection WINDOW_UPDATE of 0")
+            self.send_window += increment
+            self._pump_all()
+            return
+        call = self.calls.get(stream_id) or self.sending.get(stream_id)
+        if call is not None:
+            call.send_window += increment
+            self._pump(stream_id, call)
 
     def _headers_frame(self, stream_id: int, flags: int, payload: bytes) -> None:
         if stream_id == 0:
@@ -362,67 +561,88 @@ class ObserverConnection(asyncio.Protocol):
         if not stream_id & 1:
             raise ConnectionError_(PROTOCOL_ERROR, f"even stream id {stream_id} from a client")
         self.last_stream_id = stream_id
+        if len(self.calls) >= MAX_STREAMS:
+            self.out.append(frame(RST_STREAM, 0, stream_id, REFUSED_STREAM.to_bytes(4, "big")))
+            return
         path = next((value for name, value in headers if name == b":path"), b"")
-        call = Call(path)
+        call = Call(path, self.peer_initial_window)
         self.calls[stream_id] = call
         if path == PROCESS_PATH:
-            call.observer = self.server.director.observer()
             self._send_headers(stream_id, RESPONSE_HEADERS)
         elif path == HEALTH_CHECK_PATH:
             call.unary = []
         else:
-            self._finish(stream_id, GRPC_UNIMPLEMENTED, f"method {path.decode(errors='replace')} "
-                         "is not served on the observer port", trailers_only=True)  # fmt: skip
             call.ignored = True
+            self._end_call(stream_id, call, GRPC_UNIMPLEMENTED,
+                           f"method {path.decode(errors='replace')} is not served by igw's "
+                           "transport", trailers_only=True)  # fmt: skip
+            return
         if flags & END_STREAM:
             self._remote_end(stream_id)
 
-    # ---------------------------------------------------------------- ending streams
+    # ---------------------------------------------------------------- ending calls
     def _remote_end(self, stream_id: int) -> None:
-        """Envoy half-closed the stream: answer a unary call, end an observer cleanly."""
-        call = self.calls.pop(stream_id, None)
+        """Envoy half-closed the stream: answer a unary call, end a stream cleanly."""
+        call = self.calls.get(stream_id)
         if call is None:
             return
+        call.remote_closed = True
         if call.unary is not None:
-            self._answer_health(stream_id, call.unary)
-        elif call.observer is not None:
+            self._answer_health(stream_id, call, call.unary)
+        elif call.stream is not None:
+            if call.task is None and not call.queue:
+                self._end_routing(stream_id, call)
+            # else: the stream's task ends it once its queue is handled
+        else:
             self._close_observer(call, broken=False)
-            self._finish(stream_id, GRPC_OK)
+            self._end_call(stream_id, call, GRPC_OK)
 
     def _end_early(self, stream_id: int, call: Call) -> None:
         """igw needs no more of this response: end the call and tell Envoy to stop sending."""
-        self.calls.pop(stream_id, None)
         self._close_observer(call, broken=False)
-        self._finish(stream_id, GRPC_OK)
-        self.out.append(frame(RST_STREAM, 0, stream_id, NO_ERROR.to_bytes(4, "big")))
+        self._end_call(stream_id, call, GRPC_OK)
 
-    def _answer_health(self, stream_id: int, messages: list[bytes]) -> None:
+    def _answer_health(self, stream_id: int, call: Call, messages: list[bytes]) -> None:
         try:
             request = health_pb2.HealthCheckRequest.FromString(messages[0] if messages else b"")
         except DecodeError:
-            self._finish(stream_id, GRPC_INVALID_ARGUMENT, "undecodable HealthCheckRequest",
-                         trailers_only=True)  # fmt: skip
+            self._end_call(stream_id, call, GRPC_INVALID_ARGUMENT,
+                           "undecodable HealthCheckRequest", trailers_only=True)  # fmt: skip
             return
         answer = health_pb2.HealthCheckResponse(
             status=self.server.health.status(request.service)
         ).SerializeToString()
         self._send_headers(stream_id, RESPONSE_HEADERS)
-        self.out.append(frame(DATA, 0, stream_id, b"\0" + len(answer).to_bytes(4, "big") + answer))
-        self._finish(stream_id, GRPC_OK)
+        call.outbox += b"\0" + len(answer).to_bytes(4, "big") + answer
+        self._end_call(stream_id, call, GRPC_OK)
 
-    def _finish(self, stream_id: int, status: int, message: str = "", *,
-                trailers_only: bool = False) -> None:  # fmt: skip
-        headers: list[tuple[str, str]] = []
-        if trailers_only:
-            headers += RESPONSE_HEADERS
+    def _end_call(self, stream_id: int, call: Call, status: int, message: str = "", *,
+                  trailers_only: bool = False) -> None:  # fmt: skip
+        """Send the call's trailers after its pending replies; RST_STREAM(NO_ERROR) too when
+        Envoy is still sending, so it stops. The call is forgotten for reading at once."""
+        self.calls.pop(stream_id, None)
+        call.ignored = True
+        headers: list[tuple[str, str]] = list(RESPONSE_HEADERS) if trailers_only else []
         headers.append(("grpc-status", str(status)))
         if message:
-            headers.append(("grpc-message", message))
-        self._send_headers(stream_id, headers, end_stream=True)
+            headers.append(("grpc-message", grpc_message(message)))
+        block = self.encoder.encode(headers)
+        ending = frame(HEADERS, END_HEADERS | END_STREAM, stream_id, block)
+        if not call.remote_closed:
+            ending += frame(RST_STREAM, 0, stream_id, NO_ERROR.to_bytes(4, "big"))
+        call.ending = ending
+        self._pump(stream_id, call)
 
-    def _send_headers(self, stream_id: int, headers, *, end_stream: bool = False) -> None:
-        flags = END_HEADERS | (END_STREAM if end_stream else 0)
-        self.out.append(frame(HEADERS, flags, stream_id, self.encoder.encode(headers)))
+    def _abandon(self, call: Call) -> None:
+        """Envoy reset the stream or the connection is gone: no reply can be sent."""
+        call.ignored = True
+        call.outbox.clear()
+        call.ending = None
+        self._close_observer(call, broken=True)
+        if call.task is not None:
+            self._cancel(call)
+        else:
+            self._close_routing(call, broken=True)
 
     def _close_observer(self, call: Call, *, broken: bool) -> None:
         observer, call.observer = call.observer, None
@@ -431,9 +651,36 @@ class ObserverConnection(asyncio.Protocol):
                 observer.close(broken=broken)
             except Exception:
                 log.exception("observer stream: closing it failed")
-            self.server.observer_closed()
+            self.server.stream_closed()
 
     # ---------------------------------------------------------------- writing
+    def _send_headers(self, stream_id: int, headers) -> None:
+        self.out.append(frame(HEADERS, END_HEADERS, stream_id, self.encoder.encode(headers)))
+
+    def _pump(self, stream_id: int, call: Call) -> None:
+        """Send what the windows allow of the call's replies, then its ending."""
+        outbox = call.outbox
+        while outbox:
+            size = min(len(outbox), call.send_window, self.send_window, self.peer_max_frame)
+            if size <= 0:
+                if call.ending is not None:
+                    self.sending[stream_id] = call
+                return
+            self.out.append(frame(DATA, 0, stream_id, bytes(outbox[:size])))
+            del outbox[:size]
+            call.send_window -= size
+            self.send_window -= size
+        if call.ending is not None:
+            self.out.append(call.ending)
+            call.ending = None
+            self.sending.pop(stream_id, None)
+            self.server.stream_closed()
+
+    def _pump_all(self) -> None:
+        for stream_id, call in [*self.calls.items(), *self.sending.items()]:
+            if call.outbox:
+                self._pump(stream_id, call)
+
     def _goaway(self, code: int) -> None:
         payload = self.last_stream_id.to_bytes(4, "big") + code.to_bytes(4, "big")
         self.out.append(frame(GOAWAY, 0, 0, payload))
@@ -447,10 +694,7 @@ class ObserverConnection(asyncio.Protocol):
         self.out.clear()
 
     def close(self) -> None:
-        if self.transport is not None:
-            self.out.append(frame(GOAWAY, 0, 0, self.last_stream_id.to_bytes(4, "big") + bytes(4)))
-            self._flush()
-            self.transport.close()
+        self._goaway(NO_ERROR)
 
 
 def _unpad(payload: bytes) -> bytes:
@@ -459,8 +703,8 @@ def _unpad(payload: bytes) -> bytes:
     return payload[1 : len(payload) - payload[0]]
 
 
-class ObserverServer:
-    """The listener of ``--observer-port``: observer streams and health checks, nothing else."""
+class H2GrpcServer:
+    """A listener served by igw's transport: ext_proc streams and health checks."""
 
     def __init__(
         self,
@@ -480,7 +724,7 @@ class ObserverServer:
         self.ssl_context = ssl_context
         self.read_batch = read_batch
         self.max_message = max_message
-        self.connections: set[ObserverConnection] = set()
+        self.connections: set[H2Connection] = set()
         self.port: int | None = None
         self._server: asyncio.Server | None = None
         self._drained: asyncio.Event | None = None  # set while stopping, once no stream is open
@@ -488,15 +732,14 @@ class ObserverServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: ObserverConnection(self), self.host, self.requested_port,
-            ssl=self.ssl_context,
-        )  # fmt: skip
+            lambda: H2Connection(self), self.host, self.requested_port, ssl=self.ssl_context
+        )
         self.port = int(self._server.sockets[0].getsockname()[1])
 
     def open_streams(self) -> int:
-        return sum(len(connection.calls) for connection in self.connections)
+        return sum(len(c.calls) + len(c.sending) for c in self.connections)
 
-    def observer_closed(self) -> None:
+    def stream_closed(self) -> None:
         if self._drained is not None and not self.open_streams():
             self._drained.set()
 
@@ -506,7 +749,7 @@ class ObserverServer:
             return
         self._server.close()
         self._drained = asyncio.Event()
-        self.observer_closed()
+        self.stream_closed()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._drained.wait(), timeout=grace)
         for connection in list(self.connections):

@@ -22,8 +22,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from igw.extproc.director import Director
+from igw.extproc.h2_transport import DEFAULT_MAX_MESSAGE, DEFAULT_READ_BATCH, H2GrpcServer
 from igw.extproc.health import HealthServicer, Readiness
-from igw.extproc.h2_transport import DEFAULT_MAX_MESSAGE, DEFAULT_READ_BATCH, ObserverServer
 from igw.extproc.service import ExternalProcessorServicer
 from igw.metrics import Metrics
 
@@ -61,8 +61,17 @@ def bound_port(runner: web.AppRunner) -> int:
     raise RuntimeError("metrics server is not listening")
 
 
+TRANSPORTS = ("grpcio", "igw")
+
+
 class EppServer:
-    """The three listeners of ``igw epp`` around one Director."""
+    """The listeners of ``igw epp`` around one Director: ext_proc, health, metrics and, when
+    asked for, the observer port.
+
+    ``transport`` serves the ext_proc port with grpc.aio (``"grpcio"``) or with igw's own
+    HTTP/2 transport (``"igw"``, ``h2_transport.py``); the observer port always uses igw's.
+    TLS: ``credentials`` for grpc.aio, ``ssl_context`` (same certificate) for igw's.
+    """
 
     def __init__(
         self,
@@ -77,42 +86,50 @@ class EppServer:
         max_recv: int | None = None,
         max_send: int | None = None,
         servicer: object | None = None,
+        transport: str = "grpcio",
         observer_port: int | None = None,
-        observer_ssl: ssl.SSLContext | None = None,
-        observer_read_batch: float = DEFAULT_READ_BATCH,
+        ssl_context: ssl.SSLContext | None = None,
+        read_batch: float = DEFAULT_READ_BATCH,
     ) -> None:
+        if transport not in TRANSPORTS:
+            raise ValueError(
+                f"transport: expected one of {', '.join(TRANSPORTS)}, got {transport!r}"
+            )
         self.director = director
         self.host = host
         self.credentials = credentials
         self.readiness = Readiness(synced or (lambda: director.pool.synced))
-        options = grpc_options(max_recv, max_send)
-        self.server = grpc.aio.server(options=options)
-        pb_grpc.add_ExternalProcessorServicer_to_server(
-            servicer or ExternalProcessorServicer(director), self.server
-        )
         health = HealthServicer(self.readiness)
-        # Health on the ext_proc port too: Envoy's grpc_health_check of the ext_proc cluster
-        # then uses the same (TLS) connection settings as the ext_proc calls.
-        health_pb2_grpc.add_HealthServicer_to_server(health, self.server)
+        max_message = max_recv or DEFAULT_MAX_MESSAGE
+
+        def own_transport(port: int, batch: float) -> H2GrpcServer:
+            return H2GrpcServer(director, health, host=host, port=port, ssl_context=ssl_context,
+                                read_batch=batch, max_message=max_message)  # fmt: skip
+
+        self.server: grpc.aio.Server | None = None
+        self.main: H2GrpcServer | None = None
+        if transport == "igw":
+            self.main = own_transport(grpc_port, read_batch)
+            self.grpc_port = grpc_port  # the bound port once started
+        else:
+            self.server = grpc.aio.server(options=grpc_options(max_recv, max_send))
+            pb_grpc.add_ExternalProcessorServicer_to_server(
+                servicer or ExternalProcessorServicer(director), self.server
+            )
+            # Health on the ext_proc port too: Envoy's grpc_health_check of the ext_proc
+            # cluster then uses the same (TLS) connection settings as the ext_proc calls.
+            health_pb2_grpc.add_HealthServicer_to_server(health, self.server)
+            target = f"{host}:{grpc_port}"
+            if credentials is not None:
+                self.grpc_port = self.server.add_secure_port(target, credentials)
+            else:
+                self.grpc_port = self.server.add_insecure_port(target)
         self.health_server = grpc.aio.server(options=grpc_options())
         health_pb2_grpc.add_HealthServicer_to_server(health, self.health_server)
-        target = f"{host}:{grpc_port}"
-        if credentials is not None:
-            self.grpc_port = self.server.add_secure_port(target, credentials)
-        else:
-            self.grpc_port = self.server.add_insecure_port(target)
         self.health_port = self.health_server.add_insecure_port(f"{host}:{health_port}")
-        self.observer: ObserverServer | None = None
-        if observer_port is not None:
-            self.observer = ObserverServer(
-                director,
-                health,
-                host=host,
-                port=observer_port,
-                ssl_context=observer_ssl,
-                read_batch=observer_read_batch,
-                max_message=max_recv or DEFAULT_MAX_MESSAGE,
-            )
+        self.observer = (
+            own_transport(observer_port, read_batch) if observer_port is not None else None
+        )
         self._metrics_port = metrics_port
         self.metrics_port: int | None = None
         self._metrics_runner: web.AppRunner | None = None
@@ -122,7 +139,12 @@ class EppServer:
         return self.observer.port if self.observer is not None else None
 
     async def start(self) -> None:
-        await self.server.start()
+        if self.server is not None:
+            await self.server.start()
+        if self.main is not None:
+            await self.main.start()
+            assert self.main.port is not None
+            self.grpc_port = self.main.port
         await self.health_server.start()
         if self.observer is not None:
             await self.observer.start()
@@ -135,11 +157,9 @@ class EppServer:
     async def stop(self, grace: float = 5.0) -> None:
         """Drain: report NOT_SERVING, let open streams finish for ``grace`` s, then stop."""
         self.readiness.draining = True
+        stopping = [s.stop(grace) for s in (self.server, self.main, self.observer) if s is not None]
         try:
-            if self.observer is not None:
-                await asyncio.gather(self.server.stop(grace), self.observer.stop(grace))
-            else:
-                await self.server.stop(grace)
+            await asyncio.gather(*stopping)
         finally:
             await self.health_server.stop(0)
             if self._metrics_runner is not None:

@@ -463,10 +463,11 @@ def _agentic_body() -> bytes:
         ("agentic, plain servicer baseline (no igw logic)", ("--plain",), 1000),
         ("agentic, generator servicer", ("--generator",), 1000),
         ("agentic, uvloop", ("--uvloop",), 1000),
+        ("agentic, igw transport", ("--igw-transport",), 1000),
     ],
 )
 def test_agentic_cpu_per_request(name, flags, response_chunks):
-    if QUICK and flags and flags != ("--plain",):
+    if QUICK and flags and flags not in (("--plain",), ("--igw-transport",)):
         pytest.skip("servicer/loop variants run in the full benchmark only")
     body = _agentic_body()
     req_msgs = request_messages(body)
@@ -556,15 +557,25 @@ def test_agentic_observe_on_the_observer_port_cpu():
 
 @pytest.mark.parametrize("concurrency", [1, 64])
 def test_small_requests_streams_per_second_and_added_latency(concurrency):
+    """Both transports of the ext_proc port in one run: grpc.aio and igw's own."""
     body = json.dumps(
         {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi " * 200}]}
     ).encode()
     req_msgs = request_messages(body)
     resp_head, resp_body = response_messages(10)
     n = (60 if QUICK else 300) if concurrency == 1 else (256 if QUICK else 1024)
-    stats = measure((), n, concurrency, req_msgs, resp_head, resp_body)
-    _print(f"small c={concurrency}", stats)
-    assert stats["streams_per_s"] > 0
+    grpcio = measure((), n, concurrency, req_msgs, resp_head, resp_body)
+    own = measure(("--igw-transport",), n, concurrency, req_msgs, resp_head, resp_body)
+    _print(f"small c={concurrency}", grpcio)
+    _print(f"small c={concurrency}, igw transport", own)
+    ratios = {
+        "igw/grpcio CPU per request": own["server_cpu_per_request_ms"]
+        / grpcio["server_cpu_per_request_ms"],
+        "igw/grpcio streams per s": own["streams_per_s"] / grpcio["streams_per_s"],
+        "igw/grpcio latency p50": own["p50_ms"] / grpcio["p50_ms"],
+    }
+    print(f"[extproc bench] ratios: {json.dumps({k: round(v, 2) for k, v in ratios.items()})}")
+    assert grpcio["streams_per_s"] > 0 and own["streams_per_s"] > 0
 
 
 # ============================================================================ micro (no gRPC)

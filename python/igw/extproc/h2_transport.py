@@ -29,8 +29,9 @@ Costs it avoids:
   only once a stream has consumed 32 KiB or the connection a quarter of its window. Replies
   respect the peer's windows and frame size (a stream's replies wait in its outbox).
 * A read per chunk on busy observer connections: after a read that came less than
-  ``read_batch`` seconds after the previous one, and while the connection carries no routing
-  stream (routing waits for nobody), reading pauses for ``read_batch``. The frames queue in the
+  ``read_batch`` seconds after the previous one, on a connection that has never carried a
+  routing stream (a request's routing must not wait for a batch), reading pauses for
+  ``read_batch``. The frames queue in the
   socket, and the next read takes them all at once. A connection that was quiet for longer than
   ``read_batch`` is read at once, so the first chunk after a long prefill is not delayed. On a
   busy one a chunk's time stamp (time to first token, the prefill gate's release) is late by at
@@ -175,7 +176,9 @@ class H2Connection(asyncio.Protocol):
         self.preface_seen = False
         self.calls: dict[int, Call] = {}
         self.sending: dict[int, Call] = {}  # ended calls whose replies wait for window
-        self.routing = 0  # open routing streams (reads are not batched while any is open)
+        # Reads are never batched on a connection that has carried a routing stream: the next
+        # request's routing would wait for the batch.
+        self.carries_routing = False
         self.last_stream_id = 0
         self.continuing: tuple[int, int, list[bytes]] | None = None  # (stream, flags, parts)
         self.decoder = hpack.Decoder(max_header_list_size=MAX_HEADER_LIST)
@@ -218,7 +221,7 @@ class H2Connection(asyncio.Protocol):
     def _batch_reads(self) -> None:
         window = self.server.read_batch
         transport = self.transport
-        if not window or self.routing or transport is None or transport.is_closing():
+        if not window or self.carries_routing or transport is None or transport.is_closing():
             return
         loop = asyncio.get_running_loop()
         now = loop.time()
@@ -334,7 +337,7 @@ class H2Connection(asyncio.Protocol):
             self._observe(stream_id, call, message)
         else:
             call.stream = self.director.stream()
-            self.routing += 1
+            self.carries_routing = True
             self._route(stream_id, call, message)
 
     def _refuse(self, stream_id: int, call: Call, status: int, why: str) -> None:
@@ -454,7 +457,6 @@ class H2Connection(asyncio.Protocol):
         stream, call.stream = call.stream, None
         if stream is None:
             return
-        self.routing -= 1
         call.ignored = True
         call.queue.clear()
         try:

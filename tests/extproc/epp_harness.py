@@ -269,11 +269,13 @@ async def running_epp(
     engine: Any = None,
     with_scores: bool = False,
     observers_on_own_port: bool | None = None,
+    transport: str | None = None,
     **pipeline_options: Any,
 ) -> AsyncIterator[Epp]:
     """An EppServer on free ports with a client channel. Observer streams go to ``--grpc-port``
     or, with ``observers_on_own_port`` (default: ``OBSERVERS_ON_OWN_PORT``), to the observer
-    port, through ``Epp.observer_stub``."""
+    port, through ``Epp.observer_stub``. ``transport`` (default ``EPP_TRANSPORT``) serves the
+    ext_proc port."""
     config = load_config(text=config_text)
     metrics = Metrics()
     metrics.add_pool(pool)
@@ -307,7 +309,7 @@ async def running_epp(
         health_port=0,
         metrics_port=0,
         observer_port=0 if own_port else None,
-        transport=EPP_TRANSPORT,
+        transport=transport or EPP_TRANSPORT,
     )
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}")

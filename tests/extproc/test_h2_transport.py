@@ -1,6 +1,7 @@
-"""The observer port (``--observer-port``): igw's receive-only gRPC transport, driven by grpc's
-own client (C-core), for what the shared observer tests (run on both ports) do not cover:
-health checks, other methods, broken input, flow control, read batching, draining and TLS."""
+"""igw's own gRPC transport (``h2_transport.py``: ``--observer-port``, ``--grpc-transport=igw``),
+driven by grpc's own client (C-core), for what the ext_proc tests (run on both transports) do
+not cover: health checks, other methods, broken input, flow control, read batching, draining
+and TLS."""
 
 from __future__ import annotations
 
@@ -166,6 +167,17 @@ async def test_a_connection_quiet_for_longer_than_the_read_batch_is_read_at_once
         assert seen[0] - sent < 0.5  # read at once, not after another 1 s batch
         obs.cancel()
         await end_route(call)
+
+
+async def test_reads_are_never_batched_on_a_connection_that_carried_a_routing_stream():
+    async with running_epp(make_pool(IDLE3), transport="igw") as epp:
+        assert epp.server.main is not None
+        epp.server.main.read_batch = 2.0
+        for request_id in ("first", "second", "third"):
+            started = time.monotonic()
+            call = await asyncio.wait_for(route(epp, request_id), 5)
+            assert time.monotonic() - started < 1.0  # not held back by a 2 s read batch
+            await end_route(call)
 
 
 async def test_stopping_ends_open_observer_streams_after_the_grace():

@@ -99,6 +99,7 @@ async def test_reused_upstream_connection_times_out_from_its_new_request():
     if httptools is None:
         pytest.skip("httptools is not installed")
     requests = connections = 0
+    handler_done = asyncio.Event()
 
     async def first_only(reader, writer):
         nonlocal requests, connections
@@ -114,6 +115,7 @@ async def test_reused_upstream_connection_times_out_from_its_new_request():
             pass  # the client closed the connection
         finally:
             writer.close()
+            handler_done.set()
 
     server = await asyncio.start_server(first_only, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -131,5 +133,6 @@ async def test_reused_upstream_connection_times_out_from_its_new_request():
         assert (requests, connections) == (2, 1)  # sent on the kept-alive connection
     finally:
         await pool.close()
+        await asyncio.wait_for(handler_done.wait(), 5)  # its side closed before the loop ends
         server.close()
         await server.wait_closed()

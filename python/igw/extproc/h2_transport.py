@@ -29,9 +29,9 @@ Costs it avoids:
   only once a stream has consumed 32 KiB or the connection a quarter of its window. Replies
   respect the peer's windows and frame size (a stream's replies wait in its outbox).
 * A read per chunk on busy observer connections: after a read that came less than
-  ``read_batch`` seconds after the previous one, on a connection that has never carried a
-  routing stream (a request's routing must not wait for a batch), reading pauses for
-  ``read_batch``. The frames queue in the
+  ``read_batch`` seconds after the previous one, on a connection with an observer stream open
+  that has never carried a routing stream (a request's routing must not wait for a batch),
+  reading pauses for ``read_batch``. The frames queue in the
   socket, and the next read takes them all at once. A connection that was quiet for longer than
   ``read_batch`` is read at once, so the first chunk after a long prefill is not delayed. On a
   busy one a chunk's time stamp (time to first token, the prefill gate's release) is late by at
@@ -179,6 +179,7 @@ class H2Connection(asyncio.Protocol):
         # Reads are never batched on a connection that has carried a routing stream: the next
         # request's routing would wait for the batch.
         self.carries_routing = False
+        self.observing = 0  # open observer streams: only they are worth batching reads for
         self.last_stream_id = 0
         self.continuing: tuple[int, int, list[bytes]] | None = None  # (stream, flags, parts)
         self.decoder = hpack.Decoder(max_header_list_size=MAX_HEADER_LIST)
@@ -221,7 +222,8 @@ class H2Connection(asyncio.Protocol):
     def _batch_reads(self) -> None:
         window = self.server.read_batch
         transport = self.transport
-        if not window or self.carries_routing or transport is None or transport.is_closing():
+        if (not window or not self.observing or self.carries_routing or transport is None
+                or transport.is_closing()):  # fmt: skip
             return
         loop = asyncio.get_running_loop()
         now = loop.time()
@@ -334,6 +336,7 @@ class H2Connection(asyncio.Protocol):
             self._observe(stream_id, call, message)
         elif message.observability_mode:  # the first message decides, as in service.py
             call.observer = self.director.observer()
+            self.observing += 1
             self._observe(stream_id, call, message)
         else:
             call.stream = self.director.stream()
@@ -649,6 +652,7 @@ class H2Connection(asyncio.Protocol):
     def _close_observer(self, call: Call, *, broken: bool) -> None:
         observer, call.observer = call.observer, None
         if observer is not None:
+            self.observing -= 1
             try:
                 observer.close(broken=broken)
             except Exception:

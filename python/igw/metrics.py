@@ -649,6 +649,12 @@ class Metrics:
     # -- deferred updates ------------------------------------------------------------------
     def _defer(self, update: Callable[..., None], *args: object) -> None:
         """Apply ``update(*args)`` after the current event-loop step (at once with no loop)."""
+        scheduled = self._flush_loop
+        if scheduled is not None and not scheduled.is_closed():
+            # A flush is already scheduled: skip the loop lookup below (on Python 3.11 every
+            # asyncio.get_running_loop() is a getpid() system call).
+            self._pending.append((update, args))
+            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:

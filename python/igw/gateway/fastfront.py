@@ -65,13 +65,18 @@ def _reason(status: int) -> str:
     return _REASONS.get(status, "Unknown")
 
 
+# "HTTP/1.1 200 OK\r\n" per status code (three digits: at most 900 entries)
+_STATUS_LINES: dict[int, str] = {}
+
+
 def _head(status: int, items, *, keep_alive: bool, length: int | None) -> bytes:
-    lines = [f"HTTP/1.1 {status} {_reason(status)}\r\n"]
-    lines.extend(
-        f"{name}: {value}\r\n"
-        for name, value in items
-        if name.lower() not in _SKIP_RESPONSE_HEADERS
-    )
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = _STATUS_LINES[status] = f"HTTP/1.1 {status} {_reason(status)}\r\n"
+    lines = [line]
+    for name, value in items:  # a plain loop: ~2x cheaper than extending with a generator
+        if name.lower() not in _SKIP_RESPONSE_HEADERS:
+            lines.append(f"{name}: {value}\r\n")
     lines.append(f"content-length: {length}\r\n" if length is not None else
                  "transfer-encoding: chunked\r\n")  # fmt: skip
     if not keep_alive:

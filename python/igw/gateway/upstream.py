@@ -386,7 +386,8 @@ class UpstreamPool:
         """Send the request and wait for the response head (status and headers)."""
         key = (host, port)
         head_lines = [f"POST {path} HTTP/1.1\r\nhost: {host}:{port}\r\n"]
-        head_lines.extend(f"{name}: {value}\r\n" for name, value in headers)
+        for name, value in headers:  # a plain loop: cheaper than extending with a generator
+            head_lines.append(f"{name}: {value}\r\n")
         head_lines.append(f"content-length: {len(body)}\r\n\r\n")
         data = "".join(head_lines).encode("latin-1") + body
         idle = self._idle.get(key)

@@ -145,12 +145,11 @@ class ConnectionError_(Exception):
 class Call:
     """One HTTP/2 stream (one gRPC call)."""
 
-    __slots__ = ("consumed", "ending", "ignored", "observer", "outbox", "path", "pending",
+    __slots__ = ("consumed", "ending", "ignored", "observer", "outbox", "pending",
                  "queue", "remote_closed", "send_window", "stream", "task",
                  "unary")  # fmt: skip
 
-    def __init__(self, path: bytes, send_window: int) -> None:
-        self.path = path
+    def __init__(self, send_window: int) -> None:
         self.pending = b""  # the start of a gRPC message cut by a frame boundary
         self.consumed = 0  # flow-controlled bytes not yet given back by WINDOW_UPDATE
         self.ignored = False  # read and dropped (undecodable input, call already answered)
@@ -322,7 +321,8 @@ class H2Connection(asyncio.Protocol):
 
     def _deliver(self, stream_id: int, call: Call, raw: bytes) -> None:
         if call.unary is not None:
-            call.unary.append(raw)
+            if not call.unary:  # a unary request has one message; more are not kept
+                call.unary.append(raw)
             return
         try:
             message = pb.ProcessingRequest.FromString(raw)
@@ -570,7 +570,7 @@ class H2Connection(asyncio.Protocol):
             self.out.append(frame(RST_STREAM, 0, stream_id, REFUSED_STREAM.to_bytes(4, "big")))
             return
         path = next((value for name, value in headers if name == b":path"), b"")
-        call = Call(path, self.peer_initial_window)
+        call = Call(self.peer_initial_window)
         self.calls[stream_id] = call
         if path == PROCESS_PATH:
             self._send_headers(stream_id, RESPONSE_HEADERS)

@@ -20,6 +20,7 @@ import types
 from pathlib import Path
 
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from igw.datastore import Pool
@@ -30,7 +31,9 @@ from igw.k8s.metrics import WatchCollector
 from igw.metrics import Metrics
 from igw.pipeline import Decision, Request, Usage
 
-DASHBOARD_DIR = Path(__file__).resolve().parents[2] / "deploy" / "grafana"
+ROOT = Path(__file__).resolve().parents[2]
+DASHBOARD_DIR = ROOT / "deploy" / "grafana"
+OBSERVABILITY_DOC = ROOT / "docs" / "observability.md"
 DASHBOARDS = sorted(DASHBOARD_DIR.glob("*.json"))
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 
@@ -292,6 +295,36 @@ def test_queries_filter_by_the_variables_they_offer(dashboard: dict) -> None:
     exprs = [expr for _where, expr in _queries(dashboard)]
     assert any('model_name=~"$model"' in expr for expr in exprs)
     assert any('name=~"$pool"' in expr for expr in exprs)
+
+
+def _doc_alert_expressions() -> list[tuple[str, str]]:
+    """(alert, expression) from the alert table of docs/observability.md."""
+    section = OBSERVABILITY_DOC.read_text(encoding="utf-8").split("\n## Alerts\n", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    alerts = []
+    for row in rows[1:]:  # the first row is the header
+        cells = [cell.strip() for cell in row.strip("|").split(" | ")]
+        if cells[1].startswith("`") and cells[1].endswith("`"):
+            alerts.append((cells[0], cells[1].strip("`")))
+    return alerts
+
+
+def test_the_documented_alerts_query_only_what_igw_exports(exported) -> None:
+    alerts = _doc_alert_expressions()
+    assert len(alerts) >= 5
+    found = [
+        f"alert {name}: {problem}" for name, expr in alerts for problem in problems(expr, exported)
+    ]
+    assert not found, "\n".join(found)
+    assert all(references(expr)[0] for _name, expr in alerts)
+
+
+def test_the_sidecar_kustomization_ships_every_dashboard_with_the_sidecar_label() -> None:
+    kustomization = yaml.safe_load((DASHBOARD_DIR / "kustomization.yaml").read_text())
+    assert kustomization["generatorOptions"]["labels"] == {"grafana_dashboard": "1"}
+    (generator,) = kustomization["configMapGenerator"]
+    assert sorted(generator["files"]) == sorted(p.name for p in DASHBOARDS)
 
 
 # ------------------------------------------------------------------------------ the checker

@@ -169,8 +169,26 @@ def references(expr: str) -> tuple[set[str], set[tuple[str, str]], set[str]]:
     return names, pairs, grouping
 
 
+def unbalanced(expr: str) -> str | None:
+    """The first bracket or quote that does not close (PromQL syntax slips a reader misses)."""
+    closing = {"(": ")", "[": "]", "{": "}"}
+    stack: list[str] = []
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    if text.count('"') % 2:
+        return "an unterminated string"
+    for char in text:
+        if char in closing:
+            stack.append(closing[char])
+        elif char in ")]}" and (not stack or stack.pop() != char):
+            return f"an unexpected {char!r}"
+    return f"a missing {stack[-1]!r}" if stack else None
+
+
 def problems(expr: str, exported: dict[str, set[str]]) -> list[str]:
-    """What in ``expr`` igw does not export (empty when everything is)."""
+    """What in ``expr`` igw does not export, or cannot be read (empty when all is well)."""
+    slip = unbalanced(expr)
+    if slip:
+        return [f"{slip} in {expr!r}"]
     names, pairs, grouping = references(expr)
     found = [f"metric {n} is not exported" for n in sorted(names) if n not in exported]
     found += [
@@ -345,6 +363,9 @@ def test_the_sidecar_kustomization_ships_every_dashboard_with_the_sidecar_label(
             "histogram_quantile(0.9, sum by (le) (rate(llm_d_epp_request_total[5m])))",
             "grouping label le",
         ),
+        ("sum(rate(llm_d_epp_request_total[5m])", "a missing ')'"),
+        ("sum(rate(llm_d_epp_request_total[5m)))", "an unexpected ')'"),
+        ('llm_d_epp_request_total{model_name="m}', "an unterminated string"),
         (
             'rate(llm_d_epp_flow_control_requests_total{outcome!="Dispatch"}[5m])',
             "outcome='Dispatch' is not a value igw uses",

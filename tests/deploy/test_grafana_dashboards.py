@@ -262,10 +262,18 @@ def test_every_panel_has_a_title_and_every_graph_a_description(dashboard: dict) 
             assert len(panel.get("description", "")) >= 40, panel["title"]
 
 
-def test_panels_fit_the_24_column_grid(dashboard: dict) -> None:
+def test_panels_fit_the_24_column_grid_without_overlapping(dashboard: dict) -> None:
     for panel in _panels(dashboard):
         grid = panel["gridPos"]
         assert grid["x"] >= 0 and grid["w"] > 0 and grid["x"] + grid["w"] <= 24, panel["title"]
+    # Only the visible layout: a collapsed row keeps its children's old positions.
+    cells: dict[tuple[int, int], str] = {}
+    for panel in dashboard["panels"]:
+        grid = panel["gridPos"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in cells, f"{panel['title']!r} overlaps {cells[(x, y)]!r}"
+                cells[(x, y)] = panel["title"]
 
 
 def test_every_query_uses_the_datasource_variable(dashboard: dict) -> None:

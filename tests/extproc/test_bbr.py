@@ -9,21 +9,34 @@ import re
 import sys
 from pathlib import Path
 
+import epp_harness
 import grpc
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from epp_harness import req_body, req_headers, set_headers, streamed_body
 
 import igw
-from igw.extproc.bbr import BbrServicer
+from igw.extproc.bbr import BbrProcessor, BbrServicer
+from igw.extproc.h2_transport import H2GrpcServer
+from igw.extproc.health import HealthServicer
+
+pytestmark = pytest.mark.usefixtures("epp_transport")  # grpc.aio and igw's transport
 
 
 @contextlib.asynccontextmanager
 async def bbr_stub():
-    server = grpc.aio.server()
-    pb_grpc.add_ExternalProcessorServicer_to_server(BbrServicer(max_body_bytes=1 << 20), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
+    server: grpc.aio.Server | H2GrpcServer
+    if epp_harness.EPP_TRANSPORT == "igw":
+        server = H2GrpcServer(BbrProcessor(max_body_bytes=1 << 20), HealthServicer(lambda: True),
+                              host="127.0.0.1", port=0, read_batch=0.0)  # fmt: skip
+        await server.start()
+        port = server.port
+    else:
+        server = grpc.aio.server()
+        servicer = BbrServicer(max_body_bytes=1 << 20)
+        pb_grpc.add_ExternalProcessorServicer_to_server(servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
         yield pb_grpc.ExternalProcessorStub(channel)
@@ -86,12 +99,13 @@ async def test_bbr_process_starts_and_routes():
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "igw", "bbr", "--grpc-port=0", "--grpc-health-port=0",
         "--secure-serving=false", "--drain-timeout=0s",
+        f"--grpc-transport={epp_harness.EPP_TRANSPORT}",
         env=env, stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
         assert proc.stdout is not None
         line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
-        port = int(re.search(r":(\d+) \(plaintext\)", line).group(1))
+        port = int(re.search(r":(\d+) \(plaintext, (grpcio|igw)\)", line).group(1))
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             replies = await exchange(
                 pb_grpc.ExternalProcessorStub(channel),

@@ -90,7 +90,7 @@ def test_clusters_are_those_of_the_single_filter_bootstrap_plus_the_observer_por
     # the observer cluster is the ext_proc cluster (TLS, h2, health check) on the observer port
     [endpoint] = observer.load_assignment.endpoints[0].lb_endpoints
     address = endpoint.endpoint.address.socket_address
-    assert address.port_value == 9004
+    assert address.port_value == 9006
     observer.name = observer.load_assignment.cluster_name = "ext_proc"
     address.port_value = 9002
     assert observer == observe["ext_proc"]

@@ -19,6 +19,7 @@ import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from igw.extproc import messages as msgs
+from igw.extproc.director import StreamError
 
 log = logging.getLogger("igw.bbr")
 
@@ -41,7 +42,13 @@ def model_of(body: bytes) -> str | None:
 
 
 class BbrStream:
-    """One stream: buffer the request body, then answer headers + body."""
+    """One stream: buffer the request body, then answer headers + body.
+
+    It has the shape igw's own HTTP/2 transport expects of a stream (``handle_now``,
+    ``handle``, ``close``, ``done``; ``h2_transport.py``), so ``igw bbr
+    --grpc-transport=igw`` serves it without grpc.aio."""
+
+    done = False  # the stream ends when Envoy closes it
 
     def __init__(self, max_body_bytes: int) -> None:
         self.max_body_bytes = max_body_bytes
@@ -74,6 +81,17 @@ class BbrStream:
             return [msgs.trailers_response("response")]
         return []
 
+    def handle_now(self, message: msgs.ProcessingRequest) -> list[msgs.ProcessingResponse]:
+        """``handle`` with an out-of-order body as the gRPC error grpc.aio's servicer sends."""
+        try:
+            return self.handle(message)
+        except ValueError as error:
+            raise StreamError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
+
+    def close(self, *, broken: bool) -> None:
+        """Nothing is held between messages beyond the body buffer."""
+        self.chunks = []
+
     def _body(self, body) -> list[msgs.ProcessingResponse]:
         if not self.headers_seen or self.request_done:
             raise ValueError("request body out of order")
@@ -98,6 +116,35 @@ class BbrStream:
                 [(MODEL_HEADER, model)], clear_route_cache=True
             )
         return [headers_reply, *msgs.body_responses(whole, phase="request")]
+
+
+class BbrProcessor:
+    """What igw's HTTP/2 transport asks of its director: a stream per call. Body-based
+    routing has no observer streams: a message in observability mode is read and dropped."""
+
+    def __init__(self, max_body_bytes: int = 64 << 20) -> None:
+        self.max_body_bytes = max_body_bytes
+
+    def stream(self) -> BbrStream:
+        return BbrStream(self.max_body_bytes)
+
+    def observer(self) -> NullObserver:
+        return NullObserver()
+
+
+class NullObserver:
+    """An observer stream nobody reads (observability mode sent to the body-based router)."""
+
+    finished_early = False
+
+    def handle(self, message: msgs.ProcessingRequest) -> None:
+        pass
+
+    def close(self, *, broken: bool) -> None:
+        pass
+
+    def give_up(self) -> None:
+        pass
 
 
 class BbrServicer(pb_grpc.ExternalProcessorServicer):

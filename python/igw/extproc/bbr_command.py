@@ -17,7 +17,7 @@ import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2_grpc
 
-from igw.extproc.bbr import BbrServicer
+from igw.extproc.bbr import BbrProcessor, BbrServicer
 from igw.extproc.flags import add_bool, names, parse_duration, parse_size
 from igw.extproc.health import HealthServicer
 from igw.extproc.server import grpc_options
@@ -40,6 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         *names("drain-timeout"), type=parse_duration, default=5.0, metavar="DURATION"
     )
+    parser.add_argument(
+        "--grpc-transport",
+        choices=("grpcio", "igw"),
+        default="grpcio",
+        help="what serves the ext_proc port: grpcio (grpc.aio, the default) or igw's own HTTP/2 "
+        "transport (less CPU per message; see docs/deploy-epp.md). Default: grpcio",
+    )
     parser.add_argument("--v", "-v", type=int, default=0, metavar="LEVEL", help="ignored")
 
 
@@ -52,18 +59,32 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _main(args: argparse.Namespace) -> int:
-    from igw.extproc.tls import server_credentials
+    from igw.extproc.h2_transport import H2GrpcServer
+    from igw.extproc.tls import certificate_pair, grpc_credentials, ssl_server_context
 
-    server = grpc.aio.server(options=grpc_options())
-    pb_grpc.add_ExternalProcessorServicer_to_server(BbrServicer(args.max_request_body), server)
-    target = f"{args.bind_address}:{args.grpc_port}"
-    if args.secure_serving:
-        credentials, _ = server_credentials(args.cert_path or None)
-        port = server.add_secure_port(target, credentials)
+    pair = certificate_pair(args.cert_path or None) if args.secure_serving else None
+    health_servicer = HealthServicer(lambda: True)
+    server: grpc.aio.Server | H2GrpcServer
+    if args.grpc_transport == "igw":
+        server = H2GrpcServer(
+            BbrProcessor(args.max_request_body),
+            health_servicer,
+            host=args.bind_address,
+            port=args.grpc_port,
+            ssl_context=ssl_server_context(*pair) if pair else None,
+            read_batch=0.0,
+        )
     else:
-        port = server.add_insecure_port(target)
+        server = grpc.aio.server(options=grpc_options())
+        servicer = BbrServicer(args.max_request_body)
+        pb_grpc.add_ExternalProcessorServicer_to_server(servicer, server)
+        target = f"{args.bind_address}:{args.grpc_port}"
+        if pair:
+            port = server.add_secure_port(target, grpc_credentials(*pair))
+        else:
+            port = server.add_insecure_port(target)
     health = grpc.aio.server(options=grpc_options())
-    health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(lambda: True), health)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health)
     health_port = health.add_insecure_port(f"{args.bind_address}:{args.grpc_health_port}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -71,10 +92,13 @@ async def _main(args: argparse.Namespace) -> int:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     await server.start()
+    if isinstance(server, H2GrpcServer):
+        assert server.port is not None
+        port = server.port
     await health.start()
     scheme = "TLS" if args.secure_serving else "plaintext"
-    print(f"igw bbr: ext_proc on {target.rsplit(':', 1)[0]}:{port} ({scheme}), health on "
-          f":{health_port}", flush=True)  # fmt: skip
+    print(f"igw bbr: ext_proc on {args.bind_address}:{port} ({scheme}, {args.grpc_transport}), "
+          f"health on :{health_port}", flush=True)  # fmt: skip
     try:
         await stop.wait()
     finally:

@@ -54,7 +54,7 @@ import collections
 import contextlib
 import logging
 import ssl
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import hpack
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
@@ -64,9 +64,7 @@ from grpc_health.v1 import health_pb2
 from igw.extproc.director import StreamError
 
 if TYPE_CHECKING:
-    from igw.extproc.director import Director, Stream
     from igw.extproc.health import HealthServicer
-    from igw.extproc.observer import Observer
 
 log = logging.getLogger("igw.extproc")
 
@@ -100,6 +98,18 @@ RESPONSE_HEADERS = ((":status", "200"), ("content-type", "application/grpc"))
 # gRPC status codes used here (grpc.StatusCode values)
 GRPC_OK, GRPC_UNKNOWN, GRPC_INVALID_ARGUMENT, GRPC_RESOURCE_EXHAUSTED = 0, 2, 3, 8
 GRPC_UNIMPLEMENTED = 12
+
+
+class Processor(Protocol):
+    """What serves the calls: the picker's ``Director``, or ``igw bbr``'s ``BbrProcessor``.
+
+    ``stream()`` returns an object with ``handle_now(message)`` (replies, or None when the
+    message may wait), ``async handle(message)``, ``close(broken=...)`` and ``done``;
+    ``observer()`` one with ``handle``, ``close``, ``give_up`` and ``finished_early``."""
+
+    def stream(self) -> Any: ...
+
+    def observer(self) -> Any: ...
 
 
 def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
@@ -155,8 +165,8 @@ class Call:
         self.ignored = False  # read and dropped (undecodable input, call already answered)
         self.remote_closed = False  # Envoy half-closed (END_STREAM)
         self.unary: list[bytes] | None = None  # messages of a unary call, answered at its end
-        self.observer: Observer | None = None
-        self.stream: Stream | None = None  # a routing stream
+        self.observer: Any = None  # an observer stream's interpreter
+        self.stream: Any = None  # a routing stream's
         self.queue: collections.deque[pb.ProcessingRequest] = collections.deque()
         self.task: asyncio.Task | None = None  # handles ``queue`` while a message waits
         self.send_window = send_window
@@ -714,7 +724,7 @@ class H2GrpcServer:
 
     def __init__(
         self,
-        director: Director,
+        director: Processor,
         health: HealthServicer,
         *,
         host: str = "0.0.0.0",

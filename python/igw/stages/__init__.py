@@ -88,11 +88,17 @@ def build_pipeline(
     flow_controller: Any | None = None,
     admit_checks: Sequence[Check] = (),
     guard_checks: Sequence[Check] = (),
+    response_checks: Sequence[Any] = (),
     reporter: ResponseReporter | None = None,
     is_adapter: Callable[[str], bool] | None = None,
     rng: random.Random | None = None,
 ) -> Pipeline:
-    """The standard pipeline. ``pool`` is one Pool or a function choosing one per request."""
+    """The standard pipeline. ``pool`` is one Pool or a function choosing one per request.
+
+    ``response_checks`` are response stages (``on_start`` / ``on_chunk`` / ``on_finish``, see
+    ``igw.pipeline``) that run after usage parsing and the reverse model rewrite and before
+    accounting: guard.out (content checks on the answer) and access bookkeeping (token
+    debits) plug in there."""
     pool_for: Callable[[Request], Pool] = pool if callable(pool) else (lambda _r, p=pool: p)
     if parsers is None or isinstance(parsers, ParserRegistry):
         registry = parsers or ParserRegistry.from_types()
@@ -107,5 +113,6 @@ def build_pipeline(
         FlowControlStage(pool_for, detector, flow_controller),
         ScheduleStage(engine, pool_for, k=k, metrics=metrics),
     ]
-    response = [UsageStage(), ReverseRewriteStage(), AccountStage(engine, metrics, reporter)]
+    response = [UsageStage(), ReverseRewriteStage(), *response_checks,
+                AccountStage(engine, metrics, reporter)]  # fmt: skip
     return Pipeline(stages, response)

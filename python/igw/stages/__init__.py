@@ -95,7 +95,7 @@ def build_pipeline(
 ) -> Pipeline:
     """The standard pipeline. ``pool`` is one Pool or a function choosing one per request.
 
-    ``response_checks`` are response stages (``on_start`` / ``on_chunk`` / ``on_finish``, see
+    ``response_checks`` are response stages (``on_headers`` / ``on_chunk`` / ``on_finish``, see
     ``igw.pipeline``) that run after usage parsing and the reverse model rewrite and before
     accounting: guard.out (content checks on the answer) and access bookkeeping (token
     debits) plug in there."""

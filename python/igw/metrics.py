@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 import numpy as np
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client import metrics as _prom_metrics
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -474,6 +474,10 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
+        if registry is None:
+            # process_cpu_seconds_total, process_resident_memory_bytes, ... (as the reference's
+            # Go registry has), read from /proc at scrape time only
+            ProcessCollector(registry=self.registry)
         self._pools: list[Pool] = []
         self._pending: list[tuple[Callable[..., None], tuple]] = []
         self._flush_loop: asyncio.AbstractEventLoop | None = None

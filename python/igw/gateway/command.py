@@ -42,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--config", type=Path, metavar="FILE",
         help="YAML: several pools and models, rewrites (canary splits), mirroring "
-        "(see docs/standalone.md)",
+        "(see docs/standalone.md), API keys and limits (access:, docs/access.md), "
+        "content safety (guard:)",
     )  # fmt: skip
     routing = parser.add_argument_group("routing")
     routing.add_argument(
@@ -164,13 +165,28 @@ def banner(stack) -> str:
         lines.append(f"  pool {name}: {len(runtime.pool)} {kind} ({addresses}){routed}")
     models = stack.router.models()
     lines.append("  models: " + (", ".join(models) or "(learned from the replicas' /v1/models)"))
+    checks = getattr(stack, "checks", None)
+    access = checks.access if checks is not None else None
+    key_header = ""
+    if access is not None:
+        keyed = [name for name in access.tenants if name != "anonymous"]
+        anonymous = access.checks[0].anonymous is not None
+        lines.append(
+            f"  access: {len(keyed)} tenant(s) with API keys"
+            + (", requests without a key allowed" if anonymous else ", a key is required")
+        )
+        if keyed:  # never print a key: the example reads it from the environment
+            key_header = " -H \"authorization: Bearer $IGW_API_KEY\""
+    if checks is not None and checks.guard_runtime is not None:
+        lines.append("  guard: content safety checks on")
     example = json.dumps(
         {"model": models[0] if models else "sim-model", "prompt": "Once upon a time",
          "max_tokens": 16}
     )  # fmt: skip
     lines += [
         "Try:",
-        f"  curl -s {stack.url}/v1/completions -H 'content-type: application/json' \\",
+        f"  curl -s {stack.url}/v1/completions -H 'content-type: application/json'"
+        f"{key_header} \\",
         f"    -d '{example}'",
         f"Also: {stack.url}/v1/models, {stack.url}/health, {stack.url}/metrics. Ctrl-C stops.",
     ]

@@ -17,9 +17,16 @@ across two pools with priority 10 on it, and a recommender; docs/standalone.md e
     mirror:
       - {model: chatbot, url: "http://10.0.0.9:8000", percent: 5}
     objectivesFile: objectives.yaml   # optional InferenceObjective / InferenceModelRewrite YAML
+    access:                           # optional: API keys -> tenants, rate limits, quotas
+      tenants:
+        team-a: {keysFrom: {env: TEAM_A_KEYS}, requestsPerMinute: 600, tokensPerDay: 5000000}
+    guard: {...}                      # optional: content safety (igw.guard's own schema)
 
 Every mistake is a ``ConfigError`` naming the file, the field path and what was expected.
-Relative paths (``eppConfig``, ``objectivesFile``) are relative to the config file.
+Relative paths (``eppConfig``, ``objectivesFile``) are relative to the config file. The
+``access:`` section is ``igw.access.AccessSpec`` (docs/access.md); ``guard:`` is kept as a
+mapping here and checked by ``igw.guard.build_guard`` when the gateway starts. API keys never
+appear in a config error.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from igw.access.config import AccessSpec, keys_in, redact
 from igw.config import ConfigError, validation_to_config_error
 from igw.datastore import normalize_address
 
@@ -128,6 +136,8 @@ class GatewayConfig(_Strict):
     rewrites: list[RewriteSpec] = Field(default_factory=list)
     mirror: list[MirrorSpec] = Field(default_factory=list)
     objectives_file: str | None = Field(default=None, alias="objectivesFile")
+    access: AccessSpec | None = None
+    guard: dict[str, Any] | None = None  # validated by igw.guard.build_guard at start
 
     @model_validator(mode="after")
     def _references(self) -> GatewayConfig:
@@ -173,7 +183,11 @@ def parse_config(text: str, source: str = "<config>") -> GatewayConfig:
     try:
         return GatewayConfig.model_validate(data)
     except ValidationError as exc:
-        raise validation_to_config_error(exc, source) from None
+        err = validation_to_config_error(exc, source)
+        secrets = keys_in(data.get("access"))
+        if not secrets:
+            raise err from None
+        raise ConfigError(source, err.field, redact(err.expected, secrets)) from None
 
 
 def load_gateway_config(path: str | Path) -> GatewayConfig:

@@ -4,11 +4,16 @@
 * ``ModelPriorityStage`` (after parse): a model's configured priority applies to requests that
   name no InferenceObjective header, so "priority 10 on the chatbot model" needs no header;
 * the mirror hook (see ``igw.gateway.mirror``).
+
+Access control (``igw.access``) and content safety (``igw.guard``) arrive as plain checks and
+response stages (``admit_checks``, ``guard_checks``, ``response_checks``); the admit stage runs
+after the model priority, so a tenant's configured priority overrides a model's.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from igw.gateway.app import Gateway, Limits
@@ -47,6 +52,9 @@ def build_gateway(
     mirror: Any | None = None,
     detector: Any | None = None,
     rng: random.Random | None = None,
+    admit_checks: Sequence[Any] = (),
+    guard_checks: Sequence[Any] = (),
+    response_checks: Sequence[Any] = (),
 ) -> Gateway:
     """The gateway over ``router``'s pools with ``engine`` (an Engine or ``EngineSet``)."""
     limits = limits or Limits()
@@ -62,6 +70,9 @@ def build_gateway(
         is_adapter=router.is_adapter,
         detector=detector,
         rng=rng,
+        admit_checks=admit_checks,
+        guard_checks=guard_checks,
+        response_checks=response_checks,
     )
     if priorities:
         pipeline.stages.insert(1, ModelPriorityStage(priorities))

@@ -6,6 +6,11 @@ outlier detection too), a ``SchedulingEngine`` from the pool's named policy or
 EndpointPickerConfig file, and the pool's model names (configured, or learned from the
 replicas' ``/v1/models`` and refreshed in the background). Then one gateway over all pools.
 
+The config's ``access:`` section (API keys, rate limits, quotas: ``igw.access``) and
+``guard:`` section (content safety: ``igw.guard``, imported only when configured) become the
+pipeline's admit checks, guard checks and response stages; both are built before anything
+starts, so a bad section (or a missing environment variable holding keys) fails at start.
+
 The three command-line forms (``--sim N``, ``--endpoints``, ``--config``) all become a
 ``GatewayConfig`` first, so they share this one start-up path.
 """
@@ -75,6 +80,7 @@ class Stack:
     host: str = "127.0.0.1"
     flow: Any | None = None  # igw.flowcontrol.FlowControl when a pool's config enables it
     policies: dict[str, str] = dataclasses.field(default_factory=dict)  # pool -> policy/config
+    checks: Checks | None = None  # access / guard, when configured
 
     @property
     def url(self) -> str:
@@ -187,6 +193,41 @@ def inline_rewrites(config: GatewayConfig, source: str) -> RewriteStore | None:
     return RewriteStore(resources)
 
 
+@dataclasses.dataclass
+class Checks:
+    """The checks and response stages ``access:`` and ``guard:`` add to the pipeline."""
+
+    admit: list[Any] = dataclasses.field(default_factory=list)
+    guard: list[Any] = dataclasses.field(default_factory=list)
+    response: list[Any] = dataclasses.field(default_factory=list)
+    access: Any | None = None  # igw.access.Access when configured
+    guard_runtime: Any | None = None  # what igw.guard.build_guard returned
+
+
+def build_checks(config: GatewayConfig, source: str) -> Checks:
+    """Access and guard checks from the config (``ConfigError`` for a bad section)."""
+    checks = Checks()
+    if config.guard is not None:
+        try:
+            import igw.guard as guard_package
+        except ImportError as exc:
+            raise ConfigError(
+                source, "guard", f"content safety is not available in this build ({exc})"
+            ) from None
+        guard = guard_package.build_guard(dict(config.guard), source=source)
+        checks.guard_runtime = guard
+        checks.guard = list(guard.checks)
+        checks.response += list(guard.response_checks)
+    if config.access is not None:
+        from igw.access import build_access
+
+        access = build_access(config.access, source=source)
+        checks.access = access
+        checks.admit = list(access.checks)
+        checks.response += list(access.response_checks)  # debit after guard.out has run
+    return checks
+
+
 def engine_config(spec: PoolSpec, name: str, options: ServeOptions):
     """The EndpointPickerConfig of a pool: its own, else the command line's, else
     ``DEFAULT_POLICY``."""
@@ -252,6 +293,7 @@ async def start_stack(config: GatewayConfig, options: ServeOptions) -> Stack:
         base = options.config_path or Path("igw.yaml")
         objectives_file = ObjectivesFile(resolve_path(base, config.objectives_file), None)
     rewrites = inline_rewrites(config, source)
+    checks = build_checks(config, source)
     metrics = Metrics()
     flow, detector = flow_control_for(engines, metrics)  # config errors before starting
 
@@ -315,9 +357,13 @@ async def start_stack(config: GatewayConfig, options: ServeOptions) -> Stack:
             mirror=mirror,
             detector=detector,
             rng=random.Random(options.seed) if options.seed is not None else None,
+            admit_checks=checks.admit,
+            guard_checks=checks.guard,
+            response_checks=checks.response,
         )
         stack = Stack(gateway, router, fleets, layers, mirror=mirror, host=options.host,
-                      policies={name: source for name, (_, source) in engines.items()})  # fmt: skip
+                      policies={name: source for name, (_, source) in engines.items()},
+                      checks=checks)  # fmt: skip
         if flow is not None:
             stack.flow = flow.attach(gateway.pipeline)
         for runtime in runtimes:

@@ -39,7 +39,12 @@ def luhn_ok(text: str) -> bool:
     return total % 10 == 0
 
 
-EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+# Every detector starts only where its first character class starts (a lookbehind) and has
+# bounded repeats: a 200 KB run of letters must cost one pass, not one pass per position.
+EMAIL = re.compile(
+    r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]{1,64}@"
+    r"[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){0,8}\.[A-Za-z]{2,24}(?![A-Za-z])"
+)
 CARD = re.compile(r"(?<![0-9])[0-9](?:[ -]?[0-9]){12,18}(?![0-9])")
 API_KEY = re.compile(
     r"(?<![A-Za-z0-9_-])(?:sk-(?:proj-|ant-|live_|test_)?[A-Za-z0-9_-]{20,}"

@@ -221,3 +221,20 @@ async def test_custom_header_is_read_and_stripped(clock):
     access = make({**TEAM_A, "header": "X-IGW-Key"}, clock)
     req = await admit(access, request(key=None, **{"x-igw-key": "sk-a-1"}))
     assert req.attrs[TENANT_ATTR] == "team-a" and "x-igw-key" not in req.headers
+
+
+async def test_refused_key_does_not_keep_the_clients_fairness_label(clock):
+    req = request(key="sk-wrong")
+    req.fairness_id = "chosen-by-client"
+    await refused(make(TEAM_A, clock), req)
+    assert req.fairness_id == "unauthenticated"
+
+
+async def test_rate_limited_request_is_labelled_with_its_tenant(clock):
+    spec = {"tenants": {"team-a": {"keys": ["sk-a-1"], "requestsPerMinute": 1}}}
+    access = make(spec, clock)
+    await admit(access, request())
+    req = request()
+    await refused(access, req)
+    assert req.fairness_id == "team-a"
+    assert TENANT_ATTR not in req.attrs  # nothing to debit for a refused request

@@ -92,9 +92,16 @@ async def test_tenant_is_the_fairness_label_in_metrics(client):
     stack = await start()
     try:
         assert (await post(client, stack, "sk-a-1"))[0] == 200
+        assert (await post(client, stack, "sk-wrong"))[0] == 401
         async with client.get(stack.url + "/metrics") as response:
             text = await response.text()
-        assert 'fairness_id="team-a"' in text
+        served = [line for line in text.splitlines()
+                  if line.startswith("llm_d_epp_request_total{")]  # fmt: skip
+        assert served and all('fairness_id="team-a"' in line for line in served)
+        errors = [line for line in text.splitlines()
+                  if line.startswith("llm_d_epp_request_error_total{")]  # fmt: skip
+        assert any('fairness_id="unauthenticated"' in line and "Unauthorized" in line
+                   for line in errors)  # fmt: skip
     finally:
         await stack.stop()
 

@@ -30,6 +30,7 @@ from igw.pipeline import Request
 
 DAY = 86_400
 TENANT_ATTR = "tenant"  # request.attrs key holding the admitted tenant's name
+UNAUTHENTICATED = "unauthenticated"  # fairness id of a request refused for its key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +91,13 @@ class AccessCheck:
         self.wall = wall
 
     async def check(self, request: Request) -> None:
+        # Until the key is known the client's fairness header is not trusted, not even as a
+        # metrics label on the 401 (it would let anyone mint label values).
+        request.fairness_id = UNAUTHENTICATED
         tenant = self.authenticate(request)
+        request.fairness_id = tenant.name
+        if tenant.priority is not None and request.objective is None:
+            request.priority = tenant.priority
         if not tenant.allows(request.incoming_model):
             raise _refuse(
                 ErrorCode.FORBIDDEN,
@@ -99,9 +106,6 @@ class AccessCheck:
             )
         await self.enforce(tenant)
         request.attrs[TENANT_ATTR] = tenant.name
-        request.fairness_id = tenant.name
-        if tenant.priority is not None and request.objective is None:
-            request.priority = tenant.priority
 
     def authenticate(self, request: Request) -> Tenant:
         """The tenant of the request's key; removes the key from what goes upstream."""

@@ -71,7 +71,9 @@ def test_redact_from_start_only_rewrites_the_new_part():
     assert text == "[REDACTED:EMAIL] rest"
 
 
-@pytest.mark.parametrize("text", ["x" * 200_000, "a." * 100_000, "1" * 200_000, "sk- " * 50_000, "a@" * 100_000])
+@pytest.mark.parametrize(
+    "text", ["x" * 200_000, "a." * 100_000, "1" * 200_000, "sk- " * 50_000, "a@" * 100_000]
+)
 def test_detectors_stay_linear_on_long_runs(text):
     ruleset = rules(emails="block", creditCards="block", apiKeys="block")
     started = time.perf_counter()

@@ -176,7 +176,7 @@ def banner(stack) -> str:
             + (", requests without a key allowed" if anonymous else ", a key is required")
         )
         if keyed:  # never print a key: the example reads it from the environment
-            key_header = " -H \"authorization: Bearer $IGW_API_KEY\""
+            key_header = "    -H \"authorization: Bearer $IGW_API_KEY\" \\"
     if checks is not None and checks.guard_runtime is not None:
         lines.append("  guard: content safety checks on")
     example = json.dumps(
@@ -185,8 +185,8 @@ def banner(stack) -> str:
     )  # fmt: skip
     lines += [
         "Try:",
-        f"  curl -s {stack.url}/v1/completions -H 'content-type: application/json'"
-        f"{key_header} \\",
+        f"  curl -s {stack.url}/v1/completions -H 'content-type: application/json' \\",
+        *([key_header] if key_header else []),
         f"    -d '{example}'",
         f"Also: {stack.url}/v1/models, {stack.url}/health, {stack.url}/metrics. Ctrl-C stops.",
     ]

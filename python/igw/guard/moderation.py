@@ -41,7 +41,9 @@ def flagged_categories(answer: Any, wanted: list[str]) -> list[str]:
     for result in answer["results"]:
         if not isinstance(result, dict):
             raise ModerationUnavailable("a result is not an object")
-        categories = result.get("categories") or {}
+        categories = result.get("categories")
+        if categories is None:
+            categories = {}
         if not isinstance(categories, dict):
             raise ModerationUnavailable("categories is not an object")
         if wanted:

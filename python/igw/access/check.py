@@ -41,6 +41,14 @@ class Tenant:
     tokens_per_day: int | None = None
     models: tuple[str, ...] | None = None
     priority: int | None = None
+    requests_key: str = dataclasses.field(init=False, repr=False)
+    tokens_key: str = dataclasses.field(init=False, repr=False)
+    day_key: str = dataclasses.field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "requests_key", f"{self.name}/requests")
+        object.__setattr__(self, "tokens_key", f"{self.name}/tokens")
+        object.__setattr__(self, "day_key", f"{self.name}/tokens-day")
 
     def allows(self, model: str) -> bool:
         if self.models is None:
@@ -52,8 +60,16 @@ class Tenant:
         return self.tokens is not None or self.tokens_per_day is not None
 
 
+_day_cache: tuple[int, str] = (-1, "")
+
+
 def utc_day(wall: float) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(wall))
+    """The UTC date of ``wall`` (cached: formatting it is the slowest step of admission)."""
+    global _day_cache
+    number = int(wall // DAY)
+    if _day_cache[0] != number:
+        _day_cache = (number, time.strftime("%Y-%m-%d", time.gmtime(wall)))
+    return _day_cache[1]
 
 
 def retry_after(seconds: float) -> str:
@@ -138,7 +154,7 @@ class AccessCheck:
         limiter = self.limiter
         if tenant.tokens_per_day is not None:
             wall = self.wall()
-            used = await limiter.used(f"{tenant.name}/tokens-day", utc_day(wall))
+            used = await limiter.used(tenant.day_key, utc_day(wall))
             if used >= tenant.tokens_per_day:
                 raise _refuse(
                     ErrorCode.RESOURCE_EXHAUSTED,
@@ -148,7 +164,7 @@ class AccessCheck:
                     DAY - wall % DAY,
                 )
         if tenant.tokens is not None:
-            level = await limiter.level(f"{tenant.name}/tokens", tenant.tokens)
+            level = await limiter.level(tenant.tokens_key, tenant.tokens)
             if level <= 0:
                 raise _refuse(
                     ErrorCode.RESOURCE_EXHAUSTED,
@@ -158,7 +174,7 @@ class AccessCheck:
                     (1.0 - level) / tenant.tokens.per_second,
                 )
         if tenant.requests is not None:
-            wait = await limiter.take(f"{tenant.name}/requests", tenant.requests)
+            wait = await limiter.take(tenant.requests_key, tenant.requests)
             if wait > 0:
                 raise _refuse(
                     ErrorCode.RESOURCE_EXHAUSTED,
@@ -213,6 +229,6 @@ class UsageDebit:
         if tokens <= 0:
             return
         if tenant.tokens is not None:
-            self.limiter.debit(f"{tenant.name}/tokens", tenant.tokens, tokens)
+            self.limiter.debit(tenant.tokens_key, tenant.tokens, tokens)
         if tenant.tokens_per_day is not None:
-            self.limiter.add(f"{tenant.name}/tokens-day", utc_day(self.wall()), tokens)
+            self.limiter.add(tenant.day_key, utc_day(self.wall()), tokens)

@@ -51,11 +51,36 @@ API_KEY = re.compile(
     r"|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{36,})"
 )
 
-# config key -> (rule name, detector, validator, redaction label)
-_PII: dict[str, tuple[str, re.Pattern[str], Callable[[str], bool] | None, str]] = {
-    "emails": ("pii.emails", EMAIL, None, "EMAIL"),
-    "credit_cards": ("pii.creditCards", CARD, luhn_ok, "CREDIT_CARD"),
-    "api_keys": ("pii.apiKeys", API_KEY, None, "API_KEY"),
+_KEY_MARKS = ("sk-", "AKIA", "ghp_", "gho_", "ghu_", "ghs_", "ghr_")
+
+
+def _may_hold_email(text: str) -> bool:
+    return "@" in text
+
+
+def _may_hold_key(text: str) -> bool:
+    return any(mark in text for mark in _KEY_MARKS)
+
+
+def _may_hold_card(text: str) -> bool:
+    count = 0
+    for digit in "0123456789":
+        count += text.count(digit)
+        if count >= 13:
+            return True
+    return False
+
+
+# Python's ``re`` walks every position of the text for a pattern that starts with a class
+# (~14 ns a character: ~0.2 ms per detector on a 15 KB prompt); these substring tests run at
+# memchr speed and skip the regex for text that cannot match (most text).
+# config key -> (rule name, detector, validator, prefilter, redaction label)
+_PII: dict[
+    str, tuple[str, re.Pattern[str], Callable[[str], bool] | None, Callable[[str], bool], str]
+] = {
+    "emails": ("pii.emails", EMAIL, None, _may_hold_email, "EMAIL"),
+    "credit_cards": ("pii.creditCards", CARD, luhn_ok, _may_hold_card, "CREDIT_CARD"),
+    "api_keys": ("pii.apiKeys", API_KEY, None, _may_hold_key, "API_KEY"),
 }
 
 
@@ -66,9 +91,12 @@ class Rule:
     action: Action
     validate: Callable[[str], bool] | None = None
     label: str = "REDACTED"
+    prefilter: Callable[[str], bool] | None = None  # False = the pattern cannot match
 
     def matches(self, text: str, start: int = 0) -> Iterable[re.Match[str]]:
         """Valid matches that end after ``start``."""
+        if self.prefilter is not None and not self.prefilter(text):
+            return
         for match in self.pattern.finditer(text):
             if match.end() <= start:
                 continue
@@ -90,10 +118,10 @@ class RuleSet:
     @classmethod
     def from_spec(cls, deny: list[DenyRule], pii: PiiSpec) -> RuleSet:
         rules = [Rule(d.name, re.compile(d.pattern), Action.BLOCK) for d in deny]
-        for key, (name, pattern, validate, label) in _PII.items():
+        for key, (name, pattern, validate, prefilter, label) in _PII.items():
             mode = getattr(pii, key)
             if mode != "allow":
-                rules.append(Rule(name, pattern, Action(mode), validate, label))
+                rules.append(Rule(name, pattern, Action(mode), validate, label, prefilter))
         return cls(rules)
 
     def __bool__(self) -> bool:
@@ -102,7 +130,7 @@ class RuleSet:
     def first_block(self, text: str, start: int = 0) -> Rule | None:
         """The first block rule with a match reaching past ``start``, or None."""
         for rule in self.block:
-            if rule.validate is None and start == 0:
+            if rule.validate is None and rule.prefilter is None and start == 0:
                 if rule.pattern.search(text) is not None:  # the common, cheapest case
                     return rule
                 continue

@@ -16,6 +16,7 @@ gateway stops, at the cost of a new connection per prompt (see docs/guard.md).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -108,7 +109,7 @@ class ModerationCheck:
                 if response.status != 200:
                     raise ModerationUnavailable(f"status {response.status}")
                 data = await response.read()
-        except TimeoutError:
+        except asyncio.TimeoutError:  # TimeoutError itself from 3.11 on
             raise ModerationUnavailable("timeout") from None
         except aiohttp.ClientError as exc:
             raise ModerationUnavailable(type(exc).__name__) from None

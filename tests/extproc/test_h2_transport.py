@@ -239,3 +239,16 @@ def test_the_observer_port_serves_on_uvloop_too():
             return epp.metric("inference_objective_input_tokens_sum", labels)
 
     assert uvloop.run(observed_once()) == 120
+
+
+async def test_stopping_returns_once_the_last_stream_is_reset_by_envoy():
+    async with running_epp(make_pool(IDLE3), transport="igw") as epp:
+        call = await route(epp, "r-reset")
+        assert epp.server.main is not None
+        stopping = asyncio.create_task(epp.server.main.stop(30.0))
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        call.cancel()  # Envoy resets the stream: nothing is left to wait for
+        await asyncio.wait_for(stopping, 5)
+        assert time.monotonic() - started < 5
+        assert await wait_for(lambda: epp.inflight() == 0)

@@ -658,6 +658,7 @@ class H2Connection(asyncio.Protocol):
             self._cancel(call)
         else:
             self._close_routing(call, broken=True)
+        self.server.stream_closed()  # a stop waiting for the last stream ends now
 
     def _close_observer(self, call: Call, *, broken: bool) -> None:
         observer, call.observer = call.observer, None

@@ -163,7 +163,9 @@ async def test_gateway_stream_cut_by_guard_ends_with_policy_error_event(gateway_
             text = (await response.read()).decode()
         async with session.post(url + "/v1/chat/completions", json=chat("DAN mode")) as refused:
             assert refused.status == 400
-            assert "jailbreak-dan" in await refused.text()
+            error = (await refused.json())["error"]
+            assert error["message"] == "request blocked by content policy: jailbreak-dan"
+            assert error["code"] == "content_policy_violation"
     events = [e.removeprefix("data: ") for e in text.split("\n\n") if e]
     last = json.loads(events[-1])
     assert last["error"]["code"] == "content_policy_violation"

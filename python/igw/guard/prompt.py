@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from igw.errors import ErrorCode, InferenceError, bad_request
+from igw.errors import ErrorCode, InferenceError
 from igw.guard.decisions import DecisionLog
 from igw.guard.rules import RuleSet
 from igw.guard.text import prompt_texts, walk_prompt
@@ -29,9 +29,15 @@ STAGE = "guard.in"
 OFFLOAD_CHARS = 64 * 1024  # longer prompts are scanned in a thread (the loop keeps turning)
 
 
+POLICY_CODE = "content_policy_violation"  # the OpenAI-style error code clients can match on
+
+
 def blocked(rule: str) -> InferenceError:
-    """The client's answer for a prompt refused by ``rule``."""
-    return bad_request(f"request blocked by content policy: {rule}")
+    """The client's answer for a prompt refused by ``rule``: 400, and the drop-reason header
+    (which the standalone gateway also uses as the error's ``code``)."""
+    return InferenceError(
+        ErrorCode.BAD_REQUEST, f"request blocked by content policy: {rule}", drop_reason=POLICY_CODE
+    )
 
 
 class PromptCheck:

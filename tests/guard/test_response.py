@@ -150,3 +150,14 @@ def test_stream_without_headers_uses_the_request_stream_flag():
     request = Request("r", stream=True)
     out = stage.on_chunk(request, delta("a secret"), False)
     assert b"content_policy_violation" in out and b"a secret" not in out
+
+
+def test_response_decisions_are_logged_without_the_answer_text(caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="igw.guard")
+    stage = guard(deny=[{"name": "leak", "pattern": "PRIVATE KEY"}], pii={"emails": "redact"})
+    stream(stage, [delta("mail a@b.io "), delta("then the PRIVATE KEY")])
+    assert "stage=guard.out action=block rules=leak" in caplog.text
+    assert "stage=guard.out action=redact rules=pii.emails" in caplog.text
+    assert "a@b.io" not in caplog.text and "PRIVATE KEY" not in caplog.text

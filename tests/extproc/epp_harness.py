@@ -7,21 +7,25 @@ table (the scraper is not under test here).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
+import os
 import random
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from google.protobuf import struct_pb2
 
+import igw
 from igw.config import load_config
 from igw.datastore import Pool
 from igw.extproc.director import Director
@@ -332,3 +336,43 @@ async def running_epp(
         if observer_channel is not channel:
             await observer_channel.close()
         await server.stop(0)
+
+
+# ----------------------------------------------------------------------------- igw processes
+
+# The environment for an ``igw`` subprocess: this checkout's package first on the path.
+ENV = {**os.environ, "PYTHONPATH": str(Path(igw.__file__).resolve().parents[1])}
+
+
+async def stop_process(proc: asyncio.subprocess.Process, timeout: float = 15.0) -> None:
+    """SIGTERM (a clean drain), then SIGKILL if it does not exit in time."""
+    if proc.returncode is not None:
+        return
+    proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+
+
+async def wait_for_metrics(url: str, needle: str, what: str, tries: int = 200) -> None:
+    """Poll a /metrics page until ``needle`` shows (every 50 ms, bounded)."""
+    async with aiohttp.ClientSession() as session:
+        for _ in range(tries):
+            async with session.get(url) as response:
+                if needle in await response.text():
+                    return
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"{what}: {needle!r} never appeared at {url}")
+
+
+async def route_once(grpc_port: int, prompt: str = "hello") -> list[pb.ProcessingResponse]:
+    """One request through a running ``igw epp``'s ext_proc port; its replies."""
+
+    async def messages():
+        for message in req_llm(prompt, "my-model", "my-model"):
+            yield message
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        return [r async for r in pb_grpc.ExternalProcessorStub(channel).Process(messages())]

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import sys
-from pathlib import Path
 
 import epp_harness
 import grpc
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
-from epp_harness import req_body, req_headers, set_headers, streamed_body
+from epp_harness import ENV, req_body, req_headers, set_headers, stop_process, streamed_body
 
-import igw
 from igw.extproc.bbr import BbrProcessor, BbrServicer
 from igw.extproc.h2_transport import H2GrpcServer
 from igw.extproc.health import HealthServicer
@@ -91,7 +88,6 @@ async def test_body_before_headers_is_invalid_argument():
 
 
 # the child imports the same igw as this process (source tree or installed package)
-ENV = {**os.environ, "PYTHONPATH": str(Path(igw.__file__).resolve().parents[1])}
 
 
 async def test_bbr_process_starts_and_routes():
@@ -114,6 +110,5 @@ async def test_bbr_process_starts_and_routes():
         headers = set_headers(replies[0].request_headers.response.header_mutation)
         assert headers == {"X-Gateway-Model-Name": "recommender"}
     finally:
-        proc.terminate()
-        await asyncio.wait_for(proc.wait(), 15)
+        await stop_process(proc)
     assert proc.returncode == 0

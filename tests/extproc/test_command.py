@@ -4,26 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
-import aiohttp
 import grpc
 import pytest
-from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
-from epp_harness import destination, req_llm
+from epp_harness import ENV, destination, route_once, stop_process, wait_for_metrics
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-import igw
 from igw.datalayer.testing import FakeModelServer, vllm_page
 from igw.extproc import command
 from igw.extproc.flags import parse_bool, parse_duration, parse_size
 
 # the child imports the same igw as this process (source tree or installed package)
-ENV = {**os.environ, "PYTHONPATH": str(Path(igw.__file__).resolve().parents[1])}
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -179,30 +173,11 @@ async def test_epp_process_starts_answers_health_and_routes(tmp_path):
         # wait until both endpoints have been scraped (the pool gauges show the busy queue)
         url = f"http://127.0.0.1:{metrics_port}/metrics"
         needle = 'inference_pool_average_queue_size{name="pool-a"} 15.0'
-        async with aiohttp.ClientSession() as session:
-            for _ in range(200):
-                async with session.get(url) as response:
-                    if needle in await response.text():
-                        break
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError("endpoints were never scraped")
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
-            stub = pb_grpc.ExternalProcessorStub(channel)
-
-            async def gen():
-                for message in req_llm("hello", "my-model", "my-model"):
-                    yield message
-
-            replies = [r async for r in stub.Process(gen())]
+        await wait_for_metrics(url, needle, "endpoints scraped")
+        replies = await route_once(grpc_port)
         assert destination(replies[0]) == idle.address
     finally:
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 15)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await stop_process(proc)
         await idle.stop()
         await busy.stop()
     assert proc.returncode == 0

@@ -12,9 +12,8 @@ import time
 
 import grpc
 import pytest
-from epp_harness import make_pool, resp_body, running_epp
+from epp_harness import ENV, make_pool, resp_body, running_epp, stop_process
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from test_command import ENV
 from test_observer_streams import (
     IDLE3,
     MODEL,
@@ -220,12 +219,7 @@ async def test_igw_epp_serves_the_observer_port_over_tls_with_its_certificate(tm
             await stream.done_writing()
             assert await asyncio.wait_for(stream.code(), 10) == grpc.StatusCode.OK
     finally:
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 15)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await stop_process(proc)
     assert proc.returncode == 0
 
 

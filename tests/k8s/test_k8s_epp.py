@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
 import subprocess
 import sys
@@ -13,18 +12,15 @@ from pathlib import Path
 import aiohttp
 import grpc
 import pytest
-from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
-from epp_harness import destination, req_llm
+from epp_harness import ENV, destination, route_once, stop_process, wait_for_metrics
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-import igw
 from igw.datalayer.testing import FakeModelServer, vllm_page
 from igw.extproc import command
 
 from .conftest import eventually
 from .fake_apiserver import OBJECTIVE, POD, POOL, inference_pool, objective, pod
 
-ENV = {**os.environ, "PYTHONPATH": str(Path(igw.__file__).resolve().parents[1])}
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -156,22 +152,8 @@ async def test_epp_watches_the_pool_becomes_ready_and_routes(tmp_path, api):
 
         url = f"http://127.0.0.1:{metrics_port}/metrics"
         needle = 'inference_pool_average_queue_size{name="pool-a"} 15.0'
-        async with aiohttp.ClientSession() as session:
-            for _ in range(200):
-                async with session.get(url) as response:
-                    if needle in await response.text():
-                        break
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError("endpoints were never scraped")
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
-            stub = pb_grpc.ExternalProcessorStub(channel)
-
-            async def gen():
-                for message in req_llm("hello", "my-model", "my-model"):
-                    yield message
-
-            replies = [r async for r in stub.Process(gen())]
+        await wait_for_metrics(url, needle, "endpoints scraped")
+        replies = await route_once(grpc_port)
         assert destination(replies[0]) == idle.address
         async with aiohttp.ClientSession() as session, session.get(url) as response:
             text = await response.text()
@@ -180,22 +162,10 @@ async def test_epp_watches_the_pool_becomes_ready_and_routes(tmp_path, api):
 
         # the pod goes away: the pool empties but stays synced (ready, no endpoints)
         api.delete(POD, "pod-0")
-        async with aiohttp.ClientSession() as session:
-            needle = 'inference_pool_ready_pods{name="pool-a"} 0.0'
-            for _ in range(200):
-                async with session.get(url) as response:
-                    if needle in await response.text():
-                        break
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError("pod removal never reached the pool")
+        needle = 'inference_pool_ready_pods{name="pool-a"} 0.0'
+        await wait_for_metrics(url, needle, "pod removal reached the pool")
     finally:
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 15)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await stop_process(proc)
         await drainer
         await idle.stop()
         await busy.stop()
@@ -257,16 +227,6 @@ async def _start_epp(config: str, home: Path, *extra: str):
     return proc, int(match.group(1))
 
 
-async def _stop(proc) -> None:
-    if proc.returncode is None:
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 15)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-
-
 async def test_with_leader_election_only_the_leader_is_ready_and_it_hands_over(tmp_path, api):
     api.apply(POOL, inference_pool("pool-a", {"app": "vllm"}, [8000]))
     api.apply(POD, pod("pod-0", "10.0.0.1", {"app": "vllm"}))
@@ -283,7 +243,7 @@ async def test_with_leader_election_only_the_leader_is_ready_and_it_hands_over(t
         second, second_health = await _start_epp(config, tmp_path, "--ha-enable-leader-election")
         await asyncio.sleep(0.5)
         assert await _health(second_health) == NOT_SERVING  # synced, but a follower
-        await _stop(first)  # releases the lease on the way out
+        await stop_process(first)  # releases the lease on the way out
         for _ in range(100):  # the follower's next round (every 2 s) takes it
             if await _health(second_health) == SERVING:
                 break
@@ -291,9 +251,9 @@ async def test_with_leader_election_only_the_leader_is_ready_and_it_hands_over(t
         else:
             raise AssertionError("the follower never took over")
     finally:
-        await _stop(first)
+        await stop_process(first)
         if second is not None:
-            await _stop(second)
+            await stop_process(second)
     assert first.returncode == 0
 
 

@@ -69,42 +69,46 @@ class Client:
         await self.writer.wait_closed()
 
 
+async def observe_with_h2(epp, request_id: str, send) -> dict:
+    """A routed request whose observer stream ``send(client, stream_id, messages)`` writes
+    with h2 (headers included); the observer stream's trailers, once routing has ended."""
+    call = await route(epp, request_id)
+    client = await Client.connect(epp.server.observer_port)
+    stream_id = client.conn.get_next_available_stream_id()
+    send(client, stream_id, [grpc_frame(m) for m in observer_messages(request_id, sse_events())])
+    client.conn.end_stream(stream_id)
+    await client.flush()
+    trailers = await client.until_stream_ends(stream_id)
+    await client.close()
+    await end_route(call)
+    return trailers
+
+
 async def test_headers_in_continuation_frames_and_padded_frames_are_understood():
-    async with running_epp(make_pool(IDLE3), observers_on_own_port=True) as epp:
-        call = await route(epp, "r-cont")
-        client = await Client.connect(epp.server.observer_port)
-        stream_id = client.conn.get_next_available_stream_id()
+    def send(client, stream_id, messages):
         # ~40 KB of headers: more than one 16 KB frame (the largest until igw's SETTINGS
         # arrive), so h2 sends HEADERS + CONTINUATION
         client.conn.send_headers(stream_id, client.headers([("x-big", "v" * 40_000)]))
-        for message in observer_messages("r-cont", sse_events()):
-            client.conn.send_data(stream_id, grpc_frame(message), pad_length=7)
-        client.conn.end_stream(stream_id)
-        await client.flush()
-        trailers = await client.until_stream_ends(stream_id)
-        await client.close()
+        for message in messages:
+            client.conn.send_data(stream_id, message, pad_length=7)
+
+    async with running_epp(make_pool(IDLE3), observers_on_own_port=True) as epp:
+        trailers = await observe_with_h2(epp, "r-cont", send)
         assert trailers.get("grpc-status") == "0", trailers
-        await end_route(call)
         assert epp.metric("inference_objective_input_tokens_sum", MODEL) == 120
 
 
 async def test_messages_cut_across_frames_and_packed_into_one_frame_are_all_read():
-    async with running_epp(make_pool(IDLE3), observers_on_own_port=True) as epp:
-        call = await route(epp, "r-cut")
-        client = await Client.connect(epp.server.observer_port)
-        stream_id = client.conn.get_next_available_stream_id()
+    def send(client, stream_id, messages):
         client.conn.send_headers(stream_id, client.headers())
-        messages = [grpc_frame(m) for m in observer_messages("r-cut", sse_events())]
         client.conn.send_data(stream_id, b"".join(messages[:3]))  # three in one frame
         rest = b"".join(messages[3:])
         for start in range(0, len(rest), 7):  # 7-byte DATA frames: every message cut
             client.conn.send_data(stream_id, rest[start : start + 7])
-        client.conn.end_stream(stream_id)
-        await client.flush()
-        trailers = await client.until_stream_ends(stream_id)
-        await client.close()
+
+    async with running_epp(make_pool(IDLE3), observers_on_own_port=True) as epp:
+        trailers = await observe_with_h2(epp, "r-cut", send)
         assert trailers.get("grpc-status") == "0", trailers
-        await end_route(call)
         assert epp.metric("inference_objective_output_tokens_sum", MODEL) == 7
 
 

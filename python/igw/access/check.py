@@ -23,7 +23,7 @@ import math
 import time
 from collections.abc import Callable
 
-from igw.access.keys import MalformedKey, extract_key
+from igw.access.keys import KeyRing, MalformedKey, extract_key
 from igw.access.limiter import Limiter, Rate
 from igw.errors import ErrorCode, InferenceError
 from igw.pipeline import Request
@@ -90,7 +90,7 @@ class AccessCheck:
     def __init__(
         self,
         tenants: dict[str, Tenant],
-        key_ring,
+        key_ring: KeyRing,
         limiter: Limiter,
         *,
         header: str = "authorization",

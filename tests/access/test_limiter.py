@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from igw.access.limiter import Limiter, MemoryLimiter, Rate
 
@@ -66,3 +68,21 @@ async def test_counter_restarts_in_a_new_period(clock):
     limiter.add("t", "2026-11-27", 1)
     assert await limiter.used("t", "2026-11-27") == 1
     assert await limiter.used("t", "2026-11-26") == 0  # the old day is forgotten
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    per_minute=st.floats(1, 6000),
+    burst=st.integers(1, 50),
+    steps=st.lists(st.floats(0, 5), min_size=1, max_size=40),
+)
+async def test_take_never_grants_more_than_burst_plus_refill(per_minute, burst, steps):
+    now = [0.0]
+    limiter = MemoryLimiter(lambda: now[0])
+    rate = Rate(per_minute, burst)
+    granted = 0
+    for step in steps:
+        now[0] += step
+        while await limiter.take("t", rate) == 0:
+            granted += 1
+    assert granted <= burst + sum(steps) * rate.per_second + 1e-6

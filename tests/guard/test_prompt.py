@@ -140,3 +140,23 @@ async def test_log_none_writes_nothing_but_keeps_the_decision_on_the_request(cap
         )
     assert caplog.records == []
     assert request.attrs["guard.decisions"] == [("guard.in", "block", ["dan"])]
+
+
+async def test_anthropic_system_and_tool_arguments_are_text_but_names_are_not():
+    call = {
+        "id": "e@f.io",
+        "type": "function",
+        "function": {"name": "g@h.io", "arguments": '{"to": "i@j.io"}'},
+    }
+    body = {"model": "claude", "max_tokens": 8, "system": "ops a@b.io", "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "hi c@d.io"}]},
+        {"role": "assistant", "content": "ok", "tool_calls": [call]},
+    ]}  # fmt: skip
+    request = parsed_request(body, "/v1/messages")
+    await run_checks({"prompt": {"pii": {"emails": "redact"}}}, request)
+    sent = json.loads(request.upstream_body)
+    assert sent["system"] == "ops [REDACTED:EMAIL]"
+    assert sent["messages"][0]["content"][0]["text"] == "hi [REDACTED:EMAIL]"
+    call = sent["messages"][1]["tool_calls"][0]
+    assert call["function"]["arguments"] == '{"to": "[REDACTED:EMAIL]"}'
+    assert call["id"] == "e@f.io" and call["function"]["name"] == "g@h.io"

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from igw.guard import build_guard
 from igw.guard.response import ResponseGuard
 from igw.pipeline import Request
@@ -161,3 +164,27 @@ def test_response_decisions_are_logged_without_the_answer_text(caplog):
     assert "stage=guard.out action=block rules=leak" in caplog.text
     assert "stage=guard.out action=redact rules=pii.emails" in caplog.text
     assert "a@b.io" not in caplog.text and "PRIVATE KEY" not in caplog.text
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    before=st.text(alphabet="abc xyz", max_size=40),
+    after=st.text(alphabet="abc xyz", max_size=40),
+    cuts=st.lists(st.integers(min_value=1, max_value=400), max_size=6),
+    event_size=st.integers(min_value=1, max_value=12),
+)
+def test_a_match_is_found_wherever_chunks_and_events_are_cut(before, after, cuts, event_size):
+    text = before + "BEGIN PRIVATE KEY" + after
+    events = b"".join(delta(text[i : i + event_size]) for i in range(0, len(text), event_size))
+    chunks, start = [], 0
+    for cut in sorted({min(c, len(events)) for c in cuts}):
+        chunks.append(events[start:cut])
+        start = cut
+    chunks.append(events[start:])
+    stage = guard(deny=[{"name": "leak", "pattern": "BEGIN PRIVATE KEY"}], window=32)
+    request, out = stream(stage, chunks)
+    assert request.attrs.get("guard.blocked") == "leak"
+    assert texts(out)[-1] == "ERROR:content_policy_violation"
+    sent = "".join(texts(out)[:-1])
+    assert text.startswith(sent)
+    assert len(sent) < len(before) + len("BEGIN PRIVATE KEY")  # the match never fully sent

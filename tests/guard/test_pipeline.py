@@ -126,11 +126,17 @@ async def fake_replica(events: list[str]) -> tuple[web.AppRunner, int, list[byte
     return runner, runner.addresses[0][1], bodies
 
 
-@pytest.fixture
-async def gateway_for():
+@pytest.fixture(params=["aiohttp", "httptools"])
+async def gateway_for(request):
+    """A gateway with the guard over one fake replica, behind each front end."""
+    from igw.gateway.app import Limits
     from igw.gateway.routing import ModelRouter, PoolRuntime
     from igw.gateway.runtime import build_gateway
+    from igw.gateway.upstream import httptools
 
+    if request.param == "httptools" and httptools is None:
+        pytest.skip("httptools is not installed")
+    limits = Limits(frontend=request.param, lean_client=request.param == "httptools")
     cleanups = []
 
     async def make(events: list[str]):
@@ -142,7 +148,7 @@ async def gateway_for():
         router = ModelRouter([PoolRuntime(pool, models={"m"})])
         setup = build_guard(SPEC)
         engine = CountingEngine()
-        gateway = build_gateway(router, engine, guard_checks=setup.checks,
+        gateway = build_gateway(router, engine, guard_checks=setup.checks, limits=limits,
                                 response_checks=setup.response_checks)  # fmt: skip
         gw_port = await gateway.start("127.0.0.1", 0)
         cleanups.append(gateway.stop)

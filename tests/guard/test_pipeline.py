@@ -20,7 +20,8 @@ from .conftest import chat
 SPEC = {
     "prompt": {"deny": [{"name": "jailbreak-dan", "pattern": r"(?i)\bDAN mode\b"}],
                "pii": {"emails": "redact"}},
-    "response": {"deny": [{"name": "leak", "pattern": "BEGIN PRIVATE KEY"}]},
+    "response": {"deny": [{"name": "leak", "pattern": "BEGIN PRIVATE KEY"}],
+                 "pii": {"creditCards": "redact"}},
 }  # fmt: skip
 
 
@@ -108,6 +109,10 @@ async def fake_replica(events: list[str]) -> tuple[web.AppRunner, int, list[byte
 
     async def infer(request: web.Request) -> web.StreamResponse:
         bodies.append(await request.read())
+        if not json.loads(bodies[-1]).get("stream"):
+            message = {"role": "assistant", "content": "".join(events)}
+            return web.json_response({"object": "chat.completion", "choices": [
+                {"index": 0, "message": message, "finish_reason": "stop"}]})  # fmt: skip
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await response.prepare(request)
         for text in events:
@@ -180,3 +185,14 @@ async def test_gateway_stream_cut_by_guard_ends_with_policy_error_event(gateway_
     assert b"a@b.io" not in bodies[0] and b"[REDACTED:EMAIL]" in bodies[0]
     assert len(bodies) == 1  # the refused prompt never reached the replica
     assert engine.scheduled == 1 and engine.released == 1
+
+
+async def test_gateway_non_streamed_answer_is_redacted_with_a_matching_length(gateway_for):
+    url, _engine, _ = await gateway_for(["card ", "4111 1111 1111 1111", " ok"])
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        async with session.post(url + "/v1/chat/completions", json=chat("hi")) as response:
+            assert response.status == 200
+            raw = await response.read()
+            assert int(response.headers["content-length"]) == len(raw)
+    answer = json.loads(raw)
+    assert answer["choices"][0]["message"]["content"] == "card [REDACTED:CREDIT_CARD] ok"

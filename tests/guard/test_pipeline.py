@@ -177,7 +177,7 @@ async def test_gateway_stream_cut_by_guard_ends_with_policy_error_event(gateway_
             error = (await refused.json())["error"]
             assert error["message"] == "request blocked by content policy: jailbreak-dan"
             assert error["code"] == "content_policy_violation"
-    events = [e.removeprefix("data: ") for e in text.split("\n\n") if e]
+    events = [e.strip().removeprefix("data: ") for e in text.split("\n\n") if e.strip()]
     last = json.loads(events[-1])
     assert last["error"]["code"] == "content_policy_violation"
     assert "VATE KEY" not in text and "after" not in text and "[DONE]" not in text

@@ -188,3 +188,12 @@ def test_a_match_is_found_wherever_chunks_and_events_are_cut(before, after, cuts
     sent = "".join(texts(out)[:-1])
     assert text.startswith(sent)
     assert len(sent) < len(before) + len("BEGIN PRIVATE KEY")  # the match never fully sent
+
+
+def test_error_event_never_joins_an_event_left_open_by_an_earlier_chunk():
+    stage = guard(deny=[{"name": "leak", "pattern": "secret"}])
+    _, out = stream(
+        stage, [b'data: {"choices":[{"text":"a"}]}\n', b'data: {"choices":[{"text":"secret"}]}\n\n']
+    )
+    assert out.startswith(b'data: {"choices":[{"text":"a"}]}\n\n')  # event ended first
+    assert out.endswith(b'"code": "content_policy_violation"}}\n\n')

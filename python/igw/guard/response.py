@@ -148,8 +148,10 @@ class ResponseGuard:
             except _Blocked as exc:
                 self._block(request, state, exc.rule, line)
                 kept = b"\n".join(out) + b"\n" if out else b""
-                if kept and not kept.endswith(b"\n\n"):
-                    kept += b"\n"  # end the event the kept lines belong to
+                if not kept.endswith(b"\n\n"):
+                    # End the event the kept lines (or an earlier chunk's lines) belong to,
+                    # so the error is an event of its own; an extra blank line is harmless.
+                    kept += b"\n"
                 return kept + sse_block_event(exc.rule.name)
         return b"\n".join(out)
 

@@ -164,3 +164,11 @@ async def test_non_json_answer_counts_as_down(fake):
     with pytest.raises(InferenceError) as info:
         await check({"url": fake.url, "failMode": "closed"})
     assert info.value.http_status == 503
+
+
+async def test_service_gets_system_then_messages_in_document_order(fake):
+    setup = build_guard({"prompt": {"moderation": {"url": fake.url}}})
+    body = {"model": "m", "system": "sys", "messages": [
+        {"role": "user", "content": "one"}, {"role": "user", "content": "two"}]}  # fmt: skip
+    await setup.checks[0].check(parsed_request(body, "/v1/messages"))
+    assert fake.seen == [{"input": ["sys", "one", "two"]}]

@@ -14,9 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-PROMPT_ROOTS = frozenset({"messages", "prompt", "input", "instructions", "items", "system"})
+# A tuple: the walk (and so the text sent to a moderation service) keeps one stable order.
+PROMPT_ROOTS = ("system", "instructions", "messages", "prompt", "input", "items")
 TEXT_KEYS = frozenset(
-    {"content", "text", "refusal", "arguments", "reasoning_content", "delta"} | PROMPT_ROOTS
+    {"content", "text", "refusal", "arguments", "reasoning_content", "delta", *PROMPT_ROOTS}
 )
 
 # Called with a string; returns the string to keep (the same object when unchanged).

@@ -160,3 +160,13 @@ async def test_anthropic_system_and_tool_arguments_are_text_but_names_are_not():
     call = sent["messages"][1]["tool_calls"][0]
     assert call["function"]["arguments"] == '{"to": "[REDACTED:EMAIL]"}'
     assert call["id"] == "e@f.io" and call["function"]["name"] == "g@h.io"
+
+
+async def test_responses_api_tool_output_is_text():
+    call = {"type": "function_call_output", "call_id": "a@b.io", "output": "owner: c@d.io"}
+    body = {"model": "m", "input": [call]}
+    request = parsed_request(body, "/v1/responses")
+    await run_checks({"prompt": {"pii": {"emails": "redact"}}}, request)
+    item = json.loads(request.upstream_body)["input"][0]
+    assert item == {"type": "function_call_output", "call_id": "a@b.io",
+                    "output": "owner: [REDACTED:EMAIL]"}  # fmt: skip

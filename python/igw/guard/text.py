@@ -5,8 +5,9 @@ names, roles, ids, URLs and tool names stay as they are, so a redacted body is s
 same request. On the prompt side the walk starts at the top-level fields that carry text
 (``messages``, ``prompt``, ``input``, ``instructions``, ``items``, ``system``); below them,
 and everywhere in a response, strings under ``content``, ``text``, ``refusal``,
-``arguments``, ``reasoning_content`` and ``delta`` (the Responses API's streamed text) are
-text. Lists of strings (a batch of prompts) count as text of their field.
+``arguments``, ``output`` (a tool's result), ``reasoning_content`` and ``delta`` (the
+Responses API's streamed text) are text. Lists of strings (a batch of prompts) count as
+text of their field.
 """
 
 from __future__ import annotations
@@ -17,7 +18,16 @@ from typing import Any
 # A tuple: the walk (and so the text sent to a moderation service) keeps one stable order.
 PROMPT_ROOTS = ("system", "instructions", "messages", "prompt", "input", "items")
 TEXT_KEYS = frozenset(
-    {"content", "text", "refusal", "arguments", "reasoning_content", "delta", *PROMPT_ROOTS}
+    {
+        "content",
+        "text",
+        "refusal",
+        "arguments",
+        "output",
+        "reasoning_content",
+        "delta",
+        *PROMPT_ROOTS,
+    }
 )
 
 # Called with a string; returns the string to keep (the same object when unchanged).

@@ -111,3 +111,24 @@ async def test_missing_key_variable_fails_at_start(monkeypatch):
     with pytest.raises(ConfigError) as info:
         await start()
     assert info.value.field == "access.tenants.team-b.keysFrom.env"
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+async def test_the_model_list_needs_a_key_too(client, frontend):
+    stack = await start(frontend)
+    try:
+        async with client.get(stack.url + "/v1/models") as response:
+            assert response.status == 401
+            assert (await response.json())["error"]["type"] == "authentication_error"
+        headers = {"authorization": "Bearer sk-a-1"}
+        async with client.get(stack.url + "/v1/models", headers=headers) as response:
+            assert response.status == 200
+            names = {m["id"] for m in (await response.json())["data"]}
+        assert {"llama-8b", "other"} <= names
+        # listing the models is not an inference request: no limit is charged
+        status, _, _ = await post(client, stack, "sk-a-1")
+        assert status == 200
+        status, _, _ = await post(client, stack, "sk-a-1")
+        assert status == 200
+    finally:
+        await stack.stop()

@@ -20,6 +20,7 @@ from igw.access.config import ANONYMOUS, AccessSpec, TenantSpec, keys_in, redact
 from igw.access.keys import KeyRing, extract_key
 from igw.access.limiter import Limiter, MemoryLimiter, Rate
 from igw.config import ConfigError
+from igw.pipeline import Request
 
 __all__ = [
     "TENANT_ATTR",
@@ -47,6 +48,16 @@ class Access:
     response_checks: list[Any]
     tenants: dict[str, Tenant]
     limiter: Limiter
+
+    def authorize(self, headers: Mapping[str, str]) -> None:
+        """Raise the 401 an inference request with these headers would get. For the routes
+        that do not run the pipeline but should not answer strangers (``GET /v1/models``,
+        which lists the models); no limit is charged."""
+        request = Request(request_id="", headers={k.lower(): v for k, v in headers.items()})
+        for check in self.checks:
+            authenticate = getattr(check, "authenticate", None)
+            if authenticate is not None:
+                authenticate(request)
 
 
 def tenant_from_spec(name: str, spec: TenantSpec) -> Tenant:

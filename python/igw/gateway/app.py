@@ -23,7 +23,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from aiohttp import web
 
@@ -106,8 +106,11 @@ class Gateway:
         report_failure: Callable | None = None,
         mirror: Callable[[Request], None] | None = None,
         limits: Limits | None = None,
+        authorize: Callable[[Mapping[str, str]], None] | None = None,
     ) -> None:
         self.pipeline = pipeline
+        # raises InferenceError (401) for a caller the access: section does not know
+        self.authorize = authorize
         self.limits = limits or Limits()
         self.models = models
         self.ready = ready
@@ -236,7 +239,16 @@ class Gateway:
                 log.exception("request %s: mirroring failed", request.request_id)
         return await self.forwarder.forward(http_request, request)
 
-    async def handle_models(self, _request: web.Request) -> web.Response:
+    async def handle_models(self, request: web.Request) -> web.Response:
+        return self.models_response(request.headers)
+
+    def models_response(self, headers: Mapping[str, str]) -> web.Response:
+        """``GET /v1/models``: the models igw routes, to callers the access: section admits."""
+        if self.authorize is not None:
+            try:
+                self.authorize(headers)
+            except InferenceError as err:
+                return inference_error_response(err)
         created = int(time.time())
         data = [
             {"id": name, "object": "model", "created": created, "owned_by": "igw"}

@@ -390,7 +390,6 @@ class FastFront:
 
         self._inference = frozenset(INFERENCE_PATHS)
         self._gets = {
-            "/v1/models": gateway.handle_models,
             "/health": gateway.handle_health,
             "/metrics": gateway.handle_metrics,
         }
@@ -418,6 +417,8 @@ class FastFront:
             if method == "POST":
                 return await gateway.serve(request, path, message.headers, message.body)
             return gateway.unknown_response(method, path)
+        if path == "/v1/models" and method == "GET":
+            return gateway.models_response(message.headers)
         handler = self._gets.get(path)
         if handler is not None and method == "GET":
             return await handler(None)

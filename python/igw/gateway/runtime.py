@@ -55,6 +55,7 @@ def build_gateway(
     admit_checks: Sequence[Any] = (),
     guard_checks: Sequence[Any] = (),
     response_checks: Sequence[Any] = (),
+    authorize: Any | None = None,
 ) -> Gateway:
     """The gateway over ``router``'s pools with ``engine`` (an Engine or ``EngineSet``)."""
     limits = limits or Limits()
@@ -88,4 +89,5 @@ def build_gateway(
         report_failure=router.report_failure,
         mirror=mirror,
         limits=limits,
+        authorize=authorize,
     )

@@ -360,6 +360,7 @@ async def start_stack(config: GatewayConfig, options: ServeOptions) -> Stack:
             admit_checks=checks.admit,
             guard_checks=checks.guard,
             response_checks=checks.response,
+            authorize=checks.access.authorize if checks.access is not None else None,
         )
         stack = Stack(gateway, router, fleets, layers, mirror=mirror, host=options.host,
                       policies={name: source for name, (_, source) in engines.items()},

@@ -483,14 +483,19 @@ def test_agentic_cpu_per_request(name, flags, response_chunks):
         assert stats["server_cpu_per_request_ms"] < 400
 
 
+def _agentic_observed() -> tuple[list, object, list, list, int]:
+    """The agentic request, for one stream and for the two-filter deployment: (request
+    messages, response headers, response chunks, observer messages, requests to measure)."""
+    req_msgs = request_messages(_agentic_body())
+    resp_head, resp_body = response_messages(1000)
+    obs_msgs = observer_messages(req_msgs, resp_head, resp_body)
+    return req_msgs, resp_head, resp_body, obs_msgs, (3 if QUICK else 10)
+
+
 def test_agentic_observe_cpu_against_today_and_the_receive_only_baseline():
     """The two-filter deployment (routing + observer) against igw's single stream today and
     against the bare servicer that only receives the observed chunks, in one run."""
-    body = _agentic_body()
-    req_msgs = request_messages(body)
-    resp_head, resp_body = response_messages(1000)
-    obs_msgs = observer_messages(req_msgs, resp_head, resp_body)
-    n = 3 if QUICK else 10
+    req_msgs, resp_head, resp_body, obs_msgs, n = _agentic_observed()
     today = measure((), n, 1, req_msgs, resp_head, resp_body)
     observe = measure((), n, 1, req_msgs, resp_head, [], obs_msgs)
     floor = measure(("--plain", "--recv-only"), n, 1, req_msgs, resp_head, [], obs_msgs)
@@ -513,11 +518,7 @@ def test_agentic_observe_to_the_first_token_cpu():
     """The same two-filter deployment with ``--observe-until first-token``: igw closes the
     observer stream after the first response chunk, so Envoy stops sending the other 999
     (token and size metrics are given up; TTFT, calibration and the prefill gate stay)."""
-    body = _agentic_body()
-    req_msgs = request_messages(body)
-    resp_head, resp_body = response_messages(1000)
-    obs_msgs = observer_messages(req_msgs, resp_head, resp_body)
-    n = 3 if QUICK else 10
+    req_msgs, resp_head, _, obs_msgs, n = _agentic_observed()
     full = measure((), n, 1, req_msgs, resp_head, [], obs_msgs)
     first = measure(("--observe-first-token",), n, 1, req_msgs, resp_head, [], obs_msgs)
     _print("agentic-observe (to the end)", full)
@@ -531,11 +532,7 @@ def test_agentic_observe_on_the_observer_port_cpu():
     """The two-filter deployment with the observer streams on ``--observer-port`` (igw's
     receive-only transport) against the same streams on the ext_proc port (grpc.aio), and
     with read batching off, in one run. Token metrics are kept: the whole response is read."""
-    body = _agentic_body()
-    req_msgs = request_messages(body)
-    resp_head, resp_body = response_messages(1000)
-    obs_msgs = observer_messages(req_msgs, resp_head, resp_body)
-    n = 3 if QUICK else 10
+    req_msgs, resp_head, _, obs_msgs, n = _agentic_observed()
     grpc_port = measure((), n, 1, req_msgs, resp_head, [], obs_msgs)
     own_port = measure(("--observer-port",), n, 1, req_msgs, resp_head, [], obs_msgs)
     unbatched = measure(("--observer-port", "--no-read-batch"), n, 1, req_msgs, resp_head, [],

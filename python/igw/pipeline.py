@@ -25,6 +25,11 @@ if TYPE_CHECKING:
     from igw.datastore import Endpoint, Pool
 
 
+# request.attrs key a response stage sets when it has ended the answer by policy (igw.guard's
+# guard.out): the front end stops reading the replica, whose generation nobody will see.
+RESPONSE_BLOCKED_ATTR = "guard.blocked"
+
+
 class RequestKind(enum.Enum):
     COMPLETIONS = "completions"
     CHAT = "chat/completions"

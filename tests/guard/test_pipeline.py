@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -103,8 +104,11 @@ async def test_blocked_stream_through_the_pipeline_still_releases_once():
 # ------------------------------------------------------------------ through igw's gateway
 
 
-async def fake_replica(events: list[str]) -> tuple[web.AppRunner, int, list[bytes]]:
-    """An OpenAI-style replica that streams ``events`` as chat deltas, one write each."""
+async def fake_replica(
+    events: list[str], *, pause: float = 0.0, sent: list[int] | None = None
+) -> tuple[web.AppRunner, int, list[bytes]]:
+    """An OpenAI-style replica that streams ``events`` as chat deltas, one write each,
+    ``pause`` seconds apart; ``sent`` gets how many it wrote before the client went away."""
     bodies: list[bytes] = []
 
     async def infer(request: web.Request) -> web.StreamResponse:
@@ -115,11 +119,22 @@ async def fake_replica(events: list[str]) -> tuple[web.AppRunner, int, list[byte
                 {"index": 0, "message": message, "finish_reason": "stop"}]})  # fmt: skip
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await response.prepare(request)
-        for text in events:
-            event = {"object": "chat.completion.chunk", "choices": [{"delta": {"content": text}}]}
-            await response.write(b"data: " + json.dumps(event).encode() + b"\n\n")
-        await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
+        written = 0
+        try:
+            for text in events:
+                event = {"object": "chat.completion.chunk",
+                         "choices": [{"delta": {"content": text}}]}  # fmt: skip
+                await response.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+                written += 1
+                if pause:
+                    await asyncio.sleep(pause)
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+        except ConnectionResetError:
+            pass  # the gateway closed the connection: the generation is cancelled
+        finally:
+            if sent is not None:
+                sent.append(written)
         return response
 
     app = web.Application()
@@ -144,8 +159,8 @@ async def gateway_for(request):
     limits = Limits(frontend=request.param, lean_client=request.param == "httptools")
     cleanups = []
 
-    async def make(events: list[str]):
-        runner, port, bodies = await fake_replica(events)
+    async def make(events: list[str], **replica):
+        runner, port, bodies = await fake_replica(events, **replica)
         cleanups.append(runner.cleanup)
         pool = datastore.Pool("default")
         endpoint = pool.upsert(f"127.0.0.1:{port}")
@@ -196,3 +211,21 @@ async def test_gateway_non_streamed_answer_is_redacted_with_a_matching_length(ga
             assert int(response.headers["content-length"]) == len(raw)
     answer = json.loads(raw)
     assert answer["choices"][0]["message"]["content"] == "card [REDACTED:CREDIT_CARD] ok"
+
+
+async def test_a_stream_cut_by_guard_stops_the_replicas_generation(gateway_for):
+    sent: list[int] = []
+    events = ["ok ", "BEGIN PRIVATE KEY", *(["more "] * 200)]
+    url, engine, _ = await gateway_for(events, pause=0.01, sent=sent)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        body = {**chat("hi"), "stream": True}
+        async with session.post(url + "/v1/chat/completions", json=body) as response:
+            text = (await response.read()).decode()
+    assert "content_policy_violation" in text
+    # the gateway closed the replica's connection: it stopped long before its 202 events
+    for _ in range(200):
+        if sent:
+            break
+        await asyncio.sleep(0.01)
+    assert sent and sent[0] < 100, sent
+    assert engine.released == 1

@@ -33,7 +33,7 @@ from igw.gateway.upstream import (
     UpstreamTimeoutError,
     make_pool,
 )
-from igw.pipeline import Pipeline, Request, RequestKind
+from igw.pipeline import RESPONSE_BLOCKED_ATTR, Pipeline, Request, RequestKind
 
 if TYPE_CHECKING:
     from igw.datastore import Endpoint
@@ -263,6 +263,7 @@ class Forwarder:
         tail = b""
         final = b""
         problem: str | None = None
+        blocked = False
         while True:
             try:
                 chunk = await upstream.readany()
@@ -281,7 +282,13 @@ class Forwarder:
                 break
             if out:
                 await response.write(out)
-        if problem is None and status == 200 and request.kind in _DONE_KINDS:
+            if RESPONSE_BLOCKED_ATTR in request.attrs:
+                # ended by policy (guard.out): the client has its error event; stop reading,
+                # and the unread connection is closed (forward's finally), which cancels the
+                # replica's generation instead of computing tokens nobody will see
+                blocked = True
+                break
+        if problem is None and not blocked and status == 200 and request.kind in _DONE_KINDS:
             if _DONE_MARK not in tail:
                 problem = f"upstream {request.served_endpoint} ended the stream without [DONE]"
         final += pipeline.response_chunk(request, b"", True)

@@ -31,7 +31,7 @@ from typing import Any
 from igw.guard.decisions import DecisionLog
 from igw.guard.rules import Rule, RuleSet
 from igw.guard.text import walk_response
-from igw.pipeline import Request
+from igw.pipeline import RESPONSE_BLOCKED_ATTR, Request
 
 STAGE = "guard.out"
 STATE_KEY = "guard.out"
@@ -130,7 +130,7 @@ class ResponseGuard:
 
     def _block(self, request: Request, state: _State, rule: Rule, data: bytes) -> None:
         state.blocked = rule.name
-        request.attrs["guard.blocked"] = rule.name
+        request.attrs[RESPONSE_BLOCKED_ATTR] = rule.name
         self.decisions.record(request, stage=STAGE, action="block", rules=rule.name, data=data)
 
     # -------------------------------------------------------------- SSE

@@ -12,7 +12,15 @@ import time
 
 import grpc
 import pytest
-from epp_harness import ENV, make_pool, resp_body, running_epp, stop_process
+from epp_harness import (
+    ENV,
+    destination,
+    make_pool,
+    resp_body,
+    route_once,
+    running_epp,
+    stop_process,
+)
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from test_observer_streams import (
     IDLE3,
@@ -26,6 +34,7 @@ from test_observer_streams import (
     wait_for,
 )
 
+from igw.datalayer.testing import FakeModelServer, vllm_page
 from igw.extproc.h2_transport import PROCESS_PATH
 from igw.extproc.tls import self_signed
 
@@ -246,3 +255,27 @@ async def test_stopping_returns_once_the_last_stream_is_reset_by_envoy():
         await asyncio.wait_for(stopping, 5)
         assert time.monotonic() - started < 5
         assert await wait_for(lambda: epp.inflight() == 0)
+
+
+async def test_igw_epp_routes_on_its_own_transport_when_asked():
+    replica = await FakeModelServer(vllm_page(waiting=0, kv_util=0.1, bulk=False)).start()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "igw", "epp", f"--endpoints={replica.address}", "--grpc-port=0",
+        "--grpc-health-port=0", "--metrics-port=0", "--secure-serving=false",
+        "--grpc-transport=igw", "--drain-timeout=1s",
+        env=ENV, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        match = re.search(r":(\d+) \(plaintext, igw transport\)", line)
+        assert match, line
+        port = int(match.group(1))
+        serving = health_pb2.HealthCheckResponse.SERVING
+        assert await health_status(f"127.0.0.1:{port}", "") == serving
+        replies = await route_once(port)
+        assert destination(replies[0]) == replica.address
+    finally:
+        await stop_process(proc)
+        await replica.stop()
+    assert proc.returncode == 0

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import random
+import sys
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
@@ -342,6 +343,22 @@ async def running_epp(
 
 # The environment for an ``igw`` subprocess: this checkout's package first on the path.
 ENV = {**os.environ, "PYTHONPATH": str(Path(igw.__file__).resolve().parents[1])}
+
+
+async def start_epp(*flags: str) -> tuple[asyncio.subprocess.Process, str]:
+    """``igw epp`` on free ports (plus ``flags``) and its start banner line."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "igw", "epp", "--grpc-port=0", "--grpc-health-port=0",
+        "--metrics-port=0", "--drain-timeout=1s", *flags,
+        env=ENV, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+    except BaseException:
+        await stop_process(proc)
+        raise
+    return proc, line
 
 
 async def stop_process(proc: asyncio.subprocess.Process, timeout: float = 15.0) -> None:

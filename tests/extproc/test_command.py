@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import re
 import subprocess
 import sys
 
 import grpc
 import pytest
-from epp_harness import ENV, destination, route_once, stop_process, wait_for_metrics
+from epp_harness import (
+    ENV,
+    destination,
+    route_once,
+    start_epp,
+    stop_process,
+    wait_for_metrics,
+)
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from igw.datalayer.testing import FakeModelServer, vllm_page
@@ -140,27 +146,14 @@ async def test_epp_process_starts_answers_health_and_routes(tmp_path):
         "apiVersion: llm-d.ai/v1alpha2\nkind: InferenceObjective\n"
         "metadata: {name: my-model}\nspec: {priority: 2, poolRef: {name: pool-a}}\n"
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "igw",
-        "epp",
+    proc, line = await start_epp(
         "--pool-name=pool-a",
         f"--endpoints={idle.address},{busy.address}",
         f"--objectives-file={objectives}",
-        "--grpc-port=0",
-        "--grpc-health-port=0",
-        "--metrics-port=0",
         "--secure-serving=false",
         "--refresh-metrics-interval=50ms",
-        "--drain-timeout=1s",
-        env=ENV,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
     )
     try:
-        assert proc.stdout is not None
-        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
         match = re.search(
             r"on 0\.0\.0\.0:(\d+) \(plaintext\), health on :(\d+), metrics on :(\d+)", line
         )

@@ -7,18 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import re
-import sys
 import time
 
 import grpc
 import pytest
 from epp_harness import (
-    ENV,
     destination,
     make_pool,
     resp_body,
     route_once,
     running_epp,
+    start_epp,
     stop_process,
 )
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -204,15 +203,9 @@ async def test_igw_epp_serves_the_observer_port_over_tls_with_its_certificate(tm
     cert, key = self_signed()
     (tmp_path / "tls.crt").write_bytes(cert)
     (tmp_path / "tls.key").write_bytes(key)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "igw", "epp", "--endpoints=127.0.0.1:1", "--grpc-port=0",
-        "--grpc-health-port=0", "--metrics-port=0", "--secure-serving", f"--cert-path={tmp_path}",
-        "--observer-port=0", "--drain-timeout=1s",
-        env=ENV, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    proc, line = await start_epp("--endpoints=127.0.0.1:1", "--secure-serving",
+                                 f"--cert-path={tmp_path}", "--observer-port=0")  # fmt: skip
     try:
-        assert proc.stdout is not None
-        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
         match = re.search(r"observer streams on :(\d+)", line)
         assert match, line
         credentials = grpc.ssl_channel_credentials(root_certificates=cert)
@@ -259,15 +252,9 @@ async def test_stopping_returns_once_the_last_stream_is_reset_by_envoy():
 
 async def test_igw_epp_routes_on_its_own_transport_when_asked():
     replica = await FakeModelServer(vllm_page(waiting=0, kv_util=0.1, bulk=False)).start()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "igw", "epp", f"--endpoints={replica.address}", "--grpc-port=0",
-        "--grpc-health-port=0", "--metrics-port=0", "--secure-serving=false",
-        "--grpc-transport=igw", "--drain-timeout=1s",
-        env=ENV, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    proc, line = await start_epp(f"--endpoints={replica.address}", "--secure-serving=false",
+                                 "--grpc-transport=igw")  # fmt: skip
     try:
-        assert proc.stdout is not None
-        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
         match = re.search(r":(\d+) \(plaintext, igw transport\)", line)
         assert match, line
         port = int(match.group(1))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 
 import grpc
 import pytest
@@ -196,3 +198,51 @@ async def test_5xx_response_is_reported_against_the_served_endpoint():
             ]
         )
         assert await _wait_for(lambda: reporter.reports == [("192.168.1.3:8000", False)])
+
+
+async def test_many_streams_ended_at_random_points_leave_nothing_behind():
+    """200 requests, 20 at a time, each ended by Envoy at a random point (reset, half-close,
+    or a full exchange): afterwards no stream, reservation or observer link is left."""
+    rng = random.Random(11)
+    sse = {":status": "200", "content-type": "text/event-stream"}
+    script = [*req_llm("p", "my-model", "my-model"), resp_headers(sse),
+              *(resp_body(b'data: {"x": 1}\n\n') for _ in range(3)),
+              resp_body(b"data: [DONE]\n\n", eos=True)]  # fmt: skip
+    async with running_epp(make_pool(IDLE3)) as epp:
+
+        async def drain(call) -> None:  # Envoy reads every reply as it comes
+            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
+                while await call.read() is not grpc.aio.EOF:
+                    pass
+
+        async def one(i: int) -> None:
+            call = epp.stub.Process()
+            reader = asyncio.create_task(drain(call))
+            stop_at = rng.randrange(len(script) + 1)
+            ending = rng.choice(("cancel", "half-close"))
+            try:
+                for message in script[:stop_at]:
+                    await call.write(message)
+                    await asyncio.sleep(0)
+                if ending == "cancel":
+                    call.cancel()
+                else:
+                    await call.done_writing()
+                    await asyncio.wait_for(call.code(), 30)
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                pass  # a stream igw ended (e.g. the response phase before any request)
+            finally:
+                call.cancel()
+                await reader
+
+        pending = list(range(200))
+
+        async def worker() -> None:
+            while pending:
+                await one(pending.pop())
+
+        await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(20))), 60)
+        assert await _wait_for(lambda: epp.director.open_streams == 0, 5)
+        assert await _wait_for(lambda: epp.inflight() == 0, 5)
+        assert len(epp.director.live) == 0
+        assert epp.engine.outstanding == 0

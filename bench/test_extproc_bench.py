@@ -530,7 +530,7 @@ def test_agentic_observe_to_the_first_token_cpu():
 
 def test_agentic_observe_on_the_observer_port_cpu():
     """The two-filter deployment with the observer streams on ``--observer-port`` (igw's
-    receive-only transport) against the same streams on the ext_proc port (grpc.aio), and
+    own transport) against the same streams on the ext_proc port (grpc.aio), and
     with read batching off, in one run. Token metrics are kept: the whole response is read."""
     req_msgs, resp_head, _, obs_msgs, n = _agentic_observed()
     grpc_port = measure((), n, 1, req_msgs, resp_head, [], obs_msgs)
@@ -548,7 +548,7 @@ def test_agentic_observe_on_the_observer_port_cpu():
         "observer port / 40 ms target": per_request / 40.0,
     }
     print(f"[extproc bench] ratios: {json.dumps({k: round(v, 2) for k, v in ratios.items()})}")
-    # a loose guard: the receive-only transport must cost clearly less than grpc.aio's
+    # a loose guard: igw's transport must cost clearly less than grpc.aio's
     assert per_request < 0.8 * grpc_port["server_cpu_per_request_ms"]
 
 

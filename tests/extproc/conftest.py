@@ -16,7 +16,7 @@ def core_backend(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(params=[False, True], ids=["ext_proc-port", "observer-port"])
 def observer_transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
     """Runs an observer test twice: observer streams on ``--grpc-port`` (grpc.aio), and on
-    ``--observer-port`` (igw's receive-only transport); both must behave the same."""
+    ``--observer-port`` (igw's own transport); both must behave the same."""
     import epp_harness
 
     monkeypatch.setattr(epp_harness, "OBSERVERS_ON_OWN_PORT", request.param)

@@ -373,6 +373,17 @@ async def stop_process(proc: asyncio.subprocess.Process, timeout: float = 15.0) 
         await proc.wait()
 
 
+async def wait_for(predicate, timeout: float = 2.0) -> bool:
+    """Whether ``predicate()`` becomes true within ``timeout`` seconds (polled every 5 ms)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.005)
+    return predicate()
+
+
 async def wait_for_metrics(url: str, needle: str, what: str, tries: int = 200) -> None:
     """Poll a /metrics page until ``needle`` shows (every 50 ms, bounded)."""
     async with aiohttp.ClientSession() as session:

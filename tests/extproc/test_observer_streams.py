@@ -3,7 +3,6 @@ the routing stream by ``x-request-id``, usage recorded once whichever stream end
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import grpc
@@ -17,6 +16,7 @@ from epp_harness import (
     resp_body,
     resp_headers,
     running_epp,
+    wait_for,
 )
 
 from igw.extproc.observer import LiveRequests
@@ -94,16 +94,6 @@ async def end_route(call, headers=SSE, meta=None) -> None:
     await call.done_writing()
     assert await call.read() is grpc.aio.EOF
     assert await call.code() == grpc.StatusCode.OK
-
-
-async def wait_for(predicate, timeout: float = 2.0) -> bool:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.005)
-    return predicate()
 
 
 # ----------------------------------------------------------------------------- no replies

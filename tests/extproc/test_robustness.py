@@ -17,20 +17,12 @@ from epp_harness import (
     resp_body,
     resp_headers,
     running_epp,
+    wait_for,
 )
 
 pytestmark = pytest.mark.usefixtures("epp_transport")
 
 IDLE3 = [(0, 0.1), (0, 0.1), (0, 0.1)]
-
-
-async def _wait_for(predicate, timeout: float = 2.0) -> bool:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.01)
-    return predicate()
 
 
 async def test_inflight_is_held_during_the_response_and_released_at_its_end():
@@ -45,7 +37,7 @@ async def test_inflight_is_held_during_the_response_and_released_at_its_end():
         await call.read()
         await call.write(resp_body(b"data: [DONE]\n\n", eos=True))
         await call.read()
-        assert await _wait_for(lambda: epp.inflight() == 0)
+        assert await wait_for(lambda: epp.inflight() == 0)
         await call.done_writing()
 
 
@@ -60,14 +52,14 @@ async def test_client_cancel_mid_stream_releases_inflight():
         await call.read()
         assert epp.inflight() == 1
         call.cancel()
-        assert await _wait_for(lambda: epp.inflight() == 0)
-        assert await _wait_for(lambda: epp.director.open_streams == 0)
+        assert await wait_for(lambda: epp.inflight() == 0)
+        assert await wait_for(lambda: epp.director.open_streams == 0)
 
 
 async def test_half_close_without_response_phase_releases_inflight():
     async with running_epp(make_pool(IDLE3)) as epp:
         await epp.exchange(req_llm("p", "my-model", "my-model"))
-        assert await _wait_for(lambda: epp.inflight() == 0)
+        assert await wait_for(lambda: epp.inflight() == 0)
 
 
 async def test_endpoint_removed_mid_request_does_not_break_the_stream():
@@ -90,7 +82,7 @@ async def test_endpoint_removed_mid_request_does_not_break_the_stream():
         # the survivors are routable and carry no leaked reservation
         replies = await epp.exchange(req_llm("q", "my-model", "my-model"))
         assert replies[0].WhichOneof("response") == "request_headers"
-        assert await _wait_for(lambda: epp.inflight() == 0)
+        assert await wait_for(lambda: epp.inflight() == 0)
 
 
 async def test_a_bad_stream_never_disturbs_concurrent_good_streams():
@@ -123,8 +115,8 @@ async def test_a_bad_stream_never_disturbs_concurrent_good_streams():
         tasks = [good(i) for i in range(24)] + [bad(i % 3) for i in range(24)]
         results = await asyncio.gather(*tasks)
         assert results[:24] == ["response_body"] * 24
-        assert await _wait_for(lambda: epp.inflight() == 0)
-        assert await _wait_for(lambda: epp.director.open_streams == 0)
+        assert await wait_for(lambda: epp.inflight() == 0)
+        assert await wait_for(lambda: epp.director.open_streams == 0)
 
 
 async def test_unexpected_exception_in_a_stage_becomes_grpc_unknown_not_a_crash():
@@ -153,7 +145,7 @@ async def test_envoy_response_body_mode_none_counts_a_clean_close_as_success():
             ]
         )
         labels = {"model_name": "my-model", "target_model_name": "my-model"}
-        assert await _wait_for(
+        assert await wait_for(
             lambda: epp.metric("inference_objective_request_duration_seconds_count", labels) == 1
         )
         assert epp.inflight() == 0
@@ -181,8 +173,8 @@ async def test_cancelled_stream_is_not_reported_against_the_endpoint():
         await call.write(resp_body(b'data: {"choices":[]}\n\n'))
         await call.read()
         call.cancel()
-        assert await _wait_for(lambda: epp.inflight() == 0)
-        assert await _wait_for(lambda: epp.director.open_streams == 0)
+        assert await wait_for(lambda: epp.inflight() == 0)
+        assert await wait_for(lambda: epp.director.open_streams == 0)
         assert reporter.reports == []
 
 
@@ -197,7 +189,7 @@ async def test_5xx_response_is_reported_against_the_served_endpoint():
                 resp_body(b"overloaded", eos=True),
             ]
         )
-        assert await _wait_for(lambda: reporter.reports == [("192.168.1.3:8000", False)])
+        assert await wait_for(lambda: reporter.reports == [("192.168.1.3:8000", False)])
 
 
 async def test_many_streams_ended_at_random_points_leave_nothing_behind():
@@ -242,7 +234,7 @@ async def test_many_streams_ended_at_random_points_leave_nothing_behind():
                 await one(pending.pop())
 
         await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(20))), 60)
-        assert await _wait_for(lambda: epp.director.open_streams == 0, 5)
-        assert await _wait_for(lambda: epp.inflight() == 0, 5)
+        assert await wait_for(lambda: epp.director.open_streams == 0, 5)
+        assert await wait_for(lambda: epp.inflight() == 0, 5)
         assert len(epp.director.live) == 0
         assert epp.engine.outstanding == 0

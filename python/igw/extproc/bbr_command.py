@@ -18,7 +18,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from igw.extproc.bbr import BbrProcessor, BbrServicer
-from igw.extproc.flags import add_bool, names, parse_duration, parse_size
+from igw.extproc.flags import GRPC_TRANSPORTS, add_bool, names, parse_duration, parse_size
 from igw.extproc.health import HealthServicer
 from igw.extproc.server import grpc_options
 
@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--grpc-transport",
-        choices=("grpcio", "igw"),
+        choices=GRPC_TRANSPORTS,
         default="grpcio",
         help="what serves the ext_proc port: grpcio (grpc.aio, the default) or igw's own HTTP/2 "
         "transport (less CPU per message; see docs/deploy-epp.md). Default: grpcio",

@@ -30,7 +30,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from igw.extproc.flags import add_bool, names, parse_duration, parse_size
+from igw.extproc.flags import GRPC_TRANSPORTS, add_bool, names, parse_duration, parse_size
 
 log = logging.getLogger("igw.epp")
 
@@ -180,7 +180,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     own.add_argument(
         "--grpc-transport",
-        choices=("grpcio", "igw"),
+        choices=GRPC_TRANSPORTS,
         default="grpcio",
         help="what serves the ext_proc port: grpcio (grpc.aio, the default) or igw's own "
         "HTTP/2 transport (several times less CPU per ext_proc message; same behaviour, "

@@ -45,6 +45,9 @@ _SIZE_FACTORS = {
     "Pi": 1024**5,
 }
 
+# What can serve an ext_proc port: grpc.aio, or igw's own HTTP/2 transport (h2_transport.py).
+GRPC_TRANSPORTS = ("grpcio", "igw")
+
 TRUE = frozenset({"1", "t", "true", "yes", "y", "on"})
 FALSE = frozenset({"0", "f", "false", "no", "n", "off"})
 

@@ -22,6 +22,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from igw.extproc.director import Director
+from igw.extproc.flags import GRPC_TRANSPORTS
 from igw.extproc.h2_transport import DEFAULT_MAX_MESSAGE, DEFAULT_READ_BATCH, H2GrpcServer
 from igw.extproc.health import HealthServicer, Readiness
 from igw.extproc.service import ExternalProcessorServicer
@@ -61,9 +62,6 @@ def bound_port(runner: web.AppRunner) -> int:
     raise RuntimeError("metrics server is not listening")
 
 
-TRANSPORTS = ("grpcio", "igw")
-
-
 class EppServer:
     """The listeners of ``igw epp`` around one Director: ext_proc, health, metrics and, when
     asked for, the observer port.
@@ -91,9 +89,9 @@ class EppServer:
         ssl_context: ssl.SSLContext | None = None,
         read_batch: float = DEFAULT_READ_BATCH,
     ) -> None:
-        if transport not in TRANSPORTS:
+        if transport not in GRPC_TRANSPORTS:
             raise ValueError(
-                f"transport: expected one of {', '.join(TRANSPORTS)}, got {transport!r}"
+                f"transport: expected one of {', '.join(GRPC_TRANSPORTS)}, got {transport!r}"
             )
         self.director = director
         self.host = host

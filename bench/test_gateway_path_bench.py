@@ -8,9 +8,10 @@ the answer, write it back, account. The reference is the smallest proxy that doe
 with the same building blocks (uvloop, httptools, one upstream connection) and nothing else,
 measured in the same run; the ratio is the cost of everything igw adds.
 
-What is measured (thread CPU time per request, 16 KB prompts, non-streamed, 4 endpoints,
-default profile): ``total`` includes the work done after the answer is written (account stage,
-metrics); ``before answer`` stops at the write of the response.
+What is measured (thread CPU time per request, 16 KB prompts, non-streamed, 4 endpoints, the
+policy ``IGW_BENCH_POLICY``, by default ``predicted-ttft`` as in ``igw serve``): ``total``
+includes the work done after the answer is written (account stage, metrics); ``before
+answer`` stops at the write of the response.
 
 ``IGW_BENCH_QUICK=1`` keeps it to a few seconds.
 """
@@ -27,6 +28,7 @@ import pytest
 from test_gateway_bench import COMPLETION, _bodies
 
 QUICK = os.environ.get("IGW_BENCH_QUICK") == "1"
+POLICY = os.environ.get("IGW_BENCH_POLICY", "predicted-ttft")
 REQUESTS = 2_000 if QUICK else 20_000
 WARMUP = 300
 UPSTREAM_ANSWER = (
@@ -183,7 +185,7 @@ async def _igw_front(monkeypatch):
 
     monkeypatch.setattr(upstream.UpstreamPool, "_connect", instant_replica)
     urls = [f"http://127.0.0.1:{18001 + i}" for i in range(4)]
-    config = GatewayConfig(pools={"default": PoolSpec(endpoints=urls)})
+    config = GatewayConfig(pools={"default": PoolSpec(endpoints=urls, policy=POLICY)})
     stack = await start_stack(config, ServeOptions(port=0, scrape_interval=3600.0))
     for layer in stack.datalayers:
         await layer.stop()  # no scraping: every endpoint stays as discovered (ready)

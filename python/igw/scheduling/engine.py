@@ -149,6 +149,7 @@ class SchedulingEngine:
             weakref.WeakKeyDictionary()
         )
         self._demand: weakref.WeakKeyDictionary[Pool, PrefixDemand] = weakref.WeakKeyDictionary()
+        self._last_demand: tuple[Pool, PrefixDemand] | None = None  # keeps one pool alive
         self._gate = PrefillGate()
 
     # ------------------------------------------------------------------------ public
@@ -316,36 +317,39 @@ class SchedulingEngine:
             pad = np.zeros((extra_scores.shape[0], high_water - extra_scores.shape[1]), np.float32)
             extra_scores = np.concatenate([extra_scores, pad], axis=1)
         started = time.perf_counter()
-        request_args = {
+        # only the keywords that differ from pick()'s defaults: the core walks each one passed
+        request_args: dict[str, Any] = {
             "hashes": hashes,
             "prompt_tokens": prompt_tokens,
             "block_tokens": profile.prefix.block_tokens,
             "lora": lora,
-            "extra_scores": extra_scores,
-            "extra_weights": extra_weights,
         }
-        result = pool.scheduler.pick(
-            self._core_profile(module, profile, pool),
-            candidates=mask,
-            k=k,
-            reserve=True,
-            record=True,
-            with_scores=with_scores,
-            **request_args,
-        )
+        if extra_scores is not None:
+            request_args["extra_scores"] = extra_scores
+            request_args["extra_weights"] = extra_weights
+        scheduler = pool.scheduler
+        core_profile = self._core_profile(module, profile, pool)
+        if mask is None and not with_scores:
+            result = scheduler.pick(core_profile, k=k, **request_args)
+        else:
+            result = scheduler.pick(
+                core_profile, candidates=mask, k=k, with_scores=with_scores, **request_args
+            )
         self._record("core-pick", profile.name, time.perf_counter() - started)
-        if not result.endpoints:
+        ranked = result.endpoints
+        if not ranked:
             raise errors.no_endpoints()
-        ranked = list(result.endpoints)
+        primary = ranked[0]
         if len(ranked) < k and profile.narrows_in_core:
-            ranked += self._fallbacks(module, profile, pool, request_args, mask, k - len(ranked),
-                                      ranked)  # fmt: skip
-        endpoints = [pool.by_id(i) for i in ranked]
-        primary = result.endpoints[0]
-        matched = int(result.matched_blocks[primary]) if primary < len(result.matched_blocks) else 0
+            ranked = ranked + self._fallbacks(module, profile, pool, request_args, mask,
+                                              k - len(ranked), ranked)  # fmt: skip
+        by_id = pool.by_id
+        endpoints = [e for e in map(by_id, ranked) if e is not None]
+        matched_blocks = result.matched_blocks
+        matched = int(matched_blocks[primary]) if primary < len(matched_blocks) else 0
         decision = Decision(
             pool=pool,
-            endpoints=[e for e in endpoints if e is not None],
+            endpoints=endpoints,
             uncached_tokens=int(result.uncached_tokens),
             reserved=True,
             matched_blocks=matched,
@@ -384,9 +388,14 @@ class SchedulingEngine:
         of the pool's recent requests (a prompt with no hashes is never hot)."""
         if hashes is None or not len(hashes):
             return False
-        demand = self._demand.get(pool)
-        if demand is None:
-            demand = self._demand[pool] = PrefixDemand()
+        last = self._last_demand
+        if last is not None and last[0] is pool:
+            demand = last[1]  # the usual case, one pool: no weak-dictionary lookup
+        else:
+            demand = self._demand.get(pool)
+            if demand is None:
+                demand = self._demand[pool] = PrefixDemand()
+            self._last_demand = (pool, demand)
         return demand.is_hot(_group_of(hashes), len(pool), factor)
 
     def _run_filters(

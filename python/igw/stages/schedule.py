@@ -21,13 +21,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from igw.errors import ErrorCode, InferenceError, no_endpoints
-from igw.pipeline import Request
+from igw.pipeline import Decision, Request
 from igw.stages.protocols import Engine
 
 if TYPE_CHECKING:
     from igw.datastore import Pool
     from igw.metrics import Metrics
-    from igw.pipeline import Decision
 
 log = logging.getLogger("igw.schedule")
 
@@ -47,6 +46,8 @@ class ScheduleStage:
         self.pool_for = pool_for
         self.k = k
         self.metrics = metrics
+        # the gate holds only streamed requests (see the module doc)
+        self._gated = getattr(engine, "hold_for_prefill", None) is not None
 
     async def process(self, request: Request) -> None:
         pool = self.pool_for(request)
@@ -54,7 +55,7 @@ class ScheduleStage:
             raise no_endpoints()
         try:
             decision = self.engine.schedule(request, pool, k=self.k)
-            if inspect.isawaitable(decision):
+            if type(decision) is not Decision and inspect.isawaitable(decision):
                 decision = await decision
         except InferenceError:
             self._record(request, "failure")
@@ -75,7 +76,7 @@ class ScheduleStage:
             self.metrics.record_request(request)
             self.metrics.running_started(request)
         request.attrs["running"] = True
-        if getattr(self.engine, "hold_for_prefill", None) is not None:
+        if self._gated and request.stream:
             await self._pass_prefill_gate(request, decision)
 
     async def _pass_prefill_gate(self, request: Request, decision: Decision) -> None:

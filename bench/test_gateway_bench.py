@@ -21,6 +21,11 @@ replicas and measured the same way, alternating with igw round by round, so the 
 read as ratios on this machine rather than against numbers taken elsewhere.
 ``IGW_BENCH_PEER=0`` leaves it out.
 
+Floor in the same run: ``bench/minimal_proxy.py`` (uvloop + httptools, round-robin, bytes
+relayed as they come) is measured the same way. On a small VM most of a hop's added latency is
+the kernel's; igw minus this proxy is what igw's own work adds. ``IGW_BENCH_FLOOR=0`` leaves
+it out.
+
 ``IGW_BENCH_QUICK=1`` keeps it under ~30 s. Run the full size with
 ``python -m pytest bench/test_gateway_bench.py -s``; or this file directly as a script:
 ``python bench/test_gateway_bench.py`` prints the table.
@@ -54,6 +59,8 @@ ROUNDS = 5 if QUICK else 10  # c=1 alternates direct / via igw this many times
 IDLE_SECONDS = 1.0 if QUICK else 3.0
 _PEER_WANTED = os.environ.get("IGW_BENCH_PEER", "1") != "0"
 PEER = _PEER_WANTED and importlib.util.find_spec("sglang_router") is not None
+# bench/minimal_proxy.py in the same run: the part of the added latency any Python proxy pays
+FLOOR = os.environ.get("IGW_BENCH_FLOOR", "1") != "0"
 
 COMPLETION = json.dumps(
     {
@@ -309,6 +316,18 @@ def _start_peer(ports: list[int]) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("sglang-router did not become healthy within 60 s")
 
 
+def _start_floor(ports: list[int]) -> tuple[subprocess.Popen, str]:
+    """bench/minimal_proxy.py: what any Python proxy hop costs on this machine."""
+    proc = _spawn(str(Path(__file__).with_name("minimal_proxy.py")), ",".join(map(str, ports)))
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    match = re.search(r"(http://127\.0\.0\.1:\d+)", line)
+    if not match:
+        _stop(proc)
+        raise RuntimeError(f"the minimal proxy did not start: {line!r}")
+    return proc, match.group(1)
+
+
 def _idle_rate(pid: int) -> float:
     """CPU seconds per second the process burns with no requests (igw: scraping /metrics)."""
     time.sleep(0.5)
@@ -328,6 +347,8 @@ def measure(policy: str = "default", frontend: str = "httptools", peer: bool = P
         routers["igw"] = _start_igw(ports, policy, frontend)
         if peer:
             routers["sglang"] = _start_peer(ports)
+        if FLOOR:
+            routers["floor"] = _start_floor(ports)
         names = list(routers)
         idle = {name: _idle_rate(proc.pid) for name, (proc, _) in routers.items()}
         results: dict = {"policy": policy, "frontend": frontend, "routers": {}}
@@ -407,6 +428,16 @@ def table(results: dict) -> str:
         cpu = igw["c64"]["cpu_s_per_1k"] / max(1e-9, peer["c64"]["cpu_s_per_1k"])
         ratios += [f"c=64 req/s {rate:.2f}x", f"c=64 CPU-s/1k {cpu:.2f}x"]
         lines.append("igw / sglang-router cache_aware, same run: " + ", ".join(ratios))
+    if "floor" in routers:
+        igw, floor = routers["igw"], routers["floor"]
+        beyond = [
+            f"{key} {igw[key]['added_mean_us'] - floor[key]['added_mean_us']} us"
+            for key in ("c1_json", "c1_stream")
+        ]
+        lines.append(
+            "igw's own share of the added latency (igw minus the minimal Python proxy, "
+            "bench/minimal_proxy.py): " + ", ".join(beyond)
+        )
     return "\n".join(lines)
 
 
@@ -439,6 +470,11 @@ def test_gateway_overhead(benchmark, frontend) -> None:
             benchmark.extra_info[f"sglang_{key}_added_mean_us"] = peer_figures[key]["added_mean_us"]
         benchmark.extra_info["sglang_c64_req_per_s"] = peer_figures["c64"]["req_per_s"]
         benchmark.extra_info["sglang_c64_cpu_s_per_1k"] = peer_figures["c64"]["cpu_s_per_1k"]
+    if "floor" in results["routers"]:
+        floor = results["routers"]["floor"]
+        for key in ("c1_json", "c1_stream"):
+            assert floor[key]["errors"] == 0
+            benchmark.extra_info[f"floor_{key}_added_mean_us"] = floor[key]["added_mean_us"]
 
 
 def _main(argv: list[str]) -> None:

@@ -9,6 +9,16 @@ Request phase (``Pipeline.run``), in order:
 then the front end forwards to ``request.decision.endpoints`` and feeds the response
 phase (``Pipeline.response_started`` / ``response_chunk`` / ``finish``): guard.out, account.
 
+Two kinds of response stage. One that may change the bytes (guard.out redacts or cuts, the
+reverse model rewrite) must run before the bytes go to the client. One that only reads them
+(usage parsing, accounting) says so with ``observe_only = True``: a front end that relays
+the answer uses ``relay_started`` / ``relay_chunk``, which run the byte-changing stages at
+once and queue the observers' calls, and runs the queue with ``observe`` once the bytes are
+handed to the client socket, so the observers' CPU is off the client's latency. Each observer
+still sees, in order, exactly the bytes it would have seen at its place in the stage list.
+``finish`` runs whatever is still queued before any ``on_finish``, so nothing observed is lost
+when a front end never calls ``observe`` (a client gone mid-write, an error).
+
 ``finish`` is idempotent and must run exactly once per scheduled request in effect, whatever
 happens (normal end, upstream error, client gone, stream broken): it releases the in-flight
 counters the scheduler reserved, so a leak here would slowly skew every later decision.
@@ -18,12 +28,15 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import logging
 import time
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from igw.datastore import Endpoint, Pool
 
+
+log = logging.getLogger("igw.pipeline")
 
 # request.attrs key a response stage sets when it has ended the answer by policy (igw.guard's
 # guard.out): the front end stops reading the replica, whose generation nobody will see.
@@ -122,6 +135,8 @@ class Request:
     finished_at: float | None = None
     failed: bool = False
     attrs: dict[str, Any] = dataclasses.field(default_factory=dict)  # plugin scratch space
+    # observer calls queued by Pipeline.relay_started / relay_chunk, run by observe / finish
+    observations: list[tuple[Any, ...]] | None = dataclasses.field(default=None, repr=False)
 
     @property
     def upstream_body(self) -> bytes:
@@ -147,7 +162,14 @@ class Stage(Protocol):
 
 @runtime_checkable
 class ResponseStage(Protocol):
-    """Sees the response: headers once, then every body chunk, then the end exactly once."""
+    """Sees the response: headers once, then every body chunk, then the end exactly once.
+
+    A stage may also set a class attribute ``observe_only = True``: it promises that
+    ``on_chunk`` returns its input unchanged (the return value is then ignored) and that it
+    needs to see the response only after the client has it. The pipeline may then run its
+    ``on_headers`` / ``on_chunk`` after the bytes are written (see ``Pipeline.relay_chunk``).
+    Without the attribute a stage is taken to change the bytes and always runs first.
+    """
 
     name: str
 
@@ -158,6 +180,11 @@ class ResponseStage(Protocol):
     def on_finish(self, request: Request) -> None: ...
 
 
+def observes_only(stage: object) -> bool:
+    """Whether ``stage`` declared that it only reads the response (``observe_only``)."""
+    return getattr(stage, "observe_only", False) is True
+
+
 class Pipeline:
     """Runs the configured stages in order; the order comes from config, not code."""
 
@@ -166,12 +193,15 @@ class Pipeline:
     ) -> None:
         self.stages = list(stages)
         self.response_stages = list(response_stages or [])
+        self._planned: list[ResponseStage] | None = None
+        self._plan: tuple[tuple[tuple[ResponseStage, ...], ResponseStage | None], ...] = ()
 
     async def run(self, request: Request) -> Request:
         for stage in self.stages:
             await stage.process(request)
         return request
 
+    # -- the response, all stages at once (the ext_proc front ends) ------------------------
     def response_started(self, request: Request, status: int, headers: dict[str, str]) -> None:
         request.response_status = status
         for stage in self.response_stages:
@@ -184,11 +214,89 @@ class Pipeline:
             chunk = stage.on_chunk(request, chunk, end_of_stream)
         return chunk
 
+    # -- the response, observers after the write (the standalone gateway) -----------------
+    def _relay_plan(self):
+        """``response_stages`` cut into segments ``(observers, changer)``: the observers of a
+        segment see the bytes as the changers before them left them. Rebuilt when the list
+        changed (``FlowControlService.attach`` appends to it, tests replace stages)."""
+        stages = self.response_stages
+        if stages != self._planned:
+            plan = []
+            observers: list[ResponseStage] = []
+            for stage in stages:
+                if observes_only(stage):
+                    observers.append(stage)
+                else:
+                    plan.append((tuple(observers), stage))
+                    observers = []
+            if observers:
+                plan.append((tuple(observers), None))
+            self._plan = tuple(plan)
+            self._planned = list(stages)
+        return self._plan
+
+    def relay_started(self, request: Request, status: int, headers: dict[str, str]) -> None:
+        """``response_started`` for a front end that relays the answer: the stages that may
+        change the bytes see the head now, the observers' calls are queued for ``observe``."""
+        request.response_status = status
+        queued = request.observations
+        if queued is None:
+            queued = request.observations = []
+        for observers, changer in self._relay_plan():
+            if observers:
+                queued.append((observers, False, status, headers))
+            if changer is not None:
+                changer.on_headers(request, status, headers)
+
+    def relay_chunk(self, request: Request, chunk: bytes, end_of_stream: bool) -> bytes:
+        """The bytes to send for ``chunk``: the byte-changing stages run now; each observer's
+        ``on_chunk`` is queued with the bytes it would have seen. Call ``observe`` once the
+        result has been handed to the client."""
+        if request.first_byte_at is None and chunk:
+            request.first_byte_at = time.monotonic()
+        queued = request.observations
+        if queued is None:
+            queued = request.observations = []
+        # the plan ``relay_started`` checked: fixed for the rest of this response
+        for observers, changer in self._plan or self._relay_plan():
+            if observers:
+                queued.append((observers, True, chunk, end_of_stream))
+            if changer is not None:
+                chunk = changer.on_chunk(request, chunk, end_of_stream)
+        return chunk
+
+    def observe(self, request: Request) -> None:
+        """Run the observer calls queued by ``relay_started`` / ``relay_chunk``, in order.
+
+        An observer that raises is logged and skipped: the bytes are already with the client
+        and the other observers (accounting) must still see them."""
+        queued = request.observations
+        if not queued:
+            return
+        request.observations = None
+        for observers, is_chunk, first, second in queued:
+            for stage in observers:
+                try:
+                    if is_chunk:
+                        stage.on_chunk(request, first, second)
+                    else:
+                        stage.on_headers(request, first, second)
+                except Exception:
+                    log.exception(
+                        "request %s: response stage %s failed while observing",
+                        request.request_id, getattr(stage, "name", stage),
+                    )  # fmt: skip
+
     def finish(self, request: Request, *, failed: bool = False) -> None:
-        """End of the request in every case; safe to call more than once."""
+        """End of the request in every case; safe to call more than once.
+
+        Observer calls still queued run first, so every stage has seen the whole response
+        before its ``on_finish``."""
         if request.finished_at is not None:
             return
         request.finished_at = time.monotonic()
         request.failed = request.failed or failed
+        if request.observations:
+            self.observe(request)
         for stage in self.response_stages:
             stage.on_finish(request)

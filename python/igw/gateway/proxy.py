@@ -87,6 +87,7 @@ def upstream_headers(headers: Iterable[tuple[str, str]], request_id: str) -> lis
 
 
 def response_headers(items: Iterable[tuple[str, str]], address: str) -> dict[str, str]:
+    """The replica's end-to-end headers (names lower-cased) for the client, plus ours."""
     out = {name: value for name, value in items if name not in _RESPONSE_SKIP}
     out[ENDPOINT_HEADER] = address
     return out
@@ -149,9 +150,11 @@ class Forwarder:
         """Relay ``request`` to ``request.decision.endpoints``; ``finish`` always follows.
 
         Returns the streamed response already written, an ``Answer`` to write, or an error
-        ``web.Response``."""
+        ``web.Response``. Only the response stages that may change the bytes run before the
+        answer goes out; the observers (usage, accounting) run after it, at ``finish``."""
         upstream = None
         failed = False
+        pipeline = self.pipeline
         try:
             upstream, endpoint = await self._connect(http_request, request)
             if upstream is None:
@@ -164,29 +167,33 @@ class Forwarder:
                 )
             request.served_endpoint = endpoint
             status = upstream.status
-            self.pipeline.response_started(request, status, upstream.headers)
-            headers = response_headers(upstream.header_items, endpoint)
-            if EVENT_STREAM in upstream.headers.get("content-type", ""):
+            upstream_headers = upstream.headers
+            pipeline.relay_started(request, status, upstream_headers)
+            headers = response_headers(upstream_headers.items(), endpoint)
+            if EVENT_STREAM in upstream_headers.get("content-type", ""):
                 response, failed = await self._relay_stream(
                     http_request, request, upstream, status, headers
                 )
                 return response
             data = await upstream.read()
-            data = self.pipeline.response_chunk(request, data, True)
-            return Answer(status, headers, data)
+            return Answer(status, headers, pipeline.relay_chunk(request, data, True))
         except UpstreamError as exc:
             # Failed while reading a non-streamed body: nothing was sent to the client yet.
             failed = True
             return error_response(502, f"upstream {request.served_endpoint} failed: {exc}")
         finally:
+            loop = None
             if upstream is not None:
+                loop = upstream.loop
                 if not failed and upstream.complete:
                     upstream.release()  # back to the keep-alive pool
                 else:
                     upstream.close()  # unread or broken: never reuse the connection
-            # The account stage (metrics, release, outlier report) runs right after this
-            # task has handed the answer to the socket: off the latency path, still once.
-            asyncio.get_running_loop().call_soon(self._finish, request, failed)
+            # The observers and the account stage (metrics, release, outlier report) run
+            # right after this task has handed the answer to the socket: off the latency
+            # path, still once. (The connection knows its loop: on Python 3.11 each
+            # get_running_loop() is a getpid() system call.)
+            (loop or asyncio.get_running_loop()).call_soon(self._finish, request, failed)
 
     async def _connect(self, http_request: web.BaseRequest, request: Request):
         """Open the upstream response on the first ranked endpoint that answers."""
@@ -276,12 +283,13 @@ class Forwarder:
             if not chunk:
                 break
             tail = chunk[-16:] if len(chunk) >= 16 else (tail + chunk)[-16:]
-            out = pipeline.response_chunk(request, chunk, False)
+            out = pipeline.relay_chunk(request, chunk, False)
             if upstream.complete:
-                final = out
+                final = out  # goes out with the end of the response; observed at finish
                 break
             if out:
                 await response.write(out)
+            pipeline.observe(request)  # usage, accounting: after the client has the bytes
             if RESPONSE_BLOCKED_ATTR in request.attrs:
                 # ended by policy (guard.out): the client has its error event; stop reading,
                 # and the unread connection is closed (forward's finally), which cancels the
@@ -291,7 +299,7 @@ class Forwarder:
         if problem is None and not blocked and status == 200 and request.kind in _DONE_KINDS:
             if _DONE_MARK not in tail:
                 problem = f"upstream {request.served_endpoint} ended the stream without [DONE]"
-        final += pipeline.response_chunk(request, b"", True)
+        final += pipeline.relay_chunk(request, b"", True)
         if problem is not None:
             log.warning("request %s: %s", request.request_id, problem)
             final += sse_error_event(problem)

@@ -151,7 +151,9 @@ class _Connection(asyncio.Protocol):
         self._reset()
 
     def _reset(self) -> None:
-        self._headers: list[tuple[str, str]] = []
+        # a new dict per response (never cleared): an answer's headers outlive the connection's
+        # next request when observers read them after the connection went back to the pool
+        self._headers: dict[str, str] = {}
         self._framed = False  # a content-length or transfer-encoding header came
         self._header_name = ""
         self._head: asyncio.Future | None = None
@@ -209,13 +211,13 @@ class _Connection(asyncio.Protocol):
         key = name.decode("latin-1").lower()
         if key in _FRAMING:
             self._framed = True
-        self._headers.append((key, value.decode("latin-1")))
+        self._headers[key] = value.decode("latin-1")  # a repeated header: the last one wins
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         if status < 200:  # informational: wait for the final head
             self._informational = True
-            self._headers = []
+            self._headers = {}
             self._framed = False
             return
         # llhttp forgets keep-alive once the message completes: ask while it knows.
@@ -268,18 +270,19 @@ class _Connection(asyncio.Protocol):
 class UpstreamResponse:
     """Status, headers and the body of one upstream answer, read chunk by chunk."""
 
-    __slots__ = ("_conn", "_pool", "_read_timeout", "headers", "status")
+    __slots__ = ("_conn", "_pool", "_read_timeout", "headers", "loop", "status")
 
     def __init__(self, pool: UpstreamPool, conn: _Connection, status: int) -> None:
         self._pool = pool
         self._conn = conn
         self._read_timeout = pool.read_timeout
         self.status = status
-        self.headers: dict[str, str] = dict(conn._headers)
+        self.headers = conn._headers  # lower-cased names; this response's own dict
+        self.loop = conn.loop  # the running loop, for callers that schedule work after it
 
     @property
     def header_items(self) -> list[tuple[str, str]]:
-        return self._conn._headers
+        return list(self.headers.items())
 
     @property
     def complete(self) -> bool:
@@ -491,11 +494,12 @@ class AiohttpPool:
 
 
 class _AiohttpResponse:
-    __slots__ = ("_aiohttp", "_response", "header_items", "headers", "status")
+    __slots__ = ("_aiohttp", "_response", "header_items", "headers", "loop", "status")
 
     def __init__(self, response, aiohttp) -> None:
         self._response = response
         self._aiohttp = aiohttp
+        self.loop = None  # callers look the running loop up
         self.status = response.status
         self.header_items = [(k.lower(), v) for k, v in response.headers.items()]
         self.headers = dict(self.header_items)

@@ -4,6 +4,11 @@
 the running gauge is decremented, latency/size/token metrics are recorded and the data layer
 hears whether the endpoint served well (see ``_outcome``). ``Pipeline.finish`` guarantees it
 runs once.
+
+``UsageStage`` and ``AccountStage`` only read the response (``observe_only``): the standalone
+gateway runs them after the bytes are handed to the client (``Pipeline.relay_chunk``), so
+usage parsing and the first-token bookkeeping cost the client no latency. The first-token
+time is the one the pipeline stamped when the bytes arrived, not when the stage ran.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ class UsageStage:
     """
 
     name = "usage"
+    observe_only = True  # reads the chunks, never changes them
 
     def on_headers(self, request: Request, status: int, headers: dict[str, str]) -> None:
         streaming = EVENT_STREAM in headers.get("content-type", "").lower() or request.stream
@@ -69,6 +75,9 @@ class ReverseRewriteStage:
         return None
 
     def on_chunk(self, request: Request, chunk: bytes, end_of_stream: bool) -> bytes:
+        target = request.target_model
+        if target == request.incoming_model or not target:
+            return chunk  # nothing was rewritten (the usual case): no lookups
         rewriter = request.attrs.get("reverse_rewriter", False)
         if rewriter is False:
             rewriter = reverse_rewriter(request.target_model, request.incoming_model)
@@ -83,6 +92,7 @@ class AccountStage:
     """Releases the decision's reservation and records the request's metrics, once."""
 
     name = "account"
+    observe_only = True  # counts the chunks, never changes them
 
     def __init__(
         self,
@@ -93,6 +103,8 @@ class AccountStage:
         self.engine = engine
         self.metrics = metrics
         self.reporter = reporter
+        # looked up once: an engine without it takes no first-token observations
+        self._observe_first_token: Any = getattr(engine, "observe_first_token", None)
 
     def on_headers(self, request: Request, status: int, headers: dict[str, str]) -> None:
         if status and status != 200 and self.metrics is not None:
@@ -103,9 +115,11 @@ class AccountStage:
         attrs["response_bytes"] = attrs.get("response_bytes", 0) + len(chunk)
         if chunk and not attrs.get("first_token_seen"):
             attrs["first_token_seen"] = True
-            observe: Any = getattr(self.engine, "observe_first_token", None)
+            observe = self._observe_first_token
             if observe is not None and request.decision is not None:
-                observe(request.decision, time.monotonic() - request.received_at)
+                # when the bytes came (stamped by the pipeline), not when this stage runs
+                arrived = request.first_byte_at or time.monotonic()
+                observe(request.decision, arrived - request.received_at)
         return chunk
 
     def on_finish(self, request: Request) -> None:

@@ -544,6 +544,7 @@ void Scheduler::rank(PickerKind picker, uint32_t k, std::vector<uint32_t>& ranke
 void Scheduler::pick(const Profile& profile, const PickRequest& req, PickOutput& out) {
   if (req.k < 1) throw Error("k must be >= 1");
   if (req.prompt_tokens < 0) throw Error("prompt_tokens must be >= 0");
+  if (req.charge < 0) throw Error("charge must be >= 0, got " + std::to_string(req.charge));
   if (req.block_tokens < 1) throw Error("block_tokens must be >= 1");
   if (req.lora > kMaxAdapters)
     throw Error("lora must be -1 (none), an adapter id in 0..255 or 256 (unknown adapter), got " +
@@ -601,7 +602,7 @@ void Scheduler::pick(const Profile& profile, const PickRequest& req, PickOutput&
       std::max<int64_t>(0, req.prompt_tokens - int64_t{matched_full_[primary]} * req.block_tokens);
   if (req.reserve) {
     try {
-      table_->add_inflight(primary, 1, out.uncached_tokens);
+      table_->add_inflight(primary, 1, out.uncached_tokens + req.charge);
     } catch (const Error&) {
       // Removed between gather and now: the caller learns it from the endpoint list.
     }

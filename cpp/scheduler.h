@@ -87,6 +87,9 @@ struct PickRequest {
   bool reserve = true;
   bool record = true;
   bool with_scores = false;
+  // With reserve: in-flight tokens added to the primary on top of its uncached prompt tokens
+  // (a per-request charge), in the same step as the pick.
+  int64_t charge = 0;
 };
 
 struct PickOutput {

@@ -269,6 +269,7 @@ class Scheduler:
         reserve: bool = True,
         record: bool = True,
         with_scores: bool = False,
+        charge: int = 0,
     ) -> PickResult:
         """Pick up to ``k`` ranked endpoints among live, ready endpoints (and ``candidates``,
         a bool mask of length >= high_water, when given) that the profile's filters keep.
@@ -286,4 +287,23 @@ class Scheduler:
         float64 (``total = sum_s w_s * clamp(score_s, 0, 1)``, in profile order, then extras).
         ``reserve`` adds 1 request and the primary's uncached prompt tokens
         (prompt_tokens - matched_blocks*block_tokens, floored at 0) to its in-flight counters.
+        ``charge`` (>= 0) more tokens go to the primary with the reservation, in the same step
+        (a per-request charge no other pick can slip in front of).
+        """
+
+    def pick_reserve(
+        self,
+        profile: Profile,
+        hashes: npt.NDArray[np.uint64] | None,
+        prompt_tokens: int,
+        block_tokens: int,
+        lora: int,
+        k: int,
+        charge: int = 0,
+    ) -> tuple[list[int], int, int, int]:
+        """``pick(profile, hashes=..., prompt_tokens=..., block_tokens=..., lora=..., k=...,
+        charge=...)`` with reserve and record on, no candidates and no extra scores -- the
+        gateway's per-request call -- with positional arguments and a plain tuple back:
+        (ranked endpoints, the primary's matched blocks (0 if none), total blocks, uncached
+        tokens). About half the call overhead of ``pick``.
         """

@@ -813,9 +813,13 @@ class Scheduler:
         reserve: bool = True,
         record: bool = True,
         with_scores: bool = False,
+        charge: int = 0,
     ) -> PickResult:
         if not isinstance(profile, Profile):
             raise Error(f"profile must be a core_reference Profile, got {type(profile).__name__}")
+        charge = _int_arg("charge", charge)
+        if charge < 0:
+            raise Error(f"charge must be >= 0, got {charge}")
         block_bytes = _int_arg("block_bytes", block_bytes)
         max_blocks = _int_arg("max_blocks", max_blocks)
         seed = _seed_arg("seed", seed)
@@ -897,7 +901,7 @@ class Scheduler:
             ranked = self._rank(profile.picker, eligible, total, k)
             uncached = unc_all[ranked[0]] if ranked else 0
             if ranked and reserve:
-                self._table.add_inflight(ranked[0], 1, uncached)
+                self._table.add_inflight(ranked[0], 1, uncached + charge)
             if ranked and record and len(hash_list):
                 self._index.record(ranked[0], hashes)
             return PickResult(
@@ -907,6 +911,26 @@ class Scheduler:
                 uncached_tokens=uncached,
                 scores=scores if with_scores else None,
             )
+
+    def pick_reserve(
+        self,
+        profile: Profile,
+        hashes: np.ndarray | None,
+        prompt_tokens: int,
+        block_tokens: int,
+        lora: int,
+        k: int,
+        charge: int = 0,
+    ) -> tuple[list[int], int, int, int]:
+        result = self.pick(
+            profile, hashes=hashes, prompt_tokens=prompt_tokens, block_tokens=block_tokens,
+            lora=lora, k=k, charge=charge,
+        )  # fmt: skip
+        ranked = result.endpoints
+        matched = 0
+        if ranked and ranked[0] < len(result.matched_blocks):
+            matched = int(result.matched_blocks[ranked[0]])
+        return ranked, matched, result.total_blocks, result.uncached_tokens
 
     def filter(
         self,

@@ -93,6 +93,66 @@ def test_reserve_charges_primary_with_uncached_tokens(make_pool, core):
     assert (s.inflight_requests.tolist(), s.inflight_tokens.tolist()) == ([0, 1], [0, 22])
 
 
+def test_charge_is_reserved_on_the_primary_with_its_uncached_tokens(make_pool, core):
+    table, index, sched = loaded(make_pool, core, [0.5, 0.5])
+    index.record(1, np.array([1, 2], dtype=np.uint64))
+    profile = core.Profile([("prefix-cache-scorer", 1.0, {})])
+    hashes = np.array([1, 2, 3], dtype=np.uint64)
+    sched.pick(profile, hashes=hashes, prompt_tokens=150, block_tokens=64, charge=500)
+    s = table.snapshot()
+    assert (s.inflight_requests.tolist(), s.inflight_tokens.tolist()) == ([0, 1], [0, 522])
+
+
+def test_charge_without_reserve_changes_nothing(make_pool, core):
+    table, _, sched = loaded(make_pool, core, [0.5, 0.5])
+    sched.pick(core.Profile(KV), reserve=False, charge=500)
+    assert table.snapshot().inflight_tokens.tolist() == [0, 0]
+
+
+def test_pick_reserve_equals_pick_with_reserve_and_record(make_pool, core):
+    results = []
+    for fast in (False, True):
+        table, index, sched = loaded(make_pool, core, [0.5, 0.5, 0.5], seed=7)
+        index.record(2, np.array([1, 2], dtype=np.uint64))
+        profile = core.Profile([("prefix-cache-scorer", 2.0, {}), ("queue-scorer", 1.0, {})])
+        hashes = np.array([1, 2, 3], dtype=np.uint64)
+        if fast:
+            fast_result = sched.pick_reserve(profile, hashes, 150, 64, -1, 2, 9)
+            ranked, matched, total, uncached = fast_result
+        else:
+            res = sched.pick(
+                profile, hashes=hashes, prompt_tokens=150, block_tokens=64, k=2, charge=9
+            )
+            ranked, total, uncached = res.endpoints, res.total_blocks, res.uncached_tokens
+            matched = int(res.matched_blocks[ranked[0]])
+        s = table.snapshot()
+        results.append(
+            (ranked, matched, total, uncached, s.inflight_requests.tolist(),
+             s.inflight_tokens.tolist(), index.match(hashes).tolist())
+        )  # fmt: skip
+    assert results[0] == results[1]
+    assert results[1][:4] == ([2, results[1][0][1]], 2, 3, 22)
+    assert results[1][5][2] == 22 + 9
+
+
+def test_pick_reserve_with_nothing_eligible_reserves_nothing(make_pool, core):
+    table, _, sched = loaded(make_pool, core, [0.1, 0.2])
+    table.set_ready(0, False)
+    table.set_ready(1, False)
+    assert sched.pick_reserve(core.Profile(KV), None, 100, 64, -1, 1, 5) == ([], 0, 0, 0)
+    assert table.snapshot().inflight_tokens.tolist() == [0, 0]
+
+
+@pytest.mark.parametrize("charge", [-1, -100])
+def test_negative_charge_is_refused(make_pool, core, charge):
+    table, _, sched = loaded(make_pool, core, [0.1, 0.2])
+    with pytest.raises(core.Error, match="charge"):
+        sched.pick(core.Profile(KV), charge=charge)
+    with pytest.raises(core.Error, match="charge"):
+        sched.pick_reserve(core.Profile(KV), None, 0, 64, -1, 1, charge)
+    assert table.snapshot().inflight_requests.tolist() == [0, 0]
+
+
 def test_burst_of_picks_spreads_by_seeing_its_own_load(make_pool, core):
     _, _, sched = loaded(make_pool, core, [0.0] * 4)
     profile = core.Profile([("active-request-scorer", 1.0, {})])

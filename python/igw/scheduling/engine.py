@@ -316,48 +316,54 @@ class SchedulingEngine:
         if extra_scores is not None and extra_scores.shape[1] < high_water:
             pad = np.zeros((extra_scores.shape[0], high_water - extra_scores.shape[1]), np.float32)
             extra_scores = np.concatenate([extra_scores, pad], axis=1)
-        started = time.perf_counter()
-        # only the keywords that differ from pick()'s defaults: the core walks each one passed
-        request_args: dict[str, Any] = {
-            "hashes": hashes,
-            "prompt_tokens": prompt_tokens,
-            "block_tokens": profile.prefix.block_tokens,
-            "lora": lora,
-        }
-        if extra_scores is not None:
-            request_args["extra_scores"] = extra_scores
-            request_args["extra_weights"] = extra_weights
+        # the per-request charge (hot prefixes: another one) is reserved with the pick itself
+        charge = profile.request_charge
+        if profile.hot_prefix_factor > 0 and self._hot(pool, hashes, profile.hot_prefix_factor):
+            charge = profile.hot_request_charge
+        block_tokens = profile.prefix.block_tokens
         scheduler = pool.scheduler
         core_profile = self._core_profile(module, profile, pool)
-        if mask is None and not with_scores:
-            result = scheduler.pick(core_profile, k=k, **request_args)
+        scores = None
+        started = time.perf_counter()
+        if mask is None and extra_scores is None and not with_scores:
+            # the usual request: positional call, tuple back (about half pick()'s overhead)
+            ranked, matched, total_blocks, uncached = scheduler.pick_reserve(
+                core_profile, hashes, prompt_tokens, block_tokens, lora, k, charge
+            )
         else:
             result = scheduler.pick(
-                core_profile, candidates=mask, k=k, with_scores=with_scores, **request_args
-            )
+                core_profile, hashes=hashes, prompt_tokens=prompt_tokens,
+                block_tokens=block_tokens, lora=lora, candidates=mask, k=k,
+                extra_scores=extra_scores, extra_weights=extra_weights, with_scores=with_scores,
+                charge=charge,
+            )  # fmt: skip
+            ranked, scores = result.endpoints, result.scores
+            total_blocks, uncached = result.total_blocks, result.uncached_tokens
+            per_endpoint = result.matched_blocks
+            first = ranked[0] if ranked else len(per_endpoint)
+            matched = int(per_endpoint[first]) if first < len(per_endpoint) else 0
         self._record("core-pick", profile.name, time.perf_counter() - started)
-        ranked = result.endpoints
         if not ranked:
             raise errors.no_endpoints()
-        primary = ranked[0]
         if len(ranked) < k and profile.narrows_in_core:
+            request_args = {
+                "hashes": hashes, "prompt_tokens": prompt_tokens, "block_tokens": block_tokens,
+                "lora": lora, "extra_scores": extra_scores, "extra_weights": extra_weights,
+            }  # fmt: skip
             ranked = ranked + self._fallbacks(module, profile, pool, request_args, mask,
                                               k - len(ranked), ranked)  # fmt: skip
         by_id = pool.by_id
-        endpoints = [e for e in map(by_id, ranked) if e is not None]
-        matched_blocks = result.matched_blocks
-        matched = int(matched_blocks[primary]) if primary < len(matched_blocks) else 0
         decision = Decision(
             pool=pool,
-            endpoints=endpoints,
-            uncached_tokens=int(result.uncached_tokens),
+            endpoints=[e for e in map(by_id, ranked) if e is not None],
+            uncached_tokens=int(uncached),
             reserved=True,
-            matched_blocks=matched,
-            total_blocks=int(result.total_blocks),
+            matched_blocks=int(matched),
+            total_blocks=int(total_blocks),
             profile=profile.name,
         )
-        if with_scores and result.scores is not None:
-            decision.scores = self._scores_by_address(pool, profile, result.scores, mask)
+        if with_scores and scores is not None:
+            decision.scores = self._scores_by_address(pool, profile, scores, mask)
         if not decision.endpoints:
             return decision
         endpoint = decision.primary
@@ -372,14 +378,7 @@ class SchedulingEngine:
                 # only streamed responses time the first token; a buffered response's first
                 # byte comes after the whole generation and would read as a slow prefill
                 held.work = float(ahead + decision.uncached_tokens)
-        charge = profile.request_charge
-        if profile.hot_prefix_factor > 0 and self._hot(pool, hashes, profile.hot_prefix_factor):
-            charge = profile.hot_request_charge
-        if charge:
-            # the core reserved the request and its uncached tokens atomically; the per-request
-            # charge follows at once, before any other pick on this event loop can run
-            pool.table.add_inflight(primary, 0, charge)
-            held.charge = charge
+        held.charge = charge
         self._held[id(decision)] = (decision, held)
         return decision
 

@@ -242,7 +242,8 @@ class Pipeline:
         queued = request.observations
         if queued is None:
             queued = request.observations = []
-        for observers, changer in self._relay_plan():
+        plan = self._plan if self.response_stages == self._planned else self._relay_plan()
+        for observers, changer in plan:
             if observers:
                 queued.append((observers, False, status, headers))
             if changer is not None:

@@ -210,6 +210,9 @@ class _FakeUpstream:
     async def readany(self) -> bytes:
         return self._chunks.pop(0) if self._chunks else b""
 
+    def whole_body(self) -> bytes | None:
+        return None  # as if still arriving: the forwarder awaits read()
+
     async def read(self) -> bytes:
         data, self._chunks = b"".join(self._chunks), []
         return data

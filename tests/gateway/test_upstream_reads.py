@@ -88,3 +88,49 @@ async def test_a_body_read_in_one_go_equals_the_bytes_sent_in_pieces():
         await pool.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_whole_body_is_none_until_the_body_has_all_come():
+    from igw.gateway.upstream import UpstreamPool, UpstreamResponse, _Connection, httptools
+
+    if httptools is None:
+        pytest.skip("httptools is not installed")
+    conn = _Connection(("127.0.0.1", 1))
+    conn.connection_made(_Transport())
+    response = UpstreamResponse(UpstreamPool(), conn, 200)
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello")
+    assert response.whole_body() is None  # half of it: the caller must wait (read)
+    conn.data_received(b"world")
+    assert response.whole_body() == b"helloworld"
+    assert response.complete and conn.reusable
+
+
+async def test_response_headers_stay_with_their_response_when_the_connection_is_reused():
+    from igw.gateway.upstream import UpstreamPool, httptools
+
+    if httptools is None:
+        pytest.skip("httptools is not installed")
+
+    async def answer(reader, writer):
+        for kind in (b"a", b"b"):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nX-Kind: %s\r\nContent-Length: 0\r\n\r\n" % kind)
+            await writer.drain()
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = UpstreamPool(read_timeout=5.0)
+    try:
+        first = await pool.post("127.0.0.1", port, "/", [], b"")
+        headers, conn = first.headers, first._conn
+        first.release()  # back to the pool: the next request reuses the connection
+        second = await pool.post("127.0.0.1", port, "/", [], b"")
+        assert second._conn is conn and second.headers["x-kind"] == "b"
+        assert headers["x-kind"] == "a"  # an observer reading it late sees its own answer
+        second.release()
+    finally:
+        await pool.close()
+        server.close()
+        await server.wait_closed()

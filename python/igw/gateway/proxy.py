@@ -141,7 +141,14 @@ class Forwarder:
     async def close(self) -> None:
         await self.upstream.close()
 
-    def _finish(self, request: Request, failed: bool) -> None:
+    def _after(self, request: Request, failed: bool, upstream) -> None:
+        """Right after the answer went to the client: the upstream connection goes back to
+        the keep-alive pool (or is closed), the queued observers run, then ``finish``."""
+        if upstream is not None:
+            if not failed and upstream.complete:
+                upstream.release()
+            else:
+                upstream.close()  # unread or broken: never reuse the connection
         self.pipeline.finish(request, failed=failed)
 
     async def forward(
@@ -175,25 +182,21 @@ class Forwarder:
                     http_request, request, upstream, status, headers
                 )
                 return response
-            data = await upstream.read()
+            data = upstream.whole_body()  # the usual non-streamed answer: here already
+            if data is None:
+                data = await upstream.read()
             return Answer(status, headers, pipeline.relay_chunk(request, data, True))
         except UpstreamError as exc:
             # Failed while reading a non-streamed body: nothing was sent to the client yet.
             failed = True
             return error_response(502, f"upstream {request.served_endpoint} failed: {exc}")
         finally:
-            loop = None
-            if upstream is not None:
-                loop = upstream.loop
-                if not failed and upstream.complete:
-                    upstream.release()  # back to the keep-alive pool
-                else:
-                    upstream.close()  # unread or broken: never reuse the connection
-            # The observers and the account stage (metrics, release, outlier report) run
-            # right after this task has handed the answer to the socket: off the latency
-            # path, still once. (The connection knows its loop: on Python 3.11 each
-            # get_running_loop() is a getpid() system call.)
-            (loop or asyncio.get_running_loop()).call_soon(self._finish, request, failed)
+            # Returning the connection, the observers and the account stage (metrics,
+            # release, outlier report) run right after this task has handed the answer to
+            # the socket: off the latency path, still once. (The connection knows its loop:
+            # on Python 3.11 each get_running_loop() is a getpid() system call.)
+            loop = upstream.loop if upstream is not None else None
+            (loop or asyncio.get_running_loop()).call_soon(self._after, request, failed, upstream)
 
     async def _connect(self, http_request: web.BaseRequest, request: Request):
         """Open the upstream response on the first ranked endpoint that answers."""

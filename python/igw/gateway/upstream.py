@@ -321,17 +321,28 @@ class UpstreamResponse:
             conn.transport.resume_reading()
         return chunk
 
+    def whole_body(self) -> bytes | None:
+        """The whole body if all of it has come already (the usual non-streamed answer),
+        taken without a wait or a coroutine; None while some of it is still to come."""
+        conn = self._conn
+        if not conn._done:
+            return None
+        chunks = conn._chunks
+        if len(chunks) == 1:
+            data = chunks.popleft()
+        else:
+            data = b"".join(chunks)
+            chunks.clear()
+        conn._buffered = 0
+        if conn._paused and conn.transport is not None:
+            conn._paused = False
+            conn.transport.resume_reading()
+        return data
+
     async def read(self) -> bytes:
         """The whole body."""
-        conn = self._conn
-        if conn._done:  # all of it came already (the usual non-streamed answer): no waits
-            chunks = conn._chunks
-            data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
-            chunks.clear()
-            conn._buffered = 0
-            if conn._paused and conn.transport is not None:
-                conn._paused = False
-                conn.transport.resume_reading()
+        data = self.whole_body()
+        if data is not None:
             return data
         parts = []
         while True:
@@ -520,6 +531,9 @@ class _AiohttpResponse:
             raise UpstreamTimeoutError("the replica stopped sending (read timeout)") from None
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
             raise UpstreamBrokenError(f"connection to the replica lost ({exc!r})") from None
+
+    def whole_body(self) -> bytes | None:
+        return None  # aiohttp does not say: read() waits for it
 
     async def read(self) -> bytes:
         parts = []

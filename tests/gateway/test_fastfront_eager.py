@@ -1,0 +1,169 @@
+"""The httptools front end starts a request's handler in the callback that completed it.
+
+These tests feed bytes to one ``_Connection`` over a fake transport, from a loop callback as
+the server does (not from a task), and check what the eager start must keep: the pipeline runs
+before ``data_received`` returns, inside the connection's task as far as asyncio can tell
+(``asyncio.timeout`` works, its expiry cancels the right code), a client that leaves before
+the task has taken the request over still cancels the handler, and requests that arrive
+meanwhile are answered after it, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from igw.errors import ErrorCode, InferenceError
+from igw.gateway.app import Gateway, Limits
+from igw.gateway.fastfront import FastFront, _Connection
+from igw.pipeline import Pipeline
+
+
+def post(prompt: str) -> bytes:
+    body = b'{"model": "m", "prompt": "%s"}' % prompt.encode()
+    return b"POST /v1/completions HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+
+
+class FakeTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.data = bytearray()
+        self.closing = False
+
+    def write(self, data) -> None:
+        self.data += data
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def get_extra_info(self, name, default=None):
+        return default
+
+
+class Stage:
+    """Runs ``behaviour(request)`` as the pipeline's only stage, then refuses with 404 and
+    the prompt's bytes in the message (so answers can be told apart)."""
+
+    name = "probe"
+
+    def __init__(self, behaviour) -> None:
+        self.behaviour = behaviour
+
+    async def process(self, request) -> None:
+        await self.behaviour(request)
+        raise InferenceError(ErrorCode.NOT_FOUND, f"answered {request.body[-8:-2].decode()}")
+
+
+def connection(behaviour) -> tuple[_Connection, FakeTransport]:
+    pipeline = Pipeline([Stage(behaviour)])
+    gateway = Gateway(pipeline, models=lambda: [], limits=Limits(idle_timeout=5))
+    conn = _Connection(FastFront(gateway))
+    transport = FakeTransport()
+    conn.connection_made(transport)
+    return conn, transport
+
+
+async def from_callback(function, *args) -> None:
+    """Call ``function`` from a plain loop callback, as the event loop calls a protocol."""
+    done = asyncio.get_running_loop().create_future()
+
+    def call() -> None:
+        try:
+            function(*args)
+        finally:
+            done.set_result(None)
+
+    asyncio.get_running_loop().call_soon(call)
+    await done
+
+
+async def settle(conn: _Connection, transport: FakeTransport) -> None:
+    for _ in range(10):
+        await asyncio.sleep(0)
+    conn.connection_lost(None)
+    await asyncio.sleep(0)
+    assert conn.task is not None and conn.task.done()
+
+
+async def test_the_pipeline_runs_before_data_received_returns_in_the_connections_task():
+    seen = []
+
+    async def record(request) -> None:
+        seen.append(asyncio.current_task())
+
+    conn, transport = connection(record)
+    await from_callback(lambda: (conn.data_received(post("first!")), seen.append("returned")))
+    assert seen == [conn.task, "returned"]
+    assert transport.data.startswith(b"HTTP/1.1 404") and b"first!" in transport.data
+    await settle(conn, transport)
+
+
+@pytest.mark.skipif(not hasattr(asyncio, "timeout"), reason="asyncio.timeout is Python 3.11+")
+async def test_a_timeout_begun_in_the_first_step_expires_into_the_handler():
+    async def wait_too_long(request) -> None:
+        try:
+            async with asyncio.timeout(0.05):
+                await asyncio.get_running_loop().create_future()  # never done
+        except TimeoutError:
+            raise InferenceError(ErrorCode.SERVICE_UNAVAILABLE, "timed out here") from None
+
+    conn, transport = connection(wait_too_long)
+    await from_callback(conn.data_received, post("slow!!"))
+    assert transport.data == b""  # waiting, taken over by the task
+    for _ in range(100):
+        if transport.data:
+            break
+        await asyncio.sleep(0.01)
+    assert transport.data.startswith(b"HTTP/1.1 503") and b"timed out here" in transport.data
+    await settle(conn, transport)
+
+
+async def test_a_client_gone_before_the_task_takes_over_cancels_the_handler():
+    events = []
+
+    async def wait_forever(request) -> None:
+        try:
+            await asyncio.get_running_loop().create_future()
+        except asyncio.CancelledError:
+            events.append("cancelled")
+            raise
+
+    conn, transport = connection(wait_forever)
+
+    def arrive_and_leave() -> None:
+        conn.data_received(post("gone!!"))
+        conn.connection_lost(None)  # same callback: the task has not run a step yet
+
+    await from_callback(arrive_and_leave)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert events == ["cancelled"]
+    assert conn.task is not None and conn.task.done()
+    assert transport.data == b""
+
+
+async def test_requests_arriving_while_one_waits_are_answered_after_it_in_order():
+    release = asyncio.get_running_loop().create_future()
+    order = []
+
+    async def first_waits(request) -> None:
+        order.append(request.body[-8:-2])
+        if request.body.endswith(b'first!"}'):
+            await release
+
+    conn, transport = connection(first_waits)
+    await from_callback(conn.data_received, post("first!"))
+    await from_callback(conn.data_received, post("second") + post("third!"))
+    await asyncio.sleep(0)
+    assert order == [b"first!"]  # the others wait for their turn
+    release.set_result(None)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert order == [b"first!", b"second", b"third!"]
+    answers = bytes(transport.data).split(b"HTTP/1.1 ")[1:]
+    assert [a[a.index(b"answered ") + 9 :][:6] for a in answers] == order
+    await settle(conn, transport)

@@ -111,13 +111,16 @@ async def test_response_headers_stay_with_their_response_when_the_connection_is_
     if httptools is None:
         pytest.skip("httptools is not installed")
 
+    served = asyncio.Event()
+
     async def answer(reader, writer):
         for kind in (b"a", b"b"):
             await reader.readuntil(b"\r\n\r\n")
             writer.write(b"HTTP/1.1 200 OK\r\nX-Kind: %s\r\nContent-Length: 0\r\n\r\n" % kind)
             await writer.drain()
-        await reader.read()
         writer.close()
+        await writer.wait_closed()
+        served.set()
 
     server = await asyncio.start_server(answer, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -130,6 +133,7 @@ async def test_response_headers_stay_with_their_response_when_the_connection_is_
         assert second._conn is conn and second.headers["x-kind"] == "b"
         assert headers["x-kind"] == "a"  # an observer reading it late sees its own answer
         second.release()
+        await asyncio.wait_for(served.wait(), 5)
     finally:
         await pool.close()
         server.close()

@@ -45,41 +45,40 @@ def _to_int(value: Any) -> int:
     return 0
 
 
+def _count(value: Any) -> int:
+    """A token count as the usage object gives it (absent or not a number: 0)."""
+    if type(value) is int:  # the usual case, first (bool is not int here)
+        return value
+    return 0 if value is None else _to_int(value)
+
+
 def usage_from_mapping(raw: Any) -> Usage | None:
     """Convert an OpenAI / Responses / Anthropic usage object; None when it is not one."""
     if not isinstance(raw, dict):
         return None
-    usage = Usage()
     get = raw.get
-    value = get("prompt_tokens")
-    if value is None:
-        value = get("input_tokens")
-    if value is not None:
-        usage.prompt_tokens = _to_int(value)
-    value = get("completion_tokens")
-    if value is None:
-        value = get("output_tokens")
-    if value is not None:
-        usage.completion_tokens = _to_int(value)
+    prompt = get("prompt_tokens")
+    if prompt is None:
+        prompt = get("input_tokens")
+    completion = get("completion_tokens")
+    if completion is None:
+        completion = get("output_tokens")
+    cached = 0
     for name in ("prompt_tokens_details", "input_tokens_details"):
         details = get(name)
-        if isinstance(details, dict) and "cached_tokens" in details:
-            usage.cached_tokens = _to_int(details["cached_tokens"])
-    if usage.cached_tokens == 0:
-        value = get("cache_read_input_tokens")
-        if value is not None:
-            usage.cached_tokens = _to_int(value)
-    value = get("total_tokens")
-    if value is not None:
-        usage.total_tokens = _to_int(value)
-    return usage
+        if details is not None and isinstance(details, dict) and "cached_tokens" in details:
+            cached = _to_int(details["cached_tokens"])
+    if cached == 0:
+        cached = _count(get("cache_read_input_tokens"))
+    return Usage(_count(prompt), _count(completion), cached, _count(get("total_tokens")))
 
 
 def _usage_in_event(event: Any) -> Usage | None:
     if not isinstance(event, dict):
         return None
-    if event.get("usage") is not None:
-        return usage_from_mapping(event["usage"])
+    usage = event.get("usage")
+    if usage is not None:
+        return usage_from_mapping(usage)
     response = event.get("response")
     if event.get("type") == "response.completed" and isinstance(response, dict):
         return usage_from_mapping(response.get("usage"))
@@ -187,16 +186,20 @@ class UsageParser:
         self._scan(chunk)
 
     def _scan(self, data: bytes) -> None:
-        if b"usage" not in data:
-            return
-        for line in data.split(b"\n"):
-            if not line.startswith(b"data:") or b"usage" not in line:
-                continue
-            payload = line[5:].strip()
-            if payload == b"[DONE]":
-                continue
-            try:
-                found = _event_usage(payload)
-            except (ValueError, RecursionError):
-                continue
-            self._add(found)
+        # Only the lines that mention usage are looked at: each is found from a match
+        # (no split of the whole chunk into lines: most events of a stream carry none).
+        at = data.find(b"usage")
+        while at >= 0:
+            start = data.rfind(b"\n", 0, at) + 1
+            end = data.find(b"\n", at)
+            if end < 0:
+                end = len(data)
+            if data.startswith(b"data:", start):
+                payload = data[start + 5 : end].strip()
+                if payload != b"[DONE]":
+                    try:
+                        found = _event_usage(payload)
+                    except (ValueError, RecursionError):
+                        found = None
+                    self._add(found)
+            at = data.find(b"usage", end)

@@ -54,8 +54,19 @@ class PrefixDemand:
         return value / self._total
 
     def is_hot(self, key: int, endpoints: int, factor: float) -> bool:
-        """Observe ``key`` and say whether its share exceeds ``factor`` endpoints' fair share."""
-        return self.observe(key) * max(endpoints, 1) > factor
+        """Observe ``key`` and say whether its share exceeds ``factor`` endpoints' fair share.
+
+        ``observe`` inlined: the scheduling engine calls this on every request."""
+        seen = self._seen = self._seen + 1
+        decay = self._decay
+        total = self._total = self._total * decay + 1.0
+        counts = self._counts
+        entry = counts.get(key)
+        value = 1.0 if entry is None else entry[0] * decay ** (seen - entry[1]) + 1.0
+        counts[key] = (value, seen)
+        if len(counts) > self.max_keys:
+            self._prune()
+        return value / total * max(endpoints, 1) > factor
 
     def _prune(self) -> None:
         now = self._seen

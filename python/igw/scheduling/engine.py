@@ -107,7 +107,7 @@ SNAPSHOT_MAX_AGE = 0.005  # seconds a snapshot may be reused after the table cha
 def _group_of(hashes: Any) -> int:
     """A prompt's prefix group: the hash of its first DEMAND_KEY_BLOCKS blocks (never the last
     block, which may be partial and holds the request's own words)."""
-    return int(hashes[max(min(len(hashes) - 1, DEMAND_KEY_BLOCKS), 1) - 1])
+    return hashes.item(max(min(len(hashes) - 1, DEMAND_KEY_BLOCKS), 1) - 1)
 
 
 class SchedulingEngine:
@@ -150,6 +150,7 @@ class SchedulingEngine:
         )
         self._demand: weakref.WeakKeyDictionary[Pool, PrefixDemand] = weakref.WeakKeyDictionary()
         self._last_demand: tuple[Pool, PrefixDemand] | None = None  # keeps one pool alive
+        self._modules: dict[type, Any] = {}  # scheduler class -> its core module (core_of)
         self._gate = PrefillGate()
 
     # ------------------------------------------------------------------------ public
@@ -304,7 +305,9 @@ class SchedulingEngine:
                 raise errors.no_endpoints()
         python_plugins = bool(profile.filters or profile.python_scorers)
         snapshot = self._snapshot(pool) if python_plugins else None
-        module = core_of(pool.scheduler)
+        module = self._modules.get(type(pool.scheduler))
+        if module is None:
+            module = self._modules[type(pool.scheduler)] = core_of(pool.scheduler)
         hashes, prompt_tokens = self._prefix(request, profile, module)  # filters may read them
         if profile.filters:
             mask = self._run_filters(request, pool, profile, snapshot, mask)

@@ -11,20 +11,18 @@ What it guarantees, like the aiohttp front end:
 * heads over 64 KiB are refused (431), bodies over ``client_max_size`` too (413, from the
   Content-Length when there is one, else while reading a chunked body); ``Expect:
   100-continue`` is answered; broken HTTP gets a JSON 400 and the connection is closed;
-* requests on one connection are answered in order (pipelining), one at a time; a client that
-  disconnects cancels its handler, so the forwarder releases the request's in-flight
-  reservation and drops the upstream request;
+* requests on one connection are answered in order (pipelining), one at a time, by one task
+  per connection (no task per request); a client that disconnects cancels its handler, so
+  the forwarder releases the request's in-flight reservation and drops the upstream request;
 * writes respect the transport's flow control (a slow reader pauses the relay).
 
-A request on an idle connection is answered from the callback that completed it (eager
-start): at concurrency 1 the latency is the critical path's CPU plus wake-ups, and handing
-the parsed request to the waiting connection task cost a loop iteration (measured on the
-request trace, on_message_complete -> handler: ~11 us before, ~7 us after). ``_start`` runs
-the handler up to its first real wait (the upstream answer) with the connection's task made
-current, as asyncio does for a step of that task (so ``asyncio.timeout``, whose expiry
-cancels the current task, and ``current_task`` behave as in the task), then hands the
-suspended handler to the task, which goes on from there while the replica works. Requests
-that arrive meanwhile (pipelining) queue and are answered by the task afterwards, in order.
+The handler runs in the connection's task, not in the callback that parsed the request.
+Starting it eagerly there (with the task made current) was measured and dropped: it saved
+~4 us between the parsed request and the handler on the c=1 request trace, but the whole
+request got slower (client p50 +40-80 us, over 16 interleaved runs of 3,000 requests; the
+schedule stage and the wait for the replica both grew), i.e. on this 2-core machine doing
+the pipeline inside the read callback costs more in wake-ups and placement than the loop
+iteration it saves.
 
 Timers are lazy, because arming and cancelling a loop timer costs ~2.3 us (measured, uvloop)
 and a keep-alive request used to do it twice: the head deadline moves with every answer but
@@ -37,12 +35,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextvars
 import email.utils
 import http
 import logging
 import time
-import types
 from typing import TYPE_CHECKING, Any
 
 import httptools
@@ -52,8 +48,6 @@ from igw.gateway.errors import error_body
 from igw.gateway.proxy import Answer
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine
-
     from igw.gateway.app import Gateway
 
 log = logging.getLogger("igw.gateway")
@@ -69,11 +63,6 @@ _date_cache: tuple[int, bytes] = (0, b"")
 _HEADER_NAMES: dict[bytes, str] = {}
 _MAX_HEADER_NAMES = 512
 _METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH")}
-
-try:  # what asyncio's own task steps use to say which task runs (3.7+; C-accelerated)
-    from asyncio.tasks import _enter_task, _leave_task
-except ImportError:  # pragma: no cover - a Python without them: tasks start the usual way
-    _enter_task = _leave_task = None  # type: ignore[assignment]
 
 
 def _date_header() -> bytes:
@@ -108,31 +97,6 @@ def _head(status: int, items, *, keep_alive: bool, length: int | None) -> bytes:
     if not keep_alive:
         lines.append("connection: close\r\n")
     return "".join(lines).encode("latin-1") + _date_header() + b"\r\n"
-
-
-@types.coroutine
-def _resume(coro: Coroutine, yielded: Any):
-    """Go on driving ``coro``, already stepped outside the task, which yielded ``yielded``.
-
-    What ``await coro`` would do had the task taken the first step itself: every value the
-    task sends and every exception thrown in (a cancellation) goes to ``coro``, every value
-    ``coro`` yields goes to the task."""
-    while True:
-        try:
-            value = yield yielded
-        except GeneratorExit:
-            coro.close()
-            raise
-        except BaseException as exc:  # a cancellation or anything else: coro decides
-            try:
-                yielded = coro.throw(exc)
-            except StopIteration as stop:
-                return stop.value
-        else:
-            try:
-                yielded = coro.send(value)
-            except StopIteration as stop:
-                return stop.value
 
 
 class FastRequest:
@@ -208,11 +172,8 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.loop = asyncio.get_running_loop()
         self.queue: collections.deque[FastRequest] = collections.deque()
-        self.task: asyncio.Task | None = None  # the connection's task (``_serve``)
-        self.context = contextvars.copy_context()  # the task's, also for ``_start``'s steps
-        self.waiter: asyncio.Future | None = None  # the idle task waits on it
-        self.busy = False  # a request is being answered (begun by ``_start`` or the task)
-        self.handoff: tuple[Coroutine, Any] | None = None  # begun by _start, for the task
+        self.waiter: asyncio.Future | None = None
+        self.task: asyncio.Task | None = None
         self.head_timer: asyncio.TimerHandle | None = None
         self.head_deadline: float | None = None  # loop time the next head must be in by
         self.body_timer: asyncio.TimerHandle | None = None
@@ -235,7 +196,7 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         self.front.connections.add(self)
         self._arm_head_timer()
-        self.task = self.loop.create_task(self._serve(), context=self.context)
+        self.task = self.loop.create_task(self._serve())
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -267,8 +228,6 @@ class _Connection(asyncio.Protocol):
             self.body_timer = self.loop.call_at(
                 self.loop.time() + self.limits.body_timeout, self._body_timeout
             )
-        if self.queue and not self.busy:
-            self._start()
 
     def pause_writing(self) -> None:
         if self.can_write is None or self.can_write.done():
@@ -349,6 +308,9 @@ class _Connection(asyncio.Protocol):
         if len(self.queue) >= MAX_PIPELINED and self.transport is not None:
             self.reading_paused = True
             self.transport.pause_reading()
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     # -- timers and rejections --------------------------------------------------------------
     def _arm_head_timer(self) -> None:
@@ -416,100 +378,38 @@ class _Connection(asyncio.Protocol):
             items.append(("content-type", response.content_type))
         self.write(_head(response.status, items, keep_alive=keep_alive, length=len(body)) + body)
 
-    # -- answering ----------------------------------------------------------------------------
-    def _next_request(self) -> FastRequest:
-        request = self.queue.popleft()
-        if self.reading_paused and len(self.queue) < MAX_PIPELINED // 2:
-            self.reading_paused = False
-            if self.transport is not None:
-                self.transport.resume_reading()
-        return request
-
-    def _start(self) -> None:
-        """Answer the queued requests now, in this callback, until one has to wait; that one
-        goes on in the connection's task (which then answers whatever queued up meanwhile).
-
-        The task is made current meanwhile (as asyncio does for each step of a task), so
-        ``asyncio.timeout``, ``current_task`` and cancellation work as in the task itself."""
-        self.busy = True
-        loop, task, transport = self.loop, self.task, self.transport
-        if _enter_task is None or task is None or transport is None:  # pragma: no cover
-            self._wake()  # the task answers the queue itself
-            return
-        running = asyncio.current_task(loop)  # a test feeding bytes from a task; never a server
-        if running is not None:
-            _leave_task(loop, running)
-        _enter_task(loop, task)
-        try:
-            while self.queue and not transport.is_closing():
-                coro = self._answer(self._next_request())
-                try:
-                    yielded = self.context.run(coro.send, None)
-                except StopIteration:
-                    continue  # answered without waiting for anything
-                self.handoff = (coro, yielded)
-                break
-        finally:
-            _leave_task(loop, task)
-            if running is not None:
-                _enter_task(loop, running)
-        if self.handoff is None:  # all answered (or the connection is closing)
-            self.busy = False
-        else:
-            self._wake()
-
-    def _wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
+    # -- the request loop ---------------------------------------------------------------------
     async def _serve(self) -> None:
-        """The connection's task: goes on with a request ``_start`` began, then answers
-        what queued up meanwhile (pipelined requests) directly, then waits."""
-        while not self.closed:
-            if not self.busy:
-                self.waiter = self.loop.create_future()
-                try:
-                    await self.waiter
-                except asyncio.CancelledError:
-                    handoff, self.handoff = self.handoff, None
-                    if handoff is not None:  # the client left before the task took over
-                        coro = handoff[0]
-                        try:
-                            yielded = coro.throw(asyncio.CancelledError())
-                        except StopIteration:
-                            return
-                        await _resume(coro, yielded)
-                    return
-                finally:
-                    self.waiter = None
-            handoff, self.handoff = self.handoff, None
-            if handoff is not None:
-                await _resume(*handoff)
-            transport = self.transport
-            while self.queue and transport is not None and not transport.is_closing():
-                await self._answer(self._next_request())
-            self.busy = False
-
-    async def _answer(self, request: FastRequest) -> None:
         try:
-            response = await self.front.dispatch(request)
-            if type(response) is Answer:
-                self._send_answer(response, request.keep_alive)
-            elif isinstance(response, web.Response):
-                self._send(response, request.keep_alive)
+            while not self.closed:
+                while not self.queue:
+                    self.waiter = self.loop.create_future()
+                    try:
+                        await self.waiter
+                    finally:
+                        self.waiter = None
+                request = self.queue.popleft()
+                if self.reading_paused and len(self.queue) < MAX_PIPELINED // 2:
+                    self.reading_paused = False
+                    if self.transport is not None:
+                        self.transport.resume_reading()
+                response = await self.front.dispatch(request)
+                if type(response) is Answer:
+                    self._send_answer(response, request.keep_alive)
+                elif isinstance(response, web.Response):
+                    self._send(response, request.keep_alive)
+                if not request.keep_alive:
+                    if self.transport is not None:
+                        self.transport.close()
+                    return
+                if not self.queue and not self.head_done:
+                    self._arm_head_timer()  # idle, or the next head is still arriving
         except (asyncio.CancelledError, ConnectionResetError):
             return
         except Exception:
             log.exception("fast front end: unexpected error; closing the connection")
             if self.transport is not None:
                 self.transport.close()
-            return
-        if not request.keep_alive:
-            if self.transport is not None:
-                self.transport.close()
-        elif not self.queue and not self.head_done:
-            self._arm_head_timer()  # idle, or the next head is still arriving
 
 
 class FastFront:

@@ -1,11 +1,10 @@
-"""The httptools front end starts a request's handler in the callback that completed it.
+"""The httptools front end answers each connection's requests in the connection's task.
 
 These tests feed bytes to one ``_Connection`` over a fake transport, from a loop callback as
-the server does (not from a task), and check what the eager start must keep: the pipeline runs
-before ``data_received`` returns, inside the connection's task as far as asyncio can tell
-(``asyncio.timeout`` works, its expiry cancels the right code), a client that leaves before
-the task has taken the request over still cancels the handler, and requests that arrive
-meanwhile are answered after it, in order.
+the server does (not from a task), and check what the handler can rely on: it runs in the
+connection's task (``asyncio.timeout`` works and its expiry reaches the handler), a client
+that leaves cancels it, and requests that arrive while one waits are answered after it, in
+order.
 """
 
 from __future__ import annotations
@@ -89,15 +88,17 @@ async def settle(conn: _Connection, transport: FakeTransport) -> None:
     assert conn.task is not None and conn.task.done()
 
 
-async def test_the_pipeline_runs_before_data_received_returns_in_the_connections_task():
+async def test_the_handler_runs_in_the_connections_task():
     seen = []
 
     async def record(request) -> None:
         seen.append(asyncio.current_task())
 
     conn, transport = connection(record)
-    await from_callback(lambda: (conn.data_received(post("first!")), seen.append("returned")))
-    assert seen == [conn.task, "returned"]
+    await from_callback(conn.data_received, post("first!"))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert seen == [conn.task]
     assert transport.data.startswith(b"HTTP/1.1 404") and b"first!" in transport.data
     await settle(conn, transport)
 
@@ -122,7 +123,7 @@ async def test_a_timeout_begun_in_the_first_step_expires_into_the_handler():
     await settle(conn, transport)
 
 
-async def test_a_client_gone_before_the_task_takes_over_cancels_the_handler():
+async def test_a_client_gone_while_the_handler_waits_cancels_it():
     events = []
 
     async def wait_forever(request) -> None:
@@ -133,12 +134,10 @@ async def test_a_client_gone_before_the_task_takes_over_cancels_the_handler():
             raise
 
     conn, transport = connection(wait_forever)
-
-    def arrive_and_leave() -> None:
-        conn.data_received(post("gone!!"))
-        conn.connection_lost(None)  # same callback: the task has not run a step yet
-
-    await from_callback(arrive_and_leave)
+    await from_callback(conn.data_received, post("gone!!"))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    await from_callback(conn.connection_lost, None)
     for _ in range(5):
         await asyncio.sleep(0)
     assert events == ["cancelled"]
@@ -157,6 +156,8 @@ async def test_requests_arriving_while_one_waits_are_answered_after_it_in_order(
 
     conn, transport = connection(first_waits)
     await from_callback(conn.data_received, post("first!"))
+    for _ in range(5):
+        await asyncio.sleep(0)
     await from_callback(conn.data_received, post("second") + post("third!"))
     await asyncio.sleep(0)
     assert order == [b"first!"]  # the others wait for their turn

@@ -31,6 +31,7 @@ from igw.errors import InferenceError
 from igw.gateway.errors import error_response, inference_error_response
 from igw.gateway.proxy import REQUEST_ID_HEADER, Answer, Forwarder
 from igw.pipeline import Pipeline, Request
+from igw.stages import active_stages
 
 try:  # Python 3.11+
     from asyncio import timeout as _timeout
@@ -108,6 +109,9 @@ class Gateway:
         limits: Limits | None = None,
         authorize: Callable[[Mapping[str, str]], None] | None = None,
     ) -> None:
+        # Stages configured to do nothing (an admit / guard.in seam with no checks) are left
+        # out: each costs a coroutine and an await on every request's critical path.
+        pipeline.stages[:] = active_stages(pipeline.stages)
         self.pipeline = pipeline
         # raises InferenceError (401) for a caller the access: section does not know
         self.authorize = authorize

@@ -41,6 +41,7 @@ __all__ = [
     "ScheduleStage",
     "UsageStage",
     "UtilizationDetector",
+    "active_stages",
     "apply_headers",
     "build_pipeline",
     "parser_types_from_config",
@@ -116,3 +117,21 @@ def build_pipeline(
     response = [UsageStage(), ReverseRewriteStage(), *response_checks,
                 AccountStage(engine, metrics, reporter)]  # fmt: skip
     return Pipeline(stages, response)
+
+
+def active_stages(stages: Sequence[Any]) -> list[Any]:
+    """``stages`` without the ones configured to do nothing: an admit or guard.in stage with
+    no checks (no ``access:`` / ``guard:`` section).
+
+    Why: every stage costs the pipeline loop a coroutine and an await per request (~1 us of
+    the critical path between the request and the upstream write, measured on the request
+    trace); an empty seam changes nothing, so leaving it out changes no behaviour. Every
+    other stage stays: route always resolves the target model (and its 400), flow control
+    sheds priority < 0 requests and is where a flow controller attaches, schedule picks.
+    ``build_pipeline`` keeps the full standard order; a front end prunes when it adopts it.
+    """
+    return [
+        stage
+        for stage in stages
+        if not (type(stage) in (AdmitStage, GuardStage) and not stage.checks)
+    ]

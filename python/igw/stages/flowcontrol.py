@@ -42,11 +42,13 @@ class FlowControlStage:
         self.controller = controller
 
     async def process(self, request: Request) -> None:
-        pool = self.pool_for(request)
         if self.controller is not None:
-            await self.controller.admit(request, pool)
+            await self.controller.admit(request, self.pool_for(request))
             return
-        if request.priority < 0 and self.detector.saturation(pool, request) >= 1.0:
-            raise InferenceError(
-                ErrorCode.RESOURCE_EXHAUSTED, "system saturated, sheddable request dropped"
-            )
+        # Legacy: only a sheddable request needs its pool's saturation; for the others this
+        # stage does nothing (the pool, and any error finding it, come with the schedule stage).
+        if request.priority < 0:
+            if self.detector.saturation(self.pool_for(request), request) >= 1.0:
+                raise InferenceError(
+                    ErrorCode.RESOURCE_EXHAUSTED, "system saturated, sheddable request dropped"
+                )

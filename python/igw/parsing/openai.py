@@ -134,23 +134,21 @@ def parse_openai(path: str, body: bytes) -> ParsedBody:
     data = decode_body(body)
     api = api_for_path(path)
     prompt, estimate = _PROMPT_BUILDERS[api](data)
-    parsed = ParsedBody(
-        parser=OPENAI_PARSER,
-        api=api,
-        kind=_API_KINDS[api],
-        body_json=data,
-        prompt=prompt,
-        prompt_tokens_estimate=estimate,
+    get = data.get
+    model = get("model")
+    salt = get("cache_salt")
+    return ParsedBody(  # positional: the field order of ParsedBody
+        OPENAI_PARSER,
+        api,
+        _API_KINDS[api],
+        data,
+        model if isinstance(model, str) else "",
+        prompt,
+        estimate,
+        get("stream") is True,
+        salt if isinstance(salt, str) else "",
+        _max_output_tokens(api, data),
     )
-    model = data.get("model")
-    if isinstance(model, str):
-        parsed.model = model
-    parsed.stream = data.get("stream") is True
-    salt = data.get("cache_salt")
-    if isinstance(salt, str):
-        parsed.cache_salt = salt
-    parsed.max_output_tokens = _max_output_tokens(api, data)
-    return parsed
 
 
 def parse_passthrough(body: bytes) -> ParsedBody:
@@ -200,7 +198,11 @@ def _check_salt(data: dict[str, Any], message: str) -> None:
 def _completions(data: dict[str, Any]) -> tuple[bytes, int]:
     message = "invalid completions request: must have prompt field"
     _check_salt(data, message)
-    return _string_or_array(data.get("prompt"), "prompt", message)
+    prompt = data.get("prompt")
+    if type(prompt) is str and prompt:  # the usual case, without the general path's calls
+        encoded = prompt.encode("utf-8", "surrogatepass")
+        return encoded, (len(encoded) + BYTES_PER_TOKEN - 1) // BYTES_PER_TOKEN
+    return _string_or_array(prompt, "prompt", message)
 
 
 def _embeddings(data: dict[str, Any]) -> tuple[bytes, int]:

@@ -60,10 +60,15 @@ class RouteStage:
     def apply(self, request: Request) -> None:
         if self.pool_name and not request.pool_name:
             request.pool_name = self.pool_name
-        if request.body_json is None:  # passthrough: nothing to resolve or rewrite
+        body_json = request.body_json
+        if body_json is None:  # passthrough: nothing to resolve or rewrite
             return
         incoming = request.incoming_model
-        target = request.header(*REWRITE_HEADERS) or incoming
+        headers = request.headers  # the new name first, then the legacy one
+        target = headers.get(REWRITE_HEADERS[0])
+        if target is None:
+            target = headers.get(REWRITE_HEADERS[1])
+        target = target or incoming
         if self.rewrites is not None and incoming:
             resolved = self.rewrites.resolve(incoming, self.rng)
             if resolved is not None:
@@ -76,7 +81,7 @@ class RouteStage:
         request.target_model = target
         if self.is_adapter is None or self.is_adapter(target):
             request.lora = target
-        if target != incoming or request.body_json.get("model") != target:
+        if target != incoming or body_json.get("model") != target:
             if request.attrs.get("parser") == OPENAI_PARSER:
                 request.body_json = exact_body_json(request.body, request.body_json)
             request.body_json["model"] = target

@@ -211,12 +211,11 @@ class Gateway:
 
         ``http_request`` is the front end's request object: aiohttp's, or ``FastRequest``.
         """
-        request = Request(
+        request = Request(  # received_at: its default factory, time.monotonic
             request_id=headers.get(REQUEST_ID_HEADER) or new_request_id(),
             path=path,
             headers=headers,
             body=body,
-            received_at=time.monotonic(),
         )
         try:
             await self.pipeline.run(request)

@@ -207,6 +207,9 @@ class _FakeUpstream:
     def has_data(self) -> bool:
         return bool(self._chunks)
 
+    def chunk_now(self) -> bytes | None:
+        return None  # as if nothing were buffered: the forwarder awaits readany()
+
     async def readany(self) -> bytes:
         return self._chunks.pop(0) if self._chunks else b""
 

@@ -249,7 +249,9 @@ class Forwarder:
 
         Fewer segments, fewer wake-ups of the client: when the replica's first bytes came
         with its head, our head goes out with them; the chunk that completes the upstream
-        stream goes out together with the end of the chunked response.
+        stream goes out together with the end of the chunked response. A chunk already
+        buffered is taken without a coroutine (``chunk_now``); the observers (usage,
+        accounting) see each chunk once the client has it.
         """
         make = getattr(http_request, "stream_response", None)  # the httptools front end
         if make is not None:
@@ -258,7 +260,9 @@ class Forwarder:
             factory = _HeadWithFirstChunk if upstream.has_data else web.StreamResponse
             response = factory(status=status, headers=headers)
         try:
-            problem = await self._pump(http_request, request, upstream, status, response)
+            if not getattr(response, "defer_head", False):  # else prepare() has nothing to do
+                await response.prepare(http_request)
+            problem = await self._pump(request, upstream, status, response)
         except ConnectionResetError:
             # The client left mid-stream: not the replica's fault. The caller drops the
             # upstream request; aiohttp ignores the rest of this response.
@@ -266,23 +270,24 @@ class Forwarder:
             return response, False
         return response, problem is not None
 
-    async def _pump(self, http_request, request, upstream, status, response) -> str | None:
+    async def _pump(self, request, upstream, status, response) -> str | None:
         """Copy the stream; returns what went wrong upstream, or None."""
-        await response.prepare(http_request)
         pipeline = self.pipeline
         tail = b""
         final = b""
         problem: str | None = None
         blocked = False
         while True:
-            try:
-                chunk = await upstream.readany()
-            except UpstreamBrokenError as exc:
-                problem = f"upstream {request.served_endpoint} broke the stream: {exc}"
-                break
-            except UpstreamTimeoutError:
-                problem = f"upstream {request.served_endpoint} stopped sending (read timeout)"
-                break
+            chunk = upstream.chunk_now()
+            if chunk is None:  # nothing buffered: wait for the replica
+                try:
+                    chunk = await upstream.readany()
+                except UpstreamBrokenError as exc:
+                    problem = f"upstream {request.served_endpoint} broke the stream: {exc}"
+                    break
+                except UpstreamTimeoutError:
+                    problem = f"upstream {request.served_endpoint} stopped sending (read timeout)"
+                    break
             if not chunk:
                 break
             tail = chunk[-16:] if len(chunk) >= 16 else (tail + chunk)[-16:]

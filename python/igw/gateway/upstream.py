@@ -294,6 +294,21 @@ class UpstreamResponse:
         """Body bytes are already buffered (they came with the head)."""
         return bool(self._conn._chunks)
 
+    def chunk_now(self) -> bytes | None:
+        """The next bytes of the body if some are buffered (b"" at its end), taken without
+        a coroutine; None when the caller must wait (``readany``, which also raises what
+        broke the body)."""
+        conn = self._conn
+        chunks = conn._chunks
+        if not chunks:
+            return b"" if conn._done else None
+        chunk = chunks.popleft()
+        conn._buffered -= len(chunk)
+        if conn._paused and conn._buffered < LOW_WATER and conn.transport is not None:
+            conn._paused = False
+            conn.transport.resume_reading()
+        return chunk
+
     async def readany(self) -> bytes:
         """The next bytes of the body, b"" at its end; ``UpstreamError`` if it broke."""
         conn = self._conn
@@ -314,12 +329,7 @@ class UpstreamResponse:
             finally:
                 conn.deadline.done()
                 conn._waiter = None
-        chunk = conn._chunks.popleft()
-        conn._buffered -= len(chunk)
-        if conn._paused and conn._buffered < LOW_WATER and conn.transport is not None:
-            conn._paused = False
-            conn.transport.resume_reading()
-        return chunk
+        return self.chunk_now()  # type: ignore[return-value]  # a chunk is buffered
 
     def whole_body(self) -> bytes | None:
         """The whole body if all of it has come already (the usual non-streamed answer),
@@ -534,6 +544,9 @@ class _AiohttpResponse:
 
     def whole_body(self) -> bytes | None:
         return None  # aiohttp does not say: read() waits for it
+
+    def chunk_now(self) -> bytes | None:
+        return None  # readany() then
 
     async def read(self) -> bytes:
         parts = []

@@ -696,6 +696,19 @@ class Metrics:
     def record_rewrite(self, rule_name: str, model: str, target: str) -> None:
         self.rewrite_decisions.labels(rule_name, model, target).inc()
 
+    def scheduled(self, request: Request) -> None:
+        """A request was scheduled: ``record_scheduled(request, "success")``,
+        ``record_request`` and ``running_started`` in one step (one queued update instead of
+        two, one series lookup instead of two; the schedule stage calls this per request)."""
+        series = self._series(request)
+        series.epp_running.inc()
+        self._defer(self._record_success, request, series)
+
+    def _record_success(self, request: Request, series: _RequestSeries) -> None:
+        self._record_scheduled(request, "success")
+        series.epp_request_total.inc()
+        series.epp_request_size.observe(len(request.upstream_body))
+
     def record_scheduled(self, request: Request, status: str = "success") -> None:
         """A scheduling attempt ended (``status`` success or failure)."""
         self._defer(self._record_scheduled, request, status)

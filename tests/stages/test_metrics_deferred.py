@@ -76,3 +76,23 @@ async def test_many_updates_in_one_step_are_all_applied_in_order():
         metrics._defer(order.append, i)
     await asyncio.sleep(0)
     assert order == list(range(100))
+
+
+async def test_scheduled_marks_the_request_running_at_once_and_counts_it_after_the_step():
+    metrics = Metrics()
+    metrics.scheduled(_request())
+    running = metrics.epp_running.labels("m", "m")
+    assert running.value == 1
+    assert _raw_count(metrics) == 0
+    await asyncio.sleep(0)
+    assert _raw_count(metrics) == 1
+    size = metrics.registry.get_sample_value(
+        "inference_objective_request_sizes_sum", {"model_name": "m", "target_model_name": "m"}
+    )
+    assert size == 100
+    no_endpoint = {"namespace": "", "pod_name": "", "port": ""}  # the request has no decision
+    attempts = metrics.registry.get_sample_value(
+        "inference_extension_scheduler_attempts_total",
+        {"status": "success", "target_model_name": "m", **no_endpoint},
+    )
+    assert attempts == 1

@@ -71,10 +71,8 @@ class ScheduleStage:
             self._record(request, "failure")
             raise no_endpoints()
         request.decision = decision
-        self._record(request, "success")
         if self.metrics is not None:
-            self.metrics.record_request(request)
-            self.metrics.running_started(request)
+            self.metrics.scheduled(request)  # success, request count and size, running
         request.attrs["running"] = True
         if self._gated and request.stream:
             await self._pass_prefill_gate(request, decision)

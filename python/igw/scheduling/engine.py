@@ -309,16 +309,21 @@ class SchedulingEngine:
         if module is None:
             module = self._modules[type(pool.scheduler)] = core_of(pool.scheduler)
         hashes, prompt_tokens = self._prefix(request, profile, module)  # filters may read them
-        if profile.filters:
-            mask = self._run_filters(request, pool, profile, snapshot, mask)
-        extra_scores, extra_weights = self._run_scorers(request, profile, snapshot, mask)
-        lora = self._lora(request, pool, profile, module)
-        high_water = table.high_water
-        if mask is not None and len(mask) < high_water:
-            mask = np.concatenate([mask, np.zeros(high_water - len(mask), dtype=np.bool_)])
-        if extra_scores is not None and extra_scores.shape[1] < high_water:
-            pad = np.zeros((extra_scores.shape[0], high_water - extra_scores.shape[1]), np.float32)
-            extra_scores = np.concatenate([extra_scores, pad], axis=1)
+        extra_scores = extra_weights = None
+        if python_plugins:
+            if profile.filters:
+                mask = self._run_filters(request, pool, profile, snapshot, mask)
+            extra_scores, extra_weights = self._run_scorers(request, profile, snapshot, mask)
+        lora = self._lora(request, pool, profile, module) if profile.uses_lora else -1
+        if mask is not None or extra_scores is not None:
+            high_water = table.high_water
+            if mask is not None and len(mask) < high_water:
+                mask = np.concatenate([mask, np.zeros(high_water - len(mask), dtype=np.bool_)])
+            if extra_scores is not None and extra_scores.shape[1] < high_water:
+                pad = np.zeros(
+                    (extra_scores.shape[0], high_water - extra_scores.shape[1]), np.float32
+                )
+                extra_scores = np.concatenate([extra_scores, pad], axis=1)
         # the per-request charge (hot prefixes: another one) is reserved with the pick itself
         charge = profile.request_charge
         if profile.hot_prefix_factor > 0 and self._hot(pool, hashes, profile.hot_prefix_factor):

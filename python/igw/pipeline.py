@@ -195,6 +195,8 @@ class Pipeline:
         self.response_stages = list(response_stages or [])
         self._planned: list[ResponseStage] | None = None
         self._plan: tuple[tuple[tuple[ResponseStage, ...], ResponseStage | None], ...] = ()
+        self._observers: tuple[ResponseStage, ...] = ()  # every observer, in order
+        self._changers: tuple[ResponseStage, ...] = ()  # every byte-changing stage, in order
 
     async def run(self, request: Request) -> Request:
         for stage in self.stages:
@@ -232,6 +234,8 @@ class Pipeline:
             if observers:
                 plan.append((tuple(observers), None))
             self._plan = tuple(plan)
+            self._observers = tuple(stage for stage in stages if observes_only(stage))
+            self._changers = tuple(stage for stage in stages if not observes_only(stage))
             self._planned = list(stages)
         return self._plan
 
@@ -239,15 +243,18 @@ class Pipeline:
         """``response_started`` for a front end that relays the answer: the stages that may
         change the bytes see the head now, the observers' calls are queued for ``observe``."""
         request.response_status = status
-        queued = request.observations
-        if queued is None:
-            queued = request.observations = []
-        plan = self._plan if self.response_stages == self._planned else self._relay_plan()
-        for observers, changer in plan:
-            if observers:
-                queued.append((observers, False, status, headers))
-            if changer is not None:
-                changer.on_headers(request, status, headers)
+        if self.response_stages != self._planned:
+            self._relay_plan()
+        # the observers see the head together (the changers' on_headers do not change it)
+        if self._observers:
+            entry = (self._observers, False, status, headers)
+            queued = request.observations
+            if queued is None:
+                request.observations = [entry]
+            else:
+                queued.append(entry)
+        for changer in self._changers:
+            changer.on_headers(request, status, headers)
 
     def relay_chunk(self, request: Request, chunk: bytes, end_of_stream: bool) -> bytes:
         """The bytes to send for ``chunk``: the byte-changing stages run now; each observer's

@@ -9,6 +9,10 @@ Rules (issue 5, item 2):
   ends with one SSE error event, ``data: {"error": {...}}``, and the request counts as failed.
 * Every attempt that failed is reported to the endpoint's pool (outlier detection); the
   served attempt is reported by the pipeline's account stage at ``finish``.
+* Between the replica's bytes and the client's only what may change the bytes runs
+  (``Pipeline.relay_chunk``: guard.out, the reverse model rewrite, third-party stages); the
+  observers (usage, accounting) run once the bytes are handed to the client socket, and the
+  connection goes back to the pool after the answer is written, with ``finish``.
 
 Upstream connections are kept alive and reused (``igw.gateway.upstream``: a lean httptools
 client, or aiohttp's when httptools is missing), with TCP_NODELAY on every connection; bytes

@@ -135,8 +135,10 @@ class Request:
     finished_at: float | None = None
     failed: bool = False
     attrs: dict[str, Any] = dataclasses.field(default_factory=dict)  # plugin scratch space
-    # observer calls queued by Pipeline.relay_started / relay_chunk, run by observe / finish
+    # observer calls queued by Pipeline.relay_started / relay_chunk, run by observe / finish,
+    # and the plan (which stages run before the write) chosen for this response
     observations: list[tuple[Any, ...]] | None = dataclasses.field(default=None, repr=False)
+    relay_plan: Any = dataclasses.field(default=None, repr=False)
 
     @property
     def upstream_body(self) -> bytes:
@@ -169,6 +171,10 @@ class ResponseStage(Protocol):
     needs to see the response only after the client has it. The pipeline may then run its
     ``on_headers`` / ``on_chunk`` after the bytes are written (see ``Pipeline.relay_chunk``).
     Without the attribute a stage is taken to change the bytes and always runs first.
+    A stage that changes bytes only for some requests may also have a method
+    ``changes_bytes(request) -> bool``, asked before the response's head is seen: when it
+    answers False (the reverse model rewrite of a request that was not rewritten) the stage
+    is run as an observer for that response.
     """
 
     name: str
@@ -185,6 +191,41 @@ def observes_only(stage: object) -> bool:
     return getattr(stage, "observe_only", False) is True
 
 
+# (segments, head observers, head changers): each segment is (observers, changer or None)
+RelayPlan = tuple[
+    tuple[tuple[tuple["ResponseStage", ...], "ResponseStage | None"], ...],
+    tuple["ResponseStage", ...],
+    tuple["ResponseStage", ...],
+]
+
+
+def _plan_of(stages: list[ResponseStage], observer: Any) -> RelayPlan:
+    """Cut ``stages`` into segments ``(observers, changer)``: the observers of a segment see
+    the bytes as the changers before them left them. ``observer(stage)`` says which is which."""
+    segments = []
+    observers: list[ResponseStage] = []
+    for stage in stages:
+        if observer(stage):
+            observers.append(stage)
+        else:
+            segments.append((tuple(observers), stage))
+            observers = []
+    if observers:
+        segments.append((tuple(observers), None))
+    return (
+        tuple(segments),
+        tuple(stage for stage in stages if observer(stage)),
+        tuple(stage for stage in stages if not observer(stage)),
+    )
+
+
+def _observer_failed(request: Request, stage: object) -> None:
+    log.exception(
+        "request %s: response stage %s failed while observing",
+        request.request_id, getattr(stage, "name", stage),
+    )  # fmt: skip
+
+
 class Pipeline:
     """Runs the configured stages in order; the order comes from config, not code."""
 
@@ -194,9 +235,10 @@ class Pipeline:
         self.stages = list(stages)
         self.response_stages = list(response_stages or [])
         self._planned: list[ResponseStage] | None = None
-        self._plan: tuple[tuple[tuple[ResponseStage, ...], ResponseStage | None], ...] = ()
-        self._observers: tuple[ResponseStage, ...] = ()  # every observer, in order
-        self._changers: tuple[ResponseStage, ...] = ()  # every byte-changing stage, in order
+        self._plan: RelayPlan = ((), (), ())
+        # every stage as an observer: for a response no byte-changing stage will touch (each
+        # says so through ``changes_bytes(request)``); None when one cannot say
+        self._quiet_plan: RelayPlan | None = None
 
     async def run(self, request: Request) -> Request:
         for stage in self.stages:
@@ -217,43 +259,42 @@ class Pipeline:
         return chunk
 
     # -- the response, observers after the write (the standalone gateway) -----------------
-    def _relay_plan(self):
-        """``response_stages`` cut into segments ``(observers, changer)``: the observers of a
-        segment see the bytes as the changers before them left them. Rebuilt when the list
-        changed (``FlowControlService.attach`` appends to it, tests replace stages)."""
+    def _relay_plan(self, request: Request) -> RelayPlan:
+        """The plan for ``request``'s response. Rebuilt when ``response_stages`` changed
+        (``FlowControlService.attach`` appends to it, tests replace stages)."""
         stages = self.response_stages
         if stages != self._planned:
-            plan = []
-            observers: list[ResponseStage] = []
-            for stage in stages:
-                if observes_only(stage):
-                    observers.append(stage)
-                else:
-                    plan.append((tuple(observers), stage))
-                    observers = []
-            if observers:
-                plan.append((tuple(observers), None))
-            self._plan = tuple(plan)
-            self._observers = tuple(stage for stage in stages if observes_only(stage))
-            self._changers = tuple(stage for stage in stages if not observes_only(stage))
+            self._plan = _plan_of(stages, observes_only)
+            changers = self._plan[2]
+            quiet = bool(changers) and all(
+                callable(getattr(stage, "changes_bytes", None)) for stage in changers
+            )
+            self._quiet_plan = _plan_of(stages, lambda _stage: True) if quiet else None
             self._planned = list(stages)
+        if self._quiet_plan is not None:
+            for changer in self._plan[2]:
+                if changer.changes_bytes(request):  # type: ignore[attr-defined]
+                    return self._plan
+            return self._quiet_plan  # e.g. no model rewrite and no other changer
         return self._plan
 
     def relay_started(self, request: Request, status: int, headers: dict[str, str]) -> None:
         """``response_started`` for a front end that relays the answer: the stages that may
-        change the bytes see the head now, the observers' calls are queued for ``observe``."""
+        change this response's bytes see the head now, the others' calls are queued for
+        ``observe``. A stage that may change bytes in general but says it will not for this
+        request (``changes_bytes(request)`` false) is run as an observer for it."""
         request.response_status = status
-        if self.response_stages != self._planned:
-            self._relay_plan()
+        plan = request.relay_plan = self._relay_plan(request)
+        _, observers, changers = plan
         # the observers see the head together (the changers' on_headers do not change it)
-        if self._observers:
-            entry = (self._observers, False, status, headers)
+        if observers:
+            entry = (observers, False, status, headers)
             queued = request.observations
             if queued is None:
                 request.observations = [entry]
             else:
                 queued.append(entry)
-        for changer in self._changers:
+        for changer in changers:
             changer.on_headers(request, status, headers)
 
     def relay_chunk(self, request: Request, chunk: bytes, end_of_stream: bool) -> bytes:
@@ -265,8 +306,10 @@ class Pipeline:
         queued = request.observations
         if queued is None:
             queued = request.observations = []
-        # the plan ``relay_started`` checked: fixed for the rest of this response
-        for observers, changer in self._plan or self._relay_plan():
+        plan = request.relay_plan  # fixed by relay_started for the rest of this response
+        if plan is None:
+            plan = request.relay_plan = self._relay_plan(request)
+        for observers, changer in plan[0]:
             if observers:
                 queued.append((observers, True, chunk, end_of_stream))
             if changer is not None:
@@ -283,17 +326,18 @@ class Pipeline:
             return
         request.observations = None
         for observers, is_chunk, first, second in queued:
-            for stage in observers:
-                try:
-                    if is_chunk:
+            if is_chunk:
+                for stage in observers:
+                    try:
                         stage.on_chunk(request, first, second)
-                    else:
+                    except Exception:
+                        _observer_failed(request, stage)
+            else:
+                for stage in observers:
+                    try:
                         stage.on_headers(request, first, second)
-                except Exception:
-                    log.exception(
-                        "request %s: response stage %s failed while observing",
-                        request.request_id, getattr(stage, "name", stage),
-                    )  # fmt: skip
+                    except Exception:
+                        _observer_failed(request, stage)
 
     def finish(self, request: Request, *, failed: bool = False) -> None:
         """End of the request in every case; safe to call more than once.

@@ -148,6 +148,49 @@ def test_a_stage_appended_after_construction_is_planned():
     assert ("late", "chunk", b"Y", True) in events
 
 
+class SometimesUpper(Upper):
+    """Changes the bytes only for requests whose id says so, and tells the pipeline."""
+
+    def changes_bytes(self, request) -> bool:
+        return request.request_id == "change"
+
+
+def test_a_stage_that_leaves_this_response_alone_runs_after_the_write():
+    events: list = []
+    pipeline = Pipeline([], [Recorder("a", events), SometimesUpper(events)])
+    request = Request("keep")
+    pipeline.relay_started(request, 200, {})
+    assert pipeline.relay_chunk(request, b"x", True) == b"x"
+    assert events == []  # nothing ran before the write
+    pipeline.observe(request)
+    assert events == [("a", "headers", 200), ("upper", "headers", 200),
+                      ("a", "chunk", b"x", True), ("upper", "chunk", b"x", True)]  # fmt: skip
+
+
+def test_a_stage_that_will_change_this_response_still_runs_before_the_write():
+    events: list = []
+    pipeline = Pipeline([], [Recorder("a", events), SometimesUpper(events)])
+    request = Request("change")
+    pipeline.relay_started(request, 200, {})
+    assert pipeline.relay_chunk(request, b"x", True) == b"X"
+    assert ("upper", "chunk", b"x", True) in events and ("a", "headers", 200) not in events
+
+
+def test_the_reverse_rewrite_runs_before_the_write_only_when_the_model_was_rewritten():
+    chunk = b'{"model":"served","usage":{"prompt_tokens":3}}'
+    stages = [UsageStage(), ReverseRewriteStage(), AccountStage()]
+    rewritten = Request("r1", incoming_model="asked", target_model="served")
+    pipeline = Pipeline([], stages)
+    pipeline.relay_started(rewritten, 200, {"content-type": "application/json"})
+    assert pipeline.relay_chunk(rewritten, chunk, True) == chunk.replace(b"served", b"asked")
+    same = Request("r2", incoming_model="served", target_model="served")
+    pipeline.relay_started(same, 200, {"content-type": "application/json"})
+    assert pipeline.relay_chunk(same, chunk, True) is chunk
+    for request in (rewritten, same):
+        pipeline.finish(request)
+        assert request.usage.prompt_tokens == 3 and request.attrs["response_bytes"] > 0
+
+
 def test_usage_observed_after_the_write_is_counted_at_finish():
     request = Request("r")
     usage = UsageStage()

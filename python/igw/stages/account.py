@@ -74,6 +74,12 @@ class ReverseRewriteStage:
     def on_headers(self, request: Request, status: int, headers: dict[str, str]) -> None:
         return None
 
+    def changes_bytes(self, request: Request) -> bool:
+        """Only when igw rewrote the model (else the pipeline runs this stage after the
+        write, as an observer, and nothing waits for it)."""
+        target, incoming = request.target_model, request.incoming_model
+        return bool(target) and bool(incoming) and target != incoming
+
     def on_chunk(self, request: Request, chunk: bytes, end_of_stream: bool) -> bytes:
         target = request.target_model
         if target == request.incoming_model or not target:

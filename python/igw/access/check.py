@@ -202,6 +202,7 @@ class UsageDebit:
     """Response stage: charges a finished request's tokens to its tenant's limits."""
 
     name = "access.debit"
+    observe_only = True  # never changes the bytes: may run after the client has them
 
     def __init__(
         self,

@@ -156,6 +156,8 @@ class FlowControl:
         return self
 
     # -- response stage ---------------------------------------------------------------------
+    observe_only = True  # only hears the finish: may run after the client has the bytes
+
     def on_headers(self, request: Request, status: int, headers: dict[str, str]) -> None:
         return None
 

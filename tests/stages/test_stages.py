@@ -375,6 +375,22 @@ def test_account_stage_observes_first_token_once():
     assert len(engine.ttfts) == 1 and request.attrs["response_bytes"] == 2
 
 
+def test_account_stage_takes_no_first_token_from_a_buffered_answer():
+    class Engine(FakeEngine):
+        def __init__(self):
+            super().__init__()
+            self.ttfts = []
+
+        def observe_first_token(self, decision, ttft):
+            self.ttfts.append(ttft)
+
+    engine = Engine()
+    pool = pool_of((0, 0.1))
+    request = Request("r", decision=Decision(pool=pool, endpoints=pool.endpoints()))
+    AccountStage(engine).on_chunk(request, b'{"choices": []}', True)  # first and last chunk
+    assert engine.ttfts == [] and request.attrs["response_bytes"] == 15
+
+
 def test_parser_types_from_config_resolves_plugin_refs():
     config = {
         "plugins": [{"name": "p1", "type": "openai-parser"}, {"type": "passthrough-parser"}],

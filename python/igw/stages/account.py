@@ -122,7 +122,10 @@ class AccountStage:
         if chunk and not attrs.get("first_token_seen"):
             attrs["first_token_seen"] = True
             observe = self._observe_first_token
-            if observe is not None and request.decision is not None:
+            # A response whose first chunk is also its last (a buffered answer) gets no
+            # first-token call: the release at finish ends its prefill the same way, and a
+            # buffered answer's first byte says nothing about prefill time (no calibration).
+            if observe is not None and request.decision is not None and not end_of_stream:
                 # when the bytes came (stamped by the pipeline), not when this stage runs
                 arrived = request.first_byte_at or time.monotonic()
                 observe(request.decision, arrived - request.received_at)

@@ -534,3 +534,26 @@ def test_a_broken_user_plugin_is_skipped_and_logged(make_pool, caplog):
     for _ in range(3):
         assert engine.schedule(make_request(), pool).primary.address == ip(1)
     assert "bug in user code" in caplog.text and "wrong-shape" in caplog.text
+
+
+def test_prompt_hashes_follow_model_salt_and_adapter_on_every_request():
+    from igw.datastore import Pool
+    from igw.scheduling.framework import PREFIX_ATTR
+
+    engine = SchedulingEngine(named_policy("default"))
+    pool = Pool("p")
+    add_endpoint(pool, 0)
+    prompt = "a shared system prompt " * 40
+
+    def hashes(**fields) -> list[int]:
+        request = make_request(prompt, **fields)
+        engine.release(engine.schedule(request, pool))
+        return request.attrs[PREFIX_ATTR][1].tolist()
+
+    plain = hashes()
+    for _ in range(2):  # the second round reads the seeds back from the engine's cache
+        assert hashes() == plain
+        assert hashes(cache_salt="tenant-a") != plain
+        assert hashes(cache_salt="tenant-a") != hashes(cache_salt="tenant-b")
+        assert hashes(model="other-model") != plain
+        assert hashes(lora="adapter-1") != plain

@@ -101,6 +101,7 @@ BYTES_PER_TOKEN = 4
 # tokens at the default 64-token blocks; fewer for shorter prompts, never the last block),
 # enough to tell system prompts apart
 DEMAND_KEY_BLOCKS = 8
+MAX_CACHED_SEEDS = 1024
 SNAPSHOT_MAX_AGE = 0.005  # seconds a snapshot may be reused after the table changed
 
 
@@ -151,6 +152,8 @@ class SchedulingEngine:
         self._demand: weakref.WeakKeyDictionary[Pool, PrefixDemand] = weakref.WeakKeyDictionary()
         self._last_demand: tuple[Pool, PrefixDemand] | None = None  # keeps one pool alive
         self._modules: dict[type, Any] = {}  # scheduler class -> its core module (core_of)
+        # (core module, model, cache salt, LoRA) -> hash seed: one core call saved per request
+        self._seeds: dict[tuple[Any, str | None, str | None, str | None], int] = {}
         self._gate = PrefillGate()
 
     # ------------------------------------------------------------------------ public
@@ -479,7 +482,14 @@ class SchedulingEngine:
         cached = request.attrs.get(PREFIX_ATTR)
         if cached is not None and cached[0] == key:
             return cached[1], tokens
-        seed = module.model_seed(model, request.cache_salt, request.lora or "")
+        seed_key = (module, model, request.cache_salt, request.lora)
+        seed = self._seeds.get(seed_key)
+        if seed is None:
+            if len(self._seeds) >= MAX_CACHED_SEEDS:
+                self._seeds.clear()  # salts are the clients' choice: stay bounded
+            seed = self._seeds[seed_key] = module.model_seed(
+                model, request.cache_salt, request.lora or ""
+            )
         hashes = module.hash_blocks(prompt, settings.block_bytes, seed, settings.max_blocks)
         request.attrs[PREFIX_ATTR] = (key, hashes)
         return hashes, tokens

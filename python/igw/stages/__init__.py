@@ -99,7 +99,9 @@ def build_pipeline(
     ``response_checks`` are response stages (``on_headers`` / ``on_chunk`` / ``on_finish``, see
     ``igw.pipeline``) that run after usage parsing and the reverse model rewrite and before
     accounting: guard.out (content checks on the answer) and access bookkeeping (token
-    debits) plug in there."""
+    debits) plug in there. A stage that only reads the answer should say so with
+    ``observe_only = True`` (and one that changes it only sometimes with
+    ``changes_bytes(request)``): ``igw serve`` then runs it after the bytes are written."""
     pool_for: Callable[[Request], Pool] = pool if callable(pool) else (lambda _r, p=pool: p)
     if parsers is None or isinstance(parsers, ParserRegistry):
         registry = parsers or ParserRegistry.from_types()

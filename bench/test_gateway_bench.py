@@ -272,19 +272,24 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.communicate()
 
 
+def _url_of(proc: subprocess.Popen, what: str) -> str:
+    """The URL a started server prints on its first line (stopped if it printed none)."""
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    match = re.search(r"(http://127\.0\.0\.1:\d+)", line)
+    if not match:
+        _stop(proc)
+        raise RuntimeError(f"{what} did not start: {line!r}")
+    return match.group(1)
+
+
 def _start_igw(ports: list[int], policy: str, frontend: str) -> tuple[subprocess.Popen, str]:
     gateway = _spawn(
         "-m", "igw", "serve", "--port", "0", "--policy", policy, "--log-level", "error",
         "--frontend", frontend,
         "--endpoints", ",".join(f"http://127.0.0.1:{p}" for p in ports),
     )  # fmt: skip
-    assert gateway.stdout is not None
-    line = gateway.stdout.readline()
-    match = re.search(r"(http://127\.0\.0\.1:\d+)", line)
-    if not match:
-        _stop(gateway)
-        raise RuntimeError(f"igw serve did not start: {line!r}")
-    return gateway, match.group(1)
+    return gateway, _url_of(gateway, "igw serve")
 
 
 def _start_peer(ports: list[int]) -> tuple[subprocess.Popen, str]:
@@ -319,13 +324,7 @@ def _start_peer(ports: list[int]) -> tuple[subprocess.Popen, str]:
 def _start_floor(ports: list[int]) -> tuple[subprocess.Popen, str]:
     """bench/minimal_proxy.py: what any Python proxy hop costs on this machine."""
     proc = _spawn(str(Path(__file__).with_name("minimal_proxy.py")), ",".join(map(str, ports)))
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    match = re.search(r"(http://127\.0\.0\.1:\d+)", line)
-    if not match:
-        _stop(proc)
-        raise RuntimeError(f"the minimal proxy did not start: {line!r}")
-    return proc, match.group(1)
+    return proc, _url_of(proc, "the minimal proxy")
 
 
 def _idle_rate(pid: int) -> float:

@@ -7,6 +7,7 @@ import logging
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.gateway.fake_transport import FakeTransport
 
 from igw.errors import ErrorCode, InferenceError
 from igw.gateway.app import Gateway, Limits
@@ -19,31 +20,6 @@ class Refuse:
 
     async def process(self, request) -> None:
         raise InferenceError(ErrorCode.NOT_FOUND, "no models in this test")
-
-
-class FakeTransport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.data = bytearray()
-        self.closing = False
-
-    def write(self, data) -> None:
-        self.data += data
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True
-
-    def get_extra_info(self, name, default=None):
-        return default
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
 
 
 VALID = [

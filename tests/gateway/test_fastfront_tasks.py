@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from tests.gateway.fake_transport import FakeTransport
 
 from igw.errors import ErrorCode, InferenceError
 from igw.gateway.app import Gateway, Limits
@@ -22,25 +23,6 @@ from igw.pipeline import Pipeline
 def post(prompt: str) -> bytes:
     body = b'{"model": "m", "prompt": "%s"}' % prompt.encode()
     return b"POST /v1/completions HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body) + body
-
-
-class FakeTransport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.data = bytearray()
-        self.closing = False
-
-    def write(self, data) -> None:
-        self.data += data
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True
-
-    def get_extra_info(self, name, default=None):
-        return default
 
 
 class Stage:

@@ -357,16 +357,19 @@ async def test_pipeline_records_token_metrics_of_a_non_streamed_response():
     assert metrics.registry.get_sample_value("inference_objective_output_tokens_sum", labels) == 2
 
 
+class FirstTokenEngine(FakeEngine):
+    """Keeps the first-token times the account stage reports."""
+
+    def __init__(self):
+        super().__init__()
+        self.ttfts = []
+
+    def observe_first_token(self, decision, ttft):
+        self.ttfts.append(ttft)
+
+
 def test_account_stage_observes_first_token_once():
-    class Engine(FakeEngine):
-        def __init__(self):
-            super().__init__()
-            self.ttfts = []
-
-        def observe_first_token(self, decision, ttft):
-            self.ttfts.append(ttft)
-
-    engine = Engine()
+    engine = FirstTokenEngine()
     pool = pool_of((0, 0.1))
     request = Request("r", decision=Decision(pool=pool, endpoints=pool.endpoints()))
     stage = AccountStage(engine)
@@ -376,15 +379,7 @@ def test_account_stage_observes_first_token_once():
 
 
 def test_account_stage_takes_no_first_token_from_a_buffered_answer():
-    class Engine(FakeEngine):
-        def __init__(self):
-            super().__init__()
-            self.ttfts = []
-
-        def observe_first_token(self, decision, ttft):
-            self.ttfts.append(ttft)
-
-    engine = Engine()
+    engine = FirstTokenEngine()
     pool = pool_of((0, 0.1))
     request = Request("r", decision=Decision(pool=pool, endpoints=pool.endpoints()))
     AccountStage(engine).on_chunk(request, b'{"choices": []}', True)  # first and last chunk

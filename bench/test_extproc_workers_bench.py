@@ -145,6 +145,16 @@ class _RemoteScheduler:
         uncached, total, matched = struct.unpack("<III", reply[2 * count :])
         return _RemotePick(endpoints, uncached, total, matched)
 
+    def pick_reserve(self, profile, hashes, prompt_tokens, block_tokens, lora, k, charge=0):
+        """``Scheduler.pick_reserve``: the engine's usual call. The protocol carries no
+        per-request charge (the default profile has none)."""
+        assert charge == 0, charge
+        result = self.pick(profile, hashes=hashes, prompt_tokens=prompt_tokens,
+                           block_tokens=block_tokens, k=k, lora=lora)  # fmt: skip
+        ranked = result.endpoints
+        matched = int(result.matched_blocks[ranked[0]]) if ranked else 0
+        return ranked, matched, result.total_blocks, result.uncached_tokens
+
 
 class _RemoteInflightTable:
     """Stands in for ``pool.table`` in a worker: reads go to the local table (scraped metrics,

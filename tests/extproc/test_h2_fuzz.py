@@ -182,6 +182,19 @@ def test_any_frames_leave_no_stream_or_reservation_behind(server, caplog, body, 
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
+def _grpc_statuses(written: bytes) -> list[str]:
+    """The grpc-status values in the header blocks the server wrote, in order."""
+    decoder, statuses, pos = hpack.Decoder(), [], 0
+    while pos + 9 <= len(written):
+        length = int.from_bytes(written[pos : pos + 3], "big")
+        if written[pos + 3] == h2.HEADERS:
+            for name, value in decoder.decode(written[pos + 9 : pos + 9 + length]):
+                if name == "grpc-status":
+                    statuses.append(value)
+        pos += 9 + length
+    return statuses
+
+
 def _frame_heads(written: bytes) -> list[bytes]:
     """Type, flags and stream id of each frame the server wrote."""
     heads, pos = [], 0
@@ -190,3 +203,17 @@ def _frame_heads(written: bytes) -> list[bytes]:
         heads.append(written[pos + 3 : pos + 9])
         pos += 9 + length
     return heads
+
+
+def test_a_response_ending_the_request_before_its_body_leaves_no_reservation(server):
+    """Found by the test above: request headers, then a response body with end_of_stream,
+    then the request body. The early response ends the request; the body must not then
+    schedule it (nothing would release that reservation): the stream is refused instead."""
+    headers, body = (m.SerializeToString() for m in req_llm("hello", "my-model", "my-model"))
+    early_end = resp_body(b"data: [DONE]\n\n", eos=True).SerializeToString()
+    data = h2.PREFACE + h2.frame(h2.HEADERS, h2.END_HEADERS, 1, _headers_block(h2.PROCESS_PATH))
+    data += h2.frame(h2.DATA, 0, 1, b"".join(map(_grpc, (headers, early_end, body))))
+    transport = asyncio.run(_play(server, data, []))
+    assert _grpc_statuses(bytes(transport.written)) == ["3"]  # INVALID_ARGUMENT
+    snapshot = server.director.pool.table.snapshot()
+    assert sum(int(snapshot.inflight_requests[e.id]) for e in server.director.pool.endpoints()) == 0

@@ -370,6 +370,12 @@ class Stream:
     async def _run_request(self) -> list[msgs.ProcessingResponse]:
         request = self.request
         assert request is not None
+        if request.finished_at is not None:
+            # A response message ended this request before its body was complete (Envoy
+            # never does that): scheduling now would reserve an endpoint nothing releases.
+            raise StreamError(
+                grpc.StatusCode.INVALID_ARGUMENT, "request body received after the response ended"
+            )
         chunks = self._body_chunks
         request.body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self._body_chunks = []

@@ -683,9 +683,12 @@ class Metrics:
         self._defer(self._record_request, request)
 
     def _record_request(self, request: Request) -> None:
-        s = self._series(request)
-        s.epp_request_total.inc()
-        s.epp_request_size.observe(len(request.upstream_body))
+        self._count_request(request, self._series(request))
+
+    @staticmethod
+    def _count_request(request: Request, series: _RequestSeries) -> None:
+        series.epp_request_total.inc()
+        series.epp_request_size.observe(len(request.upstream_body))
 
     def record_error(self, request: Request, code_label: str) -> None:
         self.epp_request_error_total.labels(
@@ -706,8 +709,7 @@ class Metrics:
 
     def _record_success(self, request: Request, series: _RequestSeries) -> None:
         self._record_scheduled(request, "success")
-        series.epp_request_total.inc()
-        series.epp_request_size.observe(len(request.upstream_body))
+        self._count_request(request, series)
 
     def record_scheduled(self, request: Request, status: str = "success") -> None:
         """A scheduling attempt ended (``status`` success or failure)."""

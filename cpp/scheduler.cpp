@@ -610,4 +610,14 @@ void Scheduler::pick(const Profile& profile, const PickRequest& req, PickOutput&
   if (req.record && !req.hashes.empty()) index_->record(primary, req.hashes);
 }
 
+bool Scheduler::hot(uint64_t key, double factor) {
+  std::lock_guard lock(mu_);
+  return demand_.is_hot(key, table_->size(), factor);
+}
+
+size_t Scheduler::demand_groups() {
+  std::lock_guard lock(mu_);
+  return demand_.size();
+}
+
 }  // namespace igw

@@ -20,6 +20,7 @@
 #include <utility>
 #include <vector>
 
+#include "demand.h"
 #include "endpoint_table.h"
 #include "prefix_index.h"
 
@@ -111,6 +112,11 @@ class Scheduler {
   // starts as the candidate mask (all true without one); the endpoints a filter drops are
   // cleared, the rest (not live or ready ones included) left as given.
   void filter(const Profile& profile, const PickRequest& req, std::span<bool> keep);
+  // Count one request of prefix group `key` in the pool's recent demand; true when the group
+  // wants more than `factor` endpoints' fair share (see demand.h). The endpoint count is the
+  // table's live rows.
+  bool hot(uint64_t key, double factor);
+  size_t demand_groups();  // groups tracked (bounded; for tests and stats)
   const std::shared_ptr<EndpointTable>& table() const noexcept { return table_; }
   const std::shared_ptr<PrefixIndex>& index() const noexcept { return index_; }
 
@@ -127,6 +133,7 @@ class Scheduler {
   std::shared_ptr<EndpointTable> table_;
   std::shared_ptr<PrefixIndex> index_;
   std::mutex mu_;
+  PrefixDemand demand_;  // guarded by mu_
   uint64_t rng_state_;
   uint64_t rng() noexcept;          // splitmix64: tiny, fast, good enough for tie-breaks
   uint64_t below(uint64_t n) noexcept;  // uniform in [0, n)

@@ -26,6 +26,8 @@ import numpy.typing as npt
 
 __version__: Final[str]
 
+DEMAND_KEY_BLOCKS: Final[int] = 8
+"""A prompt's prefix group for ``Scheduler.hot`` is the hash of its first this-many blocks."""
 UNKNOWN_ADAPTER: Final[int] = 256
 """``Scheduler.pick(lora=UNKNOWN_ADAPTER)``: the request names an adapter that is not in the
 registry (``find_adapter`` returned -1), so no endpoint has it running or waiting."""
@@ -307,3 +309,36 @@ class Scheduler:
         (ranked endpoints, the primary's matched blocks (0 if none), total blocks, uncached
         tokens). About half the call overhead of ``pick``.
         """
+
+    def route(
+        self,
+        profile: Profile,
+        prompt: bytes,
+        seed: int,
+        block_bytes: int,
+        max_blocks: int,
+        prompt_tokens: int,
+        block_tokens: int,
+        lora: int,
+        k: int,
+        charge: int,
+        hot_charge: int,
+        hot_factor: float,
+    ) -> tuple[list[int], int, int, int, npt.NDArray[np.uint64], bool]:
+        """The gateway's whole per-request step in one call: ``hashes = hash_blocks(prompt,
+        block_bytes, seed, max_blocks)``; when ``hot_factor`` > 0 and there are hashes,
+        ``hot = self.hot(hashes[DEMAND_KEY_BLOCKS group index], hot_factor)`` and a hot
+        request is charged ``hot_charge`` instead of ``charge``; then ``pick_reserve``.
+        Returns (ranked, primary's matched blocks, total blocks, uncached tokens, hashes, hot).
+        The group index is ``max(min(len(hashes) - 1, DEMAND_KEY_BLOCKS), 1) - 1``: the first
+        blocks' hash, never the last (possibly partial) block's.
+        """
+
+    def hot(self, key: int, factor: float) -> bool:
+        """Count one request of prefix group ``key`` (uint64) in this pool's recent demand
+        (exponential decay over ~256 requests, bounded to ~4,096 groups; see
+        ``igw.scheduling.demand``) and say whether the group's share of recent requests times
+        the live endpoint count exceeds ``factor``."""
+
+    def demand_groups(self) -> int:
+        """Prefix groups the demand tracks (bounded)."""

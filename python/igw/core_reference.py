@@ -27,6 +27,7 @@ __version__ = "reference"
 
 MAX_ADAPTERS = 256
 UNKNOWN_ADAPTER = MAX_ADAPTERS  # pick(lora=...) for a requested adapter no endpoint has
+DEMAND_KEY_BLOCKS = 8  # a prompt's prefix group: the hash of its first blocks (see route)
 MAX_TABLE_CAPACITY = 65535
 
 
@@ -793,6 +794,10 @@ class Scheduler:
         self._index = index
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
+        # imported here: igw.scheduling imports this module's users (no cycle at load time)
+        from igw.scheduling.demand import PrefixDemand
+
+        self._demand = PrefixDemand()
 
     def pick(
         self,
@@ -931,6 +936,49 @@ class Scheduler:
         if ranked and ranked[0] < len(result.matched_blocks):
             matched = int(result.matched_blocks[ranked[0]])
         return ranked, matched, result.total_blocks, result.uncached_tokens
+
+    def route(
+        self,
+        profile: Profile,
+        prompt: bytes,
+        seed: int,
+        block_bytes: int,
+        max_blocks: int,
+        prompt_tokens: int,
+        block_tokens: int,
+        lora: int,
+        k: int,
+        charge: int,
+        hot_charge: int,
+        hot_factor: float,
+    ) -> tuple[list[int], int, int, int, np.ndarray, bool]:
+        if hot_charge < 0:
+            raise Error(f"hot_charge must be >= 0, got {hot_charge}")
+        if not math.isfinite(hot_factor):
+            raise Error("hot_factor must be finite")
+        hashes = hash_blocks(prompt, block_bytes, seed, max_blocks)
+        hot = False
+        if hot_factor > 0 and len(hashes):
+            hot = self.hot(int(hashes[max(min(len(hashes) - 1, DEMAND_KEY_BLOCKS), 1) - 1]),
+                           hot_factor)  # fmt: skip
+            if hot:
+                charge = hot_charge
+        ranked, matched, total, uncached = self.pick_reserve(
+            profile, hashes, prompt_tokens, block_tokens, lora, k, charge
+        )
+        return ranked, matched, total, uncached, hashes, hot
+
+    def hot(self, key: int, factor: float) -> bool:
+        key = _seed_arg("key", key)
+        factor = _float_arg("factor", factor)
+        if not math.isfinite(factor):
+            raise Error("factor must be finite")
+        with self._lock:
+            return self._demand.is_hot(key, len(self._table), factor)
+
+    def demand_groups(self) -> int:
+        with self._lock:
+            return len(self._demand)
 
     def filter(
         self,

@@ -135,6 +135,73 @@ def test_pick_reserve_equals_pick_with_reserve_and_record(make_pool, core):
     assert results[1][5][2] == 22 + 9
 
 
+def test_route_equals_hashing_then_pick_reserve(make_pool, core):
+    prompt = b"system prompt " * 100
+    seed = core.model_seed("m")
+    results = []
+    for fused in (False, True):
+        table, index, sched = loaded(make_pool, core, [0.5, 0.5, 0.5], seed=7)
+        profile = core.Profile([("prefix-cache-scorer", 2.0, {}), ("queue-scorer", 1.0, {})])
+        hashes = core.hash_blocks(prompt, 256, seed, 0)
+        index.record(1, hashes[:2])
+        if fused:
+            *head, got, hot = sched.route(profile, prompt, seed, 256, 0, 350, 64, -1, 2, 9, 40, 0.0)
+            assert got.tolist() == hashes.tolist()
+            assert hot is False
+        else:
+            head = list(sched.pick_reserve(profile, hashes, 350, 64, -1, 2, 9))
+        s = table.snapshot()
+        results.append((head, s.inflight_tokens.tolist(), index.match(hashes).tolist()))
+    assert results[0] == results[1]
+    assert results[1][0][:2] == [[1, results[1][0][0][1]], 2]
+
+
+def test_route_charges_a_hot_prefix_the_hot_charge(make_pool, core):
+    table, _, sched = loaded(make_pool, core, [0.1, 0.1, 0.1, 0.1])
+    profile = core.Profile(KV)
+    prompt = b"one popular system prompt " * 40  # ~4 blocks of 256 bytes
+    seed = core.model_seed("m")
+    # the only prefix seen: its share is 1.0, times 4 endpoints = 4 > 1.5, so it is hot
+    args = (seed, 256, 0, 260, 64, -1, 1, 5, 500)
+    ranked, _, _, uncached, _, hot = sched.route(profile, prompt, *args, 1.5)
+    assert hot is True
+    assert table.snapshot().inflight_tokens[ranked[0]] == uncached + 500
+    # with the demand off (factor 0): the plain charge, and nothing counted
+    before = table.snapshot().inflight_tokens.copy()
+    ranked, _, _, uncached, _, hot = sched.route(profile, b"x" * 600, *args, 0.0)
+    assert hot is False
+    grew = table.snapshot().inflight_tokens - before
+    assert grew[ranked[0]] == uncached + 5
+    assert sched.demand_groups() == 1
+
+
+def test_hot_is_a_share_of_recent_requests_times_endpoints(make_pool, core):
+    _, _, sched = loaded(make_pool, core, [0.1] * 4)
+    for key in range(1, 9):  # eight groups, one request each
+        sched.hot(key, 1.5)
+    # group 1's share is about 1/9 after one more request: 4 x 1/9 < 1.5 -> not hot
+    assert sched.hot(1, 1.5) is False
+    for _ in range(30):
+        sched.hot(99, 1.5)
+    assert sched.hot(99, 1.5) is True  # ~31 of 40 recent requests
+    assert sched.demand_groups() == 9
+
+
+def test_route_and_hot_refuse_bad_arguments(make_pool, core):
+    _, _, sched = loaded(make_pool, core, [0.1, 0.2])
+    profile = core.Profile(KV)
+    with pytest.raises(core.Error, match="block_bytes"):
+        sched.route(profile, b"abc", 0, 0, 0, 1, 64, -1, 1, 0, 0, 0.0)
+    with pytest.raises(core.Error, match="hot_charge"):
+        sched.route(profile, b"abc", 0, 256, 0, 1, 64, -1, 1, 0, -1, 1.0)
+    with pytest.raises(core.Error, match="finite"):
+        sched.route(profile, b"abc", 0, 256, 0, 1, 64, -1, 1, 0, 0, math.nan)
+    with pytest.raises(core.Error, match="factor"):
+        sched.hot(1, math.inf)
+    with pytest.raises(core.Error, match="key"):
+        sched.hot(-1, 1.0)
+
+
 def test_pick_reserve_with_nothing_eligible_reserves_nothing(make_pool, core):
     table, _, sched = loaded(make_pool, core, [0.1, 0.2])
     table.set_ready(0, False)

@@ -13,6 +13,7 @@ from sched_helpers import add_endpoint, make_request
 from igw.config import load_config
 from igw.errors import ErrorCode, InferenceError
 from igw.scheduling import PluginKind, SchedulingEngine, default_registry, named_policy
+from igw.scheduling.framework import PREFIX_ATTR
 
 HERMETIC_CONFIG = (
     Path(__file__).resolve().parents[1] / "data" / "hermetic-epp-config.yaml"
@@ -192,25 +193,15 @@ def test_prefix_does_not_match_across_models(make_pool):
     assert other.matched_blocks == 0
 
 
-def test_block_hashes_are_computed_once_per_request(make_pool, monkeypatch):
+def test_block_hashes_are_computed_once_per_request(make_pool):
     pool = make_pool([(0, 0, 0.0), (1, 0, 0.0)])
     engine = SchedulingEngine()
-    from igw.scheduling._backend import core_of
-
-    module = core_of(pool.scheduler)
-    calls = []
-    real = module.hash_blocks
-
-    def counting(*args, **kwargs):
-        calls.append(args)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(module, "hash_blocks", counting)
     request = make_request("d" * 1000)
     engine.release(engine.schedule(request, pool))
+    first = request.attrs[PREFIX_ATTR][1]
     engine.release(engine.schedule(request, pool, k=2))  # e.g. a retry of the same request
-    assert len(calls) == 1
-    assert calls[0][1] == 256  # 64 tokens x 4 bytes
+    assert request.attrs[PREFIX_ATTR][1] is first  # reused, not hashed again
+    assert len(first) == 4  # 1,000 bytes in blocks of 64 tokens x 4 bytes
 
 
 def test_scores_by_plugin_and_address(make_pool):

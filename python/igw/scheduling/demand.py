@@ -19,6 +19,11 @@ There is no warm-up: while few requests have been seen every prefix looks hot, w
 old behaviour (every request charged) and what a burst of one new prefix needs. Memory is
 bounded: when more than ``max_keys`` prefixes are tracked, those whose decayed count
 fell below one request are dropped.
+
+The gateway runs the C++ copy of this model (``cpp/demand.h``, one per pool inside the core's
+``Scheduler``, reached through ``Scheduler.route`` and ``Scheduler.hot``) so the per-request
+count costs no Python; this class is its reference twin (``igw.core_reference``) and the
+readable statement of the model. Both compute in double in the same order.
 """
 
 from __future__ import annotations
@@ -67,6 +72,10 @@ class PrefixDemand:
         if len(counts) > self.max_keys:
             self._prune()
         return value / total * max(endpoints, 1) > factor
+
+    def __len__(self) -> int:
+        """Prefix groups tracked."""
+        return len(self._counts)
 
     def _prune(self) -> None:
         now = self._seen

@@ -61,7 +61,6 @@ from igw.datastore import Pool
 from igw.pipeline import Decision, Request
 from igw.scheduling._backend import core_of, is_core_error
 from igw.scheduling.calibration import PrefillCalibrator
-from igw.scheduling.demand import PrefixDemand
 from igw.scheduling.framework import PREFIX_ATTR
 from igw.scheduling.gate import Notify, PrefillGate
 from igw.scheduling.profiles import BuiltProfile
@@ -149,8 +148,6 @@ class SchedulingEngine:
         self._snapshots: weakref.WeakKeyDictionary[Pool, _CachedSnapshot] = (
             weakref.WeakKeyDictionary()
         )
-        self._demand: weakref.WeakKeyDictionary[Pool, PrefixDemand] = weakref.WeakKeyDictionary()
-        self._last_demand: tuple[Pool, PrefixDemand] | None = None  # keeps one pool alive
         self._modules: dict[type, Any] = {}  # scheduler class -> its core module (core_of)
         # (core module, model, cache salt, LoRA) -> hash seed: one core call saved per request
         self._seeds: dict[tuple[Any, str | None, str | None, str | None], int] = {}
@@ -307,10 +304,14 @@ class SchedulingEngine:
             if not mask.any():
                 raise errors.no_endpoints()
         python_plugins = bool(profile.filters or profile.python_scorers)
-        snapshot = self._snapshot(pool) if python_plugins else None
         module = self._modules.get(type(pool.scheduler))
         if module is None:
             module = self._modules[type(pool.scheduler)] = core_of(pool.scheduler)
+        if not python_plugins and mask is None and not with_scores:
+            routed = self._route(request, pool, profile, module, k)
+            if routed is not None:
+                return routed
+        snapshot = self._snapshot(pool) if python_plugins else None
         hashes, prompt_tokens = self._prefix(request, profile, module)  # filters may read them
         extra_scores = extra_weights = None
         if python_plugins:
@@ -363,6 +364,61 @@ class SchedulingEngine:
             }  # fmt: skip
             ranked = ranked + self._fallbacks(module, profile, pool, request_args, mask,
                                               k - len(ranked), ranked)  # fmt: skip
+        decision = self._decide(request, pool, profile, ranked, matched, total_blocks,
+                                uncached, charge)  # fmt: skip
+        if with_scores and scores is not None:
+            decision.scores = self._scores_by_address(pool, profile, scores, mask)
+        return decision
+
+    def _route(
+        self, request: Request, pool: Pool, profile: BuiltProfile, module, k: int
+    ) -> Decision | None:
+        """The usual request (no Python plugins, no subset, no scores wanted) in one core call:
+        hash, hot-prefix demand, pick, reserve and record (``Scheduler.route``). None when the
+        prompt's hashes are already known (a retry): the general path reuses them."""
+        prompt = request.prompt
+        if not prompt:
+            return None
+        settings = profile.prefix
+        model = request.target_model or request.incoming_model
+        salt, lora_name = request.cache_salt, request.lora
+        key = (settings.block_bytes, settings.max_blocks, model, salt, lora_name)
+        cached = request.attrs.get(PREFIX_ATTR)
+        if cached is not None and cached[0] == key:
+            return None
+        seed = self._seed(module, model, salt, lora_name)
+        tokens = request.prompt_tokens_estimate or math.ceil(len(prompt) / BYTES_PER_TOKEN)
+        lora = self._lora(request, pool, profile, module) if profile.uses_lora else -1
+        charge = profile.request_charge
+        core_profile = self._core_profile(module, profile, pool)
+        started = time.perf_counter()
+        ranked, matched, total_blocks, uncached, hashes, hot = pool.scheduler.route(
+            core_profile, prompt, seed, settings.block_bytes, settings.max_blocks, tokens,
+            settings.block_tokens, lora, k, charge, profile.hot_request_charge,
+            profile.hot_prefix_factor,
+        )  # fmt: skip
+        self._record("core-pick", profile.name, time.perf_counter() - started)
+        request.attrs[PREFIX_ATTR] = (key, hashes)
+        if hot:
+            charge = profile.hot_request_charge
+        if not ranked:
+            raise errors.no_endpoints()
+        if len(ranked) < k and profile.narrows_in_core:
+            request_args = {
+                "hashes": hashes, "prompt_tokens": tokens, "block_tokens": settings.block_tokens,
+                "lora": lora, "extra_scores": None, "extra_weights": None,
+            }  # fmt: skip
+            ranked = ranked + self._fallbacks(module, profile, pool, request_args, None,
+                                              k - len(ranked), ranked)  # fmt: skip
+        return self._decide(request, pool, profile, ranked, matched, total_blocks, uncached,
+                            charge)  # fmt: skip
+
+    def _decide(
+        self, request: Request, pool: Pool, profile: BuiltProfile, ranked: list[int],
+        matched: int, total_blocks: int, uncached: int, charge: int,
+    ) -> Decision:  # fmt: skip
+        """The Decision for a pick that reserved ``ranked[0]``, and what the engine holds for
+        it until release (charge, prefill-ahead estimate, calibration work)."""
         by_id = pool.by_id
         decision = Decision(
             pool=pool,
@@ -373,8 +429,6 @@ class SchedulingEngine:
             total_blocks=int(total_blocks),
             profile=profile.name,
         )
-        if with_scores and scores is not None:
-            decision.scores = self._scores_by_address(pool, profile, scores, mask)
         if not decision.endpoints:
             return decision
         endpoint = decision.primary
@@ -393,20 +447,14 @@ class SchedulingEngine:
         self._held[id(decision)] = (decision, held)
         return decision
 
-    def _hot(self, pool: Pool, hashes: Any, factor: float) -> bool:
+    @staticmethod
+    def _hot(pool: Pool, hashes: Any, factor: float) -> bool:
         """Whether this prompt's prefix group takes more than ``factor`` endpoints' fair share
-        of the pool's recent requests (a prompt with no hashes is never hot)."""
+        of the pool's recent requests (a prompt with no hashes is never hot). The demand is
+        the pool's core scheduler's, shared with ``Scheduler.route``."""
         if hashes is None or not len(hashes):
             return False
-        last = self._last_demand
-        if last is not None and last[0] is pool:
-            demand = last[1]  # the usual case, one pool: no weak-dictionary lookup
-        else:
-            demand = self._demand.get(pool)
-            if demand is None:
-                demand = self._demand[pool] = PrefixDemand()
-            self._last_demand = (pool, demand)
-        return demand.is_hot(_group_of(hashes), len(pool), factor)
+        return pool.scheduler.hot(_group_of(hashes), factor)
 
     def _run_filters(
         self, request: Request, pool: Pool, profile: BuiltProfile, snapshot: Any, mask
@@ -482,17 +530,20 @@ class SchedulingEngine:
         cached = request.attrs.get(PREFIX_ATTR)
         if cached is not None and cached[0] == key:
             return cached[1], tokens
-        seed_key = (module, model, request.cache_salt, request.lora)
+        seed = self._seed(module, model, request.cache_salt, request.lora)
+        hashes = module.hash_blocks(prompt, settings.block_bytes, seed, settings.max_blocks)
+        request.attrs[PREFIX_ATTR] = (key, hashes)
+        return hashes, tokens
+
+    def _seed(self, module, model: str, salt: str | None, lora: str | None) -> int:
+        """The prompt hash chain's root for this model, salt and adapter (cached, bounded)."""
+        seed_key = (module, model, salt, lora)
         seed = self._seeds.get(seed_key)
         if seed is None:
             if len(self._seeds) >= MAX_CACHED_SEEDS:
                 self._seeds.clear()  # salts are the clients' choice: stay bounded
-            seed = self._seeds[seed_key] = module.model_seed(
-                model, request.cache_salt, request.lora or ""
-            )
-        hashes = module.hash_blocks(prompt, settings.block_bytes, seed, settings.max_blocks)
-        request.attrs[PREFIX_ATTR] = (key, hashes)
-        return hashes, tokens
+            seed = self._seeds[seed_key] = module.model_seed(model, salt, lora or "")
+        return seed
 
     def _snapshot(self, pool: Pool) -> Any:
         """The pool's shared snapshot for Python plugins (see the module doc for when it is

@@ -155,6 +155,17 @@ class _RemoteScheduler:
         matched = int(result.matched_blocks[ranked[0]]) if ranked else 0
         return ranked, matched, result.total_blocks, result.uncached_tokens
 
+    def route(self, profile, prompt, seed, block_bytes, max_blocks, prompt_tokens,
+              block_tokens, lora, k, charge, hot_charge, hot_factor):  # fmt: skip
+        """``Scheduler.route``: the prompt is hashed here, the pick runs over there. The
+        protocol carries no prefix demand (the default profile counts none)."""
+        from igw.scheduling import _backend
+
+        assert hot_factor == 0, hot_factor
+        hashes = _backend.core.hash_blocks(prompt, block_bytes, seed, max_blocks)
+        picked = self.pick_reserve(profile, hashes, prompt_tokens, block_tokens, lora, k, charge)
+        return (*picked, hashes, False)
+
 
 class _RemoteInflightTable:
     """Stands in for ``pool.table`` in a worker: reads go to the local table (scraped metrics,

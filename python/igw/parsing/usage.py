@@ -8,12 +8,18 @@ fields winning (Anthropic splits it across message_start / message_delta). Shape
 top-level ``usage`` (chat / completions / vLLM), ``response.usage`` of a
 ``response.completed`` event (Responses API), ``message.usage`` (Anthropic message_start).
 
-Non-streamed bodies are buffered up to a bound and decoded once at the end.
+Non-streamed bodies are buffered up to a bound and read once at the end. Only the top-level
+``usage`` object is needed, so it is looked for from the end of the body (where OpenAI, vLLM,
+SGLang and Anthropic put it, at most a few short fields before the closing brace) and only it
+and the fields after it are decoded; the choices and texts before it are not. See
+``_tail_usage`` for why a text or prompt that contains ``"usage"`` cannot fool the search;
+when the search cannot settle it, the whole body is decoded as before.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from igw.pipeline import Usage
@@ -117,6 +123,10 @@ def _maybe_rounded(usage: Usage) -> bool:
 
 def usage_from_body(body: bytes) -> Usage | None:
     """Usage of a whole non-streamed JSON response (top-level ``usage``); None if absent."""
+    if len(body) >= MIN_SEARCHED_BODY:
+        found = _tail_usage(body)
+        if found is not None:
+            return found
     if b"usage" not in body:
         return None
     data: Any = None
@@ -131,6 +141,67 @@ def usage_from_body(body: bytes) -> Usage | None:
         except (ValueError, RecursionError):
             return None
     return _usage_in_event(data)
+
+
+# Below this size decoding the whole body with orjson costs about what the search does
+# (measured: even around 600-800 bytes; at 2 KB 2.4 us vs 3.8 us, at 10 KB 2.4 vs 9.6).
+MIN_SEARCHED_BODY = 768
+MAX_TAIL_CANDIDATES = 4  # '"usage"' matches tried from the end before decoding everything
+_KEY = b'"usage"'
+_KEY_COLON = re.compile(rb'"usage"[ \t\n\r]*:')  # the key and its colon (JSON whitespace)
+
+
+def _tail_usage(body: bytes) -> Usage | None:
+    """The top-level usage found from the end of ``body`` without decoding what comes before
+    it, or None when this search cannot tell (then the whole body is decoded).
+
+    How: for the last ``"usage":`` key, ``{"usage":`` + the rest of the body is decoded. It
+    decodes as one object only if the key's value and the members after it are complete and
+    the body's last ``}`` closes the object holding the key: then that object is the body's
+    top-level object, and the decoded usage is the one a decode of the whole body gives (a
+    later duplicate key would be in the decoded part too). A nested ``usage`` (in a choice, a
+    tool call) leaves braces unbalanced, fails to decode, and the match before it is tried.
+
+    Why a ``"usage"`` inside a text cannot fool it: in valid JSON a quote inside a string is
+    escaped (preceded by an odd number of backslashes), so an unescaped ``"usage"`` opens a
+    string (a closing quote cannot be followed by ``u``); followed by ``:`` it is a key. The
+    part before the key is not validated: a malformed body with a well-formed top-level usage
+    at its end counts that usage, where decoding the whole body counted none.
+    """
+    at = len(body)
+    for _ in range(MAX_TAIL_CANDIDATES):
+        at = body.rfind(_KEY, 0, at)
+        if at <= 0:
+            return None
+        if body[at - 1] == 0x5C:  # a backslash: escaped unless it is itself escaped
+            escapes = 1
+            while at > escapes and body[at - 1 - escapes] == 0x5C:
+                escapes += 1
+            if escapes % 2:
+                continue  # inside a string
+        key = _KEY_COLON.match(body, at)
+        if key is None:
+            continue  # "usage" is a value here
+        payload = b'{"usage":' + body[key.end() :]
+        event: Any = None
+        if _fast_loads is not None:
+            try:
+                event = _fast_loads(payload)
+            except ValueError:
+                event = None
+        if event is None:
+            try:  # json accepts more than orjson (NaN, lone surrogates), and not nesting
+                event = json.loads(payload)
+            except (ValueError, RecursionError):
+                continue
+        usage = event.get("usage") if type(event) is dict else None
+        if type(usage) is not dict:
+            return None  # null or another type: the other shapes may apply, decode it all
+        found = usage_from_mapping(usage)
+        if found is not None and _maybe_rounded(found):
+            found = usage_from_mapping(json.loads(payload)["usage"])
+        return found
+    return None
 
 
 class UsageParser:

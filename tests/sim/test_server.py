@@ -50,12 +50,14 @@ async def test_cache_hit_lowers_wall_clock_time_to_first_token(http):
 
 
 async def test_requests_beyond_max_num_seqs_wait_and_take_longer(http):
-    async with SimFleet(1, speed=2, max_num_seqs=2) as fleet:  # each batch ~100 ms wall
+    # each batch ~200 ms wall, so four requests wait for ~200-400 ms: scrapes every 5 ms see
+    # it even on a loaded CI machine (at ~100 ms per batch one run missed it)
+    async with SimFleet(1, speed=1, max_num_seqs=2) as fleet:
         base = fleet.urls[0]
         body = {"prompt": "hello there", "max_tokens": 20, "ignore_eos": True}
         tasks = [asyncio.create_task(post(http, base + "/v1/completions", body)) for _ in range(6)]
         peak_waiting = peak_running = 0.0
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 10
         while not all(t.done() for t in tasks) and time.monotonic() < deadline:
             values = await scrape(http, base)
             peak_waiting = max(peak_waiting, metric(values, "vllm:num_requests_waiting"))

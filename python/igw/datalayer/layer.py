@@ -22,7 +22,17 @@ event-loop iteration (4 endpoints at 50 ms: idle cost ~25 -> ~17 ms of CPU per s
 cohorts are spread over the interval so 1,000 endpoints do not scrape in lockstep. Failures
 back off exponentially (capped at ``max_backoff``, with jitter) and rejoin the grid on
 recovery. Parsing a 40 KB vLLM page costs ~20 µs (``bench/test_datalayer_bench.py``), so it
-runs inline on the event loop.
+runs inline on the event loop; a page byte-identical to the last one is not parsed again.
+
+Calm endpoints are scraped less often (REFERENCE Part 2 section 7 idea 7, adaptive telemetry):
+an endpoint whose figures were unchanged over its last ``CALM_AFTER`` scrapes with nobody
+waiting, and on which igw has nothing in flight, skips grid ticks until ``calm_cap`` has
+passed since its last scrape. Anything that stirs it (a changed figure, a queue, a failure,
+igw sending it a request or hearing a response from it) puts it back on every tick at once;
+a new endpoint starts on every tick. Most of a scrape's cost is fixed (a wake-up, a loopback
+write and read on both sides, the model server rendering its page), so skipping scrapes is
+what cuts the idle cost. The cap never exceeds half the smallest staleness threshold a
+reader applies (``require_fresh``), so calm scraping cannot make a reader see "stale".
 
 Failures never raise into the loop: each is counted (``errors`` by kind, and per endpoint in
 ``state(...)``) and logged once per change of condition, with the endpoint and the numbers.
@@ -72,7 +82,17 @@ _TRANSPORT_KINDS = frozenset({TIMEOUT, CONNECT, TRANSPORT})
 LOG_EVERY = 60.0  # seconds between repeated failure log lines of one endpoint
 MAX_PAGE_BYTES = 16 << 20  # a metrics page bigger than this is not a model server's
 SCRAPE_COHORT = 64  # endpoints (by consecutive id) that share a scrape phase
+CALM_AFTER = 3  # unchanged scrapes in a row (nobody waiting) that make an endpoint calm
+CALM_FACTOR = 4  # default calm cap in scrape intervals (then bounded by freshness)
+# Flow control's default metricsStalenessThreshold (the reference's 200 ms): the data layer
+# assumes a reader that strict unless told (``consumer_staleness``, ``require_fresh``).
+CONSUMER_STALENESS = 0.2
 _GOLDEN = 0.6180339887498949  # spreads cohort phases evenly over the interval, any count
+
+
+def _wake(nap: asyncio.Future[None]) -> None:
+    if not nap.done():
+        nap.set_result(None)
 
 
 class DataLayerError(Exception):
@@ -102,6 +122,12 @@ class EndpointState:
     last_error_kind: str = ""
     last_logged: float = -math.inf  # clock() of the last failure log line
     capacity_blocks: int | None = None  # what we last gave the prefix index
+    unchanged: int = 0  # scrapes in a row whose figures equalled the previous, nobody waiting
+    calm: bool = False  # scraped every ``calm_cap`` instead of every tick
+    page: bytes | None = None  # the last page parsed (an identical one is not parsed again)
+    spec: EngineSpec | None = None  # the engine spec ``page`` was parsed with
+    row: dict[str, Any] | None = None  # table.update arguments of ``last`` (without now)
+    nap: asyncio.Future[None] | None = None  # a calm scraper's sleep, ended early by a stir
     fetch: AiohttpFetch | LeanFetch | None = None
     task: asyncio.Task[None] | None = None
     probe_task: asyncio.Task[None] | None = None
@@ -140,6 +166,12 @@ class DataLayer:
     and described; ``compress`` ask for gzip pages; ``transport`` "auto", "aiohttp" or
     "httptools"; ``session`` an aiohttp session to use (left open); ``clock`` and ``seed``
     for tests.
+
+    ``calm_interval`` longest gap between a calm endpoint's scrapes (s; None = ``CALM_FACTOR``
+    intervals; equal to ``interval`` turns calm scraping off); ``consumer_staleness`` the
+    smallest staleness threshold any reader of the table applies (flow control's
+    ``metricsStalenessThreshold``; more with ``require_fresh``). The cap in force is
+    ``calm_cap``: never more than half of that threshold nor of ``staleness``.
     """
 
     def __init__(
@@ -165,11 +197,23 @@ class DataLayer:
         session: aiohttp.ClientSession | None = None,
         clock: Callable[[], float] = time.monotonic,
         seed: int | None = None,
+        calm_interval: float | None = None,
+        consumer_staleness: float = CONSUMER_STALENESS,
     ) -> None:
         self.pool = pool
         self.interval = _positive("interval", interval)
         self.timeout = _positive("timeout", timeout)
         self.staleness = _positive("staleness", staleness)
+        if calm_interval is None:
+            calm_interval = CALM_FACTOR * self.interval
+        elif _positive("calm_interval", calm_interval) < self.interval:
+            raise ValueError(
+                f"DataLayer calm_interval must be >= interval ({self.interval:g}s; equal turns "
+                f"calm scraping off), got {calm_interval!r}"
+            )
+        self.calm_interval = float(calm_interval)
+        self._fresh = min(self.staleness, _positive("consumer_staleness", consumer_staleness))
+        self.calm_cap = self._calm_cap()
         self.max_backoff = max(self.interval, _positive("max_backoff", max_backoff))
         if not isinstance(block_tokens, int) or block_tokens < 1:
             raise ValueError(f"DataLayer block_tokens must be an int >= 1, got {block_tokens!r}")
@@ -226,6 +270,49 @@ class DataLayer:
         self._states: dict[int, EndpointState] = {}
         self._adapter_ids: dict[str, int] = {}
         self._running = False
+
+    # -- calm cadence ---------------------------------------------------------------------
+    def _calm_cap(self) -> float:
+        # Half the strictest threshold: a calm endpoint's figures are at most that old when
+        # its next scrape lands, so even a scrape late by as much again is not "stale".
+        return max(self.interval, min(self.calm_interval, self._fresh / 2))
+
+    @property
+    def calm_period(self) -> float:
+        """A calm endpoint's scrape period: the most whole intervals within ``calm_cap``."""
+        return self.interval * max(1, math.floor(self.calm_cap / self.interval + 1e-9))
+
+    def require_fresh(self, staleness: float) -> None:
+        """A reader of the table treats rows older than ``staleness`` seconds as stale (e.g.
+        a saturation detector's ``metricsStalenessThreshold``): keep calm scraping well
+        inside it. Lowers ``calm_cap`` when needed; never raises it."""
+        self._fresh = min(self._fresh, _positive("staleness", staleness))
+        cap = self._calm_cap()
+        if cap != self.calm_cap:
+            log.debug(
+                "calm endpoints scraped every %.3fs at most (a reader's staleness threshold "
+                "is %.3fs)", cap, self._fresh,
+            )  # fmt: skip
+            self.calm_cap = cap
+
+    def _stir(self, state: EndpointState, why: str) -> None:
+        """Something happened at the endpoint: scrape it on every tick again."""
+        state.unchanged = 0
+        if state.calm:
+            state.calm = False
+            if state.nap is not None and not state.nap.done():
+                state.nap.set_result(None)
+            log.debug(
+                "endpoint %s scraped every %.3fs again: %s",
+                state.endpoint.address, self.interval, why,
+            )  # fmt: skip
+
+    def _busy(self, state: EndpointState) -> bool:
+        """igw has requests in flight on the endpoint (its figures are about to move)."""
+        try:
+            return bool(self.pool.table.inflight()[0][state.endpoint.id] > 0)
+        except (IndexError, AttributeError):
+            return False
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -362,9 +449,11 @@ class DataLayer:
         """Offset in [0, interval) of this endpoint's scrape ticks on the loop's clock."""
         return ((endpoint_id // SCRAPE_COHORT) * _GOLDEN) % 1.0 * self.interval
 
-    def _next_tick(self, phase: float, now: float) -> float:
-        """The first grid point ``phase + k * interval`` after ``now`` (missed ticks skipped)."""
-        return phase + (math.floor((now - phase) / self.interval) + 1) * self.interval
+    def _next_tick(self, phase: float, now: float, period: float | None = None) -> float:
+        """The first grid point ``phase + k * period`` after ``now`` (missed ticks skipped);
+        ``period`` defaults to ``interval``."""
+        period = period or self.interval
+        return phase + (math.floor((now - phase) / period) + 1) * period
 
     async def _scrape_loop(self, state: EndpointState) -> None:
         loop = asyncio.get_running_loop()
@@ -377,9 +466,29 @@ class DataLayer:
                 exponent = min(state.consecutive_failures, 30)
                 delay = min(self.max_backoff, self.interval * 2.0**exponent)
                 deadline = now + delay * self._rng.uniform(0.75, 1.0)
+            elif state.calm:
+                # A coarser grid of the same phase, period <= calm_cap: the next scrape is
+                # within calm_cap of this one, and the calm endpoints of a cohort still wake
+                # together (one wake-up, not one per endpoint).
+                await self._nap(state, self._next_tick(phase, now, self.calm_period) - now)
+                if state.calm:
+                    continue
+                now = loop.time()  # stirred while napping: back on the grid at once
+                deadline = self._next_tick(phase, now)
             else:
                 deadline = self._next_tick(phase, now)
             await asyncio.sleep(max(0.0, deadline - now))
+
+    async def _nap(self, state: EndpointState, delay: float) -> None:
+        """Sleep like ``asyncio.sleep`` (same cost), but ``_stir`` can end it early."""
+        loop = asyncio.get_running_loop()
+        nap = state.nap = loop.create_future()
+        handle = loop.call_later(max(0.0, delay), _wake, nap)
+        try:
+            await nap
+        finally:
+            handle.cancel()
+            state.nap = None
 
     async def _scrape(self, state: EndpointState) -> None:
         if state.fetch is None:
@@ -399,6 +508,9 @@ class DataLayer:
             return
         engine = self.engine_of(state.endpoint)
         spec = self.engines.get(engine)
+        if body == state.page and spec is state.spec and state.last is not None:
+            self._write(state, state.last)  # the very same page: same figures, fresh time
+            return
         if spec is None:
             self._soft_failure(
                 state, PARSE, f"unknown engine {engine!r}; expected one of {sorted(self.engines)}"
@@ -412,31 +524,52 @@ class DataLayer:
         except Exception as exc:  # never let a surprising page kill the scraper
             self._soft_failure(state, PARSE, f"GET {state.url}: {type(exc).__name__}: {exc}")
             return
-        self._write(state, scraped)
+        if self._write(state, scraped):
+            state.page, state.spec = body, spec
 
-    def _write(self, state: EndpointState, scraped: Scraped) -> None:
+    def _write(self, state: EndpointState, scraped: Scraped) -> bool:
+        """Write a scrape's figures to the table (and note whether the endpoint is calm);
+        False when the core refused the row."""
         endpoint = state.endpoint
         now = self._clock()
-        lora_active = lora_waiting = None
-        if scraped.lora_running is not None:
-            lora_active = self._adapter_list(scraped.lora_running)
-            lora_waiting = self._adapter_list(scraped.lora_waiting or ())
+        same = scraped == state.last
+        row = state.row
+        if row is None or not same:
+            lora_active = lora_waiting = None
+            if scraped.lora_running is not None:
+                lora_active = self._adapter_list(scraped.lora_running)
+                lora_waiting = self._adapter_list(scraped.lora_waiting or ())
+            row = {
+                "waiting": scraped.waiting,
+                "running": scraped.running,
+                "kv_util": scraped.kv_util,
+                "kv_blocks": scraped.num_blocks or -1,
+                "block_size": scraped.block_size or -1,
+                "max_lora": -1 if scraped.max_lora is None else scraped.max_lora,
+                "lora_active": lora_active,
+                "lora_waiting": lora_waiting,
+            }
         try:
-            self.pool.table.update(
-                endpoint.id,
-                waiting=scraped.waiting,
-                running=scraped.running,
-                kv_util=scraped.kv_util,
-                now=now,
-                kv_blocks=scraped.num_blocks or -1,
-                block_size=scraped.block_size or -1,
-                max_lora=-1 if scraped.max_lora is None else scraped.max_lora,
-                lora_active=lora_active,
-                lora_waiting=lora_waiting,
-            )
+            self.pool.table.update(endpoint.id, now=now, **row)
         except Exception as exc:  # the core rejected the row (should not happen)
             self._soft_failure(state, UPDATE, f"table.update rejected the scrape: {exc}")
-            return
+            return False
+        state.row = row
+        if not same:
+            self._stir(state, "its figures changed")
+        elif scraped.waiting:
+            self._stir(state, f"{scraped.waiting} requests are waiting")
+        elif self._busy(state):
+            self._stir(state, "igw has requests in flight on it")
+        elif self.calm_cap > self.interval:
+            state.unchanged += 1
+            if not state.calm and state.unchanged >= CALM_AFTER:
+                state.calm = True
+                log.debug(
+                    "endpoint %s is calm (figures unchanged over %d scrapes, nobody waiting): "
+                    "scraped every %.3fs until something changes",
+                    endpoint.address, state.unchanged, self.calm_cap,
+                )  # fmt: skip
         if state.last_error:
             log.info(
                 "endpoint %s metrics flow again after %d errors (%s)",
@@ -456,6 +589,7 @@ class DataLayer:
                     self.block_tokens,
                 )  # fmt: skip
                 state.capacity_blocks = capacity
+        return True
 
     def _adapter_list(self, names) -> list[int]:
         ids = []
@@ -511,6 +645,7 @@ class DataLayer:
         self._count(state, kind, message)
 
     def _count(self, state: EndpointState, kind: str, message: str) -> None:
+        self._stir(state, f"a scrape failed ({kind})")
         self.errors[kind] += 1
         state.errors[kind] += 1
         now = self._clock()
@@ -544,6 +679,7 @@ class DataLayer:
         state.outcomes.add(now, ok)
         if ok or state.down:
             return
+        self._stir(state, "a response from it failed")
         reason = self._outlier_reason(state, now)
         if reason is None:
             return

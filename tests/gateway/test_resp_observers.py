@@ -274,7 +274,7 @@ class _FakePool:
     def __init__(self, upstream: _FakeUpstream) -> None:
         self.upstream = upstream
 
-    async def post(self, host, port, path, headers, body):
+    async def post(self, host, port, path, headers, body, early=None):
         return self.upstream
 
     async def close(self) -> None:

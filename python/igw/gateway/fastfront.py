@@ -125,6 +125,12 @@ class FastRequest:
         url = self.path_qs
         return url if "?" not in url else url.split("?", 1)[0]
 
+    def send_answer(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        """Write a whole answer now; the forwarder may call this from the upstream read
+        callback, while this request is still the connection's current one (so in order)."""
+        head = _head(status, headers.items(), keep_alive=self.keep_alive, length=len(body))
+        self._conn.write(head + body)
+
     def stream_response(self, status: int, headers: dict[str, str], *, defer_head: bool):
         return _Stream(self._conn, status, headers, defer_head=defer_head,
                        keep_alive=self.keep_alive)  # fmt: skip

@@ -103,6 +103,9 @@ class Pool:
         self.scheduler = _core.Scheduler(self.table, self.index, seed)
         self._by_address: dict[str, Endpoint] = {}
         self._by_id: dict[int, Endpoint] = {}
+        # by_id is the dict's own lookup (the same call, no Python frame): the scheduling
+        # engine turns every pick's ranked ids into endpoints with it
+        self.by_id: Callable[[int], Endpoint | None] = self._by_id.get
         self._listeners: list[MembershipListener] = []
         self.synced = False  # set once discovery has delivered its first full view
 
@@ -151,9 +154,6 @@ class Pool:
 
     def by_address(self, address: str) -> Endpoint | None:
         return self._by_address.get(address)
-
-    def by_id(self, endpoint_id: int) -> Endpoint | None:
-        return self._by_id.get(endpoint_id)
 
     def __len__(self) -> int:
         return len(self._by_address)

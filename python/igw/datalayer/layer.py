@@ -458,7 +458,7 @@ class DataLayer:
     async def _scrape_loop(self, state: EndpointState) -> None:
         loop = asyncio.get_running_loop()
         phase = self.scrape_phase(state.endpoint.id)
-        await asyncio.sleep(max(0.0, self._next_tick(phase, loop.time()) - loop.time()))
+        await self._nap(state, loop, self._next_tick(phase, loop.time()))
         while True:
             await self._scrape(state)
             now = loop.time()
@@ -470,20 +470,21 @@ class DataLayer:
                 # A coarser grid of the same phase, period <= calm_cap: the next scrape is
                 # within calm_cap of this one, and the calm endpoints of a cohort still wake
                 # together (one wake-up, not one per endpoint).
-                await self._nap(state, self._next_tick(phase, now, self.calm_period) - now)
+                await self._nap(state, loop, self._next_tick(phase, now, self.calm_period))
                 if state.calm:
                     continue
                 now = loop.time()  # stirred while napping: back on the grid at once
                 deadline = self._next_tick(phase, now)
             else:
                 deadline = self._next_tick(phase, now)
-            await asyncio.sleep(max(0.0, deadline - now))
+            await self._nap(state, loop, deadline)
 
-    async def _nap(self, state: EndpointState, delay: float) -> None:
-        """Sleep like ``asyncio.sleep`` (same cost), but ``_stir`` can end it early."""
-        loop = asyncio.get_running_loop()
+    @staticmethod
+    async def _nap(state: EndpointState, loop: asyncio.AbstractEventLoop, until: float) -> None:
+        """Sleep until ``until`` on the loop's clock like ``asyncio.sleep`` (without its
+        loop lookup, a getpid() system call each); ``_stir`` ends a calm endpoint's early."""
         nap = state.nap = loop.create_future()
-        handle = loop.call_later(max(0.0, delay), _wake, nap)
+        handle = loop.call_at(until, _wake, nap)
         try:
             await nap
         finally:

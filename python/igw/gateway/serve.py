@@ -337,12 +337,13 @@ async def start_stack(config: GatewayConfig, options: ServeOptions) -> Stack:
                 next(r for r in runtimes if r.name == model.pool).adapters.add(name)
 
         router = ModelRouter(runtimes, config.routes())
-        engine = EngineSet(
-            {
-                name: SchedulingEngine(cfg, recorder=metrics.engine_recorder, source=src)
-                for name, (cfg, src) in engines.items()
-            }
-        )
+        by_pool = {
+            name: SchedulingEngine(cfg, recorder=metrics.engine_recorder, source=src)
+            for name, (cfg, src) in engines.items()
+        }
+        # one pool (the usual case): its engine serves the stages directly; EngineSet's
+        # per-call lookup of the pool's engine is only needed with several
+        engine = next(iter(by_pool.values())) if len(by_pool) == 1 else EngineSet(by_pool)
         mirror = Mirror(config.mirror) if config.mirror else None
         gateway = build_gateway(
             router,

@@ -31,7 +31,8 @@ import asyncio
 import math
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
+from itertools import chain
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -120,6 +121,28 @@ class _HistogramChild:
         # bisect_left: the first bound >= amount, i.e. prometheus' "amount <= le".
         self.counts[bisect_left(self.bounds, amount)] += 1
         self.sum += amount
+
+    def observe_many(self, amounts: np.ndarray) -> None:
+        """``observe`` each of ``amounts`` (float64, in order): the same counts, and the same
+        ``sum`` to the last bit (``cumsum`` adds one after the other, as ``observe`` does)."""
+        found = np.bincount(
+            np.searchsorted(_bounds_array(self.bounds), amounts, side="left"),
+            minlength=len(self.counts),
+        )  # searchsorted "left" is bisect_left
+        counts = self.counts
+        for bucket in np.flatnonzero(found).tolist():
+            counts[bucket] += int(found[bucket])
+        self.sum = float(np.cumsum(np.concatenate(((self.sum,), amounts)))[-1])
+
+
+_BOUNDS_ARRAYS: dict[tuple[float, ...], np.ndarray] = {}
+
+
+def _bounds_array(bounds: tuple[float, ...]) -> np.ndarray:
+    array = _BOUNDS_ARRAYS.get(bounds)
+    if array is None:
+        array = _BOUNDS_ARRAYS[bounds] = np.asarray(bounds, dtype=np.float64)
+    return array
 
 
 class _Family(Collector):
@@ -433,6 +456,10 @@ def pool_gauge_values(pool: Pool) -> dict[str, float]:
 
 
 MAX_CACHED_SERIES = 4096  # label tuples whose children are kept resolved (then reset)
+BATCH = 256  # journal entries applied together (see Metrics "journals")
+_NAN = float("nan")
+_RESPONSE_FIELDS = 8  # the length of a response journal entry
+_NOT_AN_ATTEMPT = object()  # a journal entry of record_request: no scheduling attempt
 
 
 class _RequestSeries:
@@ -447,19 +474,38 @@ class _RequestSeries:
         "_epp", "_metrics", "_pair",
         "epp_cached_tokens", "epp_input_tokens", "epp_ntpot", "epp_output_tokens",
         "epp_request_duration", "epp_request_size", "epp_request_total", "epp_response_size",
-        "epp_running", "epp_ttft",
+        "epp_running", "epp_ttft", "index",
     )  # fmt: skip
 
-    def __init__(self, m: Metrics, model: str, target: str, fairness: str, priority: int):
+    def __init__(
+        self, m: Metrics, model: str, target: str, fairness: str, priority: int, index: int
+    ) -> None:
         self._metrics = m
         self._pair = (model, target)
         self._epp = (model, target, fairness, str(priority))
+        self.index = index  # in Metrics._series_list: what the journals hold
 
     def __getattr__(self, name: str):
         if name.startswith("_") or name not in _RequestSeries.__slots__:
             raise AttributeError(name)
         family = getattr(self._metrics, name)
         child = family.labels(*(self._pair if name == "epp_running" else self._epp))
+        setattr(self, name, child)
+        return child
+
+    def child(self, name: str, created: float):
+        """The child ``name``; one this makes gets ``created`` as its ``_created`` time (the
+        journals apply updates later than they were made)."""
+        try:
+            return object.__getattribute__(self, name)
+        except AttributeError:
+            pass
+        family = getattr(self._metrics, name)
+        key = self._pair if name == "epp_running" else self._epp
+        fresh = key not in family._children
+        child = family.labels(*key)
+        if fresh:
+            child.created = created
         setattr(self, name, child)
         return child
 
@@ -479,8 +525,14 @@ class Metrics:
             # Go registry has), read from /proc at scrape time only
             ProcessCollector(registry=self.registry)
         self._pools: list[Pool] = []
-        self._pending: list[tuple[Callable[..., None], tuple]] = []
+        # The journals (see "journals" below): what the request path recorded, not yet applied.
+        self._scheduled_log: list[tuple] = []  # (series index, size, endpoint, received at)
+        self._response_log: list[tuple] = []  # (series index, received, finished, ...)
+        # (plugin type, name) -> seconds recorded since the last flush (kept, emptied)
+        self._engine_log: dict[tuple[str, str], list[float]] = {}
+        self._engine_pending = False
         self._flush_loop: asyncio.AbstractEventLoop | None = None
+        self._started = time.time()  # no child is older (bounds the _created estimates)
         # The current (non-deprecated) families, which the request path updates.
         self.epp_request_total = Counter(
             "llm_d_epp_request_total", "Counter of requests.", EPP_REQUEST
@@ -625,6 +677,7 @@ class Metrics:
         ):  # fmt: skip
             self.registry.register(collector)
         self._by_labels: dict[tuple[str, str, str, int], _RequestSeries] = {}
+        self._series_list: list[_RequestSeries] = []  # by index; reset with _by_labels
         from igw import __version__
 
         self.info.labels(commit="", build_ref=__version__).set(1)
@@ -645,50 +698,170 @@ class Metrics:
                request.priority)  # fmt: skip
         series = self._by_labels.get(key)
         if series is None:
-            if len(self._by_labels) >= MAX_CACHED_SERIES:
-                self._by_labels.clear()  # bounded: children stay in the families
-            series = self._by_labels[key] = _RequestSeries(self, *key)
+            series = self._new_series(key)
         return series
 
-    # -- deferred updates ------------------------------------------------------------------
-    def _defer(self, update: Callable[..., None], *args: object) -> None:
-        """Apply ``update(*args)`` after the current event-loop step (at once with no loop)."""
+    def _new_series(self, key: tuple[str, str, str, int]) -> _RequestSeries:
+        if len(self._by_labels) >= MAX_CACHED_SERIES:
+            self.flush()  # the journals name series by index: apply them before the reset
+            self._by_labels.clear()  # bounded: children stay in the families
+            self._series_list.clear()
+        series = _RequestSeries(self, *key, len(self._series_list))
+        self._series_list.append(series)
+        self._by_labels[key] = series
+        return series
+
+    # -- journals --------------------------------------------------------------------------
+    #
+    # A request's measurements (its count and size when scheduled, the scheduler's timings,
+    # its latency, sizes and tokens when it ends) are appended as one tuple to a journal; the
+    # journals are applied together, with numpy over the whole batch, when one holds BATCH
+    # entries (after the current event-loop step) or when anything reads the registry (a
+    # scrape, ``get_sample_value``: ``_ApplyPending`` runs first). The request path so pays
+    # for one append per measurement group instead of one bucket search and sum per
+    # histogram. Nothing is lost or reordered: every entry is applied once, in the order it
+    # was made, and the counts and sums are those of one ``observe`` per value.
+    def _flush_soon(self) -> None:
+        """Apply the journals after the current event-loop step (at once with no loop)."""
         scheduled = self._flush_loop
         if scheduled is not None and not scheduled.is_closed():
-            # A flush is already scheduled: skip the loop lookup below (on Python 3.11 every
-            # asyncio.get_running_loop() is a getpid() system call).
-            self._pending.append((update, args))
-            return
+            return  # a flush is already scheduled on the running loop
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             self.flush()
-            update(*args)
             return
-        self._pending.append((update, args))
-        if self._flush_loop is not loop:
-            self._flush_loop = loop
-            loop.call_soon(self.flush)
+        self._flush_loop = loop
+        loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        """Apply the queued updates, in the order they were made."""
+        """Apply every journal entry recorded so far."""
         self._flush_loop = None
-        while self._pending:
-            pending, self._pending = self._pending, []
-            for update, args in pending:
-                update(*args)
+        if not (self._scheduled_log or self._response_log or self._engine_pending):
+            return
+        clock = time.time() - time.monotonic()  # wall = monotonic + clock (for _created)
+        if self._scheduled_log:
+            log, self._scheduled_log = self._scheduled_log, []
+            self._apply_scheduled(log, clock)
+        if self._response_log:
+            log, self._response_log = self._response_log, []
+            self._apply_responses(log, clock)
+        if self._engine_pending:
+            self._engine_pending = False
+            self._apply_engine()
 
+    def _created(self, clock: float, stamp: float) -> float:
+        """The wall time of the monotonic ``stamp``, within [metrics start, now]."""
+        return min(max(clock + stamp, self._started), time.time())
+
+    def _groups(self, index: np.ndarray):
+        """(series, positions or None for all) per series index in ``index``, in order of
+        first appearance."""
+        first = int(index[0])
+        if (index == first).all():  # the usual case: one series in the whole batch
+            yield self._series_list[first], None
+            return
+        values, firsts = np.unique(index, return_index=True)
+        for value in values[np.argsort(firsts)].tolist():
+            yield self._series_list[value], np.flatnonzero(index == value)
+
+    def _apply_scheduled(self, log: list[tuple], clock: float) -> None:
+        count = len(log)
+        index = np.fromiter((entry[0] for entry in log), dtype=np.intp, count=count)
+        sizes = np.fromiter((entry[1] for entry in log), dtype=np.float64, count=count)
+        for series, where in self._groups(index):
+            at = 0 if where is None else int(where[0])
+            created = self._created(clock, log[at][3])
+            total = series.child("epp_request_total", created)
+            total.value += float(count if where is None else len(where))
+            series.child("epp_request_size", created).observe_many(
+                sizes if where is None else sizes[where]
+            )
+        # scheduling attempts, counted per (series, endpoint) and added once each
+        attempts: dict[tuple[int, int], list] = {}
+        for entry in log:
+            endpoint = entry[2]
+            if endpoint is not _NOT_AN_ATTEMPT:
+                key = (entry[0], id(endpoint))
+                seen = attempts.get(key)
+                if seen is None:
+                    attempts[key] = [endpoint, 1]
+                else:
+                    seen[1] += 1
+        for (position, _), (endpoint, times) in attempts.items():
+            target = self._series_list[position]._pair[1]
+            if endpoint is None:
+                pod = namespace = port = ""
+            else:
+                pod, namespace, port = endpoint.name, endpoint.namespace, str(endpoint.port)
+            self.scheduler_attempts.labels("success", target, pod, namespace, port).inc(times)
+
+    def _apply_responses(self, log: list[tuple], clock: float) -> None:
+        try:
+            data = np.fromiter(
+                chain.from_iterable(log), dtype=np.float64, count=len(log) * _RESPONSE_FIELDS
+            ).reshape(len(log), _RESPONSE_FIELDS)
+        except (OverflowError, ValueError, TypeError):  # a count beyond float64
+            if len(log) > 1:  # apply the others; the entry that cannot be is dropped
+                for entry in log:
+                    self._apply_responses([entry], clock)
+            return
+        index = data[:, 0].astype(np.intp)
+        received, finished, first_byte = data[:, 1], data[:, 2], data[:, 3]
+        size, prompt, completion, cached = data[:, 4], data[:, 5], data[:, 6], data[:, 7]
+        elapsed = finished - received
+        latency = np.where(elapsed > 0.0, elapsed, 0.0)  # max(0.0, x), as record_response did
+        seen = ~np.isnan(first_byte)
+        ttft = first_byte - received
+        ttft = np.where(ttft > 0.0, ttft, 0.0)
+        produced = completion > 0
+        ntpot = np.full(len(log), np.nan)
+        np.divide(latency, completion, out=ntpot, where=produced)
+        measures = (
+            ("epp_request_duration", latency, None),
+            ("epp_ttft", ttft, seen),
+            ("epp_response_size", size, size >= 0),  # -1: not all of the body was seen
+            ("epp_input_tokens", prompt, prompt > 0),
+            ("epp_output_tokens", completion, produced),
+            ("epp_ntpot", ntpot, produced & np.isfinite(ntpot)),
+            ("epp_cached_tokens", cached, cached > 0),
+        )
+        # family by family, series in the order of their first value (the order observe
+        # made them in, which is the exposition's order)
+        for name, values, mask in measures:
+            if mask is None:
+                which, stamps = index, finished
+            else:
+                if not mask.any():
+                    continue
+                which, stamps, values = index[mask], finished[mask], values[mask]
+            for series, where in self._groups(which):
+                first = 0 if where is None else int(where[0])
+                child = series.child(name, self._created(clock, float(stamps[first])))
+                child.observe_many(values if where is None else values[where])
+
+    def _apply_engine(self) -> None:
+        log = self._engine_log
+        for (plugin_type, plugin_name), values in log.items():
+            if not values:
+                continue
+            if plugin_type == "scheduler" and plugin_name == "e2e":
+                child = self.epp_scheduler_e2e.labels()
+            else:
+                child = self.epp_plugin_duration.labels("scheduling", plugin_type, plugin_name)
+            child.observe_many(np.asarray(values, dtype=np.float64))
+            values.clear()
+        if len(log) > MAX_CACHED_SERIES:
+            log.clear()  # bounded (plugin names come from the configuration)
+
+    # -- recording -------------------------------------------------------------------------
     def record_request(self, request: Request) -> None:
         """A request entered scheduling: count it and its size."""
-        self._defer(self._record_request, request)
-
-    def _record_request(self, request: Request) -> None:
-        self._count_request(request, self._series(request))
-
-    @staticmethod
-    def _count_request(request: Request, series: _RequestSeries) -> None:
-        series.epp_request_total.inc()
-        series.epp_request_size.observe(len(request.upstream_body))
+        log = self._scheduled_log
+        log.append((self._series(request).index, len(request.upstream_body), _NOT_AN_ATTEMPT,
+                    request.received_at))  # fmt: skip
+        if len(log) >= BATCH:
+            self._flush_soon()
 
     def record_error(self, request: Request, code_label: str) -> None:
         self.epp_request_error_total.labels(
@@ -701,21 +874,19 @@ class Metrics:
 
     def scheduled(self, request: Request) -> None:
         """A request was scheduled: ``record_scheduled(request, "success")``,
-        ``record_request`` and ``running_started`` in one step (one queued update instead of
-        two, one series lookup instead of two; the schedule stage calls this per request)."""
+        ``record_request`` and ``running_started`` in one step (one series lookup, one
+        journal entry; the schedule stage calls this per request)."""
         series = self._series(request)
-        series.epp_running.inc()
-        self._defer(self._record_success, request, series)
-
-    def _record_success(self, request: Request, series: _RequestSeries) -> None:
-        self._record_scheduled(request, "success")
-        self._count_request(request, series)
+        series.epp_running.value += 1.0
+        decision = request.decision
+        endpoint = decision.endpoints[0] if decision is not None and decision.endpoints else None
+        log = self._scheduled_log
+        log.append((series.index, len(request.upstream_body), endpoint, request.received_at))
+        if len(log) >= BATCH:
+            self._flush_soon()
 
     def record_scheduled(self, request: Request, status: str = "success") -> None:
         """A scheduling attempt ended (``status`` success or failure)."""
-        self._defer(self._record_scheduled, request, status)
-
-    def _record_scheduled(self, request: Request, status: str) -> None:
         decision = request.decision
         if decision is not None and decision.endpoints:
             endpoint = decision.primary
@@ -730,41 +901,48 @@ class Metrics:
     def engine_recorder(self, plugin_type: str, plugin_name: str, seconds: float) -> None:
         """The scheduling engine's latency recorder: ``("scheduler", "e2e", s)`` is the whole
         schedule call; anything else is one plugin (or the fused core pass)."""
-        self._defer(self._record_engine, plugin_type, plugin_name, seconds)
-
-    def _record_engine(self, plugin_type: str, plugin_name: str, seconds: float) -> None:
-        if plugin_type == "scheduler" and plugin_name == "e2e":
-            self.epp_scheduler_e2e.observe(seconds)
-        else:
-            self.epp_plugin_duration.labels("scheduling", plugin_type, plugin_name).observe(seconds)
+        values = self._engine_log.get((plugin_type, plugin_name))
+        if values is None:
+            values = self._engine_log[(plugin_type, plugin_name)] = []
+        values.append(seconds)
+        self._engine_pending = True
+        if len(values) >= BATCH:
+            self._flush_soon()
 
     def running_started(self, request: Request) -> None:
-        self._series(request).epp_running.inc()
+        self._series(request).epp_running.value += 1.0
 
     def running_ended(self, request: Request) -> None:
-        self._series(request).epp_running.dec()
+        self._series(request).epp_running.value -= 1.0
 
     # -- response phase ------------------------------------------------------------------
     def record_response(self, request: Request, response_bytes: int | None) -> None:
         """The response ended normally: latency, size, tokens, normalized TPOT."""
-        s = self._series(request)
+        self.request_finished(request, response_bytes, running=False)
+
+    def request_finished(
+        self, request: Request, response_bytes: int | None, *, running: bool, answered=True
+    ) -> None:
+        """The end of a request: ``running_ended`` when ``running``, and ``record_response``
+        when ``answered`` (``response_bytes`` None: the body was not all seen), with one
+        series lookup and one journal entry (the account stage calls this per request)."""
+        series = self._series(request)
+        if running:
+            series.epp_running.value -= 1.0
+        if not answered:
+            return
         received = request.received_at
-        latency = max(0.0, (request.finished_at or received) - received)
-        s.epp_request_duration.observe(latency)
-        if request.first_byte_at is not None:
-            s.epp_ttft.observe(max(0.0, request.first_byte_at - received))
-        if response_bytes is not None:  # None: the body was not all seen (observer mode)
-            s.epp_response_size.observe(response_bytes)
+        first_byte = request.first_byte_at
         usage = request.usage
-        if usage.prompt_tokens > 0:
-            s.epp_input_tokens.observe(usage.prompt_tokens)
-        if usage.completion_tokens > 0:
-            s.epp_output_tokens.observe(usage.completion_tokens)
-            ntpot = latency / usage.completion_tokens
-            if math.isfinite(ntpot):
-                s.epp_ntpot.observe(ntpot)
-        if usage.cached_tokens > 0:
-            s.epp_cached_tokens.observe(usage.cached_tokens)
+        log = self._response_log
+        log.append((
+            series.index, received, request.finished_at or received,
+            _NAN if first_byte is None else first_byte,
+            -1 if response_bytes is None else response_bytes,
+            usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens,
+        ))  # fmt: skip
+        if len(log) >= BATCH:
+            self._flush_soon()
 
     # -- exposition ----------------------------------------------------------------------
     def generate(self) -> bytes:

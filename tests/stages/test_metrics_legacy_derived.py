@@ -213,9 +213,11 @@ def test_legacy_families_match_recording_them_separately_with_prometheus_client(
 
 def test_recording_a_request_updates_each_measurement_once(monkeypatch) -> None:
     observed: list[float] = []
-    real = igw_metrics._HistogramChild.observe
+    real = igw_metrics._HistogramChild.observe_many
     monkeypatch.setattr(
-        igw_metrics._HistogramChild, "observe", lambda s, v: (observed.append(v), real(s, v))
+        igw_metrics._HistogramChild,
+        "observe_many",
+        lambda s, v: (observed.extend(v.tolist()), real(s, v)),
     )
     metrics = Metrics()
     request = Request("r", incoming_model="m", target_model="m", body=b"x" * 10)
@@ -224,6 +226,7 @@ def test_recording_a_request_updates_each_measurement_once(monkeypatch) -> None:
     request.usage.cached_tokens = 8
     metrics.record_request(request)
     metrics.record_response(request, 100)
+    metrics.flush()
     # request size; then duration, ttft, response size, input, output, ntpot, cached
     assert observed == [10, 1.0, 0.25, 100, 8, 4, 0.25, 8]
 

@@ -135,14 +135,16 @@ class AccountStage:
         decision = request.decision
         if decision is not None and decision.reserved and self.engine is not None:
             self.engine.release(decision)
-        if self.metrics is not None:
-            running = request.attrs.pop("running", False)
-            if running:
-                self.metrics.running_ended(request)
+        metrics = self.metrics
+        if metrics is not None:
+            attrs = request.attrs
+            running = attrs.pop("running", False)
             if not request.failed and (running or request.response_status):
-                size = None if request.attrs.get("response_size_unknown") else (
-                    request.attrs.get("response_bytes", 0))  # fmt: skip
-                self.metrics.record_response(request, size)
+                size = None if attrs.get("response_size_unknown") else (
+                    attrs.get("response_bytes", 0))  # fmt: skip
+                metrics.request_finished(request, size, running=running)
+            elif running:
+                metrics.running_ended(request)
         if self.reporter is not None and decision is not None and decision.endpoints:
             ok = _outcome(request)
             if ok is not None:

@@ -234,13 +234,15 @@ class SchedulingEngine:
         threshold = profile.prefill_gate_tokens if profile is not None else 0
         if threshold <= 0:
             return False
-        group = self._group_key(request)
         if decision.uncached_tokens < threshold:
             # cached on the endpoint, unless only because a held long prefill was routed there
+            if not self._gate.has_waiters(held.endpoint):
+                return False  # the usual case: no group lookup
+            group = self._group_key(request)
             held.gated = self._gate.follow(held.endpoint, decision, notify, group)
             return held.gated
         held.gated = True
-        return not self._gate.enter(held.endpoint, decision, notify, group)
+        return not self._gate.enter(held.endpoint, decision, notify, self._group_key(request))
 
     def stop_waiting(self, decision: Decision) -> None:
         """The request stops waiting for (or gives up) its endpoint's prefill gate."""

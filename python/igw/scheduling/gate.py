@@ -64,6 +64,10 @@ class PrefillGate:
         waiting[id(ticket)] = _Waiter(ticket, notify, group)
         return False
 
+    def has_waiters(self, endpoint: Hashable) -> bool:
+        """Whether a long prefill waits for ``endpoint``'s gate (else nothing can be followed)."""
+        return bool(self._waiting.get(endpoint))
+
     def follow(self, endpoint: Hashable, ticket: object, notify: Notify, group: Hashable) -> bool:
         """Hold ``ticket`` behind a waiting long prefill of the same ``group`` on ``endpoint``:
         True (``notify()`` comes when that one goes, or gives up), or False when there is none."""

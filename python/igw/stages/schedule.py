@@ -75,17 +75,19 @@ class ScheduleStage:
             self.metrics.scheduled(request)  # success, request count and size, running
         request.attrs["running"] = True
         if self._gated and request.stream:
-            await self._pass_prefill_gate(request, decision)
+            waiter: list[asyncio.Future] = []  # made only when held (notify never runs before)
 
-    async def _pass_prefill_gate(self, request: Request, decision: Decision) -> None:
-        waiter: list[asyncio.Future] = []  # made only when held (notify never runs before)
+            def notify() -> None:
+                if waiter and not waiter[0].done():
+                    waiter[0].set_result(None)
 
-        def notify() -> None:
-            if waiter and not waiter[0].done():
-                waiter[0].set_result(None)
+            # asked here, synchronously: only a held request pays for a coroutine
+            if self.engine.hold_for_prefill(decision, request, notify):
+                await self._wait_at_prefill_gate(request, decision, waiter)
 
-        if not self.engine.hold_for_prefill(decision, request, notify):
-            return
+    async def _wait_at_prefill_gate(
+        self, request: Request, decision: Decision, waiter: list[asyncio.Future]
+    ) -> None:
         future = asyncio.get_running_loop().create_future()
         waiter.append(future)
         limit = self.engine.prefill_gate_max_wait(decision)

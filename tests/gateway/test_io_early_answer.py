@@ -18,10 +18,18 @@ import pytest
 from igw import datastore
 from igw.gateway import upstream
 from igw.gateway.proxy import Forwarder
-from igw.pipeline import Decision, Pipeline, Request
+from igw.pipeline import Decision, Pipeline, Request, RequestKind
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 BUSY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n"
+
+
+def _sse(events: bytes) -> bytes:
+    return (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(events), events)
+    )
+
 
 pytestmark = pytest.mark.skipif(upstream.httptools is None, reason="httptools is not installed")
 
@@ -130,6 +138,28 @@ class _Client:
             raise ConnectionResetError("client disconnected")
         self.answers.append((status, headers, body))
 
+    def stream_response(self, status: int, headers: dict, *, defer_head: bool):
+        return _ClientStream(self, status)
+
+
+class _ClientStream:
+    """The front end's chunked response: ``end`` writes all that is left at once."""
+
+    def __init__(self, client: _Client, status: int) -> None:
+        self.client = client
+        self.status = status
+        self.defer_head = True
+        self.data = b""
+
+    async def write(self, data: bytes) -> None:
+        self.data += data
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        self.end(data)
+
+    def end(self, data: bytes = b"") -> None:
+        self.client.send_answer(self.status, {}, self.data + data)
+
 
 class _Finishes:
     """A response stage counting ``on_finish``; ``on_chunk`` may raise."""
@@ -210,3 +240,26 @@ async def test_a_stage_failing_in_the_read_callback_fails_the_task_and_finishes_
     for _ in range(3):
         await asyncio.sleep(0)
     assert client.answers == [] and stage.finished == 1
+
+
+async def test_a_whole_stream_in_one_read_is_relayed_at_once():
+    stage = _Finishes()
+    events = b"data: {}\n\ndata: [DONE]\n\n"
+    forwarder, request = _forwarder(stage, {9: _in_one_read(_sse(events))})
+    request.kind = RequestKind.COMPLETIONS
+    client = _Client()
+    assert await forwarder.forward(client, request) is None  # written already
+    assert [(s, b) for s, _, b in client.answers] == [(200, events)]
+    assert stage.finished == 1 and not request.failed
+
+
+async def test_a_whole_stream_without_done_ends_with_an_error_event_and_fails():
+    stage = _Finishes()
+    forwarder, request = _forwarder(stage, {9: _in_one_read(_sse(b"data: {}\n\n"))})
+    request.kind = RequestKind.COMPLETIONS
+    client = _Client()
+    await forwarder.forward(client, request)
+    [(status, _, body)] = client.answers
+    assert status == 200 and body.startswith(b'data: {}\n\ndata: {"error"')
+    assert b"without [DONE]" in body
+    assert stage.finished == 1 and request.failed

@@ -163,6 +163,10 @@ class _Stream:
             await self._conn.drain()
 
     async def write_eof(self, data: bytes = b"") -> None:
+        self.end(data)
+
+    def end(self, data: bytes = b"") -> None:
+        """``write_eof`` without a coroutine (the forwarder may call it from a callback)."""
         chunk = b"%x\r\n" % len(data) + data + b"\r\n" if data else b""
         self._conn.write(self._take_head() + chunk + b"0\r\n\r\n")
 

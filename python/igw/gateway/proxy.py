@@ -119,42 +119,51 @@ class Answer:
 
 
 class _EarlyAnswer:
-    """Writes a whole non-streamed answer to the client from the upstream read callback.
+    """Writes a whole answer to the client from the upstream read callback.
 
     Why: the task waiting for the replica's head resumes one loop iteration after the
     answer came (another poll, a task step, four coroutine frames) before it can write;
-    writing from the callback that parsed the answer is what the minimal proxy does. What
-    it must not take (a stream, a status the forwarder retries on the next endpoint) it
-    leaves to the task untouched. It does what the task would have done up to the write,
-    in the same order, and a failure there is raised by the task as if it had failed itself.
+    writing from the callback that parsed the answer is what the minimal proxy does. An
+    answer is whole when its head and all of its body came in one read: a non-streamed one
+    usually, a short stream often. A status the forwarder retries on the next endpoint is
+    left to the task untouched. It does what the task would have done up to the write, in
+    the same order, and a failure there is raised by the task as if it had failed itself.
     """
 
-    __slots__ = ("endpoint", "error", "last", "pipeline", "request", "send", "taken")
+    __slots__ = (
+        "endpoint", "error", "failed", "forwarder", "http_request", "last", "request", "taken",
+    )  # fmt: skip
 
-    def __init__(self, pipeline: Pipeline, request: Request, send: Callable) -> None:
-        self.pipeline = pipeline
+    def __init__(self, forwarder: Forwarder, http_request, request: Request) -> None:
+        self.forwarder = forwarder
+        self.http_request = http_request  # the httptools front end's (send_answer)
         self.request = request
-        self.send = send  # the front end's send_answer(status, headers, body)
         self.endpoint = ""  # the address tried now, and whether it is the last candidate
         self.last = True
         self.taken = False
+        self.failed = False  # a stream that ended without [DONE]
         self.error: Exception | None = None
 
     def __call__(self, upstream) -> None:
         status = upstream.status
         if status in _RETRY_STATUSES and not self.last:
             return  # the forwarder tries the next endpoint
-        upstream_headers = upstream.headers
-        if EVENT_STREAM in upstream_headers.get("content-type", ""):
-            return  # relayed chunk by chunk by the task
         self.taken = True
         request = self.request
-        pipeline = self.pipeline
+        pipeline = self.forwarder.pipeline
+        upstream_headers = upstream.headers
         try:
             request.served_endpoint = endpoint = self.endpoint
             pipeline.relay_started(request, status, upstream_headers)
             headers = response_headers(upstream_headers.items(), endpoint)
-            self.send(status, headers, pipeline.relay_chunk(request, upstream.whole_body(), True))
+            body = upstream.whole_body()
+            if EVENT_STREAM in upstream_headers.get("content-type", ""):
+                self.failed = self.forwarder._whole_stream(
+                    self.http_request, request, status, headers, body
+                )
+            else:
+                body = pipeline.relay_chunk(request, body, True)
+                self.http_request.send_answer(status, headers, body)
         except Exception as exc:  # the task raises it (a client gone: ConnectionResetError)
             self.error = exc
 
@@ -217,7 +226,7 @@ class Forwarder:
         written = False  # the client has the answer: what follows needs no loop round
         pipeline = self.pipeline
         send = getattr(http_request, "send_answer", None)
-        early = _EarlyAnswer(pipeline, request, send) if send is not None else None
+        early = _EarlyAnswer(self, http_request, request) if send is not None else None
         try:
             upstream, endpoint = await self._connect(http_request, request, early)
             if upstream is None:
@@ -231,6 +240,7 @@ class Forwarder:
             if early is not None and early.taken:  # written from the read callback
                 if early.error is not None:
                     raise early.error
+                failed = early.failed
                 written = True
                 return None
             request.served_endpoint = endpoint
@@ -383,12 +393,31 @@ class Forwarder:
                 # replica's generation instead of computing tokens nobody will see
                 blocked = True
                 break
+        final, problem = self._stream_end(request, status, tail, final, problem, blocked)
+        await response.write_eof(final)
+        return problem
+
+    def _stream_end(self, request, status, tail, final, problem=None, blocked=False):
+        """The last bytes of a relayed stream (``final`` and what the stages add at its end,
+        an error event if it broke or ended without ``[DONE]``) and what went wrong."""
         if problem is None and not blocked and status == 200 and request.kind in _DONE_KINDS:
             if _DONE_MARK not in tail:
                 problem = f"upstream {request.served_endpoint} ended the stream without [DONE]"
-        final += pipeline.relay_chunk(request, b"", True)
+        final += self.pipeline.relay_chunk(request, b"", True)
         if problem is not None:
             log.warning("request %s: %s", request.request_id, problem)
             final += sse_error_event(problem)
-        await response.write_eof(final)
-        return problem
+        return final, problem
+
+    def _whole_stream(self, http_request, request, status, headers, body: bytes) -> bool:
+        """A stream whose every byte is in hand, relayed at once as ``_pump`` would relay it
+        (its chunks as one, which SSE readers cannot tell apart); returns whether it failed.
+        A client gone is not the replica's failure (as in ``_relay_stream``)."""
+        final = self.pipeline.relay_chunk(request, body, False) if body else b""
+        final, problem = self._stream_end(request, status, body[-16:], final)
+        try:
+            http_request.stream_response(status, headers, defer_head=True).end(final)
+        except ConnectionResetError:
+            log.debug("request %s: client disconnected before the stream", request.request_id)
+            return False
+        return problem is not None

@@ -60,15 +60,23 @@ def _count(value: Any) -> int:
 
 def usage_from_mapping(raw: Any) -> Usage | None:
     """Convert an OpenAI / Responses / Anthropic usage object; None when it is not one."""
-    if not isinstance(raw, dict):
+    if type(raw) is not dict and not isinstance(raw, dict):
         return None
     get = raw.get
+    # each count: the usual int as it is, else through _count (absent, float, string ...)
     prompt = get("prompt_tokens")
     if prompt is None:
         prompt = get("input_tokens")
+    if type(prompt) is not int:
+        prompt = _count(prompt)
     completion = get("completion_tokens")
     if completion is None:
         completion = get("output_tokens")
+    if type(completion) is not int:
+        completion = _count(completion)
+    total = get("total_tokens")
+    if type(total) is not int:
+        total = _count(total)
     cached = 0
     for name in ("prompt_tokens_details", "input_tokens_details"):
         details = get(name)
@@ -76,7 +84,7 @@ def usage_from_mapping(raw: Any) -> Usage | None:
             cached = _to_int(details["cached_tokens"])
     if cached == 0:
         cached = _count(get("cache_read_input_tokens"))
-    return Usage(_count(prompt), _count(completion), cached, _count(get("total_tokens")))
+    return Usage(prompt, completion, cached, total)
 
 
 def _usage_in_event(event: Any) -> Usage | None:
@@ -140,6 +148,10 @@ def usage_from_body(body: bytes) -> Usage | None:
             data = json.loads(body)
         except (ValueError, RecursionError):
             return None
+    if type(data) is dict:
+        usage = data.get("usage")
+        if usage is not None:  # the usual shape, as _usage_in_event reads it first
+            return usage_from_mapping(usage)
     return _usage_in_event(data)
 
 
@@ -207,14 +219,14 @@ def _tail_usage(body: bytes) -> Usage | None:
 class UsageParser:
     """Feeds on response chunks; ``usage`` holds what was found so far (or None)."""
 
-    __slots__ = ("_buffer", "_buffered", "_carry", "streaming", "usage")
+    __slots__ = ("_buffer", "_carry", "buffered", "streaming", "usage")
 
     def __init__(self, streaming: bool) -> None:
         self.streaming = streaming
         self.usage: Usage | None = None
         self._carry = b""
         self._buffer: list[bytes] = []
-        self._buffered = 0
+        self.buffered = 0  # bytes of a whole (non-streamed) body kept so far
 
     def _add(self, found: Usage | None) -> None:
         if found is None:
@@ -228,11 +240,11 @@ class UsageParser:
         if self.streaming:
             self._feed_stream(chunk, end_of_stream)
             return
-        if self._buffered <= MAX_BUFFERED_BODY and chunk:
+        if self.buffered <= MAX_BUFFERED_BODY and chunk:
             self._buffer.append(chunk)
-            self._buffered += len(chunk)
+            self.buffered += len(chunk)
         if end_of_stream:
-            if self._buffered <= MAX_BUFFERED_BODY:
+            if self.buffered <= MAX_BUFFERED_BODY:
                 self._add(usage_from_body(b"".join(self._buffer)))
             self._buffer = []
 

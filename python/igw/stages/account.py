@@ -16,7 +16,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from igw.parsing import UsageParser, reverse_rewriter
+from igw.parsing import UsageParser, reverse_rewriter, usage_from_body
+from igw.parsing.usage import MAX_BUFFERED_BODY
 from igw.pipeline import Request
 from igw.stages.protocols import Engine, ResponseReporter
 
@@ -39,31 +40,40 @@ class UsageStage:
     observe_only = True  # reads the chunks, never changes them
 
     def on_headers(self, request: Request, status: int, headers: dict[str, str]) -> None:
-        streaming = EVENT_STREAM in headers.get("content-type", "").lower() or request.stream
+        streaming = request.stream or EVENT_STREAM in headers.get("content-type", "").lower()
         request.response_streaming = streaming
         request.attrs["usage_parser"] = UsageParser(streaming)
 
     def on_chunk(self, request: Request, chunk: bytes, end_of_stream: bool) -> bytes:
-        parser: UsageParser | None = request.attrs.get("usage_parser")
+        attrs = request.attrs
+        parser: UsageParser | None = attrs.get("usage_parser")
         if parser is None:
-            parser = request.attrs["usage_parser"] = UsageParser(request.response_streaming)
+            parser = attrs["usage_parser"] = UsageParser(request.response_streaming)
         if parser.streaming:
             parser.feed(chunk, end_of_stream)
             if parser.usage is not None:
                 request.usage = parser.usage
+        elif end_of_stream and not parser.buffered:
+            attrs["usage_body"] = chunk  # the whole body in one piece (the usual answer)
         else:
             parser.feed(chunk, False)
             if end_of_stream:
-                request.attrs["usage_complete"] = True
+                attrs["usage_complete"] = True
         return chunk
 
     def on_finish(self, request: Request) -> None:
-        parser: UsageParser | None = request.attrs.get("usage_parser")
-        if parser is None or parser.streaming or not request.attrs.get("usage_complete"):
-            return  # streamed (done as it went), or a body that never ended: no usage
-        parser.feed(b"", True)
-        if parser.usage is not None:
-            request.usage = parser.usage
+        attrs = request.attrs
+        body = attrs.get("usage_body")
+        if body is not None:
+            found = usage_from_body(body) if len(body) <= MAX_BUFFERED_BODY else None
+        else:
+            parser: UsageParser | None = attrs.get("usage_parser")
+            if parser is None or parser.streaming or not attrs.get("usage_complete"):
+                return  # streamed (done as it went), or a body that never ended: no usage
+            parser.feed(b"", True)
+            found = parser.usage
+        if found is not None:
+            request.usage = found
 
 
 class ReverseRewriteStage:

@@ -204,16 +204,11 @@ class DataLayer:
         self.interval = _positive("interval", interval)
         self.timeout = _positive("timeout", timeout)
         self.staleness = _positive("staleness", staleness)
-        if calm_interval is None:
-            calm_interval = CALM_FACTOR * self.interval
-        elif _positive("calm_interval", calm_interval) < self.interval:
-            raise ValueError(
-                f"DataLayer calm_interval must be >= interval ({self.interval:g}s; equal turns "
-                f"calm scraping off), got {calm_interval!r}"
-            )
-        self.calm_interval = float(calm_interval)
         self._fresh = min(self.staleness, _positive("consumer_staleness", consumer_staleness))
+        self._calm_interval = CALM_FACTOR * self.interval
         self.calm_cap = self._calm_cap()
+        if calm_interval is not None:
+            self.calm_interval = calm_interval
         self.max_backoff = max(self.interval, _positive("max_backoff", max_backoff))
         if not isinstance(block_tokens, int) or block_tokens < 1:
             raise ValueError(f"DataLayer block_tokens must be an int >= 1, got {block_tokens!r}")
@@ -272,10 +267,35 @@ class DataLayer:
         self._running = False
 
     # -- calm cadence ---------------------------------------------------------------------
+    @property
+    def calm_interval(self) -> float:
+        """The longest gap asked for between a calm endpoint's scrapes (``calm_cap`` is what
+        is in force). Settable while running, e.g. from a command-line flag."""
+        return self._calm_interval
+
+    @calm_interval.setter
+    def calm_interval(self, value: float) -> None:
+        if _positive("calm_interval", value) < self.interval:
+            raise ValueError(
+                f"DataLayer calm_interval must be >= interval ({self.interval:g}s; equal turns "
+                f"calm scraping off), got {value!r}"
+            )
+        self._calm_interval = float(value)
+        self._set_cap()
+
     def _calm_cap(self) -> float:
         # Half the strictest threshold: a calm endpoint's figures are at most that old when
         # its next scrape lands, so even a scrape late by as much again is not "stale".
-        return max(self.interval, min(self.calm_interval, self._fresh / 2))
+        return max(self.interval, min(self._calm_interval, self._fresh / 2))
+
+    def _set_cap(self) -> None:
+        cap = self._calm_cap()
+        if cap != self.calm_cap:
+            log.debug(
+                "calm endpoints are scraped every %.3fs at most (asked %.3fs; the strictest "
+                "staleness threshold of a reader is %.3fs)", cap, self._calm_interval, self._fresh,
+            )  # fmt: skip
+            self.calm_cap = cap
 
     @property
     def calm_period(self) -> float:
@@ -287,13 +307,7 @@ class DataLayer:
         a saturation detector's ``metricsStalenessThreshold``): keep calm scraping well
         inside it. Lowers ``calm_cap`` when needed; never raises it."""
         self._fresh = min(self._fresh, _positive("staleness", staleness))
-        cap = self._calm_cap()
-        if cap != self.calm_cap:
-            log.debug(
-                "calm endpoints scraped every %.3fs at most (a reader's staleness threshold "
-                "is %.3fs)", cap, self._fresh,
-            )  # fmt: skip
-            self.calm_cap = cap
+        self._set_cap()
 
     def _stir(self, state: EndpointState, why: str) -> None:
         """Something happened at the endpoint: scrape it on every tick again."""

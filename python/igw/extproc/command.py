@@ -167,6 +167,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="ranked fallbacks after the primary in the destination list (default 0: the "
         "ORIGINAL_DST header mode needs a single ip:port)",
     )
+    own.add_argument(
+        "--refresh-metrics-calm-interval",
+        type=_duration,
+        default=None,
+        metavar="DURATION",
+        help="longest gap between scrapes of a calm model server (figures unchanged over 3 "
+        "scrapes, nothing waiting, no request of igw's on it); a change, a queue or a "
+        "failure puts it back on --refresh-metrics-interval at once. Always at most "
+        "half the strictest staleness threshold (--metrics-staleness-threshold, flow "
+        "control's metricsStalenessThreshold), so calm scraping never makes metrics stale. "
+        "Default: 4x --refresh-metrics-interval; equal to it turns calm scraping off",
+    )
     add_bool(own, "usage-metrics", True, "parse token usage out of responses")
     own.add_argument(
         "--observe-until",
@@ -265,6 +277,12 @@ def _validate(args: argparse.Namespace) -> None:
         raise UsageError("--refresh-metrics-interval: expected at least 50ms")
     if args.metrics_staleness_threshold <= 0:
         raise UsageError("--metrics-staleness-threshold: expected a positive duration")
+    calm = args.refresh_metrics_calm_interval
+    if calm is not None and not args.refresh_metrics_interval <= calm < float("inf"):
+        raise UsageError(
+            "--refresh-metrics-calm-interval: expected a duration >= --refresh-metrics-interval"
+            f" ({args.refresh_metrics_interval:g}s), got {calm:g}s"
+        )
     if args.fallback_endpoints < 0:
         raise UsageError("--fallback-endpoints: expected 0 or more")
     if args.max_request_body <= 0:
@@ -342,6 +360,7 @@ async def _main(args: argparse.Namespace) -> int:
         raise UsageError(f"config: {error}") from None
 
     from igw.datalayer import DataLayer, DiscoveryError, FileDiscovery, StaticDiscovery
+    from igw.datalayer.freshness import strictest_staleness
     from igw.datastore import Pool
     from igw.extproc.director import Director
     from igw.extproc.server import EppServer
@@ -411,6 +430,8 @@ async def _main(args: argparse.Namespace) -> int:
         interval=args.refresh_metrics_interval,
         staleness=args.metrics_staleness_threshold,
         block_tokens=_prefix_block_tokens(engine),
+        calm_interval=args.refresh_metrics_calm_interval,
+        consumer_staleness=args.metrics_staleness_threshold,
     )
     pipeline = build_pipeline(
         engine,
@@ -430,6 +451,9 @@ async def _main(args: argparse.Namespace) -> int:
         )
     except ConfigError as error:
         raise UsageError(f"config: {error}") from None
+    strictest = strictest_staleness(pipeline, flow)  # calm scraping stays within every reader's
+    if strictest is not None:
+        datalayer.require_fresh(strictest)
     if not args.usage_metrics:
         pipeline.response_stages = [s for s in pipeline.response_stages if s.name != "usage"]
     director = Director(

@@ -60,6 +60,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--scrape-interval", type=float, default=0.05, metavar="SECONDS",
         help="how often each replica's /metrics is read (default 0.05)",
     )  # fmt: skip
+    routing.add_argument(
+        "--scrape-calm-interval", type=float, default=None, metavar="SECONDS",
+        help="longest gap between reads of a calm replica (figures unchanged over 3 reads, "
+        "nothing waiting, no request of igw's on it); a change, a queue or a failure puts it "
+        "back on --scrape-interval at once. Always at most half the "
+        "strictest metrics staleness threshold (flow control's metricsStalenessThreshold, "
+        "default 0.2 s), so calm reading never makes metrics stale. Default 4x "
+        "--scrape-interval; equal to --scrape-interval turns it off",
+    )  # fmt: skip
     routing.add_argument("--seed", type=int, default=None, help="seed for random choices")
     sim = parser.add_argument_group("simulator (with --sim)")
     sim.add_argument("--sim-profile", default="default", help="default | h100-llama8b")
@@ -214,6 +223,7 @@ async def _main(args: argparse.Namespace, config) -> int:
         ),
     )
     stack = await start_stack(config, options)
+    _tune_scraping(stack, args.scrape_calm_interval)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -224,6 +234,18 @@ async def _main(args: argparse.Namespace, config) -> int:
     finally:
         await stack.stop()
     return 0
+
+
+def _tune_scraping(stack, calm_interval: float | None) -> None:
+    """Calm scraping within every reader's staleness threshold (see ``igw.datalayer``)."""
+    from igw.datalayer.freshness import strictest_staleness
+
+    strictest = strictest_staleness(stack.gateway.pipeline, stack.flow)
+    for layer in stack.datalayers:
+        if calm_interval is not None:
+            layer.calm_interval = calm_interval
+        if strictest is not None:
+            layer.require_fresh(strictest)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -240,6 +262,14 @@ def run(args: argparse.Namespace) -> int:
 
         if httptools is None:
             return _fail("httptools was asked for but the package is not installed")
+    if not args.scrape_interval > 0:
+        return _fail(f"--scrape-interval: expected seconds > 0, got {args.scrape_interval:g}")
+    calm = args.scrape_calm_interval
+    if calm is not None and not args.scrape_interval <= calm < float("inf"):
+        return _fail(
+            f"--scrape-calm-interval: expected seconds >= --scrape-interval "
+            f"({args.scrape_interval:g}), got {calm:g}"
+        )
     if args.policy is not None and args.epp_config is not None:
         return _fail("--policy and --epp-config: give one of them")
     try:

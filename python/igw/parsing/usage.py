@@ -83,7 +83,9 @@ def usage_from_mapping(raw: Any) -> Usage | None:
         if details is not None and isinstance(details, dict) and "cached_tokens" in details:
             cached = _to_int(details["cached_tokens"])
     if cached == 0:
-        cached = _count(get("cache_read_input_tokens"))
+        read = get("cache_read_input_tokens")
+        if read is not None:
+            cached = _count(read)
     return Usage(prompt, completion, cached, total)
 
 

@@ -31,9 +31,10 @@ class UsageStage:
     """Reads token usage out of SSE events or the whole JSON body into ``request.usage``.
 
     A streamed response is scanned chunk by chunk (the usage event is near its end and the
-    chunks are not kept). A whole JSON body is only collected here and decoded at
-    ``on_finish``: nothing downstream reads the usage before the request ends, and decoding
-    it there keeps the JSON parse off the path between the replica's answer and the client.
+    chunks are not kept). A whole JSON body is only collected here and read at ``on_finish``
+    (``usage_from_body``: only its usage object is decoded when it is large): nothing
+    downstream reads the usage before the request ends. A body that comes in one chunk (the
+    usual non-streamed answer) is kept as it is, with no parser and no join.
     """
 
     name = "usage"
@@ -42,12 +43,17 @@ class UsageStage:
     def on_headers(self, request: Request, status: int, headers: dict[str, str]) -> None:
         streaming = request.stream or EVENT_STREAM in headers.get("content-type", "").lower()
         request.response_streaming = streaming
-        request.attrs["usage_parser"] = UsageParser(streaming)
+        if streaming:
+            request.attrs["usage_parser"] = UsageParser(True)
+        # a whole body gets a parser only if it comes in several chunks (see on_chunk)
 
     def on_chunk(self, request: Request, chunk: bytes, end_of_stream: bool) -> bytes:
         attrs = request.attrs
         parser: UsageParser | None = attrs.get("usage_parser")
         if parser is None:
+            if end_of_stream and not request.response_streaming:
+                attrs["usage_body"] = chunk  # the whole body in one piece (the usual answer)
+                return chunk
             parser = attrs["usage_parser"] = UsageParser(request.response_streaming)
         if parser.streaming:
             parser.feed(chunk, end_of_stream)
@@ -156,7 +162,11 @@ class AccountStage:
             elif running:
                 metrics.running_ended(request)
         if self.reporter is not None and decision is not None and decision.endpoints:
-            ok = _outcome(request)
+            status = request.response_status
+            if 0 < status < 500 and not request.failed and not request.attrs.get("upstream_error"):
+                ok: bool | None = True  # served (what _outcome says, without the call)
+            else:
+                ok = _outcome(request)
             if ok is not None:
                 endpoint = decision.primary
                 if request.served_endpoint and request.served_endpoint != endpoint.address:

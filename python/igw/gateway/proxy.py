@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -83,16 +83,25 @@ MAX_CACHED_TARGETS = 4096  # endpoint address -> (host, port), bounded like the 
 FailureReporter = Callable[["Endpoint"], None]
 
 
+_UPSTREAM_SKIP = _HOP_BY_HOP | {REQUEST_ID_HEADER}  # the request id is ours to send
+
+
 def upstream_headers(headers: Iterable[tuple[str, str]], request_id: str) -> list[tuple[str, str]]:
     """The client's end-to-end headers (names lower-cased), plus the request id."""
-    out = [
-        (name, value)
-        for name, value in headers
-        if name not in _HOP_BY_HOP and name != REQUEST_ID_HEADER
-    ]
+    out = [(name, value) for name, value in headers if name not in _UPSTREAM_SKIP]
     out.append((REQUEST_ID_HEADER, request_id))
     out.append(("accept-encoding", "identity"))
     return out
+
+
+def upstream_header_lines(headers: Mapping[str, str], request_id: str) -> str:
+    """``upstream_headers`` as HTTP/1.1 header lines, the form the upstream client writes
+    (one pass and one string instead of a list of pairs formatted again there)."""
+    lines = [
+        f"{name}: {value}\r\n" for name, value in headers.items() if name not in _UPSTREAM_SKIP
+    ]
+    lines.append(f"{REQUEST_ID_HEADER}: {request_id}\r\naccept-encoding: identity\r\n")
+    return "".join(lines)
 
 
 def response_headers(items: Iterable[tuple[str, str]], address: str) -> dict[str, str]:
@@ -100,6 +109,16 @@ def response_headers(items: Iterable[tuple[str, str]], address: str) -> dict[str
     out = {name: value for name, value in items if name not in _RESPONSE_SKIP}
     out[ENDPOINT_HEADER] = address
     return out
+
+
+def response_header_lines(headers: Mapping[str, str], address: str) -> str:
+    """``response_headers`` as HTTP/1.1 header lines, for a front end that writes its own
+    head (the httptools one): one pass over the replica's headers, no dict in between."""
+    lines = [
+        f"{name}: {value}\r\n" for name, value in headers.items() if name not in _RESPONSE_SKIP
+    ]
+    lines.append(f"{ENDPOINT_HEADER}: {address}\r\n")
+    return "".join(lines)
 
 
 class Answer:
@@ -155,7 +174,7 @@ class _EarlyAnswer:
         try:
             request.served_endpoint = endpoint = self.endpoint
             pipeline.relay_started(request, status, upstream_headers)
-            headers = response_headers(upstream_headers.items(), endpoint)
+            headers = response_header_lines(upstream_headers, endpoint)
             body = upstream.whole_body()
             if EVENT_STREAM in upstream_headers.get("content-type", ""):
                 self.failed = self.forwarder._whole_stream(
@@ -247,7 +266,10 @@ class Forwarder:
             status = upstream.status
             upstream_headers = upstream.headers
             pipeline.relay_started(request, status, upstream_headers)
-            headers = response_headers(upstream_headers.items(), endpoint)
+            if send is not None:  # the httptools front end: header lines
+                headers = response_header_lines(upstream_headers, endpoint)
+            else:
+                headers = response_headers(upstream_headers.items(), endpoint)
             if EVENT_STREAM in upstream_headers.get("content-type", ""):
                 response, failed = await self._relay_stream(
                     http_request, request, upstream, status, headers
@@ -288,7 +310,7 @@ class Forwarder:
         may take a whole answer from the read callback; it is told which attempt this is)."""
         decision = request.decision
         assert decision is not None, "forward() needs a scheduled request"
-        headers = upstream_headers(request.headers.items(), request.request_id)
+        headers = upstream_header_lines(request.headers, request.request_id)
         body = request.upstream_body
         path = http_request.path_qs
         tried: list[str] = []

@@ -50,6 +50,11 @@ HIGH_WATER = 256 * 1024  # buffered response bytes before we stop reading from t
 LOW_WATER = 64 * 1024
 MAX_IDLE_PER_HOST = 256
 
+# Header names as replicas spell them -> lower-case text, filled as names are seen, up to a
+# bound: a replica sends the same few names on every answer (one lookup, no decode + lower).
+_HEADER_NAMES: dict[bytes, str] = {}
+_MAX_HEADER_NAMES = 256
+
 # Called with the response when the whole answer came in the read that brought its head.
 EarlyHook = Callable[["UpstreamResponse"], None]
 
@@ -234,7 +239,11 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks ----------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
-        key = name.decode("latin-1").lower()
+        key = _HEADER_NAMES.get(name)
+        if key is None:
+            key = name.decode("latin-1").lower()
+            if len(_HEADER_NAMES) < _MAX_HEADER_NAMES:
+                _HEADER_NAMES[name] = key
         if key in _FRAMING:
             self._framed = True
         self._headers[key] = value.decode("latin-1")  # a repeated header: the last one wins
@@ -436,20 +445,24 @@ class UpstreamPool:
         host: str,
         port: int,
         path: str,
-        headers: Iterable[tuple[str, str]],
+        headers: Iterable[tuple[str, str]] | str,
         body: bytes,
         early: EarlyHook | None = None,
     ) -> UpstreamResponse:
         """Send the request and wait for the response head (status and headers).
 
+        ``headers``: name-value pairs, or the same as HTTP/1.1 header lines ("name:
+        value\\r\\n" each, as ``proxy.upstream_header_lines`` makes them).
+
         ``early(response)`` is called from the read callback if the whole answer arrives
         in one read (see the module docstring)."""
         key = (host, port)
-        head_lines = [f"POST {path} HTTP/1.1\r\nhost: {host}:{port}\r\n"]
-        for name, value in headers:  # a plain loop: cheaper than extending with a generator
-            head_lines.append(f"{name}: {value}\r\n")
-        head_lines.append(f"content-length: {len(body)}\r\n\r\n")
-        head = "".join(head_lines).encode("latin-1")
+        if type(headers) is not str:
+            headers = "".join([f"{name}: {value}\r\n" for name, value in headers])
+        head = (
+            f"POST {path} HTTP/1.1\r\nhost: {host}:{port}\r\n{headers}"
+            f"content-length: {len(body)}\r\n\r\n"
+        ).encode("latin-1")
         idle = self._idle.get(key)
         while idle:
             conn = idle.pop()
@@ -547,11 +560,17 @@ class AiohttpPool:
         host: str,
         port: int,
         path: str,
-        headers: Iterable[tuple[str, str]],
+        headers: Iterable[tuple[str, str]] | str,
         body: bytes,
         early: EarlyHook | None = None,  # aiohttp gives no read callback: never called
     ):
         aiohttp = self._aiohttp
+        if isinstance(headers, str):  # header lines: back to pairs
+            headers = [
+                (name, value)
+                for name, _, value in (line.partition(": ") for line in headers.split("\r\n"))
+                if name
+            ]
         shown = f"[{host}]" if ":" in host else host
         url = f"http://{shown}:{port}{path}"
         try:

@@ -163,3 +163,43 @@ def test_the_search_agrees_with_decoding_the_whole_body(before, usage, after, ne
     document.update(after)
     body = json.dumps(document, indent=indent).encode()
     assert usage_from_body(body) == _whole_body(body)
+
+
+def _mapping_by_get(raw: dict) -> Usage:
+    """The field rules of usage_from_mapping written plainly with ``get`` (the reference)."""
+    count = usage_mod._count
+    prompt = raw.get("prompt_tokens")
+    prompt = raw.get("input_tokens") if prompt is None else prompt
+    completion = raw.get("completion_tokens")
+    completion = raw.get("output_tokens") if completion is None else completion
+    cached = 0
+    for name in ("prompt_tokens_details", "input_tokens_details"):
+        details = raw.get(name)
+        if isinstance(details, dict) and "cached_tokens" in details:
+            cached = usage_mod._to_int(details["cached_tokens"])
+    if cached == 0:
+        cached = count(raw.get("cache_read_input_tokens"))
+    return Usage(count(prompt), count(completion), cached, count(raw.get("total_tokens")))
+
+
+_counts = st.one_of(
+    st.none(), st.integers(-5, 2**70), st.floats(allow_nan=False, allow_infinity=False,
+    min_value=-1e6, max_value=1e6), st.sampled_from(["12", "x", True, [], {}]),
+)  # fmt: skip
+_names = st.sampled_from(
+    ["prompt_tokens", "input_tokens", "completion_tokens", "output_tokens", "total_tokens",
+     "cache_read_input_tokens", "other"]
+)  # fmt: skip
+_details = st.one_of(st.none(), st.dictionaries(st.just("cached_tokens"), _counts), st.just(3))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(_names, _counts, max_size=6),
+    st.dictionaries(
+        st.sampled_from(["prompt_tokens_details", "input_tokens_details"]), _details, max_size=2
+    ),
+)
+def test_usage_from_mapping_reads_every_field_as_the_plain_rules_say(counts, details):
+    raw = {**counts, **details}
+    assert usage_mod.usage_from_mapping(raw) == _mapping_by_get(raw)

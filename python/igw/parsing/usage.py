@@ -62,30 +62,29 @@ def usage_from_mapping(raw: Any) -> Usage | None:
     """Convert an OpenAI / Responses / Anthropic usage object; None when it is not one."""
     if type(raw) is not dict and not isinstance(raw, dict):
         return None
-    get = raw.get
-    # each count: the usual int as it is, else through _count (absent, float, string ...)
-    prompt = get("prompt_tokens")
+    # ``in`` and ``[]`` rather than ``get``: no method call per field (this runs per answer);
+    # each count is taken as it is when it is an int, else through _count (None, float, str)
+    prompt = raw["prompt_tokens"] if "prompt_tokens" in raw else None
     if prompt is None:
-        prompt = get("input_tokens")
+        prompt = raw["input_tokens"] if "input_tokens" in raw else None
     if type(prompt) is not int:
         prompt = _count(prompt)
-    completion = get("completion_tokens")
+    completion = raw["completion_tokens"] if "completion_tokens" in raw else None
     if completion is None:
-        completion = get("output_tokens")
+        completion = raw["output_tokens"] if "output_tokens" in raw else None
     if type(completion) is not int:
         completion = _count(completion)
-    total = get("total_tokens")
+    total = raw["total_tokens"] if "total_tokens" in raw else None
     if type(total) is not int:
         total = _count(total)
     cached = 0
     for name in ("prompt_tokens_details", "input_tokens_details"):
-        details = get(name)
-        if details is not None and isinstance(details, dict) and "cached_tokens" in details:
-            cached = _to_int(details["cached_tokens"])
-    if cached == 0:
-        read = get("cache_read_input_tokens")
-        if read is not None:
-            cached = _count(read)
+        if name in raw:
+            details = raw[name]
+            if details is not None and isinstance(details, dict) and "cached_tokens" in details:
+                cached = _to_int(details["cached_tokens"])
+    if cached == 0 and "cache_read_input_tokens" in raw:
+        cached = _count(raw["cache_read_input_tokens"])
     return Usage(prompt, completion, cached, total)
 
 

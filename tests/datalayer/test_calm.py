@@ -147,6 +147,30 @@ async def test_a_scrape_failure_puts_a_calm_endpoint_back_on_every_tick(pool, se
     assert server.metrics_hits - before >= 5  # every tick while it fails (~10)
 
 
+async def test_an_endpoint_slow_to_answer_is_never_calm(pool, layer):
+    endpoint = pool.upsert("127.0.0.1:9")
+    dl = layer()
+    page = vllm_page(0, 0, 0.1)
+
+    class SlowFetch:
+        calls = 0
+
+        async def get(self, timeout):
+            SlowFetch.calls += 1
+            await asyncio.sleep(0.03)  # longer than a 20 ms tick
+            return 200, page
+
+        def close(self):
+            pass
+
+    await dl.start()
+    dl.state(endpoint).fetch = SlowFetch()
+    await wait_until(lambda: SlowFetch.calls >= 4 * CALM_AFTER)
+    assert dl.state(endpoint).scrapes >= 3 * CALM_AFTER
+    assert not dl.state(endpoint).calm
+    assert dl.stats()["calm"] == 0
+
+
 async def test_calm_interval_equal_to_the_interval_turns_calm_scraping_off(pool, servers, layer):
     server = await servers(IDLE_PAGE)
     endpoint = pool.upsert(server.address)
@@ -200,6 +224,7 @@ async def test_flow_control_never_sees_stale_metrics_on_a_calm_fleet(pool, serve
     # KV 0.1 / 0.8 = 0.125 per endpoint; a stale one would read 1.0.
     assert worst == pytest.approx(0.125)
     assert all(dl.state(e).calm for e in endpoints)
+    assert dl.stats()["calm"] == 3
     assert sum(s.metrics_hits for s in fleet) - hits <= 3 * 12  # calm (base: ~150)
 
 

@@ -450,7 +450,8 @@ class DataLayer:
         return (self._clock() if now is None else now) - state.last_success > self.staleness
 
     def stats(self) -> dict[str, Any]:
-        """Counts for logs and metrics: endpoints, stale, down, demoted, errors by kind."""
+        """Counts for logs and metrics: endpoints, stale, down, demoted, calm (scraped every
+        ``calm_period``), successful scrapes, errors by kind."""
         now = self._clock()
         states = list(self._states.values())
         return {
@@ -458,6 +459,7 @@ class DataLayer:
             "stale": sum(self.is_stale(s.endpoint.id, now) for s in states),
             "down": sum(s.down for s in states),
             "demoted": sum(s.demoted for s in states),
+            "calm": sum(s.calm for s in states),
             "scrapes": sum(s.scrapes for s in states),
             "errors": dict(self.errors),
         }
@@ -478,8 +480,13 @@ class DataLayer:
         phase = self.scrape_phase(state.endpoint.id)
         await self._nap(state, loop, self._next_tick(phase, loop.time()))
         while True:
+            started = loop.time()
             await self._scrape(state)
             now = loop.time()
+            if state.unchanged and now - started > self.interval:
+                # A slow answer is no calm: and a calm gap plus a slow answer could outlast
+                # a reader's threshold where every-tick scraping would not.
+                self._stir(state, f"it took {now - started:.3f}s to answer")
             if state.consecutive_failures:
                 exponent = min(state.consecutive_failures, 30)
                 delay = min(self.max_backoff, self.interval * 2.0**exponent)

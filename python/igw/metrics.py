@@ -33,6 +33,7 @@ running gauge is updated at once (it is read at scrape time only, but it is one 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from bisect import bisect_left
@@ -50,6 +51,8 @@ from prometheus_client.utils import floatToGoString
 if TYPE_CHECKING:
     from igw.datastore import Pool
     from igw.pipeline import Request
+
+_log = logging.getLogger("igw.metrics")
 
 GENERAL_LATENCY_BUCKETS = (
     0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2, 3, 4, 5, 6,
@@ -130,10 +133,12 @@ class _HistogramChild:
     def observe_many(self, amounts: np.ndarray) -> None:
         """``observe`` each of ``amounts`` (float64, in order): the same counts, and the same
         ``sum`` to the last bit (``cumsum`` adds one after the other, as ``observe`` does)."""
-        found = np.bincount(
-            np.searchsorted(_bounds_array(self.bounds), amounts, side="left"),
-            minlength=len(self.counts),
-        )  # searchsorted "left" is bisect_left
+        where = np.searchsorted(_bounds_array(self.bounds), amounts, side="left")
+        # searchsorted "left" is bisect_left, but for NaN, which bisect_left puts first
+        nan = np.isnan(amounts)
+        if nan.any():
+            where[nan] = 0
+        found = np.bincount(where, minlength=len(self.counts))
         counts = self.counts
         for bucket in np.flatnonzero(found).tolist():
             counts[bucket] += int(found[bucket])
@@ -745,15 +750,27 @@ class Metrics:
         if not (self._scheduled_log or self._response_log or self._engine_pending):
             return
         clock = time.time() - time.monotonic()  # wall = monotonic + clock (for _created)
+        # A batch that cannot be applied is logged and dropped: metrics never stop a server.
         if self._scheduled_log:
             log, self._scheduled_log = self._scheduled_log, []
-            self._apply_scheduled(log, clock)
+            try:
+                self._apply_scheduled(log, clock)
+            except Exception:
+                _log.exception("metrics: %d scheduled-request updates dropped", len(log))
         if self._response_log:
             log, self._response_log = self._response_log, []
-            self._apply_responses(log, clock)
+            try:
+                self._apply_responses(log, clock)
+            except Exception:
+                _log.exception("metrics: %d finished-request updates dropped", len(log))
         if self._engine_pending:
             self._engine_pending = False
-            self._apply_engine()
+            try:
+                self._apply_engine()
+            except Exception:
+                _log.exception("metrics: scheduler timings dropped")
+                for values in self._engine_log.values():
+                    values.clear()
 
     def _created(self, clock: float, stamp: float) -> float:
         """The wall time of the monotonic ``stamp``, within [metrics start, now]."""

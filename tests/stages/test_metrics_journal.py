@@ -288,3 +288,28 @@ def test_any_batch_size_gives_the_same_exposition(monkeypatch, batch):
         return re.sub(r"(_created\{?.*) \S+\n", r"\1 T\n", text)
 
     assert run(batch) == run(10_000)
+
+
+def test_observe_many_puts_nan_where_observe_does():
+    one, many = (igw_metrics._HistogramChild((1.0, 2.0)) for _ in range(2))
+    values = [float("nan"), 1.5, float("inf")]
+    for value in values:
+        one.observe(value)
+    many.observe_many(np.asarray(values))
+    assert many.counts == one.counts == [1, 1, 1]
+
+
+def test_a_batch_that_fails_to_apply_is_logged_and_the_others_still_apply(monkeypatch, caplog):
+    metrics = Metrics()
+
+    def broken(log, clock):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(metrics, "_apply_responses", broken)
+    request = _request()
+    metrics.scheduled(request)
+    metrics.request_finished(request, 10, running=True)
+    with caplog.at_level("ERROR", logger="igw.metrics"):
+        assert _count(metrics) == 1  # the scrape goes on
+    assert "finished-request updates dropped" in caplog.text
+    assert metrics._response_log == []

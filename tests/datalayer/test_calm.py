@@ -356,3 +356,30 @@ def test_strictest_staleness_finds_every_detector_of_a_pipeline_and_flow_control
     assert strictest_staleness(pipeline, flow) == pytest.approx(0.12)
     assert strictest_staleness(pipeline) == pytest.approx(0.5)
     assert strictest_staleness(None, object()) is None
+
+
+async def test_igw_serve_bounds_calm_scraping_by_its_pools_detectors(tmp_path):
+    from igw.gateway import command
+    from igw.gateway.serve import ServeOptions, start_stack
+
+    picker = tmp_path / "picker.yaml"
+    picker.write_text(
+        "apiVersion: inference.networking.x-k8s.io/v1alpha1\n"
+        "kind: EndpointPickerConfig\n"
+        "plugins:\n"
+        "- {name: sd, type: utilization-detector,"
+        " parameters: {metricsStalenessThreshold: 80ms}}\n"
+        "saturationDetector: {pluginRef: sd}\n"
+    )
+    args = serve_args("--epp-config", str(picker))
+    stack = await start_stack(
+        command.config_from_args(args),
+        ServeOptions(port=0, epp_config=picker, scrape_interval=0.02),
+    )
+    try:
+        command._tune_scraping(stack, 0.5)
+        (layer,) = stack.datalayers
+        assert layer.calm_interval == 0.5
+        assert layer.calm_cap == pytest.approx(0.04)  # half the pool's 80 ms threshold
+    finally:
+        await stack.stop()

@@ -37,6 +37,7 @@ import logging
 import math
 import time
 from bisect import bisect_left
+from collections import Counter as _Tally
 from collections.abc import Iterable
 from itertools import chain
 from typing import TYPE_CHECKING
@@ -466,7 +467,7 @@ def pool_gauge_values(pool: Pool) -> dict[str, float]:
 
 
 MAX_CACHED_SERIES = 4096  # label tuples whose children are kept resolved (then reset)
-BATCH = 256  # journal entries applied together (see Metrics "journals")
+BATCH = 512  # journal entries applied together (see Metrics "journals"): ~0.4 ms of numpy
 _NAN = float("nan")
 _RESPONSE_FIELDS = 8  # the length of a response journal entry
 _NOT_AN_ATTEMPT = object()  # a journal entry of record_request: no scheduling attempt
@@ -788,29 +789,27 @@ class Metrics:
             yield self._series_list[value], np.flatnonzero(index == value)
 
     def _apply_scheduled(self, log: list[tuple], clock: float) -> None:
-        count = len(log)
-        index = np.fromiter((entry[0] for entry in log), dtype=np.intp, count=count)
-        sizes = np.fromiter((entry[1] for entry in log), dtype=np.float64, count=count)
+        # columns by zip(*log), counts by Counter: no Python-level step per entry
+        positions, sizes_in, endpoints, stamps = zip(*log, strict=True)
+        index = np.array(positions, dtype=np.intp)
+        sizes = np.array(sizes_in, dtype=np.float64)
         for series, where in self._groups(index):
             at = 0 if where is None else int(where[0])
-            created = self._created(clock, log[at][3])
+            created = self._created(clock, stamps[at])
             total = series.child("epp_request_total", created)
-            total.value += float(count if where is None else len(where))
+            total.value += float(len(log) if where is None else len(where))
             series.child("epp_request_size", created).observe_many(
                 sizes if where is None else sizes[where]
             )
-        # scheduling attempts, counted per (series, endpoint) and added once each
-        attempts: dict[tuple[int, int], list] = {}
-        for entry in log:
-            endpoint = entry[2]
-            if endpoint is not _NOT_AN_ATTEMPT:
-                key = (entry[0], id(endpoint))
-                seen = attempts.get(key)
-                if seen is None:
-                    attempts[key] = [endpoint, 1]
-                else:
-                    seen[1] += 1
-        for (position, _), (endpoint, times) in attempts.items():
+        # scheduling attempts, counted per (series, endpoint) and added once each (in the
+        # order first seen, the order the children were made in before)
+        ids = list(map(id, endpoints))
+        by_id = dict(zip(ids, endpoints, strict=True))
+        skip = id(_NOT_AN_ATTEMPT)
+        for (position, key), times in _Tally(zip(positions, ids, strict=True)).items():
+            if key == skip:
+                continue
+            endpoint = by_id[key]
             target = self._series_list[position]._pair[1]
             if endpoint is None:
                 pod = namespace = port = ""

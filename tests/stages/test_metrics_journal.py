@@ -313,3 +313,29 @@ def test_a_batch_that_fails_to_apply_is_logged_and_the_others_still_apply(monkey
         assert _count(metrics) == 1  # the scrape goes on
     assert "finished-request updates dropped" in caplog.text
     assert metrics._response_log == []
+
+
+def test_scheduling_attempts_are_counted_per_target_and_endpoint():
+    from igw.datastore import Endpoint
+    from igw.pipeline import Decision
+
+    metrics = Metrics()
+    a = Endpoint(0, "10.0.0.1:8000", name="pod-a", namespace="ns")
+    b = Endpoint(1, "10.0.0.2:8001", name="pod-b", namespace="ns")
+    for model, endpoint in [("m", a), ("m", b), ("m", a), ("n", a), ("m", a)]:
+        request = _request(model)
+        request.decision = Decision(pool=None, endpoints=[endpoint])  # type: ignore[arg-type]
+        metrics.scheduled(request)
+    metrics.record_request(_request("m"))  # counted, but not an attempt
+
+    def attempts(target: str, pod: str, port: str) -> float | None:
+        return metrics.registry.get_sample_value(
+            "inference_extension_scheduler_attempts_total",
+            {"status": "success", "target_model_name": target, "pod_name": pod,
+             "namespace": "ns", "port": port},
+        )  # fmt: skip
+
+    assert attempts("m", "pod-a", "8000") == 3
+    assert attempts("m", "pod-b", "8001") == 1
+    assert attempts("n", "pod-a", "8000") == 1
+    assert _count(metrics) == 5

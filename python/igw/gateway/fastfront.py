@@ -16,6 +16,11 @@ What it guarantees, like the aiohttp front end:
   the forwarder releases the request's in-flight reservation and drops the upstream request;
 * writes respect the transport's flow control (a slow reader pauses the relay).
 
+A whole answer (head and body in one upstream read) is written by the forwarder from the
+upstream connection's read callback through ``FastRequest.send_answer`` (or ``end`` of a
+stream), while its request is the one the connection's task is serving, so pipelined
+answers keep their order; the task resumes afterwards only to finish the request.
+
 The handler runs in the connection's task, not in the callback that parsed the request.
 Starting it eagerly there (with the task made current) was measured and dropped: it saved
 ~4 us between the parsed request and the handler on the c=1 request trace, but the whole

@@ -313,12 +313,13 @@ class Forwarder:
         headers = upstream_header_lines(request.headers, request.request_id)
         body = request.upstream_body
         path = http_request.path_qs
-        tried: list[str] = []
-        candidates = decision.endpoints[: self.max_attempts]
+        candidates = decision.endpoints
+        if len(candidates) > self.max_attempts:
+            candidates = candidates[: self.max_attempts]
         last = len(candidates) - 1
         for index, endpoint in enumerate(candidates):
-            tried.append(endpoint.address)
-            host, port = self._target(endpoint)
+            target = self._targets.get(endpoint.address)
+            host, port = target if target is not None else self._target(endpoint)
             if early is not None:
                 early.endpoint = endpoint.address
                 early.last = index == last
@@ -341,7 +342,7 @@ class Forwarder:
                 self._report(endpoint)
                 continue
             return upstream, endpoint.address
-        return None, ", ".join(tried)
+        return None, ", ".join([endpoint.address for endpoint in candidates])  # all tried
 
     def _target(self, endpoint: Endpoint) -> tuple[str, int]:
         target = self._targets.get(endpoint.address)

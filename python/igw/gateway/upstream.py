@@ -178,7 +178,9 @@ class _Connection(asyncio.Protocol):
         self._headers: dict[str, str] = {}
         self._framed = False  # a content-length or transfer-encoding header came
         self._header_name = ""
-        self._head: asyncio.Future | None = None  # resolves with ``_response``
+        # the task's wait for the head: resolved with ``_response`` at the end of the read
+        # that completed the head, then forgotten
+        self._head: asyncio.Future | None = None
         self._response: UpstreamResponse | None = None
         self._chunks: collections.deque[bytes] = collections.deque()
         self._buffered = 0
@@ -208,6 +210,8 @@ class _Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
+            if self._head is not None and self._response is not None:
+                self._answer_head()  # a head parsed before the bad bytes is still the answer
             self._fail(UpstreamBrokenError(f"invalid HTTP response from the replica: {exc}"))
             self.close()
             return
@@ -217,6 +221,15 @@ class _Connection(asyncio.Protocol):
             hook, self._early = self._early, None
             if self._response is not None:
                 hook(self._response)
+        if self._head is not None and self._response is not None:
+            self._answer_head()
+
+    def _answer_head(self) -> None:
+        """Resolve the task's wait for the head (after the hook: scheduling the task's
+        wake-up is not on the way to the client's bytes)."""
+        head, self._head = self._head, None
+        if head is not None and not head.done():
+            head.set_result(self._response)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
@@ -260,8 +273,8 @@ class _Connection(asyncio.Protocol):
         self._until_eof = not self._framed and status not in (204, 304)
         head = self._head
         if head is not None and not head.done() and self._pool is not None:
-            response = self._response = UpstreamResponse(self._pool, self, status)
-            head.set_result(response)
+            # the wait for it ends when this read has been parsed (data_received)
+            self._response = UpstreamResponse(self._pool, self, status)
 
     def on_body(self, body: bytes) -> None:
         self._chunks.append(body)

@@ -437,7 +437,8 @@ class Forwarder:
         (its chunks as one, which SSE readers cannot tell apart); returns whether it failed.
         A client gone is not the replica's failure (as in ``_relay_stream``)."""
         final = self.pipeline.relay_chunk(request, body, False) if body else b""
-        final, problem = self._stream_end(request, status, body[-16:], final)
+        blocked = RESPONSE_BLOCKED_ATTR in request.attrs  # guard.out ended it: no [DONE] check
+        final, problem = self._stream_end(request, status, body[-16:], final, None, blocked)
         try:
             http_request.stream_response(status, headers, defer_head=True).end(final)
         except ConnectionResetError:

@@ -18,7 +18,7 @@ import pytest
 from igw import datastore
 from igw.gateway import upstream
 from igw.gateway.proxy import Forwarder
-from igw.pipeline import Decision, Pipeline, Request, RequestKind
+from igw.pipeline import RESPONSE_BLOCKED_ATTR, Decision, Pipeline, Request, RequestKind
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 BUSY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n"
@@ -273,3 +273,23 @@ async def test_a_head_followed_by_broken_bytes_in_the_same_read_is_still_the_ans
     assert response.status == 200 and seen == []  # not a whole answer: left to the task
     with pytest.raises(upstream.UpstreamBrokenError, match="invalid HTTP response"):
         await response.read()
+
+
+class _Blocks(_Finishes):
+    """guard.out's way of ending a stream: replace the bytes and mark the request."""
+
+    def on_chunk(self, request, chunk: bytes, end_of_stream: bool) -> bytes:
+        if chunk:
+            request.attrs[RESPONSE_BLOCKED_ATTR] = True
+            return b"data: blocked\n\n"
+        return chunk
+
+
+async def test_a_whole_stream_ended_by_policy_gets_no_missing_done_error():
+    stage = _Blocks()
+    forwarder, request = _forwarder(stage, {9: _in_one_read(_sse(b"data: {}\n\n"))})
+    request.kind = RequestKind.COMPLETIONS
+    client = _Client()
+    await forwarder.forward(client, request)
+    assert [b for _, _, b in client.answers] == [b"data: blocked\n\n"]
+    assert stage.finished == 1 and not request.failed

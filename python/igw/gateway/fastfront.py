@@ -174,8 +174,23 @@ class _Stream:
 
     async def write(self, data: bytes) -> None:
         if data:
-            self._conn.write(self._take_head() + b"%x\r\n" % len(data) + data + b"\r\n")
+            self.send(data)
             await self._conn.drain()
+
+    def send(self, data: bytes) -> None:
+        """One chunk, without waiting for a slow client (see ``paused``, ``drain``): the
+        forwarder may call it from the upstream read callback."""
+        if data:
+            self._conn.write(self._take_head() + b"%x\r\n" % len(data) + data + b"\r\n")
+
+    @property
+    def paused(self) -> bool:
+        """The client's transport asked us to stop writing (flow control)."""
+        can_write = self._conn.can_write
+        return can_write is not None and not can_write.done()
+
+    async def drain(self) -> None:
+        await self._conn.drain()
 
     async def write_eof(self, data: bytes = b"") -> None:
         self.end(data)

@@ -19,7 +19,9 @@ A whole answer can be taken from the read callback: ``post(..., early=hook)`` ca
 body came in one read (the usual non-streamed answer), before the waiting task is resumed.
 The forwarder writes the answer to its client there, one loop iteration (and a task step)
 sooner than the task could; the task still gets the same response object afterwards. The
-hook must not raise.
+hook must not raise. Likewise ``UpstreamResponse.follow(on_data)`` waits for more of a body
+with ``on_data`` called from the read callback after each read, so a streamed chunk can be
+relayed there (the lazy read timeout is moved on by every read that brings bytes).
 
 The read timeout is one lazy timer per connection, not a loop timer armed and cancelled for
 every wait (~2.3 us each, measured with uvloop; a request waits once for its head and once
@@ -138,6 +140,7 @@ class _Connection(asyncio.Protocol):
         "_done",
         "_early",
         "_error",
+        "_follow",
         "_framed",
         "_head",
         "_header_name",
@@ -187,6 +190,7 @@ class _Connection(asyncio.Protocol):
         self._done = False
         self._error: BaseException | None = None
         self._waiter: asyncio.Future | None = None
+        self._follow: Callable[[], bool] | None = None  # see UpstreamResponse.follow
         self._paused = False
         self._received = False
         self._keep_alive = False
@@ -223,6 +227,14 @@ class _Connection(asyncio.Protocol):
                 hook(self._response)
         if self._head is not None and self._response is not None:
             self._answer_head()
+        follow = self._follow
+        if follow is not None and (self._chunks or self._done):
+            if follow():  # the follower needs its task back
+                self._follow = None
+                self._wake()
+            elif self._waiter is not None and self._pool is not None:
+                # bytes came: the read timeout counts the silence from now
+                self.deadline.watch(self.loop, self._waiter, self._pool.read_timeout)  # type: ignore[arg-type]
 
     def _answer_head(self) -> None:
         """Resolve the task's wait for the head (after the hook: scheduling the task's
@@ -282,14 +294,16 @@ class _Connection(asyncio.Protocol):
         if self._buffered > HIGH_WATER and not self._paused and self.transport is not None:
             self._paused = True
             self.transport.pause_reading()
-        self._wake()
+        if self._follow is None:  # else the follower sees it after this read (data_received)
+            self._wake()
 
     def on_message_complete(self) -> None:
         if self._informational:
             self._informational = False
             return
         self._done = True
-        self._wake()
+        if self._follow is None:
+            self._wake()
 
     # -- helpers ----------------------------------------------------------------------
     def _wake(self) -> None:
@@ -379,6 +393,35 @@ class UpstreamResponse:
                 conn.deadline.done()
                 conn._waiter = None
         return self.chunk_now()  # type: ignore[return-value]  # a chunk is buffered
+
+    async def follow(self, on_data: Callable[[], bool]) -> None:
+        """Wait for more of the body, calling ``on_data()`` from the read callback after
+        each read that brought some (or its end), so the caller relays it there and then;
+        ``on_data`` returns True when it needs the waiting task back. Returns then, or at
+        once when some of the body is buffered already (or it has ended); raises what broke
+        the body, or ``UpstreamTimeoutError`` after ``read_timeout`` without any bytes.
+        ``on_data`` must not raise."""
+        conn = self._conn
+        if conn._chunks or conn._done:
+            return
+        if conn._error is not None:
+            raise conn._error
+        loop = conn.loop or asyncio.get_running_loop()
+        waiter = conn._waiter = loop.create_future()
+        conn._follow = on_data
+        conn.deadline.watch(loop, waiter, self._read_timeout)
+        try:
+            await waiter
+        except asyncio.TimeoutError:
+            raise UpstreamTimeoutError(
+                f"no data from the replica for {self._read_timeout:g}s"
+            ) from None
+        finally:
+            conn.deadline.done()
+            conn._waiter = None
+            conn._follow = None
+        if conn._error is not None and not conn._chunks and not conn._done:
+            raise conn._error
 
     def whole_body(self) -> bytes | None:
         """The whole body if all of it has come already (the usual non-streamed answer),

@@ -123,7 +123,8 @@ async def test_a_failed_response_wakes_a_calm_endpoint_at_once(pool, servers, la
     await dl.start()
     await calm_now(dl, endpoint)
     state = dl.state(endpoint)
-    await wait_until(lambda: state.nap is not None)  # asleep until its calm tick
+    scrapes = state.scrapes
+    await wait_until(lambda: state.scrapes > scrapes)  # a calm scrape: the next is 0.2 s off
     scrapes = state.scrapes
     loop = asyncio.get_running_loop()
     reported = loop.time()

@@ -1,10 +1,15 @@
-"""The data layer: one scraper task per endpoint, readiness, staleness and outlier demotion.
+"""The data layer: scraping every endpoint, readiness, staleness and outlier demotion.
 
-``DataLayer`` subscribes to a ``Pool``'s membership. For every endpoint it runs one asyncio
-task that GETs ``/metrics`` every ``interval`` seconds over a kept-alive connection (its own
-lean httptools connection when httptools is installed, else aiohttp's shared pool: see
-``transport``), reads the endpoint engine's figures (``engines.extract``) and writes them to
-the core's endpoint table in ONE ``table.update`` call, so a reader never sees half a scrape.
+``DataLayer`` subscribes to a ``Pool``'s membership. Every endpoint's ``/metrics`` is read
+every ``interval`` seconds over a kept-alive connection (its own lean httptools connection
+when httptools is installed, else aiohttp's shared pool: see ``transport``); the endpoint
+engine's figures (``engines.extract``) go to the core's endpoint table in ONE
+``table.update`` call, so a reader never sees half a scrape. A task per endpoint makes the
+first scrape (connecting) and handles failures, back-off and the aiohttp path; once an
+endpoint answers on a kept-alive lean connection it is handed to its cohort's single timer,
+which sends every due request and handles each answer in the connection's callback (no task,
+future or timer per scrape: ~10% less CPU per scrape at 4 endpoints), and anything unusual
+hands it back to a task.
 
 Readiness (``table.set_ready``) is the AND of three facts:
 * discovered (the endpoint is in the pool);
@@ -17,7 +22,7 @@ Readiness (``table.set_ready``) is the AND of three facts:
   until a probe (``GET /health``, or ``/v1/models`` when that 404s) succeeds.
 
 Scheduling: endpoints scrape in cohorts of ``SCRAPE_COHORT`` consecutive ids; a cohort's
-tasks share one phase on a fixed grid of period ``interval``, so they wake in the same
+scrapes share one phase on a fixed grid of period ``interval``, so they wake in the same
 event-loop iteration (4 endpoints at 50 ms: idle cost ~25 -> ~17 ms of CPU per second), and
 cohorts are spread over the interval so 1,000 endpoints do not scrape in lockstep. Failures
 back off exponentially (capped at ``max_backoff``, with jitter) and rejoin the grid on
@@ -48,6 +53,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import random
@@ -68,7 +74,14 @@ from igw.datalayer.engines import (
 )
 from igw.datalayer.outlier import OutcomeWindow, OutlierPolicy
 from igw.datalayer.promtext import MetricsParseError
-from igw.datalayer.transport import HAVE_HTTPTOOLS, TOO_BIG, AiohttpFetch, FetchError, LeanFetch
+from igw.datalayer.transport import (
+    HAVE_HTTPTOOLS,
+    STALE,
+    TOO_BIG,
+    AiohttpFetch,
+    FetchError,
+    LeanFetch,
+)
 
 if TYPE_CHECKING:
     from igw.datastore import Endpoint, Pool
@@ -132,9 +145,27 @@ class EndpointState:
     spec: EngineSpec | None = None  # the engine spec ``page`` was parsed with
     row: dict[str, Any] | None = None  # table.update arguments of ``last`` (without now)
     nap: asyncio.Future[None] | None = None  # a calm scraper's sleep, ended early by a stir
+    driven: _Cohort | None = None  # scraped from its cohort's timer (no task) when set
+    pending: bool = False  # a driven request is out
+    due: float = 0.0  # loop time of the next driven scrape
+    started: float = 0.0  # loop time the pending driven request went out
+    deadline: float = 0.0  # loop time the pending driven request times out
+    on_fetched: Callable[[], None] | None = None
     fetch: AiohttpFetch | LeanFetch | None = None
     task: asyncio.Task[None] | None = None
     probe_task: asyncio.Task[None] | None = None
+
+
+class _Cohort:
+    """Driven endpoints sharing a scrape phase, and the one timer that scrapes them."""
+
+    __slots__ = ("at", "handle", "members", "phase")
+
+    def __init__(self, phase: float) -> None:
+        self.phase = phase
+        self.members: set[EndpointState] = set()
+        self.handle: asyncio.TimerHandle | None = None
+        self.at = math.inf  # when ``handle`` fires
 
 
 class ModelInfo(NamedTuple):
@@ -267,6 +298,7 @@ class DataLayer:
         self._session = session
         self._owns_session = session is None
         self._states: dict[int, EndpointState] = {}
+        self._cohorts: dict[int, _Cohort] = {}
         self._adapter_ids: dict[str, int] = {}
         self._running = False
 
@@ -320,6 +352,10 @@ class DataLayer:
             state.calm = False
             if state.nap is not None and not state.nap.done():
                 state.nap.set_result(None)
+            cohort = state.driven
+            if cohort is not None and not state.pending:
+                state.due = self._next_tick(cohort.phase, asyncio.get_running_loop().time())
+                self._wake_cohort(cohort, state.due)
             log.debug(
                 "endpoint %s scraped every %.3fs again: %s",
                 state.endpoint.address, self.interval, why,
@@ -350,6 +386,7 @@ class DataLayer:
         self._running = False
         tasks = []
         for state in self._states.values():
+            self._undrive(state)
             tasks.extend(t for t in (state.task, state.probe_task) if t is not None)
             state.task = state.probe_task = None
         for task in tasks:
@@ -430,6 +467,7 @@ class DataLayer:
         if state is None or state.endpoint is not endpoint:
             return
         del self._states[endpoint.id]
+        self._undrive(state)
         for task in (state.task, state.probe_task):
             if task is not None:
                 task.cancel()
@@ -475,10 +513,15 @@ class DataLayer:
         period = period or self.interval
         return phase + (math.floor((now - phase) / period) + 1) * period
 
-    async def _scrape_loop(self, state: EndpointState) -> None:
+    async def _scrape_loop(self, state: EndpointState, start: float | None = None) -> None:
+        """Scrape ``state`` from a task: its first scrape (connecting), failures and their
+        back-off, and every scrape of a fetcher that cannot be driven by callbacks. Once a
+        scrape succeeded on a kept-alive lean connection the endpoint is handed to its
+        cohort's timer (``_drive``) and the task ends."""
         loop = asyncio.get_running_loop()
         phase = self.scrape_phase(state.endpoint.id)
-        await self._nap(state, loop, self._next_tick(phase, loop.time()))
+        tick = self._next_tick(phase, loop.time()) if start is None else start
+        await self._nap(state, loop, tick)
         while True:
             started = loop.time()
             await self._scrape(state)
@@ -488,21 +531,135 @@ class DataLayer:
                 # a reader's threshold where every-tick scraping would not.
                 self._stir(state, f"it took {now - started:.3f}s to answer")
             if state.consecutive_failures:
-                exponent = min(state.consecutive_failures, 30)
-                delay = min(self.max_backoff, self.interval * 2.0**exponent)
-                deadline = now + delay * self._rng.uniform(0.75, 1.0)
-            elif state.calm:
-                # A coarser grid of the same phase, period <= calm_cap: the next scrape is
-                # within calm_cap of this one, and the calm endpoints of a cohort still wake
-                # together (one wake-up, not one per endpoint).
-                await self._nap(state, loop, self._next_tick(phase, now, self.calm_period))
-                if state.calm:
-                    continue
-                now = loop.time()  # stirred while napping: back on the grid at once
-                deadline = self._next_tick(phase, now)
+                tick = self._backoff(state, now)
             else:
-                deadline = self._next_tick(phase, now)
-            await self._nap(state, loop, deadline)
+                # Past the tick this scrape was for, even when its timer fired a little
+                # early (libuv rounds to milliseconds): else that tick came due again.
+                tick = self._next_due(state, phase, max(now, tick + self.interval / 2))
+                if isinstance(state.fetch, LeanFetch) and state.fetch.ready and self._running:
+                    self._drive(state, tick)
+                    state.task = None
+                    return
+                if state.calm:
+                    await self._nap(state, loop, tick)
+                    if state.calm:
+                        continue
+                    tick = self._next_tick(phase, loop.time())  # stirred: back at once
+            await self._nap(state, loop, tick)
+
+    def _backoff(self, state: EndpointState, now: float) -> float:
+        exponent = min(state.consecutive_failures, 30)
+        delay = min(self.max_backoff, self.interval * 2.0**exponent)
+        return now + delay * self._rng.uniform(0.75, 1.0)
+
+    def _next_due(self, state: EndpointState, phase: float, now: float) -> float:
+        """The next scrape of a healthy endpoint: the next tick, or the next calm tick (a
+        coarser grid of the same phase, period <= calm_cap, so a cohort's calm endpoints
+        wake together)."""
+        return self._next_tick(phase, now, self.calm_period if state.calm else None)
+
+    # -- callback-driven scraping (lean connections) ---------------------------------------
+    # Measured at 4 endpoints every 50 ms on the 2-core VM, a scrape driven by a task costs
+    # ~25 us more CPU than the same request sent from a timer callback and answered in the
+    # protocol's callback (two task steps, two futures and two timers per scrape). A
+    # healthy endpoint on a kept-alive lean connection is therefore driven by its cohort's
+    # one timer: the timer sends every due request, the answer is handled where it lands,
+    # and anything unusual (a failure, a reconnect) goes back to a task (``_release``).
+    def _drive(self, state: EndpointState, due: float) -> None:
+        cohort_id = state.endpoint.id // SCRAPE_COHORT
+        cohort = self._cohorts.get(cohort_id)
+        if cohort is None:
+            cohort = self._cohorts[cohort_id] = _Cohort(self.scrape_phase(state.endpoint.id))
+        state.driven = cohort
+        state.pending = False
+        state.due = due
+        if state.on_fetched is None:
+            state.on_fetched = functools.partial(self._fetched, state)
+        cohort.members.add(state)
+        self._wake_cohort(cohort, due)
+
+    def _release(self, state: EndpointState, start: float) -> None:
+        """Back to a task, first scrape at ``start`` (a failure's back-off, a reconnect)."""
+        self._undrive(state)
+        if not self._running:
+            return
+        state.task = asyncio.get_running_loop().create_task(
+            self._scrape_loop(state, start), name=f"igw-scrape {state.endpoint.address}"
+        )
+
+    def _undrive(self, state: EndpointState) -> None:
+        cohort = state.driven
+        if cohort is None:
+            return
+        state.driven = None
+        state.pending = False
+        cohort.members.discard(state)
+        if not cohort.members:
+            if cohort.handle is not None:
+                cohort.handle.cancel()
+            cohort.handle, cohort.at = None, math.inf
+            cohort_id = state.endpoint.id // SCRAPE_COHORT
+            if self._cohorts.get(cohort_id) is cohort:
+                del self._cohorts[cohort_id]
+
+    def _wake_cohort(self, cohort: _Cohort, at: float) -> None:
+        if at < cohort.at:
+            if cohort.handle is not None:
+                cohort.handle.cancel()
+            cohort.at = at
+            cohort.handle = asyncio.get_running_loop().call_at(at, self._tick, cohort)
+
+    def _tick(self, cohort: _Cohort) -> None:
+        loop = asyncio.get_running_loop()
+        cohort.handle, cohort.at = None, math.inf
+        now = loop.time()
+        soon = now + 0.0005  # due within half a millisecond: now (timer granularity)
+        for state in list(cohort.members):
+            if state.pending:
+                if state.deadline <= soon:
+                    state.fetch.expire()  # type: ignore[union-attr]  # -> _fetched at once
+            elif state.due <= soon:
+                fetch = state.fetch
+                assert isinstance(fetch, LeanFetch) and state.on_fetched is not None
+                state.started = now
+                state.deadline = now + self.timeout
+                state.pending = True
+                if not fetch.start(self.timeout, state.on_fetched):
+                    self._release(state, now)  # the server closed the connection: reconnect
+        at = math.inf
+        for state in cohort.members:
+            at = min(at, state.deadline if state.pending else state.due)
+        if at < math.inf:
+            self._wake_cohort(cohort, at)
+
+    def _fetched(self, state: EndpointState) -> None:
+        """A driven scrape's answer is in (called from the connection's callback)."""
+        cohort = state.driven
+        if cohort is None or not state.pending or not self._running:
+            return  # removed, stopped or released meanwhile
+        state.pending = False
+        loop = asyncio.get_running_loop()
+        try:
+            try:
+                status, body = state.fetch.result()  # type: ignore[union-attr]
+            except FetchError as exc:
+                if exc.kind == STALE:
+                    self._release(state, loop.time())  # reconnect now; not a failure
+                    return
+                self._fetch_failed(state, exc)
+            else:
+                self._answer(state, status, body)
+        except Exception as exc:  # never let a surprise escape into the protocol
+            self._soft_failure(state, UPDATE, f"scrape handling failed: {exc!r}")
+        now = loop.time()
+        if state.consecutive_failures:
+            self._release(state, self._backoff(state, now))
+            return
+        if state.unchanged and now - state.started > self.interval:
+            self._stir(state, f"it took {now - state.started:.3f}s to answer")
+        # Past the tick this scrape was for, even when the timer fired a little early.
+        state.due = self._next_due(state, cohort.phase, max(now, state.due + self.interval / 2))
+        self._wake_cohort(cohort, state.due)
 
     @staticmethod
     async def _nap(state: EndpointState, loop: asyncio.AbstractEventLoop, until: float) -> None:
@@ -522,12 +679,19 @@ class DataLayer:
         try:
             status, body = await state.fetch.get(self.timeout)
         except FetchError as exc:
-            if exc.kind == TOO_BIG:  # the server answered: up, but no usable metrics
-                self._reachable(state)
-                self._soft_failure(state, PARSE, str(exc))
-            else:
-                self._transport_failure(state, exc.kind, str(exc))
+            self._fetch_failed(state, exc)
             return
+        self._answer(state, status, body)
+
+    def _fetch_failed(self, state: EndpointState, exc: FetchError) -> None:
+        if exc.kind == TOO_BIG:  # the server answered: up, but no usable metrics
+            self._reachable(state)
+            self._soft_failure(state, PARSE, str(exc))
+        else:
+            self._transport_failure(state, exc.kind, str(exc))
+
+    def _answer(self, state: EndpointState, status: int, body: bytes) -> None:
+        """A page came (any status): readiness, then the figures to the table."""
         self._reachable(state)
         if status != 200:
             self._soft_failure(state, HTTP_STATUS, f"GET {state.url} returned HTTP {status}")

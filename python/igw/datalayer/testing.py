@@ -207,7 +207,8 @@ class FakeModelServer:
     """An aiohttp model server on 127.0.0.1 (port 0) whose behaviour tests change live.
 
     ``page`` is served on /metrics with ``metrics_status``; ``hang`` makes /metrics never
-    answer; ``health_status`` drives /health; ``models`` feeds /v1/models. ``stop()`` and a
+    answer; ``keep_alive`` False closes the connection after each page; ``health_status``
+    drives /health; ``models`` feeds /v1/models. ``stop()`` and a
     later ``start()`` rebind the same port (an endpoint that vanishes and comes back).
     """
 
@@ -221,6 +222,7 @@ class FakeModelServer:
         self.page = page or vllm_page(bulk=False)
         self.metrics_status = 200
         self.hang = False
+        self.keep_alive = True
         self.health_status = 200
         self.models = list(models)
         self.parents = dict(parents or {})  # adapter name -> base model in /v1/models
@@ -237,7 +239,12 @@ class FakeModelServer:
         self.metrics_hits += 1
         if self.hang:
             await asyncio.sleep(3600)
-        return web.Response(body=self.page, status=self.metrics_status, content_type="text/plain")
+        response = web.Response(
+            body=self.page, status=self.metrics_status, content_type="text/plain"
+        )
+        if not self.keep_alive:
+            response.force_close()
+        return response
 
     async def _health(self, request: web.Request) -> web.StreamResponse:
         self.health_hits += 1

@@ -24,6 +24,7 @@ import functools
 import socket
 import ssl as ssl_module
 import zlib
+from collections.abc import Callable
 
 import aiohttp
 import yarl
@@ -42,6 +43,7 @@ TIMEOUT = "timeout"
 CONNECT = "connect"
 TRANSPORT = "transport"
 TOO_BIG = "too_big"
+STALE = "stale"  # a kept-alive connection the server had closed: reconnect, not a failure
 
 HAVE_HTTPTOOLS = httptools is not None
 
@@ -132,8 +134,11 @@ class _Connection(asyncio.Protocol):
         self.max_bytes = max_bytes
         self.begin(None)
 
-    def begin(self, waiter: asyncio.Future[None] | None) -> None:
+    def begin(
+        self, waiter: asyncio.Future[None] | None, on_done: Callable[[], None] | None = None
+    ) -> None:
         self.waiter = waiter
+        self.on_done = on_done
         self.received = False
         self.done = False
         self.keep_alive = False
@@ -204,6 +209,10 @@ class _Connection(asyncio.Protocol):
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        on_done = self.on_done
+        if on_done is not None:
+            self.on_done = None  # once per request
+            on_done()
 
     def _fail(self, kind: str, message: str) -> None:
         if self.error is None:
@@ -243,6 +252,51 @@ class LeanFetch:
         self._max_bytes = max_bytes
         self._conn: _Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._timeout = 0.0
+
+    @property
+    def ready(self) -> bool:
+        """A kept-alive connection is open and idle: ``start`` can send at once."""
+        conn = self._conn
+        return conn is not None and conn.reusable
+
+    def start(self, timeout: float, on_done: Callable[[], None]) -> bool:
+        """Send the GET on the kept-alive connection without a task: ``on_done()`` is called
+        (from the protocol's callback) once the answer is complete or the request failed;
+        then read it with ``result()``. False, and nothing sent, when no connection is ready
+        (use ``get``, which connects). The caller enforces ``timeout`` with ``expire()``."""
+        conn = self._conn
+        if conn is None or not conn.reusable or conn.transport is None:
+            return False
+        self._timeout = timeout
+        conn.begin(None, on_done)
+        conn.transport.write(self._request)
+        return True
+
+    def expire(self) -> None:
+        """The answer of ``start`` is late: fail it (``on_done`` runs, ``result`` raises)."""
+        if self._conn is not None:
+            self._conn.expire()
+
+    def result(self) -> tuple[int, bytes]:
+        """The answer ``start`` asked for. Raises ``FetchError`` as ``get`` does; kind
+        ``STALE`` when the kept-alive connection had been closed by the server before it
+        answered anything (nothing is wrong: ``get`` again on a fresh connection)."""
+        conn = self._conn
+        if conn is None:
+            raise FetchError(TRANSPORT, f"GET {self.url}: connection closed")
+        error = conn.error
+        if error is None:
+            body = b"".join(conn.chunks)
+            if not conn.keep_alive:
+                conn.close()
+            return conn.status, _decode(body, conn.encoding, self.url)
+        conn.close()
+        if error.kind == TIMEOUT:
+            raise FetchError(TIMEOUT, f"GET {self.url}: no answer within {self._timeout:g}s")
+        if not conn.received and error.kind == TRANSPORT:
+            raise FetchError(STALE, f"GET {self.url}: {error}")
+        raise FetchError(error.kind, f"GET {self.url}: {error}")
 
     async def get(self, timeout: float) -> tuple[int, bytes]:
         # One timer on the answer instead of an ``asyncio.timeout`` per scrape (a Timeout

@@ -194,11 +194,10 @@ async def test_a_paused_client_gets_nothing_more_until_it_drained():
     client.pause_after_first = client.paused = False
     client.resumed.set()
     await task
-    assert [(kind, data) for kind, data, _ in client.writes] == [
-        ("chunk", b"data: a\n\n"),
-        ("chunk", b"data: b\n\n"),
-        ("end", b"data: [DONE]\n\n"),  # buffered with the end by then: they go out together
-    ]
+    assert b"".join(data for _, data, _ in client.writes) == (
+        b"data: a\n\ndata: b\n\ndata: [DONE]\n\n"
+    )
+    assert client.writes[-1][0] == "end"
     assert client.drained >= 1 and stage.finished == 1
 
 
@@ -214,12 +213,14 @@ async def test_a_stream_lost_midway_ends_with_an_error_event_and_fails():
 
 
 async def test_a_silent_replica_is_cut_by_the_read_timeout_counted_from_its_last_bytes():
-    # 0.06 s between reads, 0.1 s timeout: the later reads extend it; then silence
-    answer = _in_reads(HEAD, chunk(b"data: a\n\n"), chunk(b"data: b\n\n"), gap=0.06)
-    forwarder, request, stage = _setup(answer, read_timeout=0.1)
+    # reads 0.08 s apart over 0.24 s, a 0.2 s timeout: only if every read moves it on do
+    # all three chunks get through before the silence after them is cut
+    parts = (chunk(b"data: a\n\n"), chunk(b"data: b\n\n"), chunk(b"data: c\n\n"))
+    forwarder, request, stage = _setup(_in_reads(HEAD, *parts, gap=0.08), read_timeout=0.2)
     client = _Client()
     await forwarder.forward(client, request)
-    assert [data for _, data, _ in client.writes][:2] == [b"data: a\n\n", b"data: b\n\n"]
+    sent = [data for _, data, _ in client.writes]
+    assert sent[:3] == [b"data: a\n\n", b"data: b\n\n", b"data: c\n\n"]
     assert b"read timeout" in client.writes[-1][1]
     assert stage.finished == 1 and request.failed
 

@@ -141,6 +141,9 @@ class _Client:
     def stream_response(self, status: int, headers: str, *, defer_head: bool):
         return _ClientStream(self, status)
 
+    def send_stream(self, status: int, headers: str, data: bytes) -> None:
+        self.send_answer(status, headers, data)
+
 
 class _ClientStream:
     """The front end's chunked response: ``end`` writes all that is left at once."""

@@ -146,6 +146,13 @@ class FastRequest:
         head = _head_of_lines(status, lines, keep_alive=self.keep_alive, length=len(body))
         self._conn.write(head + body)
 
+    def send_stream(self, status: int, lines: str, data: bytes) -> None:
+        """Write a whole chunked answer now (a stream whose every byte is in hand): head,
+        ``data`` as one chunk, the last chunk; in one write, like ``send_answer``."""
+        head = _head_of_lines(status, lines, keep_alive=self.keep_alive, length=None)
+        tail = b"%x\r\n%b\r\n0\r\n\r\n" % (len(data), data) if data else b"0\r\n\r\n"
+        self._conn.write(head + tail)
+
     def stream_response(self, status: int, lines: str, *, defer_head: bool):
         return _Stream(self._conn, status, lines, defer_head=defer_head,
                        keep_alive=self.keep_alive)  # fmt: skip

@@ -79,7 +79,8 @@ _RESPONSE_SKIP = _HOP_BY_HOP | {"date", "server"}  # aiohttp writes its own
 # before sending anything is retried on the next ranked endpoint, like Envoy's retry_on 5xx.
 _RETRY_STATUSES = frozenset({500, 502, 503, 504})
 # OpenAI streams of these kinds end with "data: [DONE]"; without it the stream was cut.
-_DONE_KINDS = frozenset({RequestKind.COMPLETIONS, RequestKind.CHAT})
+# (a tuple: ``in`` finds an enum member by identity; a set would call Enum.__hash__, Python)
+_DONE_KINDS = (RequestKind.COMPLETIONS, RequestKind.CHAT)
 _DONE_MARK = b"[DONE]"
 MAX_CACHED_TARGETS = 4096  # endpoint address -> (host, port), bounded like the pools
 
@@ -158,7 +159,7 @@ class _EarlyAnswer:
 
     def __init__(self, forwarder: Forwarder, http_request, request: Request) -> None:
         self.forwarder = forwarder
-        self.http_request = http_request  # the httptools front end's (send_answer)
+        self.http_request = http_request  # the httptools front end's (send_answer, send_stream)
         self.request = request
         self.endpoint = ""  # the address tried now, and whether it is the last candidate
         self.last = True
@@ -551,7 +552,7 @@ class Forwarder:
         blocked = RESPONSE_BLOCKED_ATTR in request.attrs  # guard.out ended it: no [DONE] check
         final, problem = self._stream_end(request, status, body[-16:], final, None, blocked)
         try:
-            http_request.stream_response(status, headers, defer_head=True).end(final)
+            http_request.send_stream(status, headers, final)
         except ConnectionResetError:
             log.debug("request %s: client disconnected before the stream", request.request_id)
             return False

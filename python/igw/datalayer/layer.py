@@ -53,7 +53,6 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-import functools
 import logging
 import math
 import random
@@ -64,6 +63,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import aiohttp
 import yarl
 
+from igw.datalayer.calm import (
+    CALM_AFTER,
+    CALM_FACTOR,
+    CONSUMER_STALENESS,
+    CalmCadence,
+)
+from igw.datalayer.calm import positive as _positive
+from igw.datalayer.driven import SCRAPE_COHORT, Cohort, DrivenScraping
 from igw.datalayer.engines import (
     DEFAULT_ENGINE,
     ENGINE_LABEL,
@@ -76,7 +83,6 @@ from igw.datalayer.outlier import OutcomeWindow, OutlierPolicy
 from igw.datalayer.promtext import MetricsParseError
 from igw.datalayer.transport import (
     HAVE_HTTPTOOLS,
-    STALE,
     TOO_BIG,
     AiohttpFetch,
     FetchError,
@@ -98,12 +104,6 @@ UPDATE = "update"
 _TRANSPORT_KINDS = frozenset({TIMEOUT, CONNECT, TRANSPORT})
 LOG_EVERY = 60.0  # seconds between repeated failure log lines of one endpoint
 MAX_PAGE_BYTES = 16 << 20  # a metrics page bigger than this is not a model server's
-SCRAPE_COHORT = 64  # endpoints (by consecutive id) that share a scrape phase
-CALM_AFTER = 3  # unchanged scrapes in a row (nobody waiting) that make an endpoint calm
-CALM_FACTOR = 4  # default calm cap in scrape intervals (then bounded by freshness)
-# Flow control's default metricsStalenessThreshold (the reference's 200 ms): the data layer
-# assumes a reader that strict unless told (``consumer_staleness``, ``require_fresh``).
-CONSUMER_STALENESS = 0.2
 _GOLDEN = 0.6180339887498949  # spreads cohort phases evenly over the interval, any count
 
 
@@ -145,7 +145,7 @@ class EndpointState:
     spec: EngineSpec | None = None  # the engine spec ``page`` was parsed with
     row: dict[str, Any] | None = None  # table.update arguments of ``last`` (without now)
     nap: asyncio.Future[None] | None = None  # a calm scraper's sleep, ended early by a stir
-    driven: _Cohort | None = None  # scraped from its cohort's timer (no task) when set
+    driven: Cohort | None = None  # scraped from its cohort's timer (no task) when set
     pending: bool = False  # a driven request is out
     due: float = 0.0  # loop time of the next driven scrape
     started: float = 0.0  # loop time the pending driven request went out
@@ -154,18 +154,6 @@ class EndpointState:
     fetch: AiohttpFetch | LeanFetch | None = None
     task: asyncio.Task[None] | None = None
     probe_task: asyncio.Task[None] | None = None
-
-
-class _Cohort:
-    """Driven endpoints sharing a scrape phase, and the one timer that scrapes them."""
-
-    __slots__ = ("at", "handle", "members", "phase")
-
-    def __init__(self, phase: float) -> None:
-        self.phase = phase
-        self.members: set[EndpointState] = set()
-        self.handle: asyncio.TimerHandle | None = None
-        self.at = math.inf  # when ``handle`` fires
 
 
 class ModelInfo(NamedTuple):
@@ -179,13 +167,7 @@ class ModelInfo(NamedTuple):
         return self.parent is not None and self.parent != self.id
 
 
-def _positive(name: str, value: float) -> float:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ValueError(f"DataLayer {name} must be a positive number of seconds, got {value!r}")
-    return float(value)
-
-
-class DataLayer:
+class DataLayer(CalmCadence, DrivenScraping):
     """Scrapes every endpoint of ``pool`` and keeps its table rows, readiness and prefix
     capacity current. Create it, ``await start()``, and ``await stop()`` on shutdown.
 
@@ -298,75 +280,9 @@ class DataLayer:
         self._session = session
         self._owns_session = session is None
         self._states: dict[int, EndpointState] = {}
-        self._cohorts: dict[int, _Cohort] = {}
+        self._cohorts: dict[int, Cohort] = {}
         self._adapter_ids: dict[str, int] = {}
         self._running = False
-
-    # -- calm cadence ---------------------------------------------------------------------
-    @property
-    def calm_interval(self) -> float:
-        """The longest gap asked for between a calm endpoint's scrapes (``calm_cap`` is what
-        is in force). Settable while running, e.g. from a command-line flag."""
-        return self._calm_interval
-
-    @calm_interval.setter
-    def calm_interval(self, value: float) -> None:
-        if _positive("calm_interval", value) < self.interval:
-            raise ValueError(
-                f"DataLayer calm_interval must be >= interval ({self.interval:g}s; equal turns "
-                f"calm scraping off), got {value!r}"
-            )
-        self._calm_interval = float(value)
-        self._set_cap()
-
-    def _calm_cap(self) -> float:
-        # Half the strictest threshold: a calm endpoint's figures are at most that old when
-        # its next scrape lands, so even a scrape late by as much again is not "stale".
-        return max(self.interval, min(self._calm_interval, self._fresh / 2))
-
-    def _set_cap(self) -> None:
-        cap = self._calm_cap()
-        if cap != self.calm_cap:
-            log.debug(
-                "calm endpoints are scraped every %.3fs at most (asked %.3fs; the strictest "
-                "staleness threshold of a reader is %.3fs)", cap, self._calm_interval, self._fresh,
-            )  # fmt: skip
-            self.calm_cap = cap
-
-    @property
-    def calm_period(self) -> float:
-        """A calm endpoint's scrape period: the most whole intervals within ``calm_cap``."""
-        return self.interval * max(1, math.floor(self.calm_cap / self.interval + 1e-9))
-
-    def require_fresh(self, staleness: float) -> None:
-        """A reader of the table treats rows older than ``staleness`` seconds as stale (e.g.
-        a saturation detector's ``metricsStalenessThreshold``): keep calm scraping well
-        inside it. Lowers ``calm_cap`` when needed; never raises it."""
-        self._fresh = min(self._fresh, _positive("staleness", staleness))
-        self._set_cap()
-
-    def _stir(self, state: EndpointState, why: str) -> None:
-        """Something happened at the endpoint: scrape it on every tick again."""
-        state.unchanged = 0
-        if state.calm:
-            state.calm = False
-            if state.nap is not None and not state.nap.done():
-                state.nap.set_result(None)
-            cohort = state.driven
-            if cohort is not None and not state.pending:
-                state.due = self._next_tick(cohort.phase, asyncio.get_running_loop().time())
-                self._wake_cohort(cohort, state.due)
-            log.debug(
-                "endpoint %s scraped every %.3fs again: %s",
-                state.endpoint.address, self.interval, why,
-            )  # fmt: skip
-
-    def _busy(self, state: EndpointState) -> bool:
-        """igw has requests in flight on the endpoint (its figures are about to move)."""
-        try:
-            return bool(self.pool.table.inflight()[0][state.endpoint.id] > 0)
-        except (IndexError, AttributeError):
-            return False
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -558,109 +474,6 @@ class DataLayer:
         wake together)."""
         return self._next_tick(phase, now, self.calm_period if state.calm else None)
 
-    # -- callback-driven scraping (lean connections) ---------------------------------------
-    # Measured at 4 endpoints every 50 ms on the 2-core VM, a scrape driven by a task costs
-    # ~25 us more CPU than the same request sent from a timer callback and answered in the
-    # protocol's callback (two task steps, two futures and two timers per scrape). A
-    # healthy endpoint on a kept-alive lean connection is therefore driven by its cohort's
-    # one timer: the timer sends every due request, the answer is handled where it lands,
-    # and anything unusual (a failure, a reconnect) goes back to a task (``_release``).
-    def _drive(self, state: EndpointState, due: float) -> None:
-        cohort_id = state.endpoint.id // SCRAPE_COHORT
-        cohort = self._cohorts.get(cohort_id)
-        if cohort is None:
-            cohort = self._cohorts[cohort_id] = _Cohort(self.scrape_phase(state.endpoint.id))
-        state.driven = cohort
-        state.pending = False
-        state.due = due
-        if state.on_fetched is None:
-            state.on_fetched = functools.partial(self._fetched, state)
-        cohort.members.add(state)
-        self._wake_cohort(cohort, due)
-
-    def _release(self, state: EndpointState, start: float) -> None:
-        """Back to a task, first scrape at ``start`` (a failure's back-off, a reconnect)."""
-        self._undrive(state)
-        if not self._running:
-            return
-        state.task = asyncio.get_running_loop().create_task(
-            self._scrape_loop(state, start), name=f"igw-scrape {state.endpoint.address}"
-        )
-
-    def _undrive(self, state: EndpointState) -> None:
-        cohort = state.driven
-        if cohort is None:
-            return
-        state.driven = None
-        state.pending = False
-        cohort.members.discard(state)
-        if not cohort.members:
-            if cohort.handle is not None:
-                cohort.handle.cancel()
-            cohort.handle, cohort.at = None, math.inf
-            cohort_id = state.endpoint.id // SCRAPE_COHORT
-            if self._cohorts.get(cohort_id) is cohort:
-                del self._cohorts[cohort_id]
-
-    def _wake_cohort(self, cohort: _Cohort, at: float) -> None:
-        if at < cohort.at:
-            if cohort.handle is not None:
-                cohort.handle.cancel()
-            cohort.at = at
-            cohort.handle = asyncio.get_running_loop().call_at(at, self._tick, cohort)
-
-    def _tick(self, cohort: _Cohort) -> None:
-        loop = asyncio.get_running_loop()
-        cohort.handle, cohort.at = None, math.inf
-        now = loop.time()
-        soon = now + 0.0005  # due within half a millisecond: now (timer granularity)
-        for state in list(cohort.members):
-            if state.pending:
-                if state.deadline <= soon:
-                    state.fetch.expire()  # type: ignore[union-attr]  # -> _fetched at once
-            elif state.due <= soon:
-                fetch = state.fetch
-                assert isinstance(fetch, LeanFetch) and state.on_fetched is not None
-                state.started = now
-                state.deadline = now + self.timeout
-                state.pending = True
-                if not fetch.start(self.timeout, state.on_fetched):
-                    self._release(state, now)  # the server closed the connection: reconnect
-        at = math.inf
-        for state in cohort.members:
-            at = min(at, state.deadline if state.pending else state.due)
-        if at < math.inf:
-            self._wake_cohort(cohort, at)
-
-    def _fetched(self, state: EndpointState) -> None:
-        """A driven scrape's answer is in (called from the connection's callback)."""
-        cohort = state.driven
-        if cohort is None or not state.pending or not self._running:
-            return  # removed, stopped or released meanwhile
-        state.pending = False
-        loop = asyncio.get_running_loop()
-        try:
-            try:
-                status, body = state.fetch.result()  # type: ignore[union-attr]
-            except FetchError as exc:
-                if exc.kind == STALE:
-                    self._release(state, loop.time())  # reconnect now; not a failure
-                    return
-                self._fetch_failed(state, exc)
-            else:
-                self._answer(state, status, body)
-        except Exception as exc:  # never let a surprise escape into the protocol
-            self._soft_failure(state, UPDATE, f"scrape handling failed: {exc!r}")
-        now = loop.time()
-        if state.consecutive_failures:
-            self._release(state, self._backoff(state, now))
-            return
-        if state.unchanged and now - state.started > self.interval:
-            self._stir(state, f"it took {now - state.started:.3f}s to answer")
-        # Past the tick this scrape was for, even when the timer fired a little early.
-        state.due = self._next_due(state, cohort.phase, max(now, state.due + self.interval / 2))
-        self._wake_cohort(cohort, state.due)
-
     @staticmethod
     async def _nap(state: EndpointState, loop: asyncio.AbstractEventLoop, until: float) -> None:
         """Sleep until ``until`` on the loop's clock like ``asyncio.sleep`` (without its
@@ -829,6 +642,10 @@ class DataLayer:
                 state.endpoint.address, state.consecutive_failures, message,
             )  # fmt: skip
             self._apply_ready(state)
+
+    def _unexpected(self, state: EndpointState, exc: Exception) -> None:
+        """Handling a scrape's answer raised (a bug): count it, keep the scraper going."""
+        self._soft_failure(state, UPDATE, f"scrape handling failed: {exc!r}")
 
     def _soft_failure(self, state: EndpointState, kind: str, message: str) -> None:
         """The server answered but gave no usable metrics: keep old values, stay ready."""

@@ -17,9 +17,10 @@ What it guarantees, like the aiohttp front end:
 * writes respect the transport's flow control (a slow reader pauses the relay).
 
 A whole answer (head and body in one upstream read) is written by the forwarder from the
-upstream connection's read callback through ``FastRequest.send_answer`` (or ``end`` of a
-stream), while its request is the one the connection's task is serving, so pipelined
-answers keep their order; the task resumes afterwards only to finish the request.
+upstream connection's read callback through ``FastRequest.send_answer`` (``send_stream`` for
+a stream), and the chunks of a stream that comes in pieces through ``_Stream.send`` from
+the reads that bring them; always while its request is the one the connection's task is
+serving, so pipelined answers keep their order; the task resumes afterwards to finish it.
 
 The handler runs in the connection's task, not in the callback that parsed the request.
 Starting it eagerly there (with the task made current) was measured and dropped: it saved

@@ -375,10 +375,9 @@ async def test_igw_serve_bounds_calm_scraping_by_its_pools_detectors(tmp_path):
     args = serve_args("--epp-config", str(picker))
     stack = await start_stack(
         command.config_from_args(args),
-        ServeOptions(port=0, epp_config=picker, scrape_interval=0.02),
+        ServeOptions(port=0, epp_config=picker, scrape_interval=0.02, scrape_calm_interval=0.5),
     )
     try:
-        command._tune_scraping(stack, 0.5)
         (layer,) = stack.datalayers
         assert layer.calm_interval == 0.5
         assert layer.calm_cap == pytest.approx(0.04)  # half the pool's 80 ms threshold

@@ -212,6 +212,7 @@ async def _main(args: argparse.Namespace, config) -> int:
         epp_config=args.epp_config,
         config_path=args.config,
         scrape_interval=args.scrape_interval,
+        scrape_calm_interval=args.scrape_calm_interval,
         seed=args.seed,
         limits=Limits(
             client_max_size=args.max_body_bytes,
@@ -223,7 +224,6 @@ async def _main(args: argparse.Namespace, config) -> int:
         ),
     )
     stack = await start_stack(config, options)
-    _tune_scraping(stack, args.scrape_calm_interval)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -234,18 +234,6 @@ async def _main(args: argparse.Namespace, config) -> int:
     finally:
         await stack.stop()
     return 0
-
-
-def _tune_scraping(stack, calm_interval: float | None) -> None:
-    """Calm scraping within every reader's staleness threshold (see ``igw.datalayer``)."""
-    from igw.datalayer.freshness import strictest_staleness
-
-    strictest = strictest_staleness(stack.gateway.pipeline, stack.flow)
-    for layer in stack.datalayers:
-        if calm_interval is not None:
-            layer.calm_interval = calm_interval
-        if strictest is not None:
-            layer.require_fresh(strictest)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -62,6 +62,9 @@ class ServeOptions:
     epp_config: Path | None = None  # default EndpointPickerConfig for pools that name none
     config_path: Path | None = None  # for resolving relative paths in the config
     scrape_interval: float = 0.05
+    # calm replicas are scraped at most this far apart (None: the data layer's default);
+    # never more than half the strictest staleness threshold a reader uses (start_stack)
+    scrape_calm_interval: float | None = None
     limits: Limits = dataclasses.field(default_factory=Limits)
     seed: int | None = None
     outlier: Any | None = None  # igw.datalayer.OutlierPolicy (None = the data layer's default)
@@ -278,6 +281,21 @@ async def learn_models(runtime: PoolRuntime) -> None:
     runtime.adapters |= adapters
 
 
+def _bound_calm_scraping(stack: Stack, calm_interval: float | None) -> None:
+    """Calm scraping within every reader's staleness threshold (see ``igw.datalayer``): the
+    flow-control detectors of the pipeline and of ``stack.flow`` are only known once the
+    gateway is built, a few milliseconds after the data layers started (an endpoint needs
+    three scrapes to turn calm, so none is calm yet)."""
+    from igw.datalayer.freshness import strictest_staleness
+
+    strictest = strictest_staleness(stack.gateway.pipeline, stack.flow)
+    for layer in stack.datalayers:
+        if calm_interval is not None:
+            layer.calm_interval = calm_interval
+        if strictest is not None:
+            layer.require_fresh(strictest)
+
+
 async def _refresh_models(runtime: PoolRuntime, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
@@ -368,6 +386,7 @@ async def start_stack(config: GatewayConfig, options: ServeOptions) -> Stack:
                       checks=checks)  # fmt: skip
         if flow is not None:
             stack.flow = flow.attach(gateway.pipeline)
+        _bound_calm_scraping(stack, options.scrape_calm_interval)
         for runtime in runtimes:
             if runtime.learn_models:
                 await learn_models(runtime)

@@ -8,7 +8,8 @@ prompts (64 distinct prompts repeated, so prefix routing has matches to find).
 Measured:
 * mean latency at concurrency 1, calling a replica directly vs through the gateway, streamed
   and not, alternating the two in rounds; the median over rounds of the difference is the
-  gateway's added latency (target <= 250 us), the best round is shown too;
+  gateway's added latency (target <= 250 us), the best round is shown too, and each
+  router's CPU per request during its own rounds (all its threads, from ``schedstat``);
 * at concurrency 64: requests/s through the gateway and the gateway process's CPU seconds per
   1,000 requests (utime+stime from /proc/<pid>/stat; target ~6,900 req/s and 0.2 CPU-s/1k,
   what sglang-router ``cache_aware`` does on this 2-core machine).
@@ -183,16 +184,22 @@ async def _client(urls: list[str], concurrency: int, count: int, stream: bool) -
     }
 
 
-async def _compare(sets: list[list[str]], rounds: int, count: int, stream: bool) -> dict:
+async def _compare(
+    sets: list[list[str]], rounds: int, count: int, stream: bool, pids: list[int | None]
+) -> dict:
     """Concurrency 1, alternating between URL sets round by round (direct, via igw, ...),
     so a burst of load from elsewhere on the machine hits all alike; one keep-alive
-    session per set. Returns each set's per-round mean latency and its failed requests."""
+    session per set. Returns each set's per-round mean latency, its failed requests and the
+    CPU its router process (``pids``, None for none) used during that set's own rounds: a
+    router's background work while the others are measured (igw's scraping during the
+    peer's ~45 ms streamed requests, say) is not charged to its requests."""
     import aiohttp
 
     bodies = _bodies(stream)
     headers = {"content-type": "application/json"}
     means: list[list[float]] = [[] for _ in sets]
     errors = [0 for _ in sets]
+    cpu = [0.0 for _ in sets]
     sessions = [aiohttp.ClientSession() for _ in sets]
     try:
         for index, urls in enumerate(sets):  # warm up every connection
@@ -203,6 +210,8 @@ async def _compare(sets: list[list[str]], rounds: int, count: int, stream: bool)
         for _ in range(rounds):
             for index, urls in enumerate(sets):
                 session = sessions[index]
+                pid = pids[index]
+                cpu_before = _cpu_seconds_exact(pid) if pid else 0.0
                 total = 0.0
                 for i in range(count):
                     started = time.perf_counter()
@@ -213,10 +222,12 @@ async def _compare(sets: list[list[str]], rounds: int, count: int, stream: bool)
                         errors[index] += response.status != 200
                     total += time.perf_counter() - started
                 means[index].append(total / count * 1e6)
+                if pid:
+                    cpu[index] += _cpu_seconds_exact(pid) - cpu_before
     finally:
         for session in sessions:
             await session.close()
-    return {"means_us": means, "errors": errors}
+    return {"means_us": means, "errors": errors, "cpu_s": cpu}
 
 
 # ----------------------------------------------------------------------------- harness
@@ -243,8 +254,12 @@ def _run_client(urls: list[str], concurrency: int, count: int, stream: bool) -> 
     return _run_script("client", spec)
 
 
-def _run_compare(sets: list[list[str]], rounds: int, count: int, stream: bool) -> dict:
-    spec = json.dumps({"sets": sets, "rounds": rounds, "n": count, "stream": stream})
+def _run_compare(
+    sets: list[list[str]], rounds: int, count: int, stream: bool, pids: list[int | None]
+) -> dict:
+    spec = json.dumps(
+        {"sets": sets, "rounds": rounds, "n": count, "stream": stream, "pids": pids}
+    )
     return _run_script("compare", spec)
 
 
@@ -261,6 +276,18 @@ def _run_script(mode: str, spec: str) -> dict:
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds_exact(pid: int) -> float:
+    """CPU time of all of ``pid``'s threads in ns resolution (``schedstat``); ``stat``
+    counts 10 ms ticks, too coarse for one round of a few hundred requests."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):  # a thread that just exited
+            continue
+    return total / 1e9
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -330,9 +357,9 @@ def _start_floor(ports: list[int]) -> tuple[subprocess.Popen, str]:
 def _idle_rate(pid: int) -> float:
     """CPU seconds per second the process burns with no requests (igw: scraping /metrics)."""
     time.sleep(0.5)
-    started, cpu = time.monotonic(), _cpu_seconds(pid)
+    started, cpu = time.monotonic(), _cpu_seconds_exact(pid)
     time.sleep(IDLE_SECONDS)
-    return (_cpu_seconds(pid) - cpu) / (time.monotonic() - started)
+    return (_cpu_seconds_exact(pid) - cpu) / (time.monotonic() - started)
 
 
 def measure(policy: str = "default", frontend: str = "httptools", peer: bool = PEER) -> dict:
@@ -354,17 +381,14 @@ def measure(policy: str = "default", frontend: str = "httptools", peer: bool = P
         for name in names:
             results["routers"][name] = {"idle_cpu_ms_per_s": round(idle[name] * 1000, 1)}
         sets = [direct] + [[url + "/v1/completions"] for _, url in routers.values()]
+        pids: list[int | None] = [None] + [proc.pid for proc, _ in routers.values()]
         for stream in (False, True):
-            started = time.monotonic()
-            before = {name: _cpu_seconds(proc.pid) for name, (proc, _) in routers.items()}
-            out = _run_compare(sets, ROUNDS, C1_REQUESTS // ROUNDS, stream)
-            elapsed = time.monotonic() - started
-            via_requests = ROUNDS * (C1_REQUESTS // ROUNDS) + WARMUP
+            out = _run_compare(sets, ROUNDS, C1_REQUESTS // ROUNDS, stream, pids)
+            measured_requests = ROUNDS * (C1_REQUESTS // ROUNDS)
             direct_means = out["means_us"][0]
             key = "c1_stream" if stream else "c1_json"
             for index, name in enumerate(names, start=1):
-                proc = routers[name][0]
-                busy = _cpu_seconds(proc.pid) - before[name] - idle[name] * elapsed
+                busy = out["cpu_s"][index]  # during its own rounds, background work included
                 means = out["means_us"][index]
                 added = [v - u for u, v in zip(direct_means, means, strict=True)]
                 results["routers"][name][key] = {
@@ -372,7 +396,7 @@ def measure(policy: str = "default", frontend: str = "httptools", peer: bool = P
                     "gateway_mean_us": round(statistics.median(means)),
                     "added_mean_us": round(statistics.median(added)),  # median over rounds
                     "added_min_us": round(min(added)),
-                    "cpu_us": round(busy / via_requests * 1e6),  # per request, idle cost off
+                    "cpu_us": round(busy / measured_requests * 1e6),  # per request
                     "errors": out["errors"][index],
                 }
         for name, (proc, url) in routers.items():
@@ -487,7 +511,8 @@ def _main(argv: list[str]) -> None:
         run(_replicas(int(argv[1])))
     elif argv and argv[0] == "compare":
         spec = json.loads(argv[1])
-        print(json.dumps(run(_compare(spec["sets"], spec["rounds"], spec["n"], spec["stream"]))))
+        print(json.dumps(run(_compare(spec["sets"], spec["rounds"], spec["n"], spec["stream"],
+                                      spec["pids"]))))  # fmt: skip
     elif argv and argv[0] == "client":
         spec = json.loads(argv[1])
         print(json.dumps(run(_client(spec["urls"], spec["c"], spec["n"], spec["stream"]))))

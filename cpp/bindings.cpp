@@ -473,6 +473,17 @@ PyPickResult pick_kwargs(Scheduler& self, py::handle profile_obj, const py::kwar
               with_scores, charge);
 }
 
+// The fast calls' result head: the ranked endpoints as a list, and the primary's matched
+// blocks (0 when nothing was eligible).
+std::pair<py::list, int64_t> ranked_and_matched(const PickOutput& out) {
+  py::list ranked(out.endpoints.size());
+  for (size_t i = 0; i < out.endpoints.size(); ++i) ranked[i] = py::int_(out.endpoints[i]);
+  int64_t matched = 0;
+  if (!out.endpoints.empty() && out.endpoints[0] < out.matched.size())
+    matched = out.matched[out.endpoints[0]];
+  return {std::move(ranked), matched};
+}
+
 // pick_reserve(profile, hashes, prompt_tokens, block_tokens, lora, k, charge): the routing
 // path's usual pick (no candidate mask, no Python scores, reserve and record) with positional
 // arguments and a plain tuple back. Measured: pick() spends most of its ~2.6 us in argument
@@ -503,12 +514,7 @@ py::tuple pick_reserve(Scheduler& self, py::handle profile_obj, py::handle hashe
     py::gil_scoped_release release;
     self.pick(profile, req, out);
   }
-  py::list ranked(out.endpoints.size());
-  for (size_t i = 0; i < out.endpoints.size(); ++i)
-    ranked[i] = py::int_(out.endpoints[i]);
-  int64_t matched = 0;
-  if (!out.endpoints.empty() && out.endpoints[0] < out.matched.size())
-    matched = out.matched[out.endpoints[0]];
+  auto [ranked, matched] = ranked_and_matched(out);
   return py::make_tuple(std::move(ranked), matched, out.total_blocks, out.uncached_tokens);
 }
 
@@ -557,12 +563,7 @@ py::tuple route(Scheduler& self, py::handle profile_obj, py::handle prompt, uint
     }
     self.pick(profile, req, out);
   }
-  py::list ranked(out.endpoints.size());
-  for (size_t i = 0; i < out.endpoints.size(); ++i)
-    ranked[i] = py::int_(out.endpoints[i]);
-  int64_t matched = 0;
-  if (!out.endpoints.empty() && out.endpoints[0] < out.matched.size())
-    matched = out.matched[out.endpoints[0]];
+  auto [ranked, matched] = ranked_and_matched(out);
   return py::make_tuple(std::move(ranked), matched, out.total_blocks, out.uncached_tokens,
                         std::move(hashes), hot);
 }

@@ -285,6 +285,12 @@ class LeanFetch:
         conn = self._conn
         if conn is None:
             raise FetchError(TRANSPORT, f"GET {self.url}: connection closed")
+        return self._outcome(conn, self._timeout)
+
+    def _outcome(self, conn: _Connection, timeout: float) -> tuple[int, bytes]:
+        """The answer on ``conn`` (done), or the ``FetchError`` it came to: kind ``STALE``
+        for a transport failure before any byte (a kept-alive connection the server had
+        closed)."""
         error = conn.error
         if error is None:
             body = b"".join(conn.chunks)
@@ -293,7 +299,7 @@ class LeanFetch:
             return conn.status, _decode(body, conn.encoding, self.url)
         conn.close()
         if error.kind == TIMEOUT:
-            raise FetchError(TIMEOUT, f"GET {self.url}: no answer within {self._timeout:g}s")
+            raise FetchError(TIMEOUT, f"GET {self.url}: no answer within {timeout:g}s")
         if not conn.received and error.kind == TRANSPORT:
             raise FetchError(STALE, f"GET {self.url}: {error}")
         raise FetchError(error.kind, f"GET {self.url}: {error}")
@@ -325,19 +331,14 @@ class LeanFetch:
                 raise
             finally:
                 handle.cancel()
-            error = conn.error
-            if error is None:
-                body = b"".join(conn.chunks)
-                if not conn.keep_alive:
-                    conn.close()
-                return conn.status, _decode(body, conn.encoding, self.url)
-            conn.close()
-            if error.kind == TIMEOUT:
-                raise FetchError(TIMEOUT, f"GET {self.url}: no answer within {timeout:g}s")
-            # A kept-alive connection the server had already closed: retry once, fresh.
-            if reused and not conn.received and error.kind == TRANSPORT and attempt == 1:
-                continue
-            raise FetchError(error.kind, f"GET {self.url}: {error}")
+            try:
+                return self._outcome(conn, timeout)
+            except FetchError as exc:
+                if exc.kind != STALE:
+                    raise
+                if reused and attempt == 1:
+                    continue  # a kept-alive connection the server had closed: once more, fresh
+                raise FetchError(TRANSPORT, str(exc)) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _connect(self, remaining: float, timeout: float) -> _Connection:

@@ -380,19 +380,24 @@ class UpstreamResponse:
                 return b""
             if conn._error is not None:
                 raise conn._error
-            loop = conn.loop or asyncio.get_running_loop()
-            waiter = conn._waiter = loop.create_future()
-            conn.deadline.watch(loop, waiter, self._read_timeout)
-            try:
-                await waiter
-            except asyncio.TimeoutError:
-                raise UpstreamTimeoutError(
-                    f"no data from the replica for {self._read_timeout:g}s"
-                ) from None
-            finally:
-                conn.deadline.done()
-                conn._waiter = None
+            await self._wait_for_bytes(conn)
         return self.chunk_now()  # type: ignore[return-value]  # a chunk is buffered
+
+    async def _wait_for_bytes(self, conn: _Connection) -> None:
+        """Until the read callback wakes us (bytes, the end, or a failure), at most
+        ``read_timeout`` without any bytes."""
+        loop = conn.loop or asyncio.get_running_loop()
+        waiter = conn._waiter = loop.create_future()
+        conn.deadline.watch(loop, waiter, self._read_timeout)
+        try:
+            await waiter
+        except asyncio.TimeoutError:
+            raise UpstreamTimeoutError(
+                f"no data from the replica for {self._read_timeout:g}s"
+            ) from None
+        finally:
+            conn.deadline.done()
+            conn._waiter = None
 
     async def follow(self, on_data: Callable[[], bool]) -> None:
         """Wait for more of the body, calling ``on_data()`` from the read callback after
@@ -406,19 +411,10 @@ class UpstreamResponse:
             return
         if conn._error is not None:
             raise conn._error
-        loop = conn.loop or asyncio.get_running_loop()
-        waiter = conn._waiter = loop.create_future()
         conn._follow = on_data
-        conn.deadline.watch(loop, waiter, self._read_timeout)
         try:
-            await waiter
-        except asyncio.TimeoutError:
-            raise UpstreamTimeoutError(
-                f"no data from the replica for {self._read_timeout:g}s"
-            ) from None
+            await self._wait_for_bytes(conn)
         finally:
-            conn.deadline.done()
-            conn._waiter = None
             conn._follow = None
         if conn._error is not None and not conn._chunks and not conn._done:
             raise conn._error

@@ -1,0 +1,95 @@
+"""Same-run A/B of two igw source trees at concurrency 1 (gateway overhead).
+
+Why: on a small shared VM one run of ``bench/test_gateway_bench.py`` moves by +-50 us between
+runs, more than most single changes. This starts ``igw serve`` from each tree behind the same
+4 instant replicas and alternates direct calls, tree A and tree B round by round (the same
+``_compare`` client the gateway bench uses), so a burst of load elsewhere hits all three alike.
+It prints each tree's added latency per round, B minus A per round, and each gateway's CPU per
+request during its own rounds.
+
+    python bench/ab_gateways.py OLD_TREE NEW_TREE [--rounds 10] [--requests 300] [--stream]
+
+A tree is a checkout with a built ``python/igw/_core*.so`` (``scripts/dev-build.sh``, or copy
+the module from another checkout: the core's API only grows). Run it with this checkout's
+``python`` on ``PYTHONPATH`` (for the bench module); loopback only, bounded in requests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import test_gateway_bench as bench
+
+_URL = re.compile(r"http://127\.0\.0\.1:\d+")
+
+
+def _start_igw(tree: Path, endpoints: str, policy: str) -> tuple[subprocess.Popen, str]:
+    env = dict(os.environ, PYTHONPATH=str(tree / "python"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "igw", "serve", "--port", "0", "--log-level", "error",
+         "--policy", policy, "--endpoints", endpoints],
+        stdout=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        found = _URL.search(line)
+        if found:
+            return proc, found.group(0)
+    proc.kill()
+    raise SystemExit(f"igw serve from {tree} exited before printing its address")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("tree_a", type=Path, help="checkout A (e.g. the base commit)")
+    parser.add_argument("tree_b", type=Path, help="checkout B (e.g. the change)")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--requests", type=int, default=300, help="per tree per round")
+    parser.add_argument("--stream", action="store_true", help="streamed requests")
+    parser.add_argument("--policy", default="predicted-ttft")
+    args = parser.parse_args(argv)
+    for tree in (args.tree_a, args.tree_b):
+        if not (tree / "python" / "igw").is_dir():
+            parser.error(f"{tree}: not an igw checkout (no python/igw)")
+    if args.rounds < 1 or args.requests < 1:
+        parser.error("--rounds and --requests must be >= 1")
+    replicas = bench._spawn(bench.__file__, "replicas", str(bench.REPLICAS))
+    gateways: list[subprocess.Popen] = []
+    try:
+        assert replicas.stdout is not None
+        ports = json.loads(replicas.stdout.readline())
+        endpoints = ",".join(f"http://127.0.0.1:{p}" for p in ports)
+        urls = []
+        for tree in (args.tree_a, args.tree_b):
+            proc, url = _start_igw(tree, endpoints, args.policy)
+            gateways.append(proc)
+            urls.append(url)
+        sets = [[f"http://127.0.0.1:{p}/v1/completions" for p in ports]]
+        sets += [[url + "/v1/completions"] for url in urls]
+        pids: list[int | None] = [None, *(proc.pid for proc in gateways)]
+        out = bench._run_compare(sets, args.rounds, args.requests, args.stream, pids)
+        direct = out["means_us"][0]
+        for index, tree in enumerate((args.tree_a, args.tree_b), start=1):
+            added = [v - d for d, v in zip(direct, out["means_us"][index], strict=True)]
+            cpu = out["cpu_s"][index] / (args.rounds * args.requests) * 1e6
+            print(f"{'AB'[index - 1]} {tree}: added median {statistics.median(added):.0f} us "
+                  f"(rounds {[round(x) for x in added]}), CPU {cpu:.0f} us per request, "
+                  f"errors {out['errors'][index]}")  # fmt: skip
+        diff = [b - a for a, b in zip(out["means_us"][1], out["means_us"][2], strict=True)]
+        print(f"B - A per round: median {statistics.median(diff):.0f} us, "
+              f"{[round(x) for x in diff]}")  # fmt: skip
+        return 0
+    finally:
+        for proc in [*gateways, replicas]:
+            bench._stop(proc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

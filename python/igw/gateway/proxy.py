@@ -141,6 +141,13 @@ class Answer:
         return web.Response(status=self.status, body=self.body, headers=self.headers)
 
 
+def _read_problem(request: Request, exc: Exception) -> str:
+    """What went wrong reading a relayed stream, as logged and sent in its error event."""
+    if isinstance(exc, UpstreamTimeoutError):
+        return f"upstream {request.served_endpoint} stopped sending (read timeout)"
+    return f"upstream {request.served_endpoint} broke the stream: {exc}"
+
+
 class _EarlyAnswer:
     """Writes a whole answer to the client from the upstream read callback.
 
@@ -215,12 +222,29 @@ class _StreamRelay:
         self.ended = False  # the end of the response is written
         self.error: Exception | None = None  # raised in the callback, for the task
 
+    def take(self, chunk: bytes) -> bytes | None:
+        """The bytes to send for ``chunk`` (what may change them has run), or None when it
+        completes the upstream stream: then they are kept to go out with the end."""
+        self.tail = chunk[-16:] if len(chunk) >= 16 else (self.tail + chunk)[-16:]
+        out = self.forwarder.pipeline.relay_chunk(self.request, chunk, False)
+        if self.upstream.complete:
+            self.final = out  # goes out with the end of the response; observed at finish
+            return None
+        return out
+
+    def sent(self) -> bool:
+        """After the client has a chunk: the observers (usage, accounting) see it. True when
+        policy (guard.out) ended the stream: stop reading; the unread connection is closed
+        (forward's finally), which cancels the replica's generation instead of computing
+        tokens nobody will see."""
+        self.forwarder.pipeline.observe(self.request)
+        if RESPONSE_BLOCKED_ATTR in self.request.attrs:
+            self.blocked = True
+        return self.blocked
+
     def step(self) -> bool | None:
         """Relay what is buffered: True at the end of the stream (or ended by policy),
         False when more must be waited for, None when the client's writes are paused."""
-        forwarder = self.forwarder
-        pipeline = forwarder.pipeline
-        request = self.request
         upstream = self.upstream
         response = self.response
         while True:
@@ -229,18 +253,12 @@ class _StreamRelay:
                 return False
             if not chunk:
                 return True
-            self.tail = chunk[-16:] if len(chunk) >= 16 else (self.tail + chunk)[-16:]
-            out = pipeline.relay_chunk(request, chunk, False)
-            if upstream.complete:
-                self.final = out  # goes out with the end of the response; observed at finish
+            out = self.take(chunk)
+            if out is None:
                 return True
             if out:
                 response.send(out)
-            pipeline.observe(request)  # usage, accounting: after the client has the bytes
-            if RESPONSE_BLOCKED_ATTR in request.attrs:
-                # ended by policy (guard.out): as in _pump, stop reading; the unread
-                # connection is closed, which cancels the replica's generation
-                self.blocked = True
+            if self.sent():
                 return True
             if response.paused:
                 return None
@@ -398,8 +416,7 @@ class Forwarder:
             candidates = candidates[: self.max_attempts]
         last = len(candidates) - 1
         for index, endpoint in enumerate(candidates):
-            target = self._targets.get(endpoint.address)
-            host, port = target if target is not None else self._target(endpoint)
+            host, port = self._target(endpoint)
             if early is not None:
                 early.endpoint = endpoint.address
                 early.last = index == last
@@ -466,40 +483,29 @@ class Forwarder:
         return response, problem is not None
 
     async def _pump(self, request, upstream, status, response) -> str | None:
-        """Copy the stream; returns what went wrong upstream, or None."""
-        pipeline = self.pipeline
-        tail = b""
-        final = b""
-        problem: str | None = None
-        blocked = False
+        """Copy the stream (the aiohttp front end or client: writes are awaited); returns
+        what went wrong upstream, or None. The per-chunk rules are ``_StreamRelay``'s."""
+        relay = _StreamRelay(self, request, upstream, status, response)
         while True:
             chunk = upstream.chunk_now()
             if chunk is None:  # nothing buffered: wait for the replica
                 try:
                     chunk = await upstream.readany()
-                except UpstreamBrokenError as exc:
-                    problem = f"upstream {request.served_endpoint} broke the stream: {exc}"
-                    break
-                except UpstreamTimeoutError:
-                    problem = f"upstream {request.served_endpoint} stopped sending (read timeout)"
+                except (UpstreamBrokenError, UpstreamTimeoutError) as exc:
+                    relay.problem = _read_problem(request, exc)
                     break
             if not chunk:
                 break
-            tail = chunk[-16:] if len(chunk) >= 16 else (tail + chunk)[-16:]
-            out = pipeline.relay_chunk(request, chunk, False)
-            if upstream.complete:
-                final = out  # goes out with the end of the response; observed at finish
+            out = relay.take(chunk)
+            if out is None:
                 break
             if out:
                 await response.write(out)
-            pipeline.observe(request)  # usage, accounting: after the client has the bytes
-            if RESPONSE_BLOCKED_ATTR in request.attrs:
-                # ended by policy (guard.out): the client has its error event; stop reading,
-                # and the unread connection is closed (forward's finally), which cancels the
-                # replica's generation instead of computing tokens nobody will see
-                blocked = True
+            if relay.sent():
                 break
-        final, problem = self._stream_end(request, status, tail, final, problem, blocked)
+        final, problem = self._stream_end(
+            request, status, relay.tail, relay.final, relay.problem, relay.blocked
+        )
         await response.write_eof(final)
         return problem
 
@@ -519,11 +525,8 @@ class Forwarder:
                 continue
             try:
                 await upstream.follow(relay.on_data)
-            except UpstreamBrokenError as exc:
-                relay.problem = f"upstream {request.served_endpoint} broke the stream: {exc}"
-                break
-            except UpstreamTimeoutError:
-                relay.problem = f"upstream {request.served_endpoint} stopped sending (read timeout)"
+            except (UpstreamBrokenError, UpstreamTimeoutError) as exc:
+                relay.problem = _read_problem(request, exc)
                 break
             if relay.error is not None:
                 raise relay.error  # as if the task had failed there (a client gone, a bug)

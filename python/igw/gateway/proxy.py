@@ -42,6 +42,7 @@ from igw.gateway.upstream import (
     UpstreamBrokenError,
     UpstreamConnectError,
     UpstreamError,
+    UpstreamPool,
     UpstreamTimeoutError,
     make_pool,
 )
@@ -90,9 +91,9 @@ FailureReporter = Callable[["Endpoint"], None]
 _UPSTREAM_SKIP = _HOP_BY_HOP | {REQUEST_ID_HEADER}  # the request id is ours to send
 
 
-def upstream_headers(headers: Iterable[tuple[str, str]], request_id: str) -> list[tuple[str, str]]:
+def upstream_headers(headers: Mapping[str, str], request_id: str) -> list[tuple[str, str]]:
     """The client's end-to-end headers (names lower-cased), plus the request id."""
-    out = [(name, value) for name, value in headers if name not in _UPSTREAM_SKIP]
+    out = [(name, value) for name, value in headers.items() if name not in _UPSTREAM_SKIP]
     out.append((REQUEST_ID_HEADER, request_id))
     out.append(("accept-encoding", "identity"))
     return out
@@ -309,6 +310,10 @@ class Forwarder:
         self.upstream = make_pool(
             connect_timeout=connect_timeout, read_timeout=read_timeout, lean=lean
         )
+        # the form the pool writes: the lean client takes ready header lines, aiohttp pairs
+        self._headers_for_upstream = (
+            upstream_header_lines if isinstance(self.upstream, UpstreamPool) else upstream_headers
+        )
         self.report_failure = report_failure
         self.max_attempts = max(1, max_attempts)
         # "ip:port" -> (host, port): Endpoint.host / .port split the address on every call
@@ -408,7 +413,7 @@ class Forwarder:
         may take a whole answer from the read callback; it is told which attempt this is)."""
         decision = request.decision
         assert decision is not None, "forward() needs a scheduled request"
-        headers = upstream_header_lines(request.headers, request.request_id)
+        headers = self._headers_for_upstream(request.headers, request.request_id)
         body = request.upstream_body
         path = http_request.path_qs
         candidates = decision.endpoints

@@ -612,17 +612,11 @@ class AiohttpPool:
         host: str,
         port: int,
         path: str,
-        headers: Iterable[tuple[str, str]] | str,
+        headers: Iterable[tuple[str, str]],
         body: bytes,
         early: EarlyHook | None = None,  # aiohttp gives no read callback: never called
     ):
         aiohttp = self._aiohttp
-        if isinstance(headers, str):  # header lines: back to pairs
-            headers = [
-                (name, value)
-                for name, _, value in (line.partition(": ") for line in headers.split("\r\n"))
-                if name
-            ]
         shown = f"[{host}]" if ":" in host else host
         url = f"http://{shown}:{port}{path}"
         try:

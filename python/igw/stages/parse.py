@@ -55,20 +55,13 @@ def apply_headers(
     request: Request, objectives: ObjectiveLookup | None, *, use_subset_metadata: bool = True
 ) -> None:
     """Objective/priority, fairness id and subset from headers and metadata (no body needed)."""
-    headers = request.headers
-    # the new name first, then the legacy one (``Request.header`` without its call overhead)
-    objective = headers.get(OBJECTIVE_HEADERS[0])
-    if objective is None:
-        objective = headers.get(OBJECTIVE_HEADERS[1])
+    objective = request.header(*OBJECTIVE_HEADERS)
     if objective:
         request.objective = objective
         priority = objectives.priority(objective) if objectives is not None else None
         request.priority = int(priority) if priority is not None else 0
-    fairness = headers.get(FAIRNESS_HEADERS[0])
-    if fairness is None:
-        fairness = headers.get(FAIRNESS_HEADERS[1])
-    request.fairness_id = fairness or DEFAULT_FAIRNESS_ID
-    if TEST_SELECTION_HEADER in headers or (use_subset_metadata and request.metadata):
+    request.fairness_id = request.header(*FAIRNESS_HEADERS) or DEFAULT_FAIRNESS_ID
+    if TEST_SELECTION_HEADER in request.headers or (use_subset_metadata and request.metadata):
         request.subset = subset_of(request, use_metadata=use_subset_metadata)
     else:
         request.subset = None  # no steering header, no metadata: the whole pool

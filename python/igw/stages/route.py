@@ -64,11 +64,7 @@ class RouteStage:
         if body_json is None:  # passthrough: nothing to resolve or rewrite
             return
         incoming = request.incoming_model
-        headers = request.headers  # the new name first, then the legacy one
-        target = headers.get(REWRITE_HEADERS[0])
-        if target is None:
-            target = headers.get(REWRITE_HEADERS[1])
-        target = target or incoming
+        target = request.header(*REWRITE_HEADERS) or incoming
         if self.rewrites is not None and incoming:
             resolved = self.rewrites.resolve(incoming, self.rng)
             if resolved is not None:

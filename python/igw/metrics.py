@@ -897,11 +897,7 @@ class Metrics:
         """A request was scheduled: ``record_scheduled(request, "success")``,
         ``record_request`` and ``running_started`` in one step (one series lookup, one
         journal entry; the schedule stage calls this per request)."""
-        key = (request.incoming_model, request.target_model, request.fairness_id,
-               request.priority)  # fmt: skip
-        series = self._by_labels.get(key)  # _series, inlined: this runs per request
-        if series is None:
-            series = self._new_series(key)
+        series = self._series(request)
         series.epp_running.value += 1.0
         decision = request.decision
         endpoint = decision.endpoints[0] if decision is not None and decision.endpoints else None
@@ -951,11 +947,7 @@ class Metrics:
         """The end of a request: ``running_ended`` when ``running``, and ``record_response``
         when ``answered`` (``response_bytes`` None: the body was not all seen), with one
         series lookup and one journal entry (the account stage calls this per request)."""
-        key = (request.incoming_model, request.target_model, request.fairness_id,
-               request.priority)  # fmt: skip
-        series = self._by_labels.get(key)  # _series, inlined: this runs per request
-        if series is None:
-            series = self._new_series(key)
+        series = self._series(request)
         if running:
             series.epp_running.value -= 1.0
         if not answered:

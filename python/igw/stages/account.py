@@ -162,11 +162,7 @@ class AccountStage:
             elif running:
                 metrics.running_ended(request)
         if self.reporter is not None and decision is not None and decision.endpoints:
-            status = request.response_status
-            if 0 < status < 500 and not request.failed and not request.attrs.get("upstream_error"):
-                ok: bool | None = True  # served (what _outcome says, without the call)
-            else:
-                ok = _outcome(request)
+            ok = _outcome(request)
             if ok is not None:
                 endpoint = decision.primary
                 if request.served_endpoint and request.served_endpoint != endpoint.address:

@@ -130,6 +130,21 @@ def _maybe_rounded(usage: Usage) -> bool:
     )
 
 
+def _decoded(data: bytes) -> Any:
+    """``data`` decoded, or None when it is not JSON. orjson first (a subset of what json
+    accepts, to the same values, ~4x faster); json decides what orjson refuses (NaN, lone
+    surrogates, ...)."""
+    if _fast_loads is not None:
+        try:
+            return _fast_loads(data)
+        except ValueError:
+            pass
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+
+
 def usage_from_body(body: bytes) -> Usage | None:
     """Usage of a whole non-streamed JSON response (top-level ``usage``); None if absent."""
     if len(body) >= MIN_SEARCHED_BODY:
@@ -138,17 +153,7 @@ def usage_from_body(body: bytes) -> Usage | None:
             return found
     if b"usage" not in body:
         return None
-    data: Any = None
-    if _fast_loads is not None:
-        try:  # orjson decodes a subset of what json does, to the same values, ~4x faster
-            data = _fast_loads(body)
-        except ValueError:
-            data = None
-    if data is None:
-        try:
-            data = json.loads(body)
-        except (ValueError, RecursionError):
-            return None
+    data = _decoded(body)
     if type(data) is dict:
         usage = data.get("usage")
         if usage is not None:  # the usual shape, as _usage_in_event reads it first
@@ -196,17 +201,9 @@ def _tail_usage(body: bytes) -> Usage | None:
         if key is None:
             continue  # "usage" is a value here
         payload = b'{"usage":' + body[key.end() :]
-        event: Any = None
-        if _fast_loads is not None:
-            try:
-                event = _fast_loads(payload)
-            except ValueError:
-                event = None
+        event = _decoded(payload)
         if event is None:
-            try:  # json accepts more than orjson (NaN, lone surrogates), and not nesting
-                event = json.loads(payload)
-            except (ValueError, RecursionError):
-                continue
+            continue
         usage = event.get("usage") if type(event) is dict else None
         if type(usage) is not dict:
             return None  # null or another type: the other shapes may apply, decode it all

@@ -778,6 +778,12 @@ PYBIND11_MODULE(_core, m) {
            },
            py::arg("endpoint"), py::arg("requests"), py::arg("tokens"))
       .def("add_inflight", bad_method("EndpointTable.add_inflight", "endpoint, requests, tokens"))
+      .def("inflight_requests_of",
+           [=](const EndpointTable& t, py::handle e) {
+             return t.inflight_requests_of(table_endpoint(e, "inflight_requests_of"));
+           },
+           py::arg("endpoint"))
+      .def("inflight_requests_of", bad_method("EndpointTable.inflight_requests_of", "endpoint"))
       .def("adapter_id",
            [](EndpointTable& t, py::handle name) { return t.adapter_id(str_arg(name, "name")); },
            py::arg("name"))

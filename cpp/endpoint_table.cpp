@@ -200,6 +200,11 @@ void EndpointTable::set_prefill_rate(uint32_t endpoint, double tps) {
   bump_version();
 }
 
+int32_t EndpointTable::inflight_requests_of(uint32_t endpoint) const {
+  check_live(endpoint, "inflight_requests_of");
+  return ld(inflight_requests_[endpoint]);
+}
+
 void EndpointTable::add_inflight(uint32_t endpoint, int64_t requests, int64_t tokens) {
   std::lock_guard lock(write_mu_);
   check_live(endpoint, "add_inflight");

@@ -125,6 +125,9 @@ class EndpointTable {
   // Only the in-flight counters of rows [0, n) (each row's pair consistent): what changes on
   // every pick, for callers that keep a snapshot of the slower-moving rest.
   void inflight(size_t n, int32_t* requests, int64_t* tokens) const;
+  // igw's in-flight requests on one live endpoint: one load, for a caller that needs just
+  // that row (``inflight`` copies every row).
+  int32_t inflight_requests_of(uint32_t endpoint) const;
 
   // Column access for the scheduler's gather (seqlock-protected by begin/validate).
   uint32_t read_begin(uint32_t e) const noexcept {

@@ -132,6 +132,8 @@ class EndpointTable:
     def set_prefill_rate(self, endpoint: int, tokens_per_second: float) -> None: ...
     def add_inflight(self, endpoint: int, requests: int, tokens: int) -> None:
         """Adjust igw's own in-flight counters (negative to release); clamped at zero."""
+    def inflight_requests_of(self, endpoint: int) -> int:
+        """igw's in-flight requests on one live endpoint (``inflight()`` copies every row)."""
     def adapter_id(self, name: str) -> int:
         """Id of a LoRA adapter name in the registry, registering it if new (max 256).
 

@@ -423,6 +423,10 @@ class EndpointTable:
             row.inflight_requests = max(0, row.inflight_requests + requests)
             row.inflight_tokens = max(0, row.inflight_tokens + tokens)
 
+    def inflight_requests_of(self, endpoint: int) -> int:
+        with self._lock:
+            return self._row(endpoint).inflight_requests
+
     def adapter_id(self, name: str) -> int:
         name = _str_arg("name", name)
         with self._lock:

@@ -241,3 +241,13 @@ def test_inflight_matches_the_snapshot_counters(core):
     assert requests.dtype == np.int32 and tokens.dtype == np.int64
     assert requests.tolist() == s.inflight_requests.tolist() == [0, 3, 0, 1]
     assert tokens.tolist() == s.inflight_tokens.tolist() == [0, 700, 0, 5]
+
+
+def test_inflight_requests_of_reads_one_live_row(core):
+    t = core.EndpointTable(8)
+    ids = [t.add() for _ in range(3)]
+    t.add_inflight(ids[1], 3, 700)
+    assert [t.inflight_requests_of(e) for e in ids] == [0, 3, 0]
+    t.remove(ids[2])
+    with pytest.raises(core.Error, match="is not a live endpoint id"):
+        t.inflight_requests_of(ids[2])

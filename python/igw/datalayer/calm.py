@@ -21,6 +21,8 @@ import logging
 import math
 from typing import TYPE_CHECKING, Any
 
+from igw.scheduling._backend import is_core_error
+
 if TYPE_CHECKING:
     from igw.datalayer.layer import EndpointState
 
@@ -110,6 +112,10 @@ class CalmCadence:
     def _busy(self, state: EndpointState) -> bool:
         """igw has requests in flight on the endpoint (its figures are about to move)."""
         try:
-            return bool(self.pool.table.inflight()[0][state.endpoint.id] > 0)
-        except (IndexError, AttributeError):
+            return self.pool.table.inflight_requests_of(state.endpoint.id) > 0
+        except AttributeError:  # a table without igw's in-flight counters
             return False
+        except Exception as exc:
+            if is_core_error(exc):  # the endpoint was removed meanwhile
+                return False
+            raise

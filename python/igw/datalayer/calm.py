@@ -109,6 +109,13 @@ class CalmCadence:
                 state.endpoint.address, self.interval, why,
             )  # fmt: skip
 
+    def _stir_if_slow(self, state: EndpointState, took: float) -> None:
+        """A scrape that took longer than a tick to answer: a slow answer is no calm, and a
+        calm gap plus a slow answer could outlast a reader's threshold where every-tick
+        scraping would not."""
+        if state.unchanged and took > self.interval:
+            self._stir(state, f"it took {took:.3f}s to answer")
+
     def _busy(self, state: EndpointState) -> bool:
         """igw has requests in flight on the endpoint (its figures are about to move)."""
         try:

@@ -137,8 +137,7 @@ class DrivenScraping:
         if state.consecutive_failures:
             self._release(state, self._backoff(state, now))
             return
-        if state.unchanged and now - state.started > self.interval:
-            self._stir(state, f"it took {now - state.started:.3f}s to answer")
+        self._stir_if_slow(state, now - state.started)
         # Past the tick this scrape was for, even when the timer fired a little early.
         state.due = self._next_due(state, cohort.phase, max(now, state.due + self.interval / 2))
         self._wake_cohort(cohort, state.due)

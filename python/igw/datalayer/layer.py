@@ -442,10 +442,7 @@ class DataLayer(CalmCadence, DrivenScraping):
             started = loop.time()
             await self._scrape(state)
             now = loop.time()
-            if state.unchanged and now - started > self.interval:
-                # A slow answer is no calm: and a calm gap plus a slow answer could outlast
-                # a reader's threshold where every-tick scraping would not.
-                self._stir(state, f"it took {now - started:.3f}s to answer")
+            self._stir_if_slow(state, now - started)
             if state.consecutive_failures:
                 tick = self._backoff(state, now)
             else:

@@ -473,6 +473,20 @@ PyPickResult pick_kwargs(Scheduler& self, py::handle profile_obj, const py::kwar
               with_scores, charge);
 }
 
+// The fast calls' shared arguments (pick_reserve, route), checked as pick() checks them.
+void fill_fast_request(PickRequest& req, int64_t prompt_tokens, int64_t block_tokens,
+                       int64_t lora, int64_t k, int64_t charge) {
+  if (k < 1 || k > kMaxEndpoints) throw Error("k must be in 1..65535, got " + std::to_string(k));
+  if (lora < INT32_MIN || lora > INT32_MAX)
+    throw Error("lora must be -1 (none), an adapter id in 0..255 or 256 (unknown adapter), "
+                "got " + std::to_string(lora));
+  req.k = static_cast<uint32_t>(k);
+  req.prompt_tokens = prompt_tokens;
+  req.block_tokens = block_tokens;
+  req.lora = lora < 0 ? -1 : static_cast<int>(lora);
+  req.charge = charge;
+}
+
 // The fast calls' result head: the ranked endpoints as a list, and the primary's matched
 // blocks (0 when nothing was eligible).
 std::pair<py::list, int64_t> ranked_and_matched(const PickOutput& out) {
@@ -500,15 +514,7 @@ py::tuple pick_reserve(Scheduler& self, py::handle profile_obj, py::handle hashe
     h = require_array<uint64_t>(hashes, "hashes", 1, "uint64");
     req.hashes = {h.data(), static_cast<size_t>(h.shape(0))};
   }
-  if (k < 1 || k > kMaxEndpoints) throw Error("k must be in 1..65535, got " + std::to_string(k));
-  if (lora < INT32_MIN || lora > INT32_MAX)
-    throw Error("lora must be -1 (none), an adapter id in 0..255 or 256 (unknown adapter), "
-                "got " + std::to_string(lora));
-  req.k = static_cast<uint32_t>(k);
-  req.prompt_tokens = prompt_tokens;
-  req.block_tokens = block_tokens;
-  req.lora = lora < 0 ? -1 : static_cast<int>(lora);
-  req.charge = charge;
+  fill_fast_request(req, prompt_tokens, block_tokens, lora, k, charge);
   PickOutput out;
   {
     py::gil_scoped_release release;
@@ -533,10 +539,8 @@ py::tuple route(Scheduler& self, py::handle profile_obj, py::handle prompt, uint
   const Profile& profile = profile_obj.cast<const Profile&>();
   if (block_bytes < 1) throw Error("block_bytes must be >= 1, got " + std::to_string(block_bytes));
   if (max_blocks < 0) throw Error("max_blocks must be >= 0, got " + std::to_string(max_blocks));
-  if (k < 1 || k > kMaxEndpoints) throw Error("k must be in 1..65535, got " + std::to_string(k));
-  if (lora < INT32_MIN || lora > INT32_MAX)
-    throw Error("lora must be -1 (none), an adapter id in 0..255 or 256 (unknown adapter), "
-                "got " + std::to_string(lora));
+  PickRequest req;
+  fill_fast_request(req, prompt_tokens, block_tokens, lora, k, charge);
   if (hot_charge < 0) throw Error("hot_charge must be >= 0, got " + std::to_string(hot_charge));
   if (!std::isfinite(hot_factor)) throw Error("hot_factor must be finite");
   py::buffer_info info;
@@ -545,13 +549,7 @@ py::tuple route(Scheduler& self, py::handle profile_obj, py::handle prompt, uint
                                static_cast<size_t>(max_blocks));
   py::array_t<uint64_t> hashes(static_cast<py::ssize_t>(n));
   const std::span<uint64_t> h{hashes.mutable_data(), n};
-  PickRequest req;
   req.hashes = h;
-  req.k = static_cast<uint32_t>(k);
-  req.prompt_tokens = prompt_tokens;
-  req.block_tokens = block_tokens;
-  req.lora = lora < 0 ? -1 : static_cast<int>(lora);
-  req.charge = charge;
   bool hot = false;
   PickOutput out;
   {

@@ -6,7 +6,14 @@ the parser by path suffix and parses the body once.
 
 from __future__ import annotations
 
-from igw.parsing.openai import ParsedBody, decode_body, parse_openai, parse_passthrough
+from igw.parsing.openai import (
+    OpenAIFields,
+    ParsedBody,
+    decode_body,
+    parse_openai,
+    parse_passthrough,
+    read_openai,
+)
 from igw.parsing.others import parse_anthropic, parse_vllm_generate
 from igw.parsing.paths import (
     ANTHROPIC_PARSER,
@@ -27,6 +34,7 @@ __all__ = [
     "OPENAI_PARSER",
     "PASSTHROUGH_PARSER",
     "VLLMHTTP_PARSER",
+    "OpenAIFields",
     "ParsedBody",
     "ParserRegistry",
     "ReverseRewriter",
@@ -38,6 +46,8 @@ __all__ = [
     "parse_openai",
     "parse_passthrough",
     "parse_vllm_generate",
+    "parse_with",
+    "read_openai",
     "request_path",
     "reverse_rewriter",
     "usage_from_body",
@@ -49,7 +59,11 @@ _DEFAULT_REGISTRY = ParserRegistry.from_types(DEFAULT_PARSERS)
 
 def parse_body(path: str, body: bytes, registry: ParserRegistry | None = None) -> ParsedBody:
     """Parse ``body`` with the parser that claims ``path``; raises a 400 ``InferenceError``."""
-    parser = (registry or _DEFAULT_REGISTRY).resolve(path)
+    return parse_with((registry or _DEFAULT_REGISTRY).resolve(path), path, body)
+
+
+def parse_with(parser: str, path: str, body: bytes) -> ParsedBody:
+    """Parse ``body`` with the parser type ``parser`` (what a registry resolved ``path`` to)."""
     if parser == OPENAI_PARSER:
         return parse_openai(path, body)
     if parser == ANTHROPIC_PARSER:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -38,17 +39,18 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 BYTES_PER_TOKEN = 4  # the reference's tokenizer-free estimate
 
-# API name -> pipeline kind (conversations and images have no kind of their own yet).
-_API_KINDS = {
-    "chat/completions": RequestKind.CHAT,
-    "completions": RequestKind.COMPLETIONS,
-    "embeddings": RequestKind.EMBEDDINGS,
-    "responses": RequestKind.RESPONSES,
-    "conversations": RequestKind.CONVERSATIONS,
-    "images/generations": RequestKind.IMAGES,
-}
-
 _TEXT_PART_TYPES = frozenset({"text", "input_text", "output_text"})
+
+# (api, kind, body_json, model, prompt, prompt_tokens_estimate, stream, cache_salt,
+#  max_output_tokens): what read_openai returns, in ParsedBody's order from ``api`` on
+OpenAIFields = tuple[
+    str, RequestKind, dict[str, Any], str, bytes, int, bool, str, "int | None"
+]
+# (api, kind, prompt builder, cache_salt message or None, output-limit fields)
+OpenAIApi = tuple[
+    str, RequestKind, Callable[[dict[str, Any]], tuple[bytes, int]], "str | None",
+    tuple[str, ...],
+]
 
 
 @dataclasses.dataclass(slots=True)
@@ -119,6 +121,10 @@ def decode_body(body: bytes) -> dict[str, Any]:
     return value
 
 
+# read_openai's first try: the fast decoder, or (without it) decode_body itself
+_first_loads: Callable[[bytes], Any] = _fast_loads if _fast_loads is not None else decode_body
+
+
 def exact_body_json(body: bytes, decoded: dict[str, Any]) -> dict[str, Any]:
     """The body decoded by ``json`` itself, for re-serializing it: the fast decoder turns
     integers beyond 64 bits into floats (as Go's decoder does), which a re-encoded body must
@@ -131,23 +137,49 @@ def exact_body_json(body: bytes, decoded: dict[str, Any]) -> dict[str, Any]:
 
 def parse_openai(path: str, body: bytes) -> ParsedBody:
     """Parse an OpenAI-format body for ``path``; raises a 400 ``InferenceError`` when invalid."""
-    data = decode_body(body)
-    api = api_for_path(path)
-    prompt, estimate = _PROMPT_BUILDERS[api](data)
+    api, kind, data, model, prompt, estimate, stream, salt, limit = read_openai(path, body)
+    return ParsedBody(OPENAI_PARSER, api, kind, data, model, prompt, estimate, stream, salt, limit)
+
+
+def read_openai(path: str, body: bytes) -> OpenAIFields:
+    """What ``parse_openai`` reads, as a plain tuple (the field order of ``OpenAIFields``).
+
+    Why a tuple: the parse stage unpacks it straight into the request, so the per-request
+    path builds no ``ParsedBody`` to copy field by field: igw's added latency is about its
+    CPU per request, so each call, object and copy saved counts. Each body key is read once.
+    """
+    try:  # the fast decoder first, inline; decode_body decides everything else (see there)
+        data = _first_loads(body)
+    except ValueError:
+        data = None
+    if data.__class__ is not dict:
+        data = decode_body(body)
+    api, kind, build, salt_message, limit_fields = _api_of_path(path)
     get = data.get
-    model = get("model")
     salt = get("cache_salt")
-    return ParsedBody(  # positional: the field order of ParsedBody
-        OPENAI_PARSER,
+    if salt.__class__ is not str:
+        if salt is not None and salt_message is not None:
+            raise bad_request(salt_message)
+        salt = ""
+    prompt, estimate = build(data)
+    model = get("model")
+    limit = None
+    for name in limit_fields:  # the first usable one, as the reference
+        value = get(name)
+        cls = value.__class__  # JSON values: a bool is not a count
+        if (cls is int or cls is float) and value >= 0:
+            limit = int(value)
+            break
+    return (
         api,
-        _API_KINDS[api],
+        kind,
         data,
-        model if isinstance(model, str) else "",
+        model if model.__class__ is str else "",
         prompt,
         estimate,
         get("stream") is True,
-        salt if isinstance(salt, str) else "",
-        _max_output_tokens(api, data),
+        salt,
+        limit,
     )
 
 
@@ -189,26 +221,24 @@ def _string_or_array(value: Any, what: str, message: str) -> tuple[bytes, int]:
     raise bad_request(message)
 
 
-def _check_salt(data: dict[str, Any], message: str) -> None:
-    salt = data.get("cache_salt")
-    if salt is not None and not isinstance(salt, str):
-        raise bad_request(message)
+# The 400 message of each API's prompt builder; a cache_salt that is not a string gets the
+# same one (checked by read_openai before the builder runs, as the reference does).
+_COMPLETIONS_MESSAGE = "invalid completions request: must have prompt field"
+_EMBEDDINGS_MESSAGE = "invalid embeddings request: must have input field"
+_CHAT_MESSAGE = "invalid chat completions request: must have valid messages field"
+_RESPONSES_MESSAGE = "invalid responses request: must have input field"
 
 
 def _completions(data: dict[str, Any]) -> tuple[bytes, int]:
-    message = "invalid completions request: must have prompt field"
-    _check_salt(data, message)
     prompt = data.get("prompt")
-    if type(prompt) is str and prompt:  # the usual case, without the general path's calls
+    if prompt.__class__ is str and prompt:  # the usual case, without the general path's calls
         encoded = prompt.encode("utf-8", "surrogatepass")
         return encoded, (len(encoded) + BYTES_PER_TOKEN - 1) // BYTES_PER_TOKEN
-    return _string_or_array(prompt, "prompt", message)
+    return _string_or_array(prompt, "prompt", _COMPLETIONS_MESSAGE)
 
 
 def _embeddings(data: dict[str, Any]) -> tuple[bytes, int]:
-    message = "invalid embeddings request: must have input field"
-    _check_salt(data, message)
-    return _string_or_array(data.get("input"), "input", message)
+    return _string_or_array(data.get("input"), "input", _EMBEDDINGS_MESSAGE)
 
 
 def _content_text(content: Any) -> str | None:
@@ -250,29 +280,25 @@ def _messages_prompt(items: list[Any], message: str, *, strict: bool) -> bytes:
 
 
 def _chat(data: dict[str, Any]) -> tuple[bytes, int]:
-    message = "invalid chat completions request: must have valid messages field"
-    _check_salt(data, message)
     messages = data.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise bad_request(message)
-    prompt = _messages_prompt(messages, message, strict=True)
+        raise bad_request(_CHAT_MESSAGE)
+    prompt = _messages_prompt(messages, _CHAT_MESSAGE, strict=True)
     return prompt, (len(prompt) + BYTES_PER_TOKEN - 1) // BYTES_PER_TOKEN
 
 
 def _responses(data: dict[str, Any]) -> tuple[bytes, int]:
-    message = "invalid responses request: must have input field"
-    _check_salt(data, message)
     value = data.get("input")
     if value is None:
-        raise bad_request(message)
+        raise bad_request(_RESPONSES_MESSAGE)
     instructions = data.get("instructions")
     head = f"instructions\n{instructions}\n" if isinstance(instructions, str) else ""
     if isinstance(value, str):
         prompt = (head + value).encode("utf-8", "surrogatepass")
     elif isinstance(value, list):
-        prompt = head.encode() + _messages_prompt(value, message, strict=False)
+        prompt = head.encode() + _messages_prompt(value, _RESPONSES_MESSAGE, strict=False)
     else:
-        raise bad_request(message)
+        raise bad_request(_RESPONSES_MESSAGE)
     return prompt, (len(prompt) + BYTES_PER_TOKEN - 1) // BYTES_PER_TOKEN
 
 
@@ -292,26 +318,29 @@ def _images(data: dict[str, Any]) -> tuple[bytes, int]:
     return _text_estimate(prompt)
 
 
-_PROMPT_BUILDERS = {
-    "completions": _completions,
-    "chat/completions": _chat,
-    "embeddings": _embeddings,
-    "responses": _responses,
-    "conversations": _conversations,
-    "images/generations": _images,
-}
+# API -> (name, kind, prompt builder, message for a non-string cache_salt or None when the
+# API does not check it, the fields that may bound the output tokens: first usable wins).
+_APIS: dict[str, OpenAIApi] = {
+    "completions": (
+        "completions", RequestKind.COMPLETIONS, _completions, _COMPLETIONS_MESSAGE,
+        ("max_tokens",),
+    ),
+    "chat/completions": (
+        "chat/completions", RequestKind.CHAT, _chat, _CHAT_MESSAGE,
+        ("max_completion_tokens", "max_tokens"),
+    ),
+    "embeddings": ("embeddings", RequestKind.EMBEDDINGS, _embeddings, _EMBEDDINGS_MESSAGE, ()),
+    "responses": (
+        "responses", RequestKind.RESPONSES, _responses, _RESPONSES_MESSAGE,
+        ("max_output_tokens",),
+    ),
+    # conversations and images have no kind of their own yet
+    "conversations": ("conversations", RequestKind.CONVERSATIONS, _conversations, None, ()),
+    "images/generations": ("images/generations", RequestKind.IMAGES, _images, None, ()),
+}  # fmt: skip
 
 
-_MAX_OUTPUT_FIELDS = {
-    "chat/completions": ("max_completion_tokens", "max_tokens"),
-    "completions": ("max_tokens",),
-    "responses": ("max_output_tokens",),
-}
-
-
-def _max_output_tokens(api: str, data: dict[str, Any]) -> int | None:
-    for name in _MAX_OUTPUT_FIELDS.get(api, ()):
-        value = data.get(name)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-            return int(value)
-    return None
+@functools.lru_cache(maxsize=1024)  # paths repeat; clients choose them, so bounded
+def _api_of_path(path: str) -> OpenAIApi:
+    """Everything ``read_openai`` needs to know about ``path``'s API, in one lookup."""
+    return _APIS[api_for_path(path)]

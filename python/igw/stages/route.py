@@ -25,6 +25,7 @@ from igw.pipeline import Request
 from igw.stages.protocols import RewriteLookup
 
 REWRITE_HEADERS = ("x-llm-d-model-name-rewrite", "x-gateway-model-name-rewrite")
+_REWRITE_NAMES = frozenset(REWRITE_HEADERS)
 
 
 def rule_name(rule: object) -> str:
@@ -64,7 +65,10 @@ class RouteStage:
         if body_json is None:  # passthrough: nothing to resolve or rewrite
             return
         incoming = request.incoming_model
-        target = request.header(*REWRITE_HEADERS) or incoming
+        if _REWRITE_NAMES.isdisjoint(request.headers):  # the usual request: one set test
+            target = incoming
+        else:
+            target = request.header(*REWRITE_HEADERS) or incoming
         if self.rewrites is not None and incoming:
             resolved = self.rewrites.resolve(incoming, self.rng)
             if resolved is not None:

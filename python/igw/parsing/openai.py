@@ -259,23 +259,33 @@ def _content_text(content: Any) -> str | None:
 
 
 def _messages_prompt(items: list[Any], message: str, *, strict: bool) -> bytes:
+    # The pieces are joined once: an f-string per message would copy each (long) text once
+    # more before the join.
     chunks: list[str] = []
+    add = chunks.extend
     for item in items:
-        if not isinstance(item, dict):
+        if item.__class__ is not dict:
             if strict:
                 raise bad_request(message)
             continue
-        role = item.get("role")
-        if role is not None and not isinstance(role, str):
+        get = item.get
+        role = get("role")
+        if role is not None and role.__class__ is not str:
             if strict:
                 raise bad_request(message)
             role = None
-        text = _content_text(item.get("content"))
-        if text is None:
-            if strict:
-                raise bad_request(message)
-            text = ""
-        chunks.append(f"{role or item.get('type') or ''}\n{text}\n")
+        text = get("content")
+        if text.__class__ is not str:  # a plain string is its own text
+            text = _content_text(text)
+            if text is None:
+                if strict:
+                    raise bad_request(message)
+                text = ""
+        if not role:
+            role = get("type") or ""
+            if role.__class__ is not str:
+                role = str(role)
+        add((role, "\n", text, "\n"))
     return "".join(chunks).encode("utf-8", "surrogatepass")
 
 

@@ -673,11 +673,12 @@ class DataLayer(CalmCadence, DrivenScraping):
     # -- outlier detection ----------------------------------------------------------------
     def report_response(self, endpoint: Endpoint | int, ok: bool) -> None:
         """Record one response's outcome (5xx or a broken stream = not ok). Cheap: call it
-        on every response end."""
-        state = self.state(endpoint)
+        on every response end (the state is looked up here, without ``state``'s call)."""
+        by_id = isinstance(endpoint, int)
+        state = self._states.get(endpoint if by_id else endpoint.id)  # type: ignore[union-attr]
         if state is None or state.demoted:
             return
-        if not isinstance(endpoint, int) and state.endpoint is not endpoint:
+        if not by_id and state.endpoint is not endpoint:
             return  # a removed endpoint whose id was reused
         now = self._clock()
         state.outcomes.add(now, ok)

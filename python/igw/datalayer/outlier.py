@@ -62,7 +62,15 @@ class OutlierPolicy:
 
 
 class OutcomeWindow:
-    """Recent (time, ok) outcomes of one endpoint; O(1) amortized per report."""
+    """Recent (time, ok) outcomes of one endpoint; O(1) amortized per report.
+
+    Outcomes older than the window are dropped when the window is read (``counts``), not at
+    each ``add``: only reads see them, and a read drops every outcome older than its own
+    horizon, which covers every earlier one (the clock never goes back). Each ``add`` keeps
+    the newest ``max_samples``, as before; an outcome among the newest ``max_samples`` at a
+    read was among them at every earlier add. So every read counts exactly what expiring at
+    each ``add`` counted, and a success (most responses) costs an append.
+    """
 
     __slots__ = ("_events", "_failures", "_policy")
 
@@ -72,12 +80,12 @@ class OutcomeWindow:
         self._failures = 0
 
     def add(self, now: float, ok: bool) -> None:
-        self._events.append((now, ok))
+        events = self._events
+        events.append((now, ok))
         if not ok:
             self._failures += 1
-        if len(self._events) > self._policy.max_samples:
+        if len(events) > self._policy.max_samples:
             self._drop_oldest()
-        self._expire(now)
 
     def _drop_oldest(self) -> None:
         _, ok = self._events.popleft()

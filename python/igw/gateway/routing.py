@@ -98,17 +98,16 @@ class ModelRouter:
     def ready(self) -> bool:
         return any(runtime.ready() for runtime in self.pools.values())
 
-    def runtime_of(self, endpoint: Endpoint) -> PoolRuntime | None:
-        for runtime in self.pools.values():
-            if runtime.pool.by_address(endpoint.address) is endpoint:
-                return runtime
-        return None
-
     def report_response(self, endpoint: Endpoint, ok: bool) -> None:
-        """Outlier detection input, routed to the data layer owning ``endpoint``."""
-        runtime = self.runtime_of(endpoint)
-        if runtime is not None and runtime.datalayer is not None:
-            runtime.datalayer.report_response(endpoint, ok)
+        """Outlier detection input, routed to the data layer of the pool that holds
+        ``endpoint`` now (a removed endpoint is not reported). Runs once per response: the
+        pools are searched here, without a helper call."""
+        address = endpoint.address
+        for runtime in self.pools.values():
+            if runtime.pool.by_address(address) is endpoint:
+                if runtime.datalayer is not None:
+                    runtime.datalayer.report_response(endpoint, ok)
+                return
 
     def report_failure(self, endpoint: Endpoint) -> None:
         self.report_response(endpoint, False)

@@ -86,6 +86,9 @@ class ReverseRewriteStage:
     """Puts the client's model name back into responses when igw rewrote it."""
 
     name = "reverse-rewrite"
+    # as an observer (a response it does not rewrite) it has nothing to do: the relaying
+    # front ends leave it out of that response (see ``igw.pipeline.ResponseStage``)
+    reads_response = False
 
     def on_headers(self, request: Request, status: int, headers: dict[str, str]) -> None:
         return None
@@ -164,7 +167,7 @@ class AccountStage:
         if self.reporter is not None and decision is not None and decision.endpoints:
             ok = _outcome(request)
             if ok is not None:
-                endpoint = decision.primary
+                endpoint = decision.endpoints[0]  # the primary (no property call)
                 if request.served_endpoint and request.served_endpoint != endpoint.address:
                     endpoint = decision.pool.by_address(request.served_endpoint) or endpoint
                 self.reporter.report_response(endpoint, ok)

@@ -59,5 +59,5 @@ def test_resolve_cache_is_bounded_and_gives_the_uncached_answer(monkeypatch) -> 
     for i in range(10):
         assert registry.resolve(f"/v{i}/chat/completions") == paths.OPENAI_PARSER
         assert registry.resolve(f"/v{i}/messages") == paths.ANTHROPIC_PARSER
-        assert len(registry._resolved) <= 3
+        assert len(registry.resolved) <= 3
     assert registry.resolve("/v1/chat/completions") == registry._resolve("/v1/chat/completions")

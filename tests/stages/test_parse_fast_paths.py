@@ -121,3 +121,21 @@ def test_each_rewrite_header_is_seen_by_the_route_stage(name):
     RouteStage().apply(request)
     assert request.target_model == "other"
     assert json.loads(request.out_body)["model"] == "other"
+
+
+def test_the_stage_resolves_each_path_right_while_the_path_cache_fills_and_empties(
+    monkeypatch,
+):
+    from igw.parsing import paths
+
+    monkeypatch.setattr(paths, "MAX_CACHED_PATHS", 2)
+    stage = ParseStage()
+    body = json.dumps({"model": "m", "prompt": "p", "messages": [{"content": "c"}]}).encode()
+    cases = [("/v1/completions", "openai-parser"), ("/v1/messages", "anthropic-parser"),
+             ("/v2/chat/completions", "openai-parser"), ("/x/y", "passthrough-parser")]  # fmt: skip
+    for _ in range(3):
+        for path, parser in cases:
+            request = Request("r", path=path, body=body)
+            stage.apply(request)
+            assert request.attrs["parser"] == parser
+    assert len(stage.parsers.resolved) <= 2

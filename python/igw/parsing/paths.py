@@ -73,7 +73,8 @@ class ParserRegistry:
     fallback: str | None
     # path -> parser type, so a path's suffixes are compared once, not per request. Paths
     # come from clients: bounded, and emptied when full rather than evicting one by one.
-    _resolved: dict[str, str] = dataclasses.field(
+    # Filled only by ``resolve``; the parse stage reads it first (a dict lookup, no call).
+    resolved: dict[str, str] = dataclasses.field(
         default_factory=dict, compare=False, repr=False, hash=False
     )
 
@@ -101,13 +102,13 @@ class ParserRegistry:
 
     def resolve(self, path: str) -> str:
         """The parser type for ``path``; 400 when nothing matches and there is no fallback."""
-        found = self._resolved.get(path)
+        found = self.resolved.get(path)
         if found is not None:
             return found
         found = self._resolve(path)
-        if len(self._resolved) >= MAX_CACHED_PATHS:
-            self._resolved.clear()
-        self._resolved[path] = found
+        if len(self.resolved) >= MAX_CACHED_PATHS:
+            self.resolved.clear()
+        self.resolved[path] = found
         return found
 
     def _resolve(self, path: str) -> str:

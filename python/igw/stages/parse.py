@@ -105,7 +105,8 @@ class ParseStage:
     def apply(self, request: Request) -> None:
         """Synchronous body of ``process`` (no awaits needed: everything is in memory)."""
         path = request.path
-        parser = self.parsers.resolve(path)
+        parsers = self.parsers
+        parser = parsers.resolved.get(path) or parsers.resolve(path)
         if parser == OPENAI_PARSER:
             # the usual parser: its fields go straight into the request, with no ParsedBody
             (

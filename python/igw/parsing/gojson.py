@@ -11,6 +11,13 @@ from __future__ import annotations
 
 import json
 
+try:  # optional accelerator for marshal; json alone gives the same bytes
+    from orjson import OPT_SORT_KEYS as _SORT_KEYS
+    from orjson import dumps as _fast_dumps
+except ImportError:  # pragma: no cover - depends on the environment
+    _fast_dumps = None
+    _SORT_KEYS = 0
+
 _LITERALS = {"t": "true", "f": "false", "n": "null"}
 
 
@@ -101,12 +108,53 @@ def go_type_name(value: object) -> str:
     return "object"
 
 
-def marshal(value: object) -> bytes:
+def holds_no_float(value: object) -> bool:
+    """True when a decoded JSON ``value`` holds no float anywhere (a walk of its containers).
+
+    Why it matters: floats are where the fast codec and ``json`` differ. orjson decodes an
+    integer beyond 64 bits to a float, and writes floats in its own form; with no float
+    in the value, its decode is exact and its encoding is ``json``'s byte for byte.
+    """
+    stack = [value]
+    pop, push = stack.pop, stack.extend
+    while stack:
+        item = pop()
+        cls = item.__class__
+        if cls is dict:
+            push(item.values())
+        elif cls is list:
+            push(item)
+        elif cls is float:
+            return False
+    return True
+
+
+def marshal(value: object, *, plain: bool | None = None) -> bytes:
     """Serialize like Go's ``json.Marshal`` of a map: keys sorted, compact, HTML-escaped.
 
     Used only when the body really changed (model rewrite); unchanged bodies go out as the
-    original bytes.
+    original bytes. ``plain`` says whether ``value`` holds no float (``holds_no_float``;
+    None: find out). A plain value is written by orjson, ~40x faster than ``json`` on a
+    16 KB prompt (json escapes strings one character at a time) and byte-identical to it
+    there: same escapes for every code point, keys in code-point order, same integers.
+    What orjson refuses (an integer beyond 64 bits, a lone surrogate, deep nesting) and
+    any float go through ``json`` as before.
     """
+    if _fast_dumps is not None and (holds_no_float(value) if plain is None else plain):
+        try:
+            data = _fast_dumps(value, option=_SORT_KEYS)
+        except TypeError:  # orjson.JSONEncodeError is a TypeError
+            pass
+        else:
+            if b"<" in data or b">" in data or b"&" in data:
+                data = data.replace(b"<", b"\\u003c").replace(b">", b"\\u003e")
+                data = data.replace(b"&", b"\\u0026")
+            # U+2028, U+2029 (E2 80 A8/A9): a multi-byte search costs ~11 us on 16 KB, the
+            # one-byte one (memchr) ~0.25, so the two run only when an E2 byte is there
+            if b"\xe2" in data and (b"\xe2\x80\xa8" in data or b"\xe2\x80\xa9" in data):
+                data = data.replace(b"\xe2\x80\xa8", b"\\u2028")
+                data = data.replace(b"\xe2\x80\xa9", b"\\u2029")
+            return data
     text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     if "<" in text or ">" in text or "&" in text:
         text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")

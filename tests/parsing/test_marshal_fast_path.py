@@ -1,0 +1,86 @@
+"""``marshal`` writes a float-free value with orjson; the bytes must be those of the plain
+``json`` statement of Go's ``json.Marshal`` (sorted keys, compact, raw UTF-8, ``<>&`` and
+U+2028/U+2029 escaped), and values orjson refuses or writes differently go the plain way.
+The route stage's model rewrite decodes the body again only when it holds a float."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from igw.parsing.gojson import holds_no_float, marshal
+from igw.pipeline import Request
+from igw.stages import ParseStage, RouteStage
+
+
+def plain_marshal(value: object) -> bytes:
+    """The rule, written with json alone."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
+                         ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):  # fmt: skip
+        text = text.replace(char, escape)
+    return text.encode()
+
+
+# text that reaches every escape: HTML, U+2028/9 and their E2 80 neighbours, control bytes
+texts = st.text(
+    alphabet=st.one_of(
+        st.sampled_from("<>&\"\\\n\t\x00\x1f\x7f\u2028\u2029\u2014\u201c\u00e9\U0001f600"),
+        st.characters(codec="utf-8"),
+    ),
+    max_size=12,
+)
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), texts)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(texts, inner, max_size=4)),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(texts, values, max_size=6))
+def test_a_float_free_value_is_written_as_json_writes_it(value):
+    assert marshal(value) == plain_marshal(value)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(texts, st.one_of(values, st.floats(allow_nan=False)), max_size=6))
+def test_a_value_with_floats_is_written_as_json_writes_it(value):
+    assert marshal(value) == plain_marshal(value)
+
+
+def test_floats_are_written_the_json_way_not_orjson_s():
+    value = {"a": 1e16, "b": 1e-7, "c": [0.5]}
+    assert marshal(value) == b'{"a":1e+16,"b":1e-07,"c":[0.5]}'
+    assert marshal(value, plain=False) == marshal(value)
+
+
+def test_a_float_anywhere_is_found():
+    assert holds_no_float({"a": [1, {"b": "x", "c": [None, True]}]})
+    assert not holds_no_float({"a": [1, {"b": "x", "c": [None, 2.0]}]})
+    assert not holds_no_float([[[[0.0]]]])
+
+
+def test_a_rewritten_body_without_floats_is_the_plain_marshal_of_it():
+    body = json.dumps({"model": "m", "prompt": "a <b> & c\u2028" * 100, "max_tokens": 5,
+                       "n": 2**63, "stop": ["\n"]}).encode()  # fmt: skip
+    request = Request("r", headers={"x-llm-d-model-name-rewrite": "t"}, body=body)
+    ParseStage().apply(request)
+    RouteStage().apply(request)
+    expected = json.loads(body)
+    expected["model"] = "t"
+    assert request.out_body == plain_marshal(expected)
+
+
+def test_a_rewritten_body_with_a_float_and_a_big_integer_keeps_both_exact():
+    body = b'{"model":"m","prompt":"p","temperature":0.7,"seed":123456789012345678901234567890}'
+    request = Request("r", headers={"x-llm-d-model-name-rewrite": "t"}, body=body)
+    ParseStage().apply(request)
+    RouteStage().apply(request)
+    assert request.out_body == (
+        b'{"model":"t","prompt":"p","seed":123456789012345678901234567890,"temperature":0.7}'
+    )
+    assert request.body_json["seed"] == 123456789012345678901234567890

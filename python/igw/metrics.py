@@ -140,9 +140,10 @@ class _HistogramChild:
         if nan.any():
             where[nan] = 0
         found = np.bincount(where, minlength=len(self.counts))
+        added = found.tolist()  # Python ints: no numpy scalar per bucket
         counts = self.counts
         for bucket in np.flatnonzero(found).tolist():
-            counts[bucket] += int(found[bucket])
+            counts[bucket] += added[bucket]
         self.sum = float(np.cumsum(np.concatenate(((self.sum,), amounts)))[-1])
 
 
@@ -777,12 +778,17 @@ class Metrics:
         """The wall time of the monotonic ``stamp``, within [metrics start, now]."""
         return min(max(clock + stamp, self._started), time.time())
 
+    def _only_series(self, index: np.ndarray) -> _RequestSeries | None:
+        """The series of every entry when ``index`` names one only (the usual batch)."""
+        first = int(index[0])
+        return self._series_list[first] if (index == first).all() else None
+
     def _groups(self, index: np.ndarray):
         """(series, positions or None for all) per series index in ``index``, in order of
         first appearance."""
-        first = int(index[0])
-        if (index == first).all():  # the usual case: one series in the whole batch
-            yield self._series_list[first], None
+        only = self._only_series(index)
+        if only is not None:
+            yield only, None
             return
         values, firsts = np.unique(index, return_index=True)
         for value in values[np.argsort(firsts)].tolist():
@@ -793,7 +799,8 @@ class Metrics:
         positions, sizes_in, endpoints, stamps = zip(*log, strict=True)
         index = np.array(positions, dtype=np.intp)
         sizes = np.array(sizes_in, dtype=np.float64)
-        for series, where in self._groups(index):
+        only = self._only_series(index)  # one series (usual): no grouping
+        for series, where in ((only, None),) if only is not None else self._groups(index):
             at = 0 if where is None else int(where[0])
             created = self._created(clock, stamps[at])
             total = series.child("epp_request_total", created)
@@ -802,11 +809,16 @@ class Metrics:
                 sizes if where is None else sizes[where]
             )
         # scheduling attempts, counted per (series, endpoint) and added once each (in the
-        # order first seen, the order the children were made in before)
+        # order first seen, the order the children were made in before); with one series in
+        # the batch (the usual case) the endpoints alone are counted, with no pairs to build
         ids = list(map(id, endpoints))
         by_id = dict(zip(ids, endpoints, strict=True))
         skip = id(_NOT_AN_ATTEMPT)
-        for (position, key), times in _Tally(zip(positions, ids, strict=True)).items():
+        if only is not None:
+            tally = (((positions[0], key), times) for key, times in _Tally(ids).items())
+        else:
+            tally = _Tally(zip(positions, ids, strict=True)).items()
+        for (position, key), times in tally:
             if key == skip:
                 continue
             endpoint = by_id[key]
@@ -849,7 +861,17 @@ class Metrics:
         )
         # family by family, series in the order of their first value (the order observe
         # made them in, which is the exposition's order)
+        only = self._only_series(index)  # one series (usual): no grouping per family
         for name, values, mask in measures:
+            if only is not None:
+                first = 0 if mask is None else int(mask.argmax())  # the first kept entry
+                if mask is not None:
+                    if not mask[first]:
+                        continue  # nothing kept
+                    values = values[mask]
+                child = only.child(name, self._created(clock, float(finished[first])))
+                child.observe_many(values)
+                continue
             if mask is None:
                 which, stamps = index, finished
             else:

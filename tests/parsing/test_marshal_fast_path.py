@@ -1,7 +1,8 @@
-"""``marshal`` writes a float-free value with orjson; the bytes must be those of the plain
-``json`` statement of Go's ``json.Marshal`` (sorted keys, compact, raw UTF-8, ``<>&`` and
-U+2028/U+2029 escaped), and values orjson refuses or writes differently go the plain way.
-The route stage's model rewrite decodes the body again only when it holds a float."""
+"""``marshal`` writes a value without unusual floats with orjson; the bytes must be those of
+the plain ``json`` statement of Go's ``json.Marshal`` (sorted keys, compact, raw UTF-8, ``<>&``
+and U+2028/U+2029 escaped), and values orjson refuses or writes differently go the plain way.
+The route stage's model rewrite decodes the body again only when a float in it could be an
+integer beyond 64 bits that orjson turned into one."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from igw.parsing.gojson import holds_no_float, marshal
+from igw.parsing.gojson import fast_codec_exact, marshal
 from igw.pipeline import Request
 from igw.stages import ParseStage, RouteStage
 
@@ -42,31 +43,38 @@ values = st.recursive(
 
 @settings(max_examples=400, deadline=None)
 @given(st.dictionaries(texts, values, max_size=6))
-def test_a_float_free_value_is_written_as_json_writes_it(value):
+def test_a_value_without_floats_is_written_as_json_writes_it(value):
     assert marshal(value) == plain_marshal(value)
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.dictionaries(texts, st.one_of(values, st.floats(allow_nan=False)), max_size=6))
-def test_a_value_with_floats_is_written_as_json_writes_it(value):
+def test_a_value_with_any_floats_is_written_as_json_writes_it(value):
     assert marshal(value) == plain_marshal(value)
 
 
-def test_floats_are_written_the_json_way_not_orjson_s():
-    value = {"a": 1e16, "b": 1e-7, "c": [0.5]}
-    assert marshal(value) == b'{"a":1e+16,"b":1e-07,"c":[0.5]}'
-    assert marshal(value, plain=False) == marshal(value)
+def test_floats_outside_the_shared_notation_are_written_the_json_way():
+    value = {"a": 1e16, "b": 1e-5, "c": [0.5], "d": -0.0}
+    assert marshal(value) == b'{"a":1e+16,"b":1e-05,"c":[0.5],"d":-0.0}'
 
 
-def test_a_float_anywhere_is_found():
-    assert holds_no_float({"a": [1, {"b": "x", "c": [None, True]}]})
-    assert not holds_no_float({"a": [1, {"b": "x", "c": [None, 2.0]}]})
-    assert not holds_no_float([[[[0.0]]]])
+@settings(max_examples=300, deadline=None)
+@given(st.floats(min_value=1e-4, max_value=1e16, exclude_max=True))
+def test_everyday_floats_are_written_by_the_fast_path_as_json_writes_them(number):
+    value = {"temperature": number, "top_p": -number, "zero": 0.0}
+    assert fast_codec_exact(value)
+    assert marshal(value, plain=True) == plain_marshal(value)
 
 
-def test_a_rewritten_body_without_floats_is_the_plain_marshal_of_it():
+def test_a_float_the_fast_codec_may_change_is_found_anywhere():
+    assert fast_codec_exact({"a": [1, {"b": "x", "c": [None, True, 0.7, 0.0, 1e15]}]})
+    assert not fast_codec_exact({"a": [1, {"b": "x", "c": [None, 2.0**63]}]})
+    assert not fast_codec_exact([[[[1e-5]]]])
+
+
+def test_a_rewritten_body_with_everyday_values_is_the_plain_marshal_of_it():
     body = json.dumps({"model": "m", "prompt": "a <b> & c\u2028" * 100, "max_tokens": 5,
-                       "n": 2**63, "stop": ["\n"]}).encode()  # fmt: skip
+                       "n": 2**63, "stop": ["\n"], "temperature": 0.7}).encode()  # fmt: skip
     request = Request("r", headers={"x-llm-d-model-name-rewrite": "t"}, body=body)
     ParseStage().apply(request)
     RouteStage().apply(request)
@@ -75,7 +83,7 @@ def test_a_rewritten_body_without_floats_is_the_plain_marshal_of_it():
     assert request.out_body == plain_marshal(expected)
 
 
-def test_a_rewritten_body_with_a_float_and_a_big_integer_keeps_both_exact():
+def test_a_rewritten_body_with_an_integer_beyond_64_bits_keeps_it_exact():
     body = b'{"model":"m","prompt":"p","temperature":0.7,"seed":123456789012345678901234567890}'
     request = Request("r", headers={"x-llm-d-model-name-rewrite": "t"}, body=body)
     ParseStage().apply(request)

@@ -18,7 +18,7 @@ import random
 from collections.abc import Callable
 
 from igw.errors import bad_request
-from igw.parsing.gojson import holds_no_float, marshal
+from igw.parsing.gojson import fast_codec_exact, marshal
 from igw.parsing.openai import exact_body_json
 from igw.parsing.paths import OPENAI_PARSER
 from igw.pipeline import Request
@@ -83,9 +83,9 @@ class RouteStage:
             request.lora = target
         if target != incoming or body_json.get("model") != target:
             # The OpenAI parser's fast decode differs from json's only by turning integers
-            # beyond 64 bits into floats: with no float in the body it is already exact (and
+            # beyond 64 bits into floats: when no float can be one, it is already exact (and
             # marshal may take its fast encoder), so the body is decoded again only then.
-            plain = holds_no_float(body_json)
+            plain = fast_codec_exact(body_json)
             if not plain and request.attrs.get("parser") == OPENAI_PARSER:
                 body_json = request.body_json = exact_body_json(request.body, body_json)
             body_json["model"] = target

@@ -100,20 +100,32 @@ async def test_a_waiting_queue_keeps_the_base_interval(pool, servers, layer):
     assert server.metrics_hits - before >= 8  # ~15 at 20 ms; calm would be 1-2
 
 
-async def test_requests_of_igw_in_flight_keep_the_base_interval(pool, servers, layer):
+async def test_requests_of_igw_in_flight_alone_do_not_stir_a_calm_endpoint(pool, servers, layer):
     server = await servers(IDLE_PAGE)
     endpoint = pool.upsert(server.address)
     dl = layer()
     await dl.start()
     await calm_now(dl, endpoint)
-    pool.table.add_inflight(endpoint.id, 1, 100)  # igw sent it a request
-    await wait_until(lambda: not dl.state(endpoint).calm, timeout=1.0)
-    before = server.metrics_hits
-    await asyncio.sleep(0.3)
-    assert not dl.state(endpoint).calm
-    assert server.metrics_hits - before >= 8
-    pool.table.add_inflight(endpoint.id, -1, -100)  # it finished: calm again later
+    pool.table.add_inflight(endpoint.id, 1, 100)  # igw sent it a request; its page stays put
+    state = dl.state(endpoint)
+    scrapes = state.scrapes
+    await wait_until(lambda: state.scrapes >= scrapes + 2, timeout=2.0)  # two calm scrapes
+    assert state.calm
+    pool.table.add_inflight(endpoint.id, -1, -100)
+
+
+async def test_a_busy_model_server_page_stirs_a_calm_endpoint_with_igw_requests_on_it(
+    pool, servers, layer
+):
+    server = await servers(IDLE_PAGE)
+    endpoint = pool.upsert(server.address)
+    dl = layer()
+    await dl.start()
     await calm_now(dl, endpoint)
+    pool.table.add_inflight(endpoint.id, 1, 100)
+    server.page = vllm_page(0, 1, 0.2)  # the server runs igw's request: its figures move
+    await wait_until(lambda: not dl.state(endpoint).calm, timeout=1.0)
+    pool.table.add_inflight(endpoint.id, -1, -100)
 
 
 async def test_a_failed_response_wakes_a_calm_endpoint_at_once(pool, servers, layer):

@@ -31,9 +31,9 @@ runs inline on the event loop; a page byte-identical to the last one is not pars
 
 Calm endpoints are scraped less often (REFERENCE Part 2 section 7 idea 7, adaptive telemetry):
 an endpoint whose figures were unchanged over its last ``CALM_AFTER`` scrapes with nobody
-waiting, and on which igw had nothing in flight when scraped, is scraped on a coarser grid of
-the same phase (period ``calm_period`` <= ``calm_cap``; a cohort's calm endpoints still wake
-together). A changed figure, a queue, igw requests in flight (each seen at a scrape), a failed
+waiting is scraped on a coarser grid of the same phase (period ``calm_period`` <=
+``calm_cap``; a cohort's calm endpoints still wake together; igw's own requests in flight do
+not count, see ``igw.datalayer.calm``). A changed figure, a queue, a failed
 scrape or a failed response (``report_response``) puts it back on every tick at once, ending
 its sleep early; a new endpoint starts on every tick. Most of a scrape's cost is fixed (a
 wake-up, a loopback write and read on both sides, the model server rendering its page), so
@@ -559,8 +559,6 @@ class DataLayer(CalmCadence, DrivenScraping):
             self._stir(state, "its figures changed")
         elif scraped.waiting:
             self._stir(state, f"{scraped.waiting} requests are waiting")
-        elif self._busy(state):
-            self._stir(state, "igw has requests in flight on it")
         elif self.calm_cap > self.interval:
             state.unchanged += 1
             if not state.calm and state.unchanged >= CALM_AFTER:

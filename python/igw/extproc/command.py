@@ -173,7 +173,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="DURATION",
         help="longest gap between scrapes of a calm model server (figures unchanged over 3 "
-        "scrapes, nothing waiting, no request of igw's on it); a change, a queue or a "
+        "scrapes, nothing waiting; igw's own requests on it are counted by igw and do not "
+        "count); a change, a queue or a "
         "failure puts it back on --refresh-metrics-interval at once. Always at most "
         "half the strictest staleness threshold (--metrics-staleness-threshold, flow "
         "control's metricsStalenessThreshold), so calm scraping never makes metrics stale. "

@@ -63,8 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     routing.add_argument(
         "--scrape-calm-interval", type=float, default=None, metavar="SECONDS",
         help="longest gap between reads of a calm replica (figures unchanged over 3 reads, "
-        "nothing waiting, no request of igw's on it); a change, a queue or a failure puts it "
-        "back on --scrape-interval at once. Always at most half the "
+        "nothing waiting; igw's own requests on it are counted by igw and do not count); "
+        "a change, a queue or a failure puts it back on --scrape-interval at once. Always "
+        "at most half the "
         "strictest metrics staleness threshold (flow control's metricsStalenessThreshold, "
         "default 0.2 s), so calm reading never makes metrics stale. Default 4x "
         "--scrape-interval; equal to --scrape-interval turns it off",

@@ -480,19 +480,14 @@ class SchedulingEngine:
         """The Decision for a pick that reserved ``ranked[0]``, and what the engine holds for
         it until release (charge, prefill-ahead estimate, calibration work)."""
         by_id = pool.by_id
-        decision = Decision(
-            pool=pool,
-            endpoints=[e for e in map(by_id, ranked) if e is not None],
-            uncached_tokens=int(uncached),
-            reserved=True,
-            matched_blocks=int(matched),
-            total_blocks=int(total_blocks),
-            profile=profile.name,
-        )
-        if not decision.endpoints:
+        endpoints = [e for e in map(by_id, ranked) if e is not None]
+        # positional (the dataclasses' field order): half the cost of keywords per request
+        decision = Decision(pool, endpoints, int(uncached), True, int(matched),
+                            int(total_blocks), None, profile.name)  # fmt: skip
+        if not endpoints:
             return decision
-        endpoint = decision.primary
-        held = _Held(endpoint=endpoint, picked_at=self.clock())
+        endpoint = endpoints[0]
+        held = _Held(endpoint, charge, 0, None, False, self.clock())
         if profile.calibrates:
             # the prefill work ahead of this request on its endpoint, from igw's own routing:
             # what it sent there and has not seen a first token for, plus this request
@@ -503,7 +498,6 @@ class SchedulingEngine:
                 # only streamed responses time the first token; a buffered response's first
                 # byte comes after the whole generation and would read as a slow prefill
                 held.work = float(ahead + decision.uncached_tokens)
-        held.charge = charge
         self._held[id(decision)] = (decision, held)
         return decision
 

@@ -41,10 +41,20 @@ class FlowControlStage:
         self.detector = detector or UtilizationDetector()
         self.controller = controller
 
+    def process_now(self, request: Request) -> bool:
+        """The legacy check at once; with a flow controller the request may queue: False."""
+        if self.controller is not None:
+            return False
+        self._shed_if_saturated(request)
+        return True
+
     async def process(self, request: Request) -> None:
         if self.controller is not None:
             await self.controller.admit(request, self.pool_for(request))
             return
+        self._shed_if_saturated(request)
+
+    def _shed_if_saturated(self, request: Request) -> None:
         # Legacy: only a sheddable request needs its pool's saturation; for the others this
         # stage does nothing (the pool, and any error finding it, come with the schedule stage).
         if request.priority < 0:

@@ -94,6 +94,13 @@ class ParseStage:
         self.objectives = objectives
         self.use_subset_metadata = use_subset_metadata
 
+    def process_now(self, request: Request) -> bool:
+        """``apply`` at once unless the body is large enough to go to a thread."""
+        if len(request.body) > OFFLOAD_BYTES:
+            return False
+        self.apply(request)
+        return True
+
     async def process(self, request: Request) -> None:
         if len(request.body) > OFFLOAD_BYTES:
             # Decoding tens of MB of JSON takes long enough to stall every other stream on the

@@ -58,6 +58,10 @@ class RouteStage:
     async def process(self, request: Request) -> None:
         self.apply(request)
 
+    def process_now(self, request: Request) -> bool:
+        self.apply(request)
+        return True
+
     def apply(self, request: Request) -> None:
         if self.pool_name and not request.pool_name:
             request.pool_name = self.pool_name

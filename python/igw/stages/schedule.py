@@ -15,7 +15,6 @@ waiting gives its place up.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -49,14 +48,34 @@ class ScheduleStage:
         # the gate holds only streamed requests (see the module doc)
         self._gated = getattr(engine, "hold_for_prefill", None) is not None
 
+    def process_now(self, request: Request) -> bool:
+        """Schedule at once unless a prefill gate may hold the request (a streamed one on an
+        engine with a gate): then False and nothing done, ``process`` waits if need be."""
+        if self._gated and request.stream:
+            return False
+        self._schedule(request)
+        return True
+
     async def process(self, request: Request) -> None:
+        decision = self._schedule(request)
+        if self._gated and request.stream:
+            waiter: list[asyncio.Future] = []  # made only when held (notify never runs before)
+
+            def notify() -> None:
+                if waiter and not waiter[0].done():
+                    waiter[0].set_result(None)
+
+            # asked here, synchronously: only a held request pays for a coroutine
+            if self.engine.hold_for_prefill(decision, request, notify):
+                await self._wait_at_prefill_gate(request, decision, waiter)
+
+    def _schedule(self, request: Request) -> Decision:
+        """Pick, keep the decision on the request, count it and mark it running."""
         pool = self.pool_for(request)
         if len(pool) == 0 or (request.subset is not None and not request.subset):
             raise no_endpoints()
         try:
             decision = self.engine.schedule(request, pool, k=self.k)
-            if type(decision) is not Decision and inspect.isawaitable(decision):
-                decision = await decision
         except InferenceError:
             self._record(request, "failure")
             raise
@@ -74,16 +93,7 @@ class ScheduleStage:
         if self.metrics is not None:
             self.metrics.scheduled(request)  # success, request count and size, running
         request.attrs["running"] = True
-        if self._gated and request.stream:
-            waiter: list[asyncio.Future] = []  # made only when held (notify never runs before)
-
-            def notify() -> None:
-                if waiter and not waiter[0].done():
-                    waiter[0].set_result(None)
-
-            # asked here, synchronously: only a held request pays for a coroutine
-            if self.engine.hold_for_prefill(decision, request, notify):
-                await self._wait_at_prefill_gate(request, decision, waiter)
+        return decision
 
     async def _wait_at_prefill_gate(
         self, request: Request, decision: Decision, waiter: list[asyncio.Future]

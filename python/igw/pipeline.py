@@ -256,9 +256,27 @@ class Pipeline:
         self._step_list: list[tuple[Stage, Any]] = []
 
     async def run(self, request: Request) -> Request:
-        for stage, now in self._steps():
+        return await self.run_from(request, self.advance(request))
+
+    def advance(self, request: Request) -> int:
+        """Run the stages that can finish at once (``process_now``), in order, up to the
+        first that must wait; returns its index (``len(stages)``: all done). A front end
+        then awaits ``run_from`` only when that is not the end: the usual request costs no
+        coroutine at all."""
+        steps = self._steps()
+        for index, (_, now) in enumerate(steps):
             if now is None or not now(request):
-                await stage.process(request)
+                return index
+        return len(steps)
+
+    async def run_from(self, request: Request, index: int) -> Request:
+        """The stages from ``index`` on (``advance`` ran the ones before)."""
+        steps = self._steps()
+        if index < len(steps):
+            await steps[index][0].process(request)  # process_now declined: it waits
+            for stage, now in steps[index + 1 :]:
+                if now is None or not now(request):
+                    await stage.process(request)
         return request
 
     def _steps(self) -> list[tuple[Stage, Any]]:

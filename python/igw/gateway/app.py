@@ -217,8 +217,11 @@ class Gateway:
             headers=headers,
             body=body,
         )
+        pipeline = self.pipeline
         try:
-            await self.pipeline.run(request)
+            index = pipeline.advance(request)
+            if index < len(pipeline.stages):
+                await pipeline.run_from(request, index)
         except InferenceError as err:
             if request.decision is not None:  # a stage after schedule refused: undo it
                 self.pipeline.finish(request, failed=True)

@@ -428,6 +428,9 @@ class _Connection(asyncio.Protocol):
 
     # -- the request loop ---------------------------------------------------------------------
     async def _serve(self) -> None:
+        front = self.front
+        inference = front.inference
+        serve = self.gateway.serve
         try:
             while not self.closed:
                 while not self.queue:
@@ -441,7 +444,12 @@ class _Connection(asyncio.Protocol):
                     self.reading_paused = False
                     if self.transport is not None:
                         self.transport.resume_reading()
-                response = await self.front.dispatch(request)
+                url = request.path_qs
+                path = url if "?" not in url else url.split("?", 1)[0]
+                if path in inference and request.method == "POST":  # dispatch's usual case
+                    response = await serve(request, path, request.headers, request.body)
+                else:
+                    response = await front.dispatch(request)
                 if type(response) is Answer:
                     self._send_answer(response, request.keep_alive)
                 elif isinstance(response, web.Response):
@@ -469,7 +477,7 @@ class FastFront:
         self._server: asyncio.AbstractServer | None = None
         from igw.gateway.app import INFERENCE_PATHS
 
-        self._inference = frozenset(INFERENCE_PATHS)
+        self.inference = frozenset(INFERENCE_PATHS)
         self._gets = {
             "/health": gateway.handle_health,
             "/metrics": gateway.handle_metrics,
@@ -494,7 +502,7 @@ class FastFront:
     async def dispatch(self, request: FastRequest):
         path, method = request.path, request.method
         gateway = self.gateway
-        if path in self._inference:
+        if path in self.inference:
             if method == "POST":
                 return await gateway.serve(request, path, request.headers, request.body)
             return gateway.unknown_response(method, path)

@@ -214,14 +214,13 @@ class SchedulingEngine:
         decision.reserved = False
         entry = self._held.pop(id(decision), None)
         held = entry[1] if entry is not None and entry[0] is decision else None
-        if held is not None:
+        if held is None:
+            self._unreserve(decision, 1, decision.uncached_tokens)
+            return
+        if held.gated:
             self._leave_gate(decision, held)
-        tokens = decision.uncached_tokens
-        charge = 0
-        if held is not None:
-            tokens = self._end_prefill(held, decision)
-            charge = held.charge
-        self._unreserve(decision, 1, tokens + charge)
+        tokens = 0 if held.prefilled else self._end_prefill(held, decision)
+        self._unreserve(decision, 1, tokens + held.charge)
 
     def observe_first_token(self, decision: Decision, ttft_s: float) -> None:
         """The primary sent its first token ``ttft_s`` after dispatch.
@@ -713,13 +712,15 @@ class SchedulingEngine:
         return out
 
     def _unreserve(self, decision: Decision, requests: int, tokens: int) -> None:
-        if not decision.endpoints:
+        endpoints = decision.endpoints
+        if not endpoints:
             return
-        endpoint = decision.primary
-        if decision.pool.by_id(endpoint.id) is not endpoint:
+        endpoint = endpoints[0]
+        pool = decision.pool
+        if pool.by_id(endpoint.id) is not endpoint:
             return  # removed (and maybe its id reused): nothing of ours is left to release
         try:
-            decision.pool.table.add_inflight(endpoint.id, -requests, -tokens)
+            pool.table.add_inflight(endpoint.id, -requests, -tokens)
         except Exception as exc:
             if not is_core_error(exc):
                 raise

@@ -1,4 +1,4 @@
-"""Go-style descriptions of JSON syntax errors.
+"""Go-style descriptions of JSON syntax errors, and Go-style JSON writing (``marshal``).
 
 The reference picker answers a broken body with ``error unmarshaling request bodyMap: <Go's
 encoding/json error>``, and operators (and the reference's own integration tests) match on
@@ -10,6 +10,7 @@ which still names line and column.
 from __future__ import annotations
 
 import json
+import re
 
 try:  # optional accelerator for marshal; json alone gives the same bytes
     from orjson import OPT_SORT_KEYS as _SORT_KEYS
@@ -19,6 +20,7 @@ except ImportError:  # pragma: no cover - depends on the environment
     _SORT_KEYS = 0
 
 _LITERALS = {"t": "true", "f": "false", "n": "null"}
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _quote_char(ch: str) -> str:
@@ -162,4 +164,9 @@ def marshal(value: object, *, plain: bool | None = None) -> bytes:
         text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     if "\u2028" in text or "\u2029" in text:
         text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
-    return text.encode()
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        # a lone surrogate (an escaped one, or invalid UTF-8 json let through): Go's decoder
+        # makes each such character U+FFFD, so the rewritten body is valid UTF-8 as Go's is
+        return _LONE_SURROGATE.sub("\ufffd", text).encode()

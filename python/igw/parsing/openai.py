@@ -38,6 +38,7 @@ except ImportError:  # pragma: no cover - depends on the environment
     _fast_loads = None
 
 BYTES_PER_TOKEN = 4  # the reference's tokenizer-free estimate
+_INFINITY = float("inf")
 
 _TEXT_PART_TYPES = frozenset({"text", "input_text", "output_text"})
 
@@ -167,7 +168,11 @@ def read_openai(path: str, body: bytes) -> OpenAIFields:
     for name in limit_fields:  # the first usable one, as the reference
         value = get(name)
         cls = value.__class__  # JSON values: a bool is not a count
-        if (cls is int or cls is float) and value >= 0:
+        if cls is int:
+            if value >= 0:
+                limit = value
+                break
+        elif cls is float and 0 <= value < _INFINITY:  # json reads 1e400 as inf: no count
             limit = int(value)
             break
     return (
@@ -252,8 +257,10 @@ def _content_text(content: Any) -> str | None:
         for block in content:
             if not isinstance(block, dict):
                 return None
-            if block.get("type") in _TEXT_PART_TYPES and isinstance(block.get("text"), str):
-                parts.append(block["text"])
+            kind, text = block.get("type"), block.get("text")
+            # kind may be any JSON value: a list or an object cannot be looked up in a set
+            if kind.__class__ is str and kind in _TEXT_PART_TYPES and text.__class__ is str:
+                parts.append(text)
         return " ".join(parts)
     return None
 

@@ -28,6 +28,7 @@ ANTHROPIC_PARSER = "anthropic-parser"
 VLLMHTTP_PARSER = "vllmhttp-parser"
 ANTHROPIC_PATHS = ("messages", "messages/count_tokens")
 VLLMHTTP_PATHS = ("inference/v1/generate",)
+_INFINITY = float("inf")
 
 
 def _decode(body: bytes, prefix: str) -> dict[str, Any]:
@@ -115,5 +116,5 @@ def _common(parsed: ParsedBody, data: dict[str, Any], limits: dict[str, Any]) ->
     if isinstance(salt, str):
         parsed.cache_salt = salt
     value = limits.get("max_tokens")
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-        parsed.max_output_tokens = int(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < _INFINITY:
+        parsed.max_output_tokens = int(value)  # (json reads 1e400 as inf: no count)

@@ -52,3 +52,21 @@ def test_an_endpoint_of_a_pool_without_a_data_layer_is_reported_to_no_other_pool
     scraped.upsert("10.0.0.3:8000")
     router.report_response(bare.upsert("10.0.0.3:8000"), False)
     assert layer.heard == []
+
+
+def test_one_pool_reports_straight_to_its_data_layer():
+    layer = Layer()
+    router = ModelRouter([PoolRuntime(Pool("a"), datalayer=layer)])
+    assert router.response_reporter() is layer
+
+
+def test_several_pools_report_through_the_router():
+    router, *_ = _two_pools()
+    assert router.response_reporter() is router
+    half = ModelRouter([PoolRuntime(Pool("a"), datalayer=Layer()), PoolRuntime(Pool("b"))])
+    assert half.response_reporter() is half
+
+
+def test_without_a_data_layer_nothing_takes_reports():
+    router = ModelRouter([PoolRuntime(Pool("a")), PoolRuntime(Pool("b"))])
+    assert router.response_reporter() is None

@@ -112,6 +112,18 @@ class ModelRouter:
     def report_failure(self, endpoint: Endpoint) -> None:
         self.report_response(endpoint, False)
 
+    def response_reporter(self) -> Any | None:
+        """What the account stage should send each response's outcome to (ask once the data
+        layers are attached). With one pool, its data layer itself: a ``DataLayer`` hears
+        only the endpoints it tracks, checked by identity, and it tracks exactly the pool's
+        current members, so the search in ``report_response`` would decide nothing (two
+        calls fewer per response). With several pools, the router. None when no pool has a
+        data layer: nothing would hear the outcome."""
+        layers = [runtime.datalayer for runtime in self.pools.values()]
+        if all(layer is None for layer in layers):
+            return None
+        return layers[0] if len(layers) == 1 else self
+
 
 class EngineSet:
     """One scheduling engine per pool behind the single ``Engine`` the stages call."""

@@ -92,3 +92,44 @@ def test_a_rewritten_body_with_an_integer_beyond_64_bits_keeps_it_exact():
         b'{"model":"t","prompt":"p","seed":123456789012345678901234567890,"temperature":0.7}'
     )
     assert request.body_json["seed"] == 123456789012345678901234567890
+
+
+def test_an_orjson_that_writes_floats_otherwise_leaves_them_to_json(monkeypatch):
+    from igw.parsing import gojson
+
+    monkeypatch.setattr(gojson, "_WRITES_FLOATS", False)
+    value = {"temperature": 0.7, "zero": 0.0, "n": 1}
+    assert not fast_codec_exact(value)
+    assert fast_codec_exact({"n": 1, "s": "x"})
+    assert marshal(value) == plain_marshal(value)
+
+
+def test_an_orjson_that_writes_strings_otherwise_is_not_used(monkeypatch):
+    from igw.parsing import gojson
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("the fast writer was used")
+
+    monkeypatch.setattr(gojson, "_WRITES_PLAIN", False)
+    monkeypatch.setattr(gojson, "_fast_dumps", refuse)
+    value = {"b": "<x>", "a": [1, "\u2028"]}
+    assert marshal(value) == plain_marshal(value)
+
+
+def test_the_import_probe_tells_a_writer_with_other_float_or_string_forms(monkeypatch):
+    import orjson
+
+    from igw.parsing import gojson
+
+    def exponent_floats(value, **kwargs):
+        return b"1e-1" if value == 0.1 else orjson.dumps(value, **kwargs)
+
+    def escaped_slash(value, **kwargs):
+        return orjson.dumps(value, **kwargs).replace(b"/", b"\\/")
+
+    monkeypatch.setattr(gojson, "_fast_dumps", orjson.dumps)
+    assert gojson._fast_writer_agrees() == (True, True)
+    monkeypatch.setattr(gojson, "_fast_dumps", exponent_floats)
+    assert gojson._fast_writer_agrees() == (True, False)
+    monkeypatch.setattr(gojson, "_fast_dumps", escaped_slash)
+    assert gojson._fast_writer_agrees()[0] is False

@@ -20,6 +20,24 @@ except ImportError:  # pragma: no cover - depends on the environment
     _SORT_KEYS = 0
 
 _LITERALS = {"t": "true", "f": "false", "n": "null"}
+
+
+def _fast_writer_agrees() -> tuple[bool, bool]:
+    """(strings and integers, everyday floats): whether this orjson writes them as ``json``
+    does. Checked once at import on probes (every ASCII character, the shortest-repr edge
+    cases), so another orjson version that writes differently only loses the fast path."""
+    if _fast_dumps is None:
+        return False, False
+    text = "".join(map(chr, range(128))) + "\u00e9\u2028\uffff\U0001f600"
+    plain = [text, 0, -1, 2**63, -(2**63), 2**64 - 1, True, None, [], {}]
+    floats = [0.0, -0.0, 0.1, 0.7, 1.0, -2.5, 1e-4, 1.5e-4, 0.30000000000000004,
+              123.456, 1e15, 9999999999999998.0, 123456789012345.67]  # fmt: skip
+    def same(value: object) -> bool:
+        return _fast_dumps(value) == json.dumps(value, ensure_ascii=False).encode()
+    return all(map(same, plain)), all(map(same, floats))
+
+
+_WRITES_PLAIN, _WRITES_FLOATS = _fast_writer_agrees()
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -128,7 +146,7 @@ def fast_codec_exact(value: object) -> bool:
             push(item.values())
         elif cls is list:
             push(item)
-        elif cls is float and item and not 1e-4 <= abs(item) < 1e16:
+        elif cls is float and not (_WRITES_FLOATS and (1e-4 <= abs(item) < 1e16 or not item)):
             return False
     return True
 
@@ -144,7 +162,7 @@ def marshal(value: object, *, plain: bool | None = None) -> bytes:
     What orjson refuses (an integer beyond 64 bits, a lone surrogate, deep nesting) and
     any other value go through ``json`` as before.
     """
-    if _fast_dumps is not None and (fast_codec_exact(value) if plain is None else plain):
+    if _WRITES_PLAIN and (fast_codec_exact(value) if plain is None else plain):
         try:
             data = _fast_dumps(value, option=_SORT_KEYS)
         except TypeError:  # orjson.JSONEncodeError is a TypeError

@@ -283,9 +283,11 @@ class Pipeline:
         """``(stage, its process_now or None)`` per stage, rebuilt when ``stages`` changed.
 
         A stage whose work usually needs no wait may offer ``process_now(request) -> bool``:
-        it does the work at once and returns True, or does nothing and returns False when it
-        would have to wait (then ``process`` is awaited). The usual request then costs no
-        coroutine per stage (four on the standalone gateway's path)."""
+        True when its work is done; False when it must wait, and then ``process`` is awaited
+        next to finish it (``process_now`` may have begun: the schedule stage has picked and
+        ``process`` only waits at the prefill gate; the parse stage has done nothing and
+        ``process`` decodes in a thread). The usual request then costs no coroutine per stage
+        (four on the standalone gateway's path)."""
         stages = self.stages
         if stages != self._stepped:
             self._step_list = [(stage, getattr(stage, "process_now", None)) for stage in stages]

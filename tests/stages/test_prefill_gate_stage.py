@@ -91,3 +91,37 @@ async def test_a_request_the_gate_does_not_hold_does_not_wait():
     request = _request()
     await asyncio.wait_for(ScheduleStage(engine, lambda _r: pool).process(request), 0.5)
     assert request.decision is not None and engine.stopped == []
+
+
+class CountingGatedEngine(GatedEngine):
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.scheduled = 0
+
+    def schedule(self, request, pool, *, k=None):
+        self.scheduled += 1
+        return super().schedule(request, pool, k=k)
+
+
+async def test_a_request_held_in_a_pipeline_is_scheduled_once_and_waits_for_the_gate():
+    from igw.pipeline import Pipeline
+
+    engine = CountingGatedEngine()
+    pool = _pool()
+    pipeline = Pipeline([ScheduleStage(engine, lambda _r: pool)])
+    request = _request()
+    task = asyncio.ensure_future(pipeline.run(request))
+    await asyncio.sleep(0.01)
+    assert not task.done()  # process_now found it held: the pipeline awaits process
+    engine.open()
+    await asyncio.wait_for(task, 1.0)
+    assert engine.scheduled == 1 and engine.stopped == []
+
+
+async def test_a_streamed_request_the_gate_lets_through_needs_no_wait():
+    engine = CountingGatedEngine(hold=False)
+    pool = _pool()
+    stage = ScheduleStage(engine, lambda _r: pool)
+    request = _request()
+    assert stage.process_now(request) is True
+    assert engine.scheduled == 1 and request.decision is not None

@@ -229,19 +229,23 @@ class SchedulingEngine:
         count (the request itself stays in flight until ``release``), and the observation
         calibrates the endpoint's prefill rate for the predicted-ttft scorer.
         """
-        held = self._held_of(decision)
-        if held is not None:
+        entry = self._held.get(id(decision))
+        if entry is None or entry[0] is not decision:
+            return  # released already, or not this engine's
+        held = entry[1]
+        if held.gated:
             self._leave_gate(decision, held)
-        if held is None or not decision.reserved or held.prefilled:
+        if not decision.reserved or held.prefilled:
             return
         self._unreserve(decision, 0, self._end_prefill(held, decision))
-        if held.work is None:
-            return
-        endpoint = decision.primary
+        work = held.work
+        if work is None or work < self.calibrator.min_work_tokens:
+            return  # nothing to calibrate (the calibrator would skip so small a sample too)
+        endpoint = decision.endpoints[0]
         # the caller may time from the request's arrival (queueing in flow control included);
         # the prefill started no earlier than the pick
         ttft_s = min(ttft_s, self.clock() - held.picked_at)
-        rate = self.calibrator.observe(decision.pool.name, endpoint.address, held.work, ttft_s)
+        rate = self.calibrator.observe(decision.pool.name, endpoint.address, work, ttft_s)
         if rate is not None and decision.pool.by_id(endpoint.id) is endpoint:
             try:
                 decision.pool.table.set_prefill_rate(endpoint.id, rate)

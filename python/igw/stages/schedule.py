@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("igw.schedule")
 
+# request.attrs key: the future a request held by the prefill gate waits for (process_now
+# sets it, process awaits it)
+_GATE_WAIT = "igw.gate_wait"
+
 
 class ScheduleStage:
     name = "schedule"
@@ -49,25 +53,32 @@ class ScheduleStage:
         self._gated = getattr(engine, "hold_for_prefill", None) is not None
 
     def process_now(self, request: Request) -> bool:
-        """Schedule at once unless a prefill gate may hold the request (a streamed one on an
-        engine with a gate): then False and nothing done, ``process`` waits if need be."""
-        if self._gated and request.stream:
-            return False
-        self._schedule(request)
-        return True
+        """Schedule at once. True when done; False only when the prefill gate holds the
+        request: ``process`` then waits for it (without scheduling again)."""
+        decision = self._schedule(request)
+        if not (self._gated and request.stream):
+            return True
+        waiter: list[asyncio.Future] = []  # made only when held (notify never runs before)
+
+        def notify() -> None:
+            if waiter and not waiter[0].done():
+                waiter[0].set_result(None)
+
+        # asked synchronously: only a held request pays for a future and a coroutine
+        if not self.engine.hold_for_prefill(decision, request, notify):
+            return True
+        waiter.append(asyncio.get_running_loop().create_future())
+        request.attrs[_GATE_WAIT] = waiter[0]
+        return False
 
     async def process(self, request: Request) -> None:
-        decision = self._schedule(request)
-        if self._gated and request.stream:
-            waiter: list[asyncio.Future] = []  # made only when held (notify never runs before)
-
-            def notify() -> None:
-                if waiter and not waiter[0].done():
-                    waiter[0].set_result(None)
-
-            # asked here, synchronously: only a held request pays for a coroutine
-            if self.engine.hold_for_prefill(decision, request, notify):
-                await self._wait_at_prefill_gate(request, decision, waiter)
+        future = request.attrs.pop(_GATE_WAIT, None)
+        if future is None:  # not begun by process_now
+            if self.process_now(request):
+                return
+            future = request.attrs.pop(_GATE_WAIT)
+        assert request.decision is not None
+        await self._wait_at_prefill_gate(request, request.decision, future)
 
     def _schedule(self, request: Request) -> Decision:
         """Pick, keep the decision on the request, count it and mark it running."""
@@ -96,10 +107,8 @@ class ScheduleStage:
         return decision
 
     async def _wait_at_prefill_gate(
-        self, request: Request, decision: Decision, waiter: list[asyncio.Future]
+        self, request: Request, decision: Decision, future: asyncio.Future
     ) -> None:
-        future = asyncio.get_running_loop().create_future()
-        waiter.append(future)
         limit = self.engine.prefill_gate_max_wait(decision)
         try:
             await asyncio.wait_for(future, timeout=limit)

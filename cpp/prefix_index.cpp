@@ -286,6 +286,8 @@ void PrefixIndex::record(uint32_t endpoint, std::span<const uint64_t> hashes) {
   note_seen(endpoint);
   const auto ep = static_cast<uint16_t>(endpoint);
   for (size_t k = hashes.size(); k-- > 0;) {  // block 0 ends up most recent
+    // the next block's table slot is a likely cache miss (as in match): start it now
+    if (k > 0) __builtin_prefetch(&table_[slot_of(hashes[k - 1])]);
     const uint64_t h = hashes[k];
     uint32_t b = find(h);
     uint32_t node = kNil;

@@ -449,9 +449,11 @@ class _Connection(asyncio.Protocol):
                     response = await serve(request, path, request.headers, request.body)
                 else:
                     response = await front.dispatch(request)
-                if type(response) is Answer:
+                if response is None or type(response) is _Stream:
+                    pass  # written already (from the read callback, or streamed)
+                elif type(response) is Answer:
                     self._send_answer(response, request.keep_alive)
-                elif isinstance(response, web.Response):
+                elif isinstance(response, web.Response):  # an ABC check: ~1 us, not for None
                     self._send(response, request.keep_alive)
                 if not request.keep_alive:
                     if self.transport is not None:

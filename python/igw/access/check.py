@@ -203,6 +203,7 @@ class UsageDebit:
 
     name = "access.debit"
     observe_only = True  # never changes the bytes: may run after the client has them
+    reads_response = False  # its head and chunk hooks do nothing: a relay may skip them
 
     def __init__(
         self,

@@ -157,6 +157,7 @@ class FlowControl:
 
     # -- response stage ---------------------------------------------------------------------
     observe_only = True  # only hears the finish: may run after the client has the bytes
+    reads_response = False  # its head and chunk hooks do nothing: a relay may skip them
 
     def on_headers(self, request: Request, status: int, headers: dict[str, str]) -> None:
         return None

@@ -67,7 +67,9 @@ def build_gateway(
         rewrites=rewrites,
         k=limits.max_attempts,
         use_subset_metadata=False,
-        reporter=router,
+        # the pool's data layer itself with one pool (two calls fewer per response); asked
+        # here, after the caller attached the data layers (start_stack does)
+        reporter=router.response_reporter(),
         is_adapter=router.is_adapter,
         detector=detector,
         rng=rng,

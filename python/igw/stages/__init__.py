@@ -101,7 +101,9 @@ def build_pipeline(
     accounting: guard.out (content checks on the answer) and access bookkeeping (token
     debits) plug in there. A stage that only reads the answer should say so with
     ``observe_only = True`` (and one that changes it only sometimes with
-    ``changes_bytes(request)``): ``igw serve`` then runs it after the bytes are written."""
+    ``changes_bytes(request)``): ``igw serve`` then runs it after the bytes are written; one
+    that needs only ``on_finish`` says ``reads_response = False`` and its head and chunk
+    hooks are skipped on a relay."""
     pool_for: Callable[[Request], Pool] = pool if callable(pool) else (lambda _r, p=pool: p)
     if parsers is None or isinstance(parsers, ParserRegistry):
         registry = parsers or ParserRegistry.from_types()

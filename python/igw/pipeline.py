@@ -139,10 +139,42 @@ class Request:
     # and the plan (which stages run before the write) chosen for this response
     observations: list[tuple[Any, ...]] | None = dataclasses.field(default=None, repr=False)
     relay_plan: Any = dataclasses.field(default=None, repr=False)
+    # bookkeeping a stage left for after the request is on its way (``later``); None: the
+    # front end runs nothing later, so ``later`` runs the call at once
+    after_send: list[tuple[Any, tuple[Any, ...]]] | None = dataclasses.field(
+        default=None, repr=False
+    )
 
     @property
     def upstream_body(self) -> bytes:
         return self.body if self.out_body is None else self.out_body
+
+    def later(self, call: Any, *args: Any) -> None:
+        """Run ``call(*args)`` once the request has been sent on its way (``sent``), or now
+        when the front end does not defer (``after_send`` is None).
+
+        Why: measured at concurrency 1 on the 2-core VM, 100 us of work before a proxy
+        writes the request upstream added ~100 us to every request, the same work right
+        after the write ~35 us: the replica then computes while the gateway does its
+        bookkeeping. Stages put here what the forwarding does not need (metrics, the
+        engine's timing records)."""
+        queued = self.after_send
+        if queued is None:
+            call(*args)
+        else:
+            queued.append((call, args))
+
+    def sent(self) -> None:
+        """The request is on its way: run what ``later`` queued, in order, once. Also run by
+        ``Pipeline.finish`` (a request that was never sent still gets its bookkeeping)."""
+        queued = self.after_send
+        if queued:
+            self.after_send = []
+            for call, args in queued:
+                try:
+                    call(*args)
+                except Exception:  # bookkeeping must not fail a request already sent
+                    log.exception("request %s: deferred %r failed", self.request_id, call)
 
     def header(self, *names: str) -> str | None:
         """First present header among ``names`` (new name first, then legacy aliases)."""
@@ -397,6 +429,8 @@ class Pipeline:
             return
         request.finished_at = time.monotonic()
         request.failed = request.failed or failed
+        if request.after_send:
+            request.sent()
         if request.observations:
             self.observe(request)
         for stage in self.response_stages:

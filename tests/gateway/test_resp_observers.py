@@ -274,7 +274,9 @@ class _FakePool:
     def __init__(self, upstream: _FakeUpstream) -> None:
         self.upstream = upstream
 
-    async def post(self, host, port, path, headers, body, early=None):
+    async def post(self, host, port, path, headers, body, early=None, sent=None):
+        if sent is not None:
+            sent()
         return self.upstream
 
     async def close(self) -> None:

@@ -217,26 +217,26 @@ class Gateway:
             headers=headers,
             body=body,
         )
+        # stages' bookkeeping waits until the request is written upstream (Request.later):
+        # the forwarder runs it then, Pipeline.finish at the latest
+        request.after_send = []
         pipeline = self.pipeline
         try:
             index = pipeline.advance(request)
             if index < len(pipeline.stages):
                 await pipeline.run_from(request, index)
         except InferenceError as err:
-            if request.decision is not None:  # a stage after schedule refused: undo it
-                self.pipeline.finish(request, failed=True)
+            self._not_sent(request)  # a stage after schedule refused: undo it
             if self.on_error is not None:
                 self.on_error(request, err)
             return inference_error_response(err)
         except Exception:
             # A bug in a stage must not leak a reservation nor answer in non-OpenAI form.
             log.exception("request %s: pipeline failed", request.request_id)
-            if request.decision is not None:
-                self.pipeline.finish(request, failed=True)
+            self._not_sent(request)
             return error_response(500, "internal error in the gateway", code="internal_error")
         except BaseException:  # cancelled: the client went away during flow control
-            if request.decision is not None:
-                self.pipeline.finish(request, failed=True)
+            self._not_sent(request)
             raise
         if self.mirror is not None:
             try:
@@ -244,6 +244,15 @@ class Gateway:
             except Exception:  # a shadow copy must never cost the real request
                 log.exception("request %s: mirroring failed", request.request_id)
         return await self.forwarder.forward(http_request, request)
+
+    def _not_sent(self, request: Request) -> None:
+        """The pipeline stopped the request before it was sent: undo a scheduled one
+        (``finish``), and run what stages left for later either way (a failed pick's
+        timing, say)."""
+        if request.decision is not None:
+            self.pipeline.finish(request, failed=True)
+        else:
+            request.sent()
 
     async def handle_models(self, request: web.Request) -> web.Response:
         return self.models_response(request.headers)

@@ -426,7 +426,9 @@ class Forwarder:
                 early.endpoint = endpoint.address
                 early.last = index == last
             try:
-                upstream = await self.upstream.post(host, port, path, headers, body, early)
+                upstream = await self.upstream.post(
+                    host, port, path, headers, body, early, request.sent
+                )
             except (UpstreamConnectError, UpstreamTimeoutError) as exc:
                 log.warning(
                     "request %s: %s failed before any response (%s); %s",

@@ -500,11 +500,15 @@ class UpstreamPool:
         headers: Iterable[tuple[str, str]] | str,
         body: bytes,
         early: EarlyHook | None = None,
+        sent: Callable[[], None] | None = None,
     ) -> UpstreamResponse:
         """Send the request and wait for the response head (status and headers).
 
         ``headers``: name-value pairs, or the same as HTTP/1.1 header lines ("name:
         value\\r\\n" each, as ``proxy.upstream_header_lines`` makes them).
+
+        ``sent()`` is called right after the request is written, before the wait: work the
+        sending did not need runs while the replica computes (``Request.later``).
 
         ``early(response)`` is called from the read callback if the whole answer arrives
         in one read (see the module docstring)."""
@@ -528,6 +532,8 @@ class UpstreamPool:
                     raise
                 continue  # the server closed it while idle: the next one / a new one
             break
+        if sent is not None:
+            sent()
         # the wait for the head, in this frame (a coroutine fewer per request)
         loop = conn.loop
         conn.deadline.watch(loop, answered, self.read_timeout)  # type: ignore[arg-type]
@@ -621,7 +627,10 @@ class AiohttpPool:
         headers: Iterable[tuple[str, str]],
         body: bytes,
         early: EarlyHook | None = None,  # aiohttp gives no read callback: never called
+        sent: Callable[[], None] | None = None,  # called before the request: aiohttp sends it
     ):
+        if sent is not None:
+            sent()
         aiohttp = self._aiohttp
         shown = f"[{host}]" if ":" in host else host
         url = f"http://{shown}:{port}{path}"

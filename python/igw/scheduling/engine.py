@@ -205,7 +205,8 @@ class SchedulingEngine:
                 request, pool, k, self.with_scores if with_scores is None else with_scores
             )
         finally:
-            self._record("scheduler", "e2e", time.perf_counter() - started)
+            # recorded once the request is on its way (``Request.later``)
+            request.later(self._record, "scheduler", "e2e", time.perf_counter() - started)
 
     def release(self, decision: Decision) -> None:
         """Undo the primary's in-flight reservation; safe to call more than once."""
@@ -386,7 +387,7 @@ class SchedulingEngine:
             per_endpoint = result.matched_blocks
             first = ranked[0] if ranked else len(per_endpoint)
             matched = int(per_endpoint[first]) if first < len(per_endpoint) else 0
-        self._record("core-pick", profile.name, time.perf_counter() - started)
+        request.later(self._record, "core-pick", profile.name, time.perf_counter() - started)
         if not ranked:
             raise errors.no_endpoints()
         if len(ranked) < k and profile.narrows_in_core:
@@ -430,7 +431,7 @@ class SchedulingEngine:
             plan.core_profile, prompt, seed, plan.block_bytes, plan.max_blocks, tokens,
             plan.block_tokens, lora, k, plan.charge, plan.hot_charge, plan.hot_factor,
         )  # fmt: skip
-        self._record("core-pick", profile.name, time.perf_counter() - started)
+        request.later(self._record, "core-pick", profile.name, time.perf_counter() - started)
         attrs[PREFIX_ATTR] = (plan.prefix_key(model, salt, lora_name), hashes)
         if not ranked:
             raise errors.no_endpoints()

@@ -102,7 +102,8 @@ class ScheduleStage:
             raise no_endpoints()
         request.decision = decision
         if self.metrics is not None:
-            self.metrics.scheduled(request)  # success, request count and size, running
+            # success, request count and size, running: once the request is on its way
+            request.later(self.metrics.scheduled, request)
         request.attrs["running"] = True
         return decision
 

@@ -534,13 +534,14 @@ py::tuple pick_reserve(Scheduler& self, py::handle profile_obj, py::handle hashe
 py::tuple route(Scheduler& self, py::handle profile_obj, py::handle prompt, uint64_t seed,
                 int64_t block_bytes, int64_t max_blocks, int64_t prompt_tokens,
                 int64_t block_tokens, int64_t lora, int64_t k, int64_t charge,
-                int64_t hot_charge, double hot_factor) {
+                int64_t hot_charge, double hot_factor, bool record) {
   if (!py::isinstance<Profile>(profile_obj)) wrong_type("profile", "an igw._core.Profile", profile_obj);
   const Profile& profile = profile_obj.cast<const Profile&>();
   if (block_bytes < 1) throw Error("block_bytes must be >= 1, got " + std::to_string(block_bytes));
   if (max_blocks < 0) throw Error("max_blocks must be >= 0, got " + std::to_string(max_blocks));
   PickRequest req;
   fill_fast_request(req, prompt_tokens, block_tokens, lora, k, charge);
+  req.record = record;
   if (hot_charge < 0) throw Error("hot_charge must be >= 0, got " + std::to_string(hot_charge));
   if (!std::isfinite(hot_factor)) throw Error("hot_factor must be finite");
   py::buffer_info info;
@@ -959,10 +960,11 @@ PYBIND11_MODULE(_core, m) {
       .def("route", &route, py::arg("profile"), py::arg("prompt"), py::arg("seed"),
            py::arg("block_bytes"), py::arg("max_blocks"), py::arg("prompt_tokens"),
            py::arg("block_tokens"), py::arg("lora"), py::arg("k"), py::arg("charge"),
-           py::arg("hot_charge"), py::arg("hot_factor"),
+           py::arg("hot_charge"), py::arg("hot_factor"), py::arg("record") = true,
            "route(profile, prompt, seed, block_bytes, max_blocks, prompt_tokens, block_tokens, "
-           "lora, k, charge, hot_charge, hot_factor) -> (ranked endpoints, primary's matched "
-           "blocks, total blocks, uncached tokens, hashes, hot) (see _core.pyi)")
+           "lora, k, charge, hot_charge, hot_factor, record=True) -> (ranked endpoints, "
+           "primary's matched blocks, total blocks, uncached tokens, hashes, hot) (see "
+           "_core.pyi)")
       .def(
           "hot",
           [](Scheduler& self, py::handle key, double factor) {
@@ -989,6 +991,7 @@ PYBIND11_MODULE(_core, m) {
   scheduler.def("route",
                 bad_method("Scheduler.route",
                            "profile, prompt, seed, block_bytes, max_blocks, prompt_tokens, "
-                           "block_tokens, lora, k, charge, hot_charge, hot_factor"));
+                           "block_tokens, lora, k, charge, hot_charge, hot_factor, "
+                           "record=True"));
   scheduler.def("hot", bad_method("Scheduler.hot", "key, factor"));
 }

@@ -326,6 +326,7 @@ class Scheduler:
         charge: int,
         hot_charge: int,
         hot_factor: float,
+        record: bool = True,
     ) -> tuple[list[int], int, int, int, npt.NDArray[np.uint64], bool]:
         """The gateway's whole per-request step in one call: ``hashes = hash_blocks(prompt,
         block_bytes, seed, max_blocks)``; when ``hot_factor`` > 0 and there are hashes,
@@ -333,7 +334,9 @@ class Scheduler:
         request is charged ``hot_charge`` instead of ``charge``; then ``pick_reserve``.
         Returns (ranked, primary's matched blocks, total blocks, uncached tokens, hashes, hot).
         The group index is ``max(min(len(hashes) - 1, DEMAND_KEY_BLOCKS), 1) - 1``: the first
-        blocks' hash, never the last (possibly partial) block's.
+        blocks' hash, never the last (possibly partial) block's. ``record=False`` leaves the
+        prompt's blocks out of the prefix index: the caller records them itself later
+        (``PrefixIndex.record(ranked[0], hashes)``), e.g. once the request is on its way.
         """
 
     def hot(self, key: int, factor: float) -> bool:

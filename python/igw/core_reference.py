@@ -955,6 +955,7 @@ class Scheduler:
         charge: int,
         hot_charge: int,
         hot_factor: float,
+        record: bool = True,
     ) -> tuple[list[int], int, int, int, np.ndarray, bool]:
         if hot_charge < 0:
             raise Error(f"hot_charge must be >= 0, got {hot_charge}")
@@ -967,10 +968,20 @@ class Scheduler:
                            hot_factor)  # fmt: skip
             if hot:
                 charge = hot_charge
-        ranked, matched, total, uncached = self.pick_reserve(
-            profile, hashes, prompt_tokens, block_tokens, lora, k, charge
-        )
-        return ranked, matched, total, uncached, hashes, hot
+        if record:
+            ranked, matched, total, uncached = self.pick_reserve(
+                profile, hashes, prompt_tokens, block_tokens, lora, k, charge
+            )
+            return ranked, matched, total, uncached, hashes, hot
+        result = self.pick(
+            profile, hashes=hashes, prompt_tokens=prompt_tokens, block_tokens=block_tokens,
+            lora=lora, k=k, charge=charge, record=False,
+        )  # fmt: skip
+        ranked = result.endpoints
+        matched = 0
+        if ranked and ranked[0] < len(result.matched_blocks):
+            matched = int(result.matched_blocks[ranked[0]])
+        return ranked, matched, result.total_blocks, result.uncached_tokens, hashes, hot
 
     def hot(self, key: int, factor: float) -> bool:
         key = _seed_arg("key", key)

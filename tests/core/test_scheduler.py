@@ -156,6 +156,20 @@ def test_route_equals_hashing_then_pick_reserve(make_pool, core):
     assert results[1][0][:2] == [[1, results[1][0][0][1]], 2]
 
 
+def test_route_without_record_reserves_but_leaves_the_blocks_to_the_caller(make_pool, core):
+    prompt = b"system prompt " * 100
+    seed = core.model_seed("m")
+    table, index, sched = loaded(make_pool, core, [0.5, 0.5, 0.5], seed=7)
+    profile = core.Profile([("prefix-cache-scorer", 2.0, {}), ("queue-scorer", 1.0, {})])
+    args = (profile, prompt, seed, 256, 0, 350, 64, -1, 2, 9, 40, 0.0)
+    ranked, _, total, _, hashes, _ = sched.route(*args, False)
+    assert not index.match(hashes).any()  # nothing recorded
+    assert table.snapshot().inflight_requests[ranked[0]] == 1  # but reserved
+    index.record(ranked[0], hashes)  # what the caller does later
+    held = index.match(hashes).tolist()
+    assert held[ranked[0]] == total and sum(held) == total
+
+
 def test_route_charges_a_hot_prefix_the_hot_charge(make_pool, core):
     table, _, sched = loaded(make_pool, core, [0.1, 0.1, 0.1, 0.1])
     profile = core.Profile(KV)

@@ -113,6 +113,7 @@ class _RoutePlan:
     hot_factor: float
     uses_lora: bool
     narrows: bool  # core filters narrow the pick: ranked fallbacks may need a refill
+    gated: bool  # a prefill gate may hold streamed requests (their blocks are recorded now)
 
     def prefix_key(self, model: str, salt: str, lora: str | None) -> tuple:
         """The key ``_prefix`` caches a request's hashes under (same block settings, model,
@@ -426,15 +427,22 @@ class SchedulingEngine:
             seed = self._seed(module, model, salt, lora_name)
         tokens = request.prompt_tokens_estimate or math.ceil(len(prompt) / BYTES_PER_TOKEN)
         lora = self._lora(request, pool, profile, module) if plan.uses_lora else -1
+        # The prompt's blocks go into the prefix index once the request is on its way (the
+        # front end runs ``later`` work before any other request is scheduled), unless a
+        # prefill gate may hold it: then others must see its blocks while it waits.
+        record_now = request.after_send is None or (plan.gated and request.stream)
         started = time.perf_counter()
         ranked, matched, total_blocks, uncached, hashes, hot = plan.scheduler.route(
             plan.core_profile, prompt, seed, plan.block_bytes, plan.max_blocks, tokens,
             plan.block_tokens, lora, k, plan.charge, plan.hot_charge, plan.hot_factor,
+            record_now,
         )  # fmt: skip
         request.later(self._record, "core-pick", profile.name, time.perf_counter() - started)
         attrs[PREFIX_ATTR] = (plan.prefix_key(model, salt, lora_name), hashes)
         if not ranked:
             raise errors.no_endpoints()
+        if not record_now and len(hashes):
+            request.later(pool.index.record, ranked[0], hashes)
         if len(ranked) < k and plan.narrows:
             request_args = {
                 "hashes": hashes, "prompt_tokens": tokens, "block_tokens": plan.block_tokens,
@@ -474,6 +482,7 @@ class SchedulingEngine:
             hot_factor=profile.hot_prefix_factor,
             uses_lora=profile.uses_lora,
             narrows=profile.narrows_in_core,
+            gated=profile.prefill_gate_tokens > 0,
         )
         return plan
 

@@ -508,7 +508,9 @@ class UpstreamPool:
         value\\r\\n" each, as ``proxy.upstream_header_lines`` makes them).
 
         ``sent()`` is called right after the request is written, before the wait: work the
-        sending did not need runs while the replica computes (``Request.later``).
+        sending did not need runs while the replica computes (``Request.later``). When a new
+        connection must be opened it is called before that wait instead: other requests are
+        scheduled meanwhile and must see this one's bookkeeping (its prefix blocks).
 
         ``early(response)`` is called from the read callback if the whole answer arrives
         in one read (see the module docstring)."""
@@ -522,6 +524,8 @@ class UpstreamPool:
         idle = self._idle.get(key)
         while True:
             fresh = not idle
+            if fresh and sent is not None:
+                sent()  # before waiting for a connection: other requests run meanwhile
             conn = await self._connect(key) if fresh else idle.pop()  # type: ignore[union-attr]
             if not fresh and conn._closed:
                 continue

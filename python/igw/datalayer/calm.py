@@ -12,7 +12,7 @@ model server busy with igw's requests shows it in the figures (running, KV use),
 stir it. Stirring on igw's own requests kept an endpoint whose page does not move off the
 calm cadence whenever it had traffic: at concurrency 1 against 4 instant replicas that was
 every endpoint on every tick, and those scrapes cost ~25 us of igw CPU per request (scrape
-interval 50 ms against 1 s, same-run A/B), which on this 2-core machine is added latency.
+interval 50 ms against 1 s, same-run A/B), on cores the requests and the replicas share.
 
 ``calm_cap`` is never more than half the strictest staleness threshold of a reader of the
 table (``consumer_staleness``, ``require_fresh``, the layer's own ``staleness``): a calm

@@ -156,8 +156,8 @@ class Request:
         Why: measured at concurrency 1 on the 2-core VM, 100 us of work before a proxy
         writes the request upstream added ~100 us to every request, the same work right
         after the write ~35 us: the replica then computes while the gateway does its
-        bookkeeping. Stages put here what the forwarding does not need (metrics, the
-        engine's timing records)."""
+        bookkeeping. Stages put here what the forwarding does not need (the scheduled
+        metrics, the engine's timing records, the prefix index's record of the prompt)."""
         queued = self.after_send
         if queued is None:
             call(*args)

@@ -156,9 +156,11 @@ class _RemoteScheduler:
         return ranked, matched, result.total_blocks, result.uncached_tokens
 
     def route(self, profile, prompt, seed, block_bytes, max_blocks, prompt_tokens,
-              block_tokens, lora, k, charge, hot_charge, hot_factor):  # fmt: skip
+              block_tokens, lora, k, charge, hot_charge, hot_factor, record=True):  # fmt: skip
         """``Scheduler.route``: the prompt is hashed here, the pick runs over there. The
-        protocol carries no prefix demand (the default profile counts none)."""
+        protocol carries no prefix demand (the default profile counts none). The picker
+        records the blocks with the pick whatever ``record`` says (a deferred record by the
+        engine then lands in this worker's unused local index)."""
         from igw.scheduling import _backend
 
         assert hot_factor == 0, hot_factor

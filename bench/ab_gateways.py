@@ -8,6 +8,14 @@ It prints each tree's added latency per round, B minus A per round, and each gat
 request during its own rounds.
 
     python bench/ab_gateways.py OLD_TREE NEW_TREE [--rounds 10] [--requests 300] [--stream]
+    python bench/ab_gateways.py OLD_TREE NEW_TREE --interleave 5000 [--stream]
+
+``--interleave N`` sends one request directly, one through A and one through B, in turn, N
+times, instead of rounds: host noise at the millisecond scale then hits all three alike and
+B - A is resolved to ~5 us (rounds of 300: ~40 us on this VM). Every request then finds its
+process's caches colder than in a round, so the added latencies read higher than the gateway
+benchmark's; compare the two trees, not the absolute figures, and swap A and B once (the
+place in the turn is worth a few us).
 
 A tree is a checkout with a built ``python/igw/_core*.so`` (``scripts/dev-build.sh``, or copy
 the module from another checkout: the core's API only grows). Run it with this checkout's
@@ -23,6 +31,7 @@ import re
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import test_gateway_bench as bench
@@ -46,6 +55,50 @@ def _start_igw(tree: Path, endpoints: str, policy: str) -> tuple[subprocess.Pope
     raise SystemExit(f"igw serve from {tree} exited before printing its address")
 
 
+async def _interleaved(urls: list[str], turns: int, stream: bool) -> list[list[float]]:
+    """Latency (us) of each request to each URL, one request per URL in turn."""
+    import aiohttp
+
+    bodies = bench._bodies(stream)
+    headers = {"content-type": "application/json"}
+    sessions = [aiohttp.ClientSession() for _ in urls]
+    times: list[list[float]] = [[] for _ in urls]
+    try:
+        for turn in range(bench.WARMUP + turns):
+            for index, (session, url) in enumerate(zip(sessions, urls, strict=True)):
+                started = time.perf_counter()
+                async with session.post(url, data=bodies[turn % len(bodies)],
+                                        headers=headers) as response:  # fmt: skip
+                    await response.read()
+                    if response.status != 200:
+                        raise SystemExit(f"{url}: HTTP {response.status}")
+                if turn >= bench.WARMUP:
+                    times[index].append((time.perf_counter() - started) * 1e6)
+    finally:
+        for session in sessions:
+            await session.close()
+    return times
+
+
+def _trimmed_mean(values: list[float], cut: float = 0.1) -> float:
+    ordered = sorted(values)
+    drop = int(len(ordered) * cut)
+    return statistics.fmean(ordered[drop : len(ordered) - drop])
+
+
+def _report_interleaved(trees: tuple[Path, Path], times: list[list[float]]) -> None:
+    direct = times[0]
+    for index, tree in enumerate(trees, start=1):
+        added = [v - d for d, v in zip(direct, times[index], strict=True)]
+        print(f"{'AB'[index - 1]} {tree}: added mean {statistics.fmean(added):.0f} us, "
+              f"median {statistics.median(added):.0f}, "
+              f"10%-trimmed {_trimmed_mean(added):.0f}")  # fmt: skip
+    diff = [b - a for a, b in zip(times[1], times[2], strict=True)]
+    print(f"B - A per turn: mean {statistics.fmean(diff):.1f} us, median "
+          f"{statistics.median(diff):.1f}, 10%-trimmed {_trimmed_mean(diff):.1f} "
+          f"({len(diff)} turns)")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("tree_a", type=Path, help="checkout A (e.g. the base commit)")
@@ -54,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=300, help="per tree per round")
     parser.add_argument("--stream", action="store_true", help="streamed requests")
     parser.add_argument("--policy", default="predicted-ttft")
+    parser.add_argument("--interleave", type=int, default=0, metavar="N",
+                        help="N turns of one request per target instead of rounds")  # fmt: skip
     args = parser.parse_args(argv)
     for tree in (args.tree_a, args.tree_b):
         if not (tree / "python" / "igw").is_dir():
@@ -73,6 +128,13 @@ def main(argv: list[str] | None = None) -> int:
             urls.append(url)
         sets = [[f"http://127.0.0.1:{p}/v1/completions" for p in ports]]
         sets += [[url + "/v1/completions"] for url in urls]
+        if args.interleave > 0:
+            import uvloop
+
+            targets = [urls_[0] for urls_ in sets]
+            times = uvloop.run(_interleaved(targets, args.interleave, args.stream))
+            _report_interleaved((args.tree_a, args.tree_b), times)
+            return 0
         pids: list[int | None] = [None, *(proc.pid for proc in gateways)]
         out = bench._run_compare(sets, args.rounds, args.requests, args.stream, pids)
         direct = out["means_us"][0]

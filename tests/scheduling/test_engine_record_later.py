@@ -1,5 +1,6 @@
 """A front end that defers bookkeeping (``Request.after_send``) gets the prompt's blocks
-recorded once the request is sent; a request the prefill gate may hold gets them at once."""
+recorded once the request is sent; a request the prefill gate holds gets them before it
+waits."""
 
 from __future__ import annotations
 
@@ -37,14 +38,26 @@ def test_a_front_end_that_does_not_defer_has_the_blocks_recorded_at_once(make_po
     assert _held(pool, request)[decision.primary.id] == decision.total_blocks
 
 
-def test_a_streamed_request_the_prefill_gate_may_hold_is_recorded_at_once(make_pool) -> None:
-    pool = make_pool([(0,), (1,)])
-    engine = SchedulingEngine(gated_config(1024))
-    request = make_request(PROMPT, stream=True)
-    request.after_send = []
-    decision = engine.schedule(request, pool, k=1)
-    # while it may wait at the gate, requests behind it must see where its prefix goes
-    assert _held(pool, request)[decision.primary.id] == decision.total_blocks
+async def test_a_request_the_prefill_gate_holds_has_its_blocks_recorded_before_it_waits(
+    make_pool,
+) -> None:
+    from igw.stages import ScheduleStage
+
+    pool = make_pool([(0,)])  # one endpoint: the second long prefill waits behind the first
+    engine = SchedulingEngine(gated_config(64))
+    stage = ScheduleStage(engine, lambda _request: pool, k=1)
+    first = make_request("first long system prompt " * 30, stream=True)
+    first.after_send = []
+    assert stage.process_now(first) is True  # owns the endpoint's gate: goes at once
+    second = make_request("another long system prompt " * 30, stream=True)
+    second.after_send = []
+    assert stage.process_now(second) is False  # held behind the first
+    # while it waits, requests behind it must see where its prefix goes
+    held = _held(pool, second)
+    assert held[second.decision.primary.id] == second.decision.total_blocks
+    engine.stop_waiting(second.decision)
+    engine.release(second.decision)
+    engine.release(first.decision)
 
 
 def test_the_next_pick_after_sent_follows_the_recorded_prefix(make_pool) -> None:

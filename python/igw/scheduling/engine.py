@@ -113,7 +113,6 @@ class _RoutePlan:
     hot_factor: float
     uses_lora: bool
     narrows: bool  # core filters narrow the pick: ranked fallbacks may need a refill
-    gated: bool  # a prefill gate may hold streamed requests (their blocks are recorded now)
 
     def prefix_key(self, model: str, salt: str, lora: str | None) -> tuple:
         """The key ``_prefix`` caches a request's hashes under (same block settings, model,
@@ -428,9 +427,10 @@ class SchedulingEngine:
         tokens = request.prompt_tokens_estimate or math.ceil(len(prompt) / BYTES_PER_TOKEN)
         lora = self._lora(request, pool, profile, module) if plan.uses_lora else -1
         # The prompt's blocks go into the prefix index once the request is on its way (the
-        # front end runs ``later`` work before any other request is scheduled), unless a
-        # prefill gate may hold it: then others must see its blocks while it waits.
-        record_now = request.after_send is None or (plan.gated and request.stream)
+        # front end runs ``later`` work before any other request is scheduled; the schedule
+        # stage runs it at once for a request the prefill gate holds, so requests behind it
+        # see its blocks while it waits).
+        record_now = request.after_send is None
         started = time.perf_counter()
         ranked, matched, total_blocks, uncached, hashes, hot = plan.scheduler.route(
             plan.core_profile, prompt, seed, plan.block_bytes, plan.max_blocks, tokens,
@@ -482,7 +482,6 @@ class SchedulingEngine:
             hot_factor=profile.hot_prefix_factor,
             uses_lora=profile.uses_lora,
             narrows=profile.narrows_in_core,
-            gated=profile.prefill_gate_tokens > 0,
         )
         return plan
 

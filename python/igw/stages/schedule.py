@@ -67,6 +67,9 @@ class ScheduleStage:
         # asked synchronously: only a held request pays for a future and a coroutine
         if not self.engine.hold_for_prefill(decision, request, notify):
             return True
+        # held: what was left for after the send (the prompt's prefix blocks among it) is
+        # done now, so the requests scheduled while it waits see where its prefix goes
+        request.sent()
         waiter.append(asyncio.get_running_loop().create_future())
         request.attrs[_GATE_WAIT] = waiter[0]
         return False

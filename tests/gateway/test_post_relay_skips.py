@@ -5,30 +5,12 @@ it does not rewrite costs it no calls."""
 
 from __future__ import annotations
 
+from tests.gateway.recording_stage import Recorder
+
 from igw.pipeline import Pipeline, Request
 from igw.stages.account import AccountStage, ReverseRewriteStage, UsageStage
 
 BODY = b'{"model":"served","usage":{"prompt_tokens":3,"completion_tokens":1}}'
-
-
-class Recorder:
-    """An observer that logs what it sees."""
-
-    observe_only = True
-
-    def __init__(self, name: str, events: list) -> None:
-        self.name = name
-        self.events = events
-
-    def on_headers(self, request, status, headers) -> None:
-        self.events.append((self.name, "headers", status))
-
-    def on_chunk(self, request, chunk, end_of_stream) -> bytes:
-        self.events.append((self.name, "chunk", chunk, end_of_stream))
-        return chunk
-
-    def on_finish(self, request) -> None:
-        self.events.append((self.name, "finish"))
 
 
 class FinishOnly(Recorder):

@@ -7,31 +7,13 @@ import asyncio
 import json
 import logging
 
+from tests.gateway.recording_stage import Recorder
+
 from igw.gateway.proxy import Answer, Forwarder
 from igw.pipeline import Decision, Pipeline, Request, observes_only
 from igw.stages.account import AccountStage, ReverseRewriteStage, UsageStage
 
 COMPLETION = {"model": "sim-model", "prompt": "Once upon a time", "max_tokens": 4}
-
-
-class Recorder:
-    """An observer: logs what it sees into a shared list of events."""
-
-    observe_only = True
-
-    def __init__(self, name: str, events: list) -> None:
-        self.name = name
-        self.events = events
-
-    def on_headers(self, request, status, headers) -> None:
-        self.events.append((self.name, "headers", status))
-
-    def on_chunk(self, request, chunk, end_of_stream) -> bytes:
-        self.events.append((self.name, "chunk", chunk, end_of_stream))
-        return chunk
-
-    def on_finish(self, request) -> None:
-        self.events.append((self.name, "finish"))
 
 
 class Upper:

@@ -19,8 +19,9 @@ from igw import metrics as igw_metrics
 from igw.metrics import BATCH, Metrics
 from igw.pipeline import Request
 
+from .metrics_reference import epp_text, observe_finished, reference_families
+
 LABELS = {"model_name": "m", "target_model_name": "m", "priority": "0"}
-EPP = ("model_name", "target_model_name", "fairness_id", "priority")
 
 
 def _request(model: str = "m", size: int = 100) -> Request:
@@ -166,34 +167,13 @@ def test_a_series_made_by_the_journal_is_created_when_it_was_first_observed():
     assert created is not None and before - 0.01 <= created <= applied - 0.04
 
 
-def _epp_text(registry) -> str:
-    text = prometheus_client.generate_latest(registry).decode()
-    lines = [line for line in text.splitlines() if line.startswith("llm_d_epp_request_")]
-    return "\n".join(sorted(re.sub(r"_created(\{.*\})? .*", r"_created\1", x) for x in lines))
-
-
 def test_the_journal_exposes_what_one_observe_per_value_does():
     """Random, non-dyadic values over several series and batches: counts and float sums
     equal prometheus_client's, one update per value in request order."""
     rnd = random.Random(5)
     metrics = Metrics()
     reference = prometheus_client.CollectorRegistry()
-
-    def histogram(name, buckets):
-        return prometheus_client.Histogram(name, "h", EPP, buckets=buckets, registry=reference)
-
-    m = igw_metrics
-    total = prometheus_client.Counter("llm_d_epp_request_total", "h", EPP, registry=reference)
-    families = {
-        "size": histogram("llm_d_epp_request_size_bytes", m.REQUEST_SIZE_BUCKETS),
-        "duration": histogram("llm_d_epp_request_duration_seconds", m.GENERAL_LATENCY_BUCKETS),
-        "ttft": histogram("llm_d_epp_request_ttft_seconds", m.GENERAL_LATENCY_BUCKETS),
-        "response": histogram("llm_d_epp_response_size_bytes", m.RESPONSE_SIZE_BUCKETS),
-        "input": histogram("llm_d_epp_request_input_tokens", m.INPUT_TOKEN_BUCKETS),
-        "output": histogram("llm_d_epp_request_output_tokens", m.OUTPUT_TOKEN_BUCKETS),
-        "ntpot": histogram("llm_d_epp_request_ntpot_seconds", m.NTPOT_BUCKETS),
-        "cached": histogram("llm_d_epp_request_cached_tokens", m.INPUT_TOKEN_BUCKETS),
-    }
+    families = reference_families(reference)
     for i in range(3 * BATCH + 11):
         model = rnd.choice(["a", "b", "c"])
         request = Request(f"r{i}", body=b"x" * rnd.randint(0, 5000), incoming_model=model,
@@ -209,29 +189,9 @@ def test_the_journal_exposes_what_one_observe_per_value_does():
         metrics.scheduled(request)
         metrics.request_finished(request, size, running=True)
         labels = (model, model, "default-flow", str(request.priority))
-        total.labels(*labels).inc()
-        families["size"].labels(*labels).observe(len(request.body))
-        latency = max(0.0, request.finished_at - request.received_at)
-        families["duration"].labels(*labels).observe(latency)
-        if request.first_byte_at is not None:
-            families["ttft"].labels(*labels).observe(
-                max(0.0, request.first_byte_at - request.received_at)
-            )
-        if size is not None:
-            families["response"].labels(*labels).observe(size)
-        usage = request.usage
-        if usage.prompt_tokens > 0:
-            families["input"].labels(*labels).observe(usage.prompt_tokens)
-        if usage.completion_tokens > 0:
-            families["output"].labels(*labels).observe(usage.completion_tokens)
-            families["ntpot"].labels(*labels).observe(latency / usage.completion_tokens)
-        if usage.cached_tokens > 0:
-            families["cached"].labels(*labels).observe(usage.cached_tokens)
-    skipped = ("llm_d_epp_request_running", "llm_d_epp_request_processing")
-    ours = "\n".join(
-        x for x in _epp_text(metrics.registry).splitlines() if not x.startswith(skipped)
-    )
-    theirs = _epp_text(reference)
+        observe_finished(families, labels, request, size)
+    ours = epp_text(metrics.registry)
+    theirs = epp_text(reference)
     assert ours.splitlines() == theirs.splitlines()
 
 

@@ -17,34 +17,9 @@ from igw.datastore import Endpoint
 from igw.metrics import BATCH, Metrics
 from igw.pipeline import Decision, Request
 
-EPP = ("model_name", "target_model_name", "fairness_id", "priority")
+from .metrics_reference import epp_text, observe_finished, reference_families
+
 LABELS = ("m", "m", "default-flow", "0")
-
-
-def _epp_text(registry) -> str:
-    text = prometheus_client.generate_latest(registry).decode()
-    lines = [line for line in text.splitlines() if line.startswith("llm_d_epp_request_")]
-    skipped = ("llm_d_epp_request_running", "llm_d_epp_request_processing")
-    lines = [x for x in lines if not x.startswith(skipped)]
-    return "\n".join(sorted(re.sub(r"_created(\{.*\})? .*", r"_created\1", x) for x in lines))
-
-
-def _reference(registry):
-    def histogram(name, buckets):
-        return prometheus_client.Histogram(name, "h", EPP, buckets=buckets, registry=registry)
-
-    m = igw_metrics
-    return {
-        "total": prometheus_client.Counter("llm_d_epp_request_total", "h", EPP, registry=registry),
-        "size": histogram("llm_d_epp_request_size_bytes", m.REQUEST_SIZE_BUCKETS),
-        "duration": histogram("llm_d_epp_request_duration_seconds", m.GENERAL_LATENCY_BUCKETS),
-        "ttft": histogram("llm_d_epp_request_ttft_seconds", m.GENERAL_LATENCY_BUCKETS),
-        "response": histogram("llm_d_epp_response_size_bytes", m.RESPONSE_SIZE_BUCKETS),
-        "input": histogram("llm_d_epp_request_input_tokens", m.INPUT_TOKEN_BUCKETS),
-        "output": histogram("llm_d_epp_request_output_tokens", m.OUTPUT_TOKEN_BUCKETS),
-        "ntpot": histogram("llm_d_epp_request_ntpot_seconds", m.NTPOT_BUCKETS),
-        "cached": histogram("llm_d_epp_request_cached_tokens", m.INPUT_TOKEN_BUCKETS),
-    }
 
 
 def _no_grouping(*_args):
@@ -57,7 +32,7 @@ def test_a_one_series_batch_exposes_what_one_observe_per_value_does(monkeypatch,
     rnd = random.Random(seed)
     metrics = Metrics()
     reference = prometheus_client.CollectorRegistry()
-    families = _reference(reference)
+    families = reference_families(reference)
     for i in range(2 * BATCH + 7):
         request = Request(f"r{i}", body=b"x" * rnd.randint(0, 5000), incoming_model="m",
                           target_model="m")  # fmt: skip
@@ -71,26 +46,10 @@ def test_a_one_series_batch_exposes_what_one_observe_per_value_does(monkeypatch,
         size = rnd.choice([None, rnd.randint(0, 70000)])
         metrics.scheduled(request)
         metrics.request_finished(request, size, running=True)
-        families["total"].labels(*LABELS).inc()
-        families["size"].labels(*LABELS).observe(len(request.body))
-        latency = max(0.0, request.finished_at - request.received_at)
-        families["duration"].labels(*LABELS).observe(latency)
-        if request.first_byte_at is not None:
-            ttft = max(0.0, request.first_byte_at - request.received_at)
-            families["ttft"].labels(*LABELS).observe(ttft)
-        if size is not None:
-            families["response"].labels(*LABELS).observe(size)
-        usage = request.usage
-        if usage.prompt_tokens > 0:
-            families["input"].labels(*LABELS).observe(usage.prompt_tokens)
-        if usage.completion_tokens > 0:
-            families["output"].labels(*LABELS).observe(usage.completion_tokens)
-            families["ntpot"].labels(*LABELS).observe(latency / usage.completion_tokens)
-        if usage.cached_tokens > 0:
-            families["cached"].labels(*LABELS).observe(usage.cached_tokens)
+        observe_finished(families, LABELS, request, size)
     metrics.flush()
     monkeypatch.undo()  # reading the registry below may group nothing more
-    assert _epp_text(metrics.registry).splitlines() == _epp_text(reference).splitlines()
+    assert epp_text(metrics.registry).splitlines() == epp_text(reference).splitlines()
 
 
 def test_a_family_with_no_value_in_a_one_series_batch_makes_no_series():

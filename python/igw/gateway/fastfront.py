@@ -443,8 +443,7 @@ class _Connection(asyncio.Protocol):
                     self.reading_paused = False
                     if self.transport is not None:
                         self.transport.resume_reading()
-                url = request.path_qs
-                path = url if "?" not in url else url.split("?", 1)[0]
+                path = request.path
                 if path in inference and request.method == "POST":  # dispatch's usual case
                     response = await serve(request, path, request.headers, request.body)
                 else:

@@ -115,9 +115,14 @@ class _RoutePlan:
     narrows: bool  # core filters narrow the pick: ranked fallbacks may need a refill
 
     def prefix_key(self, model: str, salt: str, lora: str | None) -> tuple:
-        """The key ``_prefix`` caches a request's hashes under (same block settings, model,
-        salt and adapter: the same hashes)."""
-        return (self.block_bytes, self.max_blocks, model, salt, lora)
+        """The key a request's hashes are cached under (``_prefix_key``)."""
+        return _prefix_key(self.block_bytes, self.max_blocks, model, salt, lora)
+
+
+def _prefix_key(block_bytes: int, max_blocks: int, model: str, salt: str, lora: str | None):
+    """What a request's cached hashes depend on: the same block settings, model, cache salt
+    and adapter give the same hashes (``request.attrs[PREFIX_ATTR] = (key, hashes)``)."""
+    return (block_bytes, max_blocks, model, salt, lora)
 
 
 BYTES_PER_TOKEN = 4
@@ -421,9 +426,7 @@ class SchedulingEngine:
         plan = self._plan_for(module, profile, pool)
         model = request.target_model or request.incoming_model
         salt, lora_name = request.cache_salt, request.lora
-        seed = self._seeds.get((module, model, salt, lora_name))
-        if seed is None:
-            seed = self._seed(module, model, salt, lora_name)
+        seed = self._seed(module, model, salt, lora_name)
         tokens = request.prompt_tokens_estimate or math.ceil(len(prompt) / BYTES_PER_TOKEN)
         lora = self._lora(request, pool, profile, module) if plan.uses_lora else -1
         # The prompt's blocks go into the prefix index once the request is on its way (the
@@ -592,7 +595,9 @@ class SchedulingEngine:
             return None, tokens
         settings = profile.prefix
         model = request.target_model or request.incoming_model
-        key = (settings.block_bytes, settings.max_blocks, model, request.cache_salt, request.lora)
+        key = _prefix_key(
+            settings.block_bytes, settings.max_blocks, model, request.cache_salt, request.lora
+        )
         cached = request.attrs.get(PREFIX_ATTR)
         if cached is not None and cached[0] == key:
             return cached[1], tokens

@@ -150,3 +150,65 @@ async def test_requests_arriving_while_one_waits_are_answered_after_it_in_order(
     answers = bytes(transport.data).split(b"HTTP/1.1 ")[1:]
     assert [a[a.index(b"answered ") + 9 :][:6] for a in answers] == order
     await settle(conn, transport)
+
+
+async def test_the_handler_runs_up_to_its_first_wait_in_the_read_callback():
+    steps = []
+
+    async def wait_once(request) -> None:
+        steps.append("before the wait")
+        await asyncio.sleep(0)
+        steps.append("after the wait")
+
+    conn, transport = connection(wait_once)
+    await from_callback(conn.data_received, post("eager!"))
+    assert steps == ["before the wait"]  # no task step has run yet
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert steps == ["before the wait", "after the wait"]
+    assert transport.data.startswith(b"HTTP/1.1 404") and b"eager!" in transport.data
+    await settle(conn, transport)
+
+
+async def test_a_client_gone_before_the_task_resumes_a_started_handler_cancels_it():
+    events = []
+
+    async def wait_forever(request) -> None:
+        try:
+            await asyncio.get_running_loop().create_future()
+        except asyncio.CancelledError:
+            events.append("cancelled")
+            raise
+
+    conn, transport = connection(wait_forever)
+
+    def arrive_and_leave() -> None:
+        conn.data_received(post("left!!"))
+        conn.connection_lost(None)  # before the task took the started handler over
+
+    await from_callback(arrive_and_leave)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert events == ["cancelled"]
+    assert conn.task is not None and conn.task.done()
+    assert transport.data == b""
+
+
+async def test_a_request_behind_one_in_progress_is_not_started_early():
+    release = asyncio.get_running_loop().create_future()
+    order = []
+
+    async def first_waits(request) -> None:
+        order.append(request.body[-8:-2])
+        if request.body.endswith(b'first!"}'):
+            await release
+
+    conn, transport = connection(first_waits)
+    await from_callback(conn.data_received, post("first!"))
+    await from_callback(conn.data_received, post("second"))
+    assert order == [b"first!"]  # the second waits for its turn in the task
+    release.set_result(None)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert order == [b"first!", b"second"]
+    await settle(conn, transport)

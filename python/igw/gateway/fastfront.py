@@ -22,13 +22,16 @@ a stream), and the chunks of a stream that comes in pieces through ``_Stream.sen
 the reads that bring them; always while its request is the one the connection's task is
 serving, so pipelined answers keep their order; the task resumes afterwards to finish it.
 
-The handler runs in the connection's task, not in the callback that parsed the request.
-Starting it eagerly there (with the task made current) was measured and dropped: it saved
-~4 us between the parsed request and the handler on the c=1 request trace, but the whole
-request got slower (client p50 +40-80 us, over 16 interleaved runs of 3,000 requests; the
-schedule stage and the wait for the replica both grew), i.e. on this 2-core machine doing
-the pipeline inside the read callback costs more in wake-ups and placement than the loop
-iteration it saves.
+An inference request that finds its connection idle is started in the read callback that
+parsed it (``_Connection._start_now``): its handler runs there, with the connection's task made
+current, up to its first wait (usually the request written to its replica, the wait for the
+answer), and the task takes it over from there (``_resume``). Handing it to the task first cost
+a loop step before the pipeline started (a future's callback, a task step, the coroutine frames
+resumed: ~7 us on the c=1 trace); now the task's wake-up happens while the replica computes.
+Same-run interleaved A/B (``bench/ab_gateways.py``, 6,000 turns, both orders): 2-3 us faster
+non-streamed, ~5 us streamed. (An earlier attempt at this, with an older pipeline, measured
+slower; the difference now is within the noise of one run, so both orders were run.) Requests
+behind one in progress wait for the task as before, so answers keep their order.
 
 Timers are lazy, because arming and cancelling a loop timer costs ~2.3 us (measured, uvloop)
 and a keep-alive request used to do it twice: the head deadline moves with every answer but
@@ -45,6 +48,7 @@ import email.utils
 import http
 import logging
 import time
+import types
 from typing import TYPE_CHECKING, Any
 
 import httptools
@@ -52,6 +56,11 @@ from aiohttp import web
 
 from igw.gateway.errors import error_body
 from igw.gateway.proxy import Answer
+
+try:  # the task bookkeeping asyncio's own task steps use (present since Python 3.7)
+    from asyncio.tasks import _enter_task, _leave_task
+except ImportError:  # pragma: no cover - then requests start in the task, one step later
+    _enter_task = _leave_task = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     from igw.gateway.app import Gateway
@@ -115,7 +124,7 @@ _CLOSE = "connection: close\r\n"
 class FastRequest:
     """One parsed request: what the gateway's handler and forwarder need to know."""
 
-    __slots__ = ("_conn", "body", "headers", "keep_alive", "method", "path_qs")
+    __slots__ = ("_conn", "body", "headers", "keep_alive", "method", "path_qs", "started")
 
     def __init__(
         self,
@@ -132,6 +141,9 @@ class FastRequest:
         self.headers = headers
         self.body = body
         self.keep_alive = keep_alive
+        # (handler coroutine, what it awaits) when the read callback started it, or
+        # (None, its response) when it finished there (``_Connection._start_now``)
+        self.started: tuple[Any, Any] | None = None
 
     @property
     def path(self) -> str:
@@ -339,25 +351,56 @@ class _Connection(asyncio.Protocol):
         parser = self.parser
         method = parser.get_method()
         body = self.body
-        self.queue.append(
-            FastRequest(
-                self,
-                _METHODS.get(method) or method.decode("latin-1"),
-                self.url.decode("latin-1"),
-                self.headers,
-                body[0] if len(body) == 1 else b"".join(body),
-                parser.should_keep_alive(),
-            )
+        request = FastRequest(
+            self,
+            _METHODS.get(method) or method.decode("latin-1"),
+            self.url.decode("latin-1"),
+            self.headers,
+            body[0] if len(body) == 1 else b"".join(body),
+            parser.should_keep_alive(),
         )
         # ready for the next message (here, not in an on_message_begin callback: one Python
         # call fewer per request; the first message's state comes from __init__)
         self._reset_message()
+        waiter = self.waiter
+        if waiter is not None and not self.queue and request.method == "POST":
+            self._start_now(request)  # the task is idle: nothing to answer before this one
+        self.queue.append(request)
         if len(self.queue) >= MAX_PIPELINED and self.transport is not None:
             self.reading_paused = True
             self.transport.pause_reading()
-        waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def _start_now(self, request: FastRequest) -> None:
+        """Run an inference request's handler from this read callback up to its first wait
+        (usually: the request written to its replica, the wait for the answer); the
+        connection's task takes it from there (``_resume``).
+
+        Why: handing the request to the task first costs a loop step (a future's callback,
+        a task step, the coroutine frames resumed) before the pipeline starts, and every
+        microsecond before the upstream write is a microsecond the client waits; the task's
+        wake-up now happens while the replica computes. The task is made current for the
+        run, so what the handler does behaves as it does in the task (``asyncio.timeout``,
+        cancellation: the task's cancel reaches the handler's wait through ``_resume``)."""
+        path = request.path
+        if path not in self.front.inference or _enter_task is None:
+            return
+        loop, task = self.loop, self.task
+        try:
+            _enter_task(loop, task)
+        except RuntimeError:  # fed from inside a task (not the loop's read callback): as before
+            return
+        coro = self.gateway.serve(request, path, request.headers, request.body)
+        try:
+            request.started = (coro, coro.send(None))
+        except StopIteration as stop:
+            request.started = (None, stop.value)
+        except BaseException:  # the handler catches its own failures: a bug, for the task
+            log.exception("fast front end: request handler failed when started")
+            request.started = (None, _internal_error())
+        finally:
+            _leave_task(loop, task)
 
     # -- timers and rejections --------------------------------------------------------------
     def _arm_head_timer(self) -> None:
@@ -443,8 +486,18 @@ class _Connection(asyncio.Protocol):
                     self.reading_paused = False
                     if self.transport is not None:
                         self.transport.resume_reading()
-                path = request.path
-                if path in inference and request.method == "POST":  # dispatch's usual case
+                started = request.started
+                if started is not None:  # begun in the read callback (_start_now)
+                    request.started = None
+                    coro, response = started
+                    if coro is not None:
+                        response = await _resume(coro, response)
+                    path = None
+                else:
+                    path = request.path
+                if path is None:
+                    pass
+                elif path in inference and request.method == "POST":  # dispatch's usual case
                     response = await serve(request, path, request.headers, request.body)
                 else:
                     response = await front.dispatch(request)
@@ -466,6 +519,46 @@ class _Connection(asyncio.Protocol):
             log.exception("fast front end: unexpected error; closing the connection")
             if self.transport is not None:
                 self.transport.close()
+        finally:
+            for request in self.queue:  # started in the read callback, never resumed
+                if request.started is not None and request.started[0] is not None:
+                    _cancel(request.started[0])
+
+
+@types.coroutine
+def _resume(coro, awaited):
+    """Await the rest of ``coro``, a coroutine already run (outside any task) up to
+    yielding ``awaited``: the awaiting task waits for what ``coro`` waits for, and what the
+    task is sent or thrown (a result, a cancellation) goes on to ``coro``."""
+    while True:
+        try:
+            yield awaited
+        except BaseException as exc:
+            try:
+                awaited = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+            continue
+        try:
+            awaited = coro.send(None)
+        except StopIteration as stop:
+            return stop.value
+
+
+def _cancel(coro) -> None:
+    """Cancel a started handler that no task will resume (its client left first): its
+    ``finally`` clauses release what it holds, as a cancelled task's would."""
+    try:
+        coro.throw(asyncio.CancelledError())
+    except BaseException:
+        return
+    coro.close()  # it waited again instead of ending
+
+
+def _internal_error():
+    from igw.gateway.errors import error_response
+
+    return error_response(500, "internal error in the gateway", code="internal_error")
 
 
 class FastFront:

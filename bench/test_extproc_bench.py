@@ -479,8 +479,14 @@ def test_agentic_cpu_per_request(name, flags, response_chunks):
     stats["prompt_bytes"] = len(body)
     _print(name, stats)
     if name == "agentic":
-        # a loose guard against regressions well beyond the 40 ms target
-        assert stats["server_cpu_per_request_ms"] < 400
+        # A loose guard against a gross regression, as a ratio to the plain servicer (no igw
+        # logic) measured now on the same machine: an absolute bound (it was < 400 ms) failed
+        # CI once at 527 ms on a slow moment of a shared VM, where igw measures ~0.9x the
+        # plain servicer. 10 ms CPU ticks over a few requests: only a gross change shows.
+        plain = measure(("--plain",), n, 1, req_msgs, resp_head, resp_body)
+        ratio = stats["server_cpu_per_request_ms"] / max(plain["server_cpu_per_request_ms"], 1.0)
+        print(f"[extproc bench] agentic / plain servicer, server CPU per request: {ratio:.2f}")
+        assert ratio < 3.0, f"igw's servicer costs {ratio:.1f}x the plain one's CPU per request"
 
 
 def _agentic_observed() -> tuple[list, object, list, list, int]:

@@ -67,12 +67,15 @@ class Limits:
 # Request ids: 32 hex digits like a uuid4's, a random per-process half and a counter (unique
 # within the process, and across processes with overwhelming odds) at a fraction of uuid4's
 # cost (one urandom call per process instead of per request).
+# The counter starts below 2**32 and counts requests, so its 16 hex digits never overflow;
+# format(n, "016x") costs ~0.25 us against ~0.6 for an f-string with a mask and a format spec
+# (timeit), and it runs before the request is written upstream (its x-request-id).
 _ID_PREFIX = os.urandom(8).hex()
 _ID_COUNTER = itertools.count(int.from_bytes(os.urandom(4), "big"))
 
 
 def new_request_id() -> str:
-    return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFFFFFFFFFF:016x}"
+    return _ID_PREFIX + format(next(_ID_COUNTER), "016x")
 
 
 FRONTENDS = ("auto", "httptools", "aiohttp")

@@ -11,11 +11,12 @@ request during its own rounds.
     python bench/ab_gateways.py OLD_TREE NEW_TREE --interleave 5000 [--stream]
 
 ``--interleave N`` sends one request directly, one through A and one through B, in turn, N
-times, instead of rounds: host noise at the millisecond scale then hits all three alike and
-B - A is resolved to ~5 us (rounds of 300: ~40 us on this VM). Every request then finds its
-process's caches colder than in a round, so the added latencies read higher than the gateway
-benchmark's; compare the two trees, not the absolute figures, and swap A and B once (the
-place in the turn is worth a few us).
+times, instead of rounds (``test_gateway_bench._interleaved``): host noise at the millisecond
+scale then hits all three alike and B - A is resolved to ~5 us (rounds of 300: ~40 us on this
+VM). The order rotates every turn, so neither tree gains from its place in the turn (worth
+10-20 us here). Every request then finds its process's caches colder than in a round, so the
+added latencies read higher than the gateway benchmark's rounds; compare the two trees, not
+the absolute figures.
 
 A tree is a checkout with a built ``python/igw/_core*.so`` (``scripts/dev-build.sh``, or copy
 the module from another checkout: the core's API only grows). Run it with this checkout's
@@ -31,7 +32,6 @@ import re
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import test_gateway_bench as bench
@@ -55,47 +55,15 @@ def _start_igw(tree: Path, endpoints: str, policy: str) -> tuple[subprocess.Pope
     raise SystemExit(f"igw serve from {tree} exited before printing its address")
 
 
-async def _interleaved(urls: list[str], turns: int, stream: bool) -> list[list[float]]:
-    """Latency (us) of each request to each URL, one request per URL in turn."""
-    import aiohttp
-
-    bodies = bench._bodies(stream)
-    headers = {"content-type": "application/json"}
-    sessions = [aiohttp.ClientSession() for _ in urls]
-    times: list[list[float]] = [[] for _ in urls]
-    try:
-        for turn in range(bench.WARMUP + turns):
-            for index, (session, url) in enumerate(zip(sessions, urls, strict=True)):
-                started = time.perf_counter()
-                async with session.post(url, data=bodies[turn % len(bodies)],
-                                        headers=headers) as response:  # fmt: skip
-                    await response.read()
-                    if response.status != 200:
-                        raise SystemExit(f"{url}: HTTP {response.status}")
-                if turn >= bench.WARMUP:
-                    times[index].append((time.perf_counter() - started) * 1e6)
-    finally:
-        for session in sessions:
-            await session.close()
-    return times
-
-
-def _trimmed_mean(values: list[float], cut: float = 0.1) -> float:
-    ordered = sorted(values)
-    drop = int(len(ordered) * cut)
-    return statistics.fmean(ordered[drop : len(ordered) - drop])
-
-
 def _report_interleaved(trees: tuple[Path, Path], times: list[list[float]]) -> None:
-    direct = times[0]
     for index, tree in enumerate(trees, start=1):
-        added = [v - d for d, v in zip(direct, times[index], strict=True)]
+        added = bench.added_per_turn(times, index)
         print(f"{'AB'[index - 1]} {tree}: added mean {statistics.fmean(added):.0f} us, "
               f"median {statistics.median(added):.0f}, "
-              f"10%-trimmed {_trimmed_mean(added):.0f}")  # fmt: skip
+              f"10%-trimmed {bench.trimmed_mean(added):.0f}")  # fmt: skip
     diff = [b - a for a, b in zip(times[1], times[2], strict=True)]
     print(f"B - A per turn: mean {statistics.fmean(diff):.1f} us, median "
-          f"{statistics.median(diff):.1f}, 10%-trimmed {_trimmed_mean(diff):.1f} "
+          f"{statistics.median(diff):.1f}, 10%-trimmed {bench.trimmed_mean(diff):.1f} "
           f"({len(diff)} turns)")  # fmt: skip
 
 
@@ -132,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             import uvloop
 
             targets = [urls_[0] for urls_ in sets]
-            times = uvloop.run(_interleaved(targets, args.interleave, args.stream))
+            times = uvloop.run(bench._interleaved(targets, args.interleave, args.stream))
             _report_interleaved((args.tree_a, args.tree_b), times)
             return 0
         pids: list[int | None] = [None, *(proc.pid for proc in gateways)]

@@ -10,6 +10,11 @@ Measured:
   and not, alternating the two in rounds; the median over rounds of the difference is the
   gateway's added latency (target <= 250 us), the best round is shown too, and each
   router's CPU per request during its own rounds (all its threads, from ``schedstat``);
+* the same at concurrency 1 interleaved: one request per target in turn (direct, igw, the
+  peer, the floor), the order rotated every turn; the 10%-trimmed mean of each turn's
+  difference to the direct call (``_interleaved``: host noise hits every target alike, so
+  this resolves a few us where rounds resolve tens; the peer is left out of the streamed
+  turns, where it stalls);
 * at concurrency 64: requests/s through the gateway and the gateway process's CPU seconds per
   1,000 requests (utime+stime from /proc/<pid>/stat; target ~6,900 req/s and 0.2 CPU-s/1k,
   what sglang-router ``cache_aware`` does on this 2-core machine).
@@ -57,6 +62,8 @@ C1_REQUESTS = 300 if QUICK else 3000
 C64_REQUESTS = 2000 if QUICK else 30000
 WARMUP = 100 if QUICK else 500
 ROUNDS = 5 if QUICK else 10  # c=1 alternates direct / via igw this many times
+# c=1, one request per target in turn (order rotated each turn): see ``_interleaved``
+INTERLEAVE_TURNS = 300 if QUICK else 3000
 IDLE_SECONDS = 1.0 if QUICK else 3.0
 _PEER_WANTED = os.environ.get("IGW_BENCH_PEER", "1") != "0"
 PEER = _PEER_WANTED and importlib.util.find_spec("sglang_router") is not None
@@ -230,6 +237,53 @@ async def _compare(
     return {"means_us": means, "errors": errors, "cpu_s": cpu}
 
 
+async def _interleaved(urls: list[str], turns: int, stream: bool) -> list[list[float]]:
+    """Latency (us) of each request to each URL, one request per URL per turn.
+
+    Why: rounds of a few hundred requests resolve ~40 us on a shared VM, because load from
+    elsewhere comes and goes at the scale of a round; one request per target in turn puts
+    that noise on all targets alike, and the per-turn difference to the direct call resolves
+    ~5 us. The order rotates every turn: the place in a turn is worth 10-20 us on this VM
+    (the request after a direct call finds other caches than the one after a gateway's), so
+    every target takes every place equally often. Each request finds its process colder
+    than in a round, so the figures read a little higher than the rounds' medians."""
+    import aiohttp
+
+    bodies = _bodies(stream)
+    headers = {"content-type": "application/json"}
+    sessions = [aiohttp.ClientSession() for _ in urls]
+    times: list[list[float]] = [[] for _ in urls]
+    order = list(range(len(urls)))
+    try:
+        for turn in range(WARMUP + turns):
+            shift = turn % len(order)
+            for index in order[shift:] + order[:shift]:
+                started = time.perf_counter()
+                async with sessions[index].post(urls[index], data=bodies[turn % len(bodies)],
+                                                headers=headers) as response:  # fmt: skip
+                    await response.read()
+                    if response.status != 200:
+                        raise RuntimeError(f"{urls[index]}: HTTP {response.status}")
+                if turn >= WARMUP:
+                    times[index].append((time.perf_counter() - started) * 1e6)
+    finally:
+        for session in sessions:
+            await session.close()
+    return times
+
+
+def trimmed_mean(values: list[float], cut: float = 0.1) -> float:
+    """The mean without the lowest and highest ``cut`` of the values (host hiccups)."""
+    ordered = sorted(values)
+    drop = int(len(ordered) * cut)
+    return statistics.fmean(ordered[drop : len(ordered) - drop])
+
+
+def added_per_turn(times: list[list[float]], index: int) -> list[float]:
+    """Target ``index``'s latency minus the direct call's (``times[0]``), turn by turn."""
+    return [via - direct for direct, via in zip(times[0], times[index], strict=True)]
+
+
 # ----------------------------------------------------------------------------- harness
 
 
@@ -261,6 +315,11 @@ def _run_compare(
         {"sets": sets, "rounds": rounds, "n": count, "stream": stream, "pids": pids}
     )
     return _run_script("compare", spec)
+
+
+def _run_interleaved(urls: list[str], turns: int, stream: bool) -> list[list[float]]:
+    spec = json.dumps({"urls": urls, "turns": turns, "stream": stream})
+    return _run_script("interleave", spec)["times_us"]
 
 
 def _run_script(mode: str, spec: str) -> dict:
@@ -399,6 +458,20 @@ def measure(policy: str = "default", frontend: str = "httptools", peer: bool = P
                     "cpu_us": round(busy / measured_requests * 1e6),  # per request
                     "errors": out["errors"][index],
                 }
+        for stream in (False, True):
+            # sglang-router stalls ~43 ms on every streamed request (delayed ACKs): the rounds
+            # show that; interleaving it would make a streamed turn 100x longer
+            names_now = [n for n in names if not (stream and n == "sglang")]
+            urls = [direct[0]] + [routers[n][1] + "/v1/completions" for n in names_now]
+            times = _run_interleaved(urls, INTERLEAVE_TURNS, stream)
+            key = "c1_stream" if stream else "c1_json"
+            for index, name in enumerate(names_now, start=1):
+                added = added_per_turn(times, index)
+                results["routers"][name][key]["interleaved"] = {
+                    "turns": len(added),
+                    "added_trimmed_us": round(trimmed_mean(added)),
+                    "added_median_us": round(statistics.median(added)),
+                }
         for name, (proc, url) in routers.items():
             before_cpu = _cpu_seconds(proc.pid)
             load = _run_client([url + "/v1/completions"], 64, C64_REQUESTS, False)
@@ -433,6 +506,18 @@ def table(results: dict) -> str:
                 f"{name:<8}{key:<11}{c['direct_mean_us']:>10}{c['gateway_mean_us']:>9}"
                 f"{c['added_mean_us']:>10}{c['added_min_us']:>12}{c['cpu_us']:>8}"
             )
+    for key in ("c1_json", "c1_stream"):
+        shown = [
+            f"{name} {r[key]['interleaved']['added_trimmed_us']}"
+            f" (median {r[key]['interleaved']['added_median_us']})"
+            for name, r in routers.items()
+            if "interleaved" in r[key]
+        ]
+        if shown:
+            turns = next(r[key]["interleaved"]["turns"] for r in routers.values()
+                         if "interleaved" in r[key])  # fmt: skip
+            lines.append(f"{key} interleaved, {turns} turns, order rotated, added us "
+                         f"(10%-trimmed mean): " + ", ".join(shown))  # fmt: skip
     for name, r in routers.items():
         c = r["c64"]
         lines.append(
@@ -450,6 +535,10 @@ def table(results: dict) -> str:
         rate = igw["c64"]["req_per_s"] / max(1, peer["c64"]["req_per_s"])
         cpu = igw["c64"]["cpu_s_per_1k"] / max(1e-9, peer["c64"]["cpu_s_per_1k"])
         ratios += [f"c=64 req/s {rate:.2f}x", f"c=64 CPU-s/1k {cpu:.2f}x"]
+        if "interleaved" in igw["c1_json"] and "interleaved" in peer["c1_json"]:
+            mine = igw["c1_json"]["interleaved"]["added_trimmed_us"]
+            theirs = max(1, peer["c1_json"]["interleaved"]["added_trimmed_us"])
+            ratios.append(f"c=1 c1_json added, interleaved {mine / theirs:.2f}x")
         lines.append("igw / sglang-router cache_aware, same run: " + ", ".join(ratios))
     if "floor" in routers:
         igw, floor = routers["igw"], routers["floor"]
@@ -481,6 +570,9 @@ def test_gateway_overhead(benchmark, frontend) -> None:
     for key in ("c1_json", "c1_stream"):
         assert igw[key]["errors"] == 0
         benchmark.extra_info[f"{key}_added_mean_us"] = igw[key]["added_mean_us"]
+        benchmark.extra_info[f"{key}_added_interleaved_us"] = (
+            igw[key]["interleaved"]["added_trimmed_us"]
+        )
         # No delayed-ACK stalls: a 40 ms stall on any request would dwarf the mean.
         assert igw[key]["gateway_mean_us"] < 20_000
     assert igw["c64"]["errors"] == 0
@@ -491,6 +583,9 @@ def test_gateway_overhead(benchmark, frontend) -> None:
         peer_figures = results["routers"]["sglang"]
         for key in ("c1_json", "c1_stream"):
             benchmark.extra_info[f"sglang_{key}_added_mean_us"] = peer_figures[key]["added_mean_us"]
+        benchmark.extra_info["sglang_c1_json_added_interleaved_us"] = (
+            peer_figures["c1_json"]["interleaved"]["added_trimmed_us"]
+        )
         benchmark.extra_info["sglang_c64_req_per_s"] = peer_figures["c64"]["req_per_s"]
         benchmark.extra_info["sglang_c64_cpu_s_per_1k"] = peer_figures["c64"]["cpu_s_per_1k"]
     if "floor" in results["routers"]:
@@ -513,6 +608,10 @@ def _main(argv: list[str]) -> None:
         spec = json.loads(argv[1])
         print(json.dumps(run(_compare(spec["sets"], spec["rounds"], spec["n"], spec["stream"],
                                       spec["pids"]))))  # fmt: skip
+    elif argv and argv[0] == "interleave":
+        spec = json.loads(argv[1])
+        times = run(_interleaved(spec["urls"], spec["turns"], spec["stream"]))
+        print(json.dumps({"times_us": times}))
     elif argv and argv[0] == "client":
         spec = json.loads(argv[1])
         print(json.dumps(run(_client(spec["urls"], spec["c"], spec["n"], spec["stream"]))))

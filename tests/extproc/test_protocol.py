@@ -3,6 +3,7 @@ request ids, fallbacks, scores, trailers."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 
@@ -260,13 +261,22 @@ async def test_plain_value_headers_are_read_as_well_as_raw_value():
 async def test_count_tokens_request_ends_the_stream_after_the_request_phase():
     pool = make_pool(IDLE3)
     async with running_epp(pool, config_text=_DEFAULT_PARSERS) as epp:
-        replies = await epp.exchange(
-            [
-                req_headers({":path": "/v1/messages/count_tokens"}),
-                req_body(b'{"model":"m","messages":[]}'),
-                resp_headers({":status": "200"}),
-            ]
-        )
+        held_open = asyncio.Event()
+
+        async def request_phase_then_silence():
+            yield req_headers({":path": "/v1/messages/count_tokens"})
+            yield req_body(b'{"model":"m","messages":[]}')
+            # never half-close (nor send the response phase, which would race the server's
+            # end of the stream): only the server can end it, else the timeout fails the test
+            await held_open.wait()
+
+        async def replies_until_the_end():
+            return [r async for r in epp.stub.Process(request_phase_then_silence())]
+
+        try:
+            replies = await asyncio.wait_for(replies_until_the_end(), timeout=10)
+        finally:
+            held_open.set()
         assert [r.WhichOneof("response") for r in replies] == ["request_headers", "request_body"]
         assert epp.inflight() == 0
 

@@ -58,6 +58,15 @@ uint32_t PrefixIndex::slot_of(uint64_t hash) const noexcept {
   return static_cast<uint32_t>((mixed * table_.size()) >> 32);
 }
 
+void PrefixIndex::prefetch_slot(uint64_t hash) const noexcept {
+  __builtin_prefetch(&table_[slot_of(hash)]);
+}
+
+void PrefixIndex::prefetch_block(uint64_t hash) const noexcept {
+  const uint32_t b = table_[slot_of(hash)];  // its line was asked for kAhead / 2 blocks ago
+  if (b != kNil) __builtin_prefetch(blocks_.ptr(b));
+}
+
 uint32_t PrefixIndex::find(uint64_t hash) const noexcept {
   for (uint32_t i = slot_of(hash);; i = next_slot(i)) {
     const uint32_t b = table_[i];
@@ -285,9 +294,11 @@ void PrefixIndex::record(uint32_t endpoint, std::span<const uint64_t> hashes) {
   std::unique_lock lock(mu_);
   note_seen(endpoint);
   const auto ep = static_cast<uint16_t>(endpoint);
-  for (size_t k = hashes.size(); k-- > 0;) {  // block 0 ends up most recent
-    // the next block's table slot is a likely cache miss (as in match): start it now
-    if (k > 0) __builtin_prefetch(&table_[slot_of(hashes[k - 1])]);
+  const size_t n = hashes.size();
+  for (size_t j = 0; j < std::min(n, kAhead); ++j) prefetch_slot(hashes[n - 1 - j]);
+  for (size_t k = n; k-- > 0;) {  // block 0 ends up most recent
+    if (k >= kAhead) prefetch_slot(hashes[k - kAhead]);  // see prefetch_slot
+    if (k >= kAhead / 2) prefetch_block(hashes[k - kAhead / 2]);
     const uint64_t h = hashes[k];
     uint32_t b = find(h);
     uint32_t node = kNil;
@@ -331,8 +342,11 @@ void PrefixIndex::match(std::span<const uint64_t> hashes, std::span<int32_t> out
   int32_t stamp = 0;          // alive endpoints hold this value in m[]
   const Block* prev = nullptr;
   size_t i = 0;
-  for (; i < hashes.size(); ++i) {
-    if (i + 1 < hashes.size()) __builtin_prefetch(&table_[slot_of(hashes[i + 1])]);
+  const size_t n = hashes.size();
+  for (size_t j = 0; j < std::min(n, kAhead); ++j) prefetch_slot(hashes[j]);
+  for (; i < n; ++i) {
+    if (i + kAhead < n) prefetch_slot(hashes[i + kAhead]);  // see prefetch_slot
+    if (i + kAhead / 2 < n) prefetch_block(hashes[i + kAhead / 2]);
     const uint32_t b = find(hashes[i]);
     if (b == kNil) break;
     const Block& blk = blocks_[b];

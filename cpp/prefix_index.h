@@ -136,6 +136,14 @@ class PrefixIndex {
   void check_endpoint(uint32_t endpoint, const char* what) const;
   void note_seen(uint32_t endpoint) noexcept;
   uint32_t slot_of(uint64_t hash) const noexcept;
+  // A prompt's blocks sit at random places in the table and among the block records, so with
+  // cold caches (between two requests a small machine runs the client and the replicas) one
+  // find() after another waits for two misses each. match and record walk kAhead blocks
+  // ahead: the table slot at that distance, and the block record its home slot names at half
+  // of it (that slot has arrived by then; a collision only makes the hint miss).
+  static constexpr size_t kAhead = 8;
+  void prefetch_slot(uint64_t hash) const noexcept;
+  void prefetch_block(uint64_t hash) const noexcept;
   uint32_t next_slot(uint32_t i) const noexcept {
     return i + 1 == table_.size() ? 0 : i + 1;
   }

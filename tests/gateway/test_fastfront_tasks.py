@@ -62,6 +62,31 @@ async def from_callback(function, *args) -> None:
     await done
 
 
+def waits_until_cancelled(events: list[str]):
+    """A handler that waits forever and notes its cancellation in ``events``."""
+
+    async def behaviour(request) -> None:
+        try:
+            await asyncio.get_running_loop().create_future()
+        except asyncio.CancelledError:
+            events.append("cancelled")
+            raise
+
+    return behaviour
+
+
+def first_waits_for(release: asyncio.Future, order: list[bytes]):
+    """A handler that notes each request's prompt in ``order``; the one saying "first!"
+    waits for ``release`` before it is answered."""
+
+    async def behaviour(request) -> None:
+        order.append(request.body[-8:-2])
+        if request.body.endswith(b'first!"}'):
+            await release
+
+    return behaviour
+
+
 async def settle(conn: _Connection, transport: FakeTransport) -> None:
     for _ in range(10):
         await asyncio.sleep(0)
@@ -106,16 +131,8 @@ async def test_a_timeout_begun_in_the_first_step_expires_into_the_handler():
 
 
 async def test_a_client_gone_while_the_handler_waits_cancels_it():
-    events = []
-
-    async def wait_forever(request) -> None:
-        try:
-            await asyncio.get_running_loop().create_future()
-        except asyncio.CancelledError:
-            events.append("cancelled")
-            raise
-
-    conn, transport = connection(wait_forever)
+    events: list[str] = []
+    conn, transport = connection(waits_until_cancelled(events))
     await from_callback(conn.data_received, post("gone!!"))
     for _ in range(5):
         await asyncio.sleep(0)
@@ -129,14 +146,8 @@ async def test_a_client_gone_while_the_handler_waits_cancels_it():
 
 async def test_requests_arriving_while_one_waits_are_answered_after_it_in_order():
     release = asyncio.get_running_loop().create_future()
-    order = []
-
-    async def first_waits(request) -> None:
-        order.append(request.body[-8:-2])
-        if request.body.endswith(b'first!"}'):
-            await release
-
-    conn, transport = connection(first_waits)
+    order: list[bytes] = []
+    conn, transport = connection(first_waits_for(release, order))
     await from_callback(conn.data_received, post("first!"))
     for _ in range(5):
         await asyncio.sleep(0)
@@ -171,16 +182,8 @@ async def test_the_handler_runs_up_to_its_first_wait_in_the_read_callback():
 
 
 async def test_a_client_gone_before_the_task_resumes_a_started_handler_cancels_it():
-    events = []
-
-    async def wait_forever(request) -> None:
-        try:
-            await asyncio.get_running_loop().create_future()
-        except asyncio.CancelledError:
-            events.append("cancelled")
-            raise
-
-    conn, transport = connection(wait_forever)
+    events: list[str] = []
+    conn, transport = connection(waits_until_cancelled(events))
 
     def arrive_and_leave() -> None:
         conn.data_received(post("left!!"))
@@ -196,14 +199,8 @@ async def test_a_client_gone_before_the_task_resumes_a_started_handler_cancels_i
 
 async def test_a_request_behind_one_in_progress_is_not_started_early():
     release = asyncio.get_running_loop().create_future()
-    order = []
-
-    async def first_waits(request) -> None:
-        order.append(request.body[-8:-2])
-        if request.body.endswith(b'first!"}'):
-            await release
-
-    conn, transport = connection(first_waits)
+    order: list[bytes] = []
+    conn, transport = connection(first_waits_for(release, order))
     await from_callback(conn.data_received, post("first!"))
     await from_callback(conn.data_received, post("second"))
     assert order == [b"first!"]  # the second waits for its turn in the task

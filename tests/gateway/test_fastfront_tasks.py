@@ -209,3 +209,19 @@ async def test_a_request_behind_one_in_progress_is_not_started_early():
         await asyncio.sleep(0)
     assert order == [b"first!", b"second"]
     await settle(conn, transport)
+
+
+async def test_a_handler_that_fails_when_started_answers_500_and_keeps_the_connection():
+    conn, transport = connection(waits_until_cancelled([]))
+
+    async def broken(*_args) -> None:
+        raise RuntimeError("a bug before the handler's first wait")
+
+    conn.gateway.serve = broken  # type: ignore[method-assign]
+    await from_callback(conn.data_received, post("broke!"))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert transport.data.startswith(b"HTTP/1.1 500")
+    assert b"internal_error" in transport.data  # OpenAI-style error body
+    assert not transport.closing  # the next request on the connection is still served
+    await settle(conn, transport)

@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 import httptools
 from aiohttp import web
 
-from igw.gateway.errors import error_body
+from igw.gateway.errors import error_body, error_response
 from igw.gateway.proxy import Answer
 
 try:  # the task bookkeeping asyncio's own task steps use (present since Python 3.7)
@@ -396,7 +396,7 @@ class _Connection(asyncio.Protocol):
             request.started = (coro, coro.send(None))
         except StopIteration as stop:
             request.started = (None, stop.value)
-        except BaseException:  # the handler catches its own failures: a bug, for the task
+        except Exception:  # the handler catches its own failures: this is a bug in it
             log.exception("fast front end: request handler failed when started")
             request.started = (None, _internal_error())
         finally:
@@ -492,15 +492,12 @@ class _Connection(asyncio.Protocol):
                     coro, response = started
                     if coro is not None:
                         response = await _resume(coro, response)
-                    path = None
                 else:
                     path = request.path
-                if path is None:
-                    pass
-                elif path in inference and request.method == "POST":  # dispatch's usual case
-                    response = await serve(request, path, request.headers, request.body)
-                else:
-                    response = await front.dispatch(request)
+                    if path in inference and request.method == "POST":  # dispatch's usual case
+                        response = await serve(request, path, request.headers, request.body)
+                    else:
+                        response = await front.dispatch(request)
                 if response is None or type(response) is _Stream:
                     pass  # written already (from the read callback, or streamed)
                 elif type(response) is Answer:
@@ -555,9 +552,7 @@ def _cancel(coro) -> None:
     coro.close()  # it waited again instead of ending
 
 
-def _internal_error():
-    from igw.gateway.errors import error_response
-
+def _internal_error() -> web.Response:
     return error_response(500, "internal error in the gateway", code="internal_error")
 
 

@@ -107,25 +107,6 @@ async def test_an_answer_whose_body_comes_in_a_later_read_is_left_to_the_task():
     assert seen == []
 
 
-async def test_a_head_with_the_first_bytes_of_a_body_still_coming_goes_to_the_hook():
-    seen = []
-    first, rest = OK[:-1], OK[-1:]  # the head and one byte of the body, then the other
-
-    def answer(conn) -> None:
-        loop = asyncio.get_running_loop()
-        loop.call_soon(conn.data_received, first)
-        loop.call_later(0.01, conn.data_received, rest)
-
-    pool = _pool({9: answer})
-    response = await pool.post(
-        "127.0.0.1", 9, "/", [], b"{}", lambda r: seen.append((r, r.ended))
-    )
-    assert seen == [(response, False)]  # once, and the body was not all in yet
-    assert await response.read() == b"{}"
-    await asyncio.sleep(0.02)
-    assert len(seen) == 1
-
-
 async def test_a_request_cancelled_before_its_answer_is_not_answered():
     seen = []
     conns = []
@@ -314,19 +295,4 @@ async def test_a_whole_stream_ended_by_policy_gets_no_missing_done_error():
     client = _Client()
     await forwarder.forward(client, request)
     assert [b for _, _, b in client.answers] == [b"data: blocked\n\n"]
-    assert stage.finished == 1 and not request.failed
-
-
-async def test_a_non_streamed_body_in_several_reads_is_left_to_the_task():
-    stage = _Finishes()
-
-    def answer(conn) -> None:
-        loop = asyncio.get_running_loop()
-        loop.call_soon(conn.data_received, OK[:-1])
-        loop.call_later(0.01, conn.data_received, OK[-1:])
-
-    forwarder, request = _forwarder(stage, {9: answer})
-    client = _Client()
-    await forwarder.forward(client, request)
-    assert [(status, body) for status, _, body in client.answers] == [(200, b"{}")]
     assert stage.finished == 1 and not request.failed

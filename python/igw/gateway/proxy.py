@@ -156,17 +156,13 @@ class _EarlyAnswer:
     answer came (another poll, a task step, four coroutine frames) before it can write;
     writing from the callback that parsed the answer is what the minimal proxy does. An
     answer is whole when its head and all of its body came in one read: a non-streamed one
-    usually, a short stream often. A stream whose head came with only its first bytes is
-    started here too (``relay``: those bytes go out now, the following reads' from their
-    own callbacks) and the task carries on with it. A status the forwarder retries on the
-    next endpoint, or a non-streamed body still coming, is left to the task untouched. It
-    does what the task would have done up to the write, in the same order, and a failure
-    there is raised by the task as if it had failed itself.
+    usually, a short stream often. A status the forwarder retries on the next endpoint is
+    left to the task untouched. It does what the task would have done up to the write, in
+    the same order, and a failure there is raised by the task as if it had failed itself.
     """
 
     __slots__ = (
-        "endpoint", "error", "failed", "forwarder", "http_request", "last", "relay", "request",
-        "taken",
+        "endpoint", "error", "failed", "forwarder", "http_request", "last", "request", "taken",
     )  # fmt: skip
 
     def __init__(self, forwarder: Forwarder, http_request, request: Request) -> None:
@@ -178,30 +174,21 @@ class _EarlyAnswer:
         self.taken = False
         self.failed = False  # a stream that ended without [DONE]
         self.error: Exception | None = None
-        self.relay: _StreamRelay | None = None  # a stream started here, still coming
 
     def __call__(self, upstream) -> None:
         status = upstream.status
         if status in _RETRY_STATUSES and not self.last:
             return  # the forwarder tries the next endpoint
-        upstream_headers = upstream.headers
-        streamed = EVENT_STREAM in upstream_headers.get("content-type", "")
-        if not streamed and not upstream.ended:
-            return  # a body in several reads: the task reads it
         self.taken = True
         request = self.request
         pipeline = self.forwarder.pipeline
+        upstream_headers = upstream.headers
         try:
             request.served_endpoint = endpoint = self.endpoint
             pipeline.relay_started(request, status, upstream_headers)
             headers = response_header_lines(upstream_headers, endpoint)
-            if not upstream.ended:  # a stream whose first bytes came with its head
-                self.relay = self.forwarder._relay_here(
-                    self.http_request, request, upstream, status, headers
-                )
-                return
             body = upstream.whole_body()
-            if streamed:
+            if EVENT_STREAM in upstream_headers.get("content-type", ""):
                 self.failed = self.forwarder._whole_stream(
                     self.http_request, request, status, headers, body
                 )
@@ -375,10 +362,6 @@ class Forwarder:
             if early is not None and early.taken:  # written from the read callback
                 if early.error is not None:
                     raise early.error
-                if early.relay is not None:  # a stream relayed from there, still coming
-                    response, failed = await self._pump_guarded(early.relay)
-                    written = True
-                    return response
                 failed = early.failed
                 written = True
                 return None
@@ -492,49 +475,19 @@ class Forwarder:
         else:
             factory = _HeadWithFirstChunk if upstream.has_data else web.StreamResponse
             response = factory(status=status, headers=headers)
-        if hasattr(response, "send") and hasattr(upstream, "follow"):
-            relay = _StreamRelay(self, request, upstream, status, response)
-            if not response.defer_head:  # else the head goes out with the first chunk
-                try:
-                    await response.prepare(http_request)
-                except ConnectionResetError:
-                    return self._client_gone(request, response)
-            return await self._pump_guarded(relay)
         try:
-            if not getattr(response, "defer_head", False):
+            if not getattr(response, "defer_head", False):  # else prepare() has nothing to do
                 await response.prepare(http_request)
-            problem = await self._pump(request, upstream, status, response)
+            if hasattr(response, "send") and hasattr(upstream, "follow"):
+                problem = await self._pump_following(request, upstream, status, response)
+            else:
+                problem = await self._pump(request, upstream, status, response)
         except ConnectionResetError:
-            return self._client_gone(request, response)
+            # The client left mid-stream: not the replica's fault. The caller drops the
+            # upstream request; aiohttp ignores the rest of this response.
+            log.debug("request %s: client disconnected mid-stream", request.request_id)
+            return response, False
         return response, problem is not None
-
-    def _relay_here(self, http_request, request, upstream, status, headers) -> _StreamRelay:
-        """Start relaying a stream from the read callback that brought its head and first
-        bytes: they go out now, and the following reads' from their own callbacks until the
-        task takes over (``_pump_guarded``). Why: the task would relay them a loop step
-        later, after its own wake-up; a stream that comes in pieces then waits for that
-        before each of them could go out."""
-        response = http_request.stream_response(status, headers, defer_head=True)
-        relay = _StreamRelay(self, request, upstream, status, response)
-        if relay.on_data() is False:  # more to come, nothing for the task yet
-            upstream.follow_here(relay.on_data)
-        return relay
-
-    async def _pump_guarded(self, relay: _StreamRelay):
-        """``_pump_following`` for ``relay``; returns (response, failed). The client leaving
-        mid-stream is not the replica's fault: the caller drops the upstream request."""
-        try:
-            problem = await self._pump_following(relay)
-        except ConnectionResetError:
-            return self._client_gone(relay.request, relay.response)
-        return relay.response, problem is not None
-
-    @staticmethod
-    def _client_gone(request: Request, response):
-        """The client left mid-stream: not the replica's fault (not failed). The caller
-        drops the upstream request; aiohttp ignores the rest of this response."""
-        log.debug("request %s: client disconnected mid-stream", request.request_id)
-        return response, False
 
     async def _pump(self, request, upstream, status, response) -> str | None:
         """Copy the stream (the aiohttp front end or client: writes are awaited); returns
@@ -563,19 +516,14 @@ class Forwarder:
         await response.write_eof(final)
         return problem
 
-    async def _pump_following(self, relay: _StreamRelay) -> str | None:
+    async def _pump_following(self, request, upstream, status, response) -> str | None:
         """``_pump`` for the httptools front end and the lean client: while the task waits
         for the replica, each chunk is relayed by the read callback that brought it
         (``_StreamRelay.on_data``), the end of the stream too; the task is woken when the
         stream has ended, the client is slow (flow control: it awaits the drain) or the
-        replica failed. Same bytes, order, observers and error event as ``_pump``. The relay
-        may have begun in a read callback already (``_relay_here``)."""
-        request, upstream, response = relay.request, relay.upstream, relay.response
+        replica failed. Same bytes, order, observers and error event as ``_pump``."""
+        relay = _StreamRelay(self, request, upstream, status, response)
         while True:
-            if relay.error is not None:
-                raise relay.error  # as if the task had failed there (a client gone, a bug)
-            if relay.ended:
-                return relay.problem
             state = relay.step()
             if state is True:
                 break
@@ -587,6 +535,10 @@ class Forwarder:
             except (UpstreamBrokenError, UpstreamTimeoutError) as exc:
                 relay.problem = _read_problem(request, exc)
                 break
+            if relay.error is not None:
+                raise relay.error  # as if the task had failed there (a client gone, a bug)
+            if relay.ended:
+                return relay.problem
         relay.end()
         return relay.problem
 

@@ -16,15 +16,12 @@ TCP_NODELAY is set on every connection (small SSE writes must not wait for delay
 
 A whole answer can be taken from the read callback: ``post(..., early=hook)`` calls
 ``hook(response)`` from the connection's ``data_received`` when the head and the complete
-body came in one read (the usual non-streamed answer), or the head and the first bytes of a
-body still coming (``response.ended`` is False: a stream, which the hook may start relaying
-and go on relaying from the following reads with ``response.follow_here``), before the
-waiting task is resumed. The forwarder writes to its client there, one loop iteration (and
-a task step) sooner than the task could; the task still gets the same response object
-afterwards. The hook is called at most once per request and must not raise. Likewise
-``UpstreamResponse.follow(on_data)`` waits for more of a body with ``on_data`` called from
-the read callback after each read, so a streamed chunk can be relayed there (the lazy read
-timeout is moved on by every read that brings bytes).
+body came in one read (the usual non-streamed answer), before the waiting task is resumed.
+The forwarder writes the answer to its client there, one loop iteration (and a task step)
+sooner than the task could; the task still gets the same response object afterwards. The
+hook must not raise. Likewise ``UpstreamResponse.follow(on_data)`` waits for more of a body
+with ``on_data`` called from the read callback after each read, so a streamed chunk can be
+relayed there (the lazy read timeout is moved on by every read that brings bytes).
 
 The read timeout is one lazy timer per connection, not a loop timer armed and cancelled for
 every wait (~2.3 us each, measured with uvloop; a request waits once for its head and once
@@ -60,8 +57,7 @@ MAX_IDLE_PER_HOST = 256
 _HEADER_NAMES: dict[bytes, str] = {}
 _MAX_HEADER_NAMES = 256
 
-# Called with the response from the read that brought its head, when that read brought the
-# whole answer or the first bytes of a body still coming (``UpstreamResponse.ended`` tells).
+# Called with the response when the whole answer came in the read that brought its head.
 EarlyHook = Callable[["UpstreamResponse"], None]
 
 
@@ -223,10 +219,9 @@ class _Connection(asyncio.Protocol):
             self._fail(UpstreamBrokenError(f"invalid HTTP response from the replica: {exc}"))
             self.close()
             return
-        if self._early is not None and (self._done or self._chunks):
-            # the head and the whole answer, or the first bytes of a body still coming (a
-            # stream), are in and the task waiting for the head has not run yet (it runs
-            # after this callback): the hook may answer the client from here
+        if self._done and self._early is not None:
+            # the whole answer is in and the task waiting for its head has not run yet
+            # (it runs after this callback): the hook may answer the client from here
             hook, self._early = self._early, None
             if self._response is not None:
                 hook(self._response)
@@ -356,16 +351,6 @@ class UpstreamResponse:
     def complete(self) -> bool:
         conn = self._conn
         return conn._done and not conn._chunks
-
-    @property
-    def ended(self) -> bool:
-        """All of the body has come from the replica (some of it may still be buffered)."""
-        return self._conn._done
-
-    def follow_here(self, on_data: Callable[[], bool]) -> None:
-        """``follow`` for a caller that is itself in a read callback: ``on_data`` is called
-        after each following read, until it returns True or a task calls ``follow``."""
-        self._conn._follow = on_data
 
     @property
     def has_data(self) -> bool:
@@ -687,16 +672,6 @@ class _AiohttpResponse:
     @property
     def complete(self) -> bool:
         return self._response.content.is_eof()
-
-    @property
-    def ended(self) -> bool:
-        """All of the body has come from the replica (some of it may still be buffered)."""
-        return self._conn._done
-
-    def follow_here(self, on_data: Callable[[], bool]) -> None:
-        """``follow`` for a caller that is itself in a read callback: ``on_data`` is called
-        after each following read, until it returns True or a task calls ``follow``."""
-        self._conn._follow = on_data
 
     @property
     def has_data(self) -> bool:

@@ -78,7 +78,9 @@ def _count(tree: Path, requests: int, stream: bool, policy: str) -> int:
             "valgrind", "--tool=callgrind", f"--callgrind-out-file={scratch}/out",
             sys.executable, str(Path(__file__).resolve()), "--drive", str(requests),
         ] + (["--stream"] if stream else [])  # fmt: skip
-        env = dict(os.environ, PYTHONPATH=str(tree / "python"), IGW_BENCH_POLICY=policy)
+        # one OpenBLAS thread: its idle workers spin, and their instructions vary run to run
+        env = dict(os.environ, PYTHONPATH=str(tree / "python"), IGW_BENCH_POLICY=policy,
+                   OPENBLAS_NUM_THREADS="1")  # fmt: skip
         done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     found = _COLLECTED.search(done.stderr)
     if done.returncode != 0 or found is None:

@@ -119,6 +119,15 @@ class _RoutePlan:
         return _prefix_key(self.block_bytes, self.max_blocks, model, salt, lora)
 
 
+def _prior_fits(built_with: float | None, prior: float | None) -> bool:
+    """Whether a core profile built with the calibrated pool rate ``built_with`` (None: no
+    rate yet) still serves for today's ``prior``: both absent, or within 10% of each other
+    (``_core_profile``'s rebuild rule, also ``_plan_for``'s)."""
+    if built_with is None:
+        return prior is None
+    return prior is not None and abs(built_with / prior - 1.0) <= 0.1
+
+
 def _prefix_key(block_bytes: int, max_blocks: int, model: str, salt: str, lora: str | None):
     """What a request's cached hashes depend on: the same block settings, model, cache salt
     and adapter give the same hashes (``request.attrs[PREFIX_ATTR] = (key, hashes)``)."""
@@ -465,10 +474,7 @@ class SchedulingEngine:
         if plan is not None and plan.scheduler is scheduler:
             if not plan.calibrates:
                 return plan
-            prior = self.calibrator.pool_rate(pool.name)
-            if prior is None if plan.prior is None else (
-                prior is not None and abs(plan.prior / prior - 1.0) <= 0.1
-            ):  # fmt: skip
+            if _prior_fits(plan.prior, self.calibrator.pool_rate(pool.name)):
                 return plan
         core_profile, built_with = self._core_profile_entry(module, profile, pool)
         settings = profile.prefix
@@ -698,7 +704,7 @@ class SchedulingEngine:
         prior = self.calibrator.pool_rate(pool.name) if profile.calibrates else None
         key = (id(module), profile.name, pool.name if prior is not None else "", unfiltered)
         cached = self._core_profiles.get(key)
-        if cached is not None and (prior is None or abs(cached[1] / prior - 1.0) <= 0.1):
+        if cached is not None and _prior_fits(cached[1] or None, prior):
             return cached
         scorers = []
         for scorer, weight in profile.core_scorers:

@@ -9,6 +9,7 @@ request during its own rounds.
 
     python bench/ab_gateways.py OLD_TREE NEW_TREE [--rounds 10] [--requests 300] [--stream]
     python bench/ab_gateways.py OLD_TREE NEW_TREE --interleave 5000 [--stream]
+    python bench/ab_gateways.py TREE TREE --b-args "--busy-poll-us 1000"   # one flag A/B
 
 ``--interleave N`` sends one request directly, one through A and one through B, in turn, N
 times, instead of rounds (``test_gateway_bench._interleaved``): host noise at the millisecond
@@ -39,11 +40,13 @@ import test_gateway_bench as bench
 _URL = re.compile(r"http://127\.0\.0\.1:\d+")
 
 
-def _start_igw(tree: Path, endpoints: str, policy: str) -> tuple[subprocess.Popen, str]:
+def _start_igw(
+    tree: Path, endpoints: str, policy: str, extra: list[str]
+) -> tuple[subprocess.Popen, str]:
     env = dict(os.environ, PYTHONPATH=str(tree / "python"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "igw", "serve", "--port", "0", "--log-level", "error",
-         "--policy", policy, "--endpoints", endpoints],
+         "--policy", policy, "--endpoints", endpoints, *extra],
         stdout=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -75,6 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=300, help="per tree per round")
     parser.add_argument("--stream", action="store_true", help="streamed requests")
     parser.add_argument("--policy", default="predicted-ttft")
+    parser.add_argument(
+        "--a-args",
+        default="",
+        metavar="ARGS",
+        help="more igw serve arguments for A (e.g. '--busy-poll-us 1000')",
+    )
+    parser.add_argument("--b-args", default="", metavar="ARGS", help="the same for B")
     parser.add_argument("--interleave", type=int, default=0, metavar="N",
                         help="N turns of one request per target instead of rounds")  # fmt: skip
     args = parser.parse_args(argv)
@@ -90,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         ports = json.loads(replicas.stdout.readline())
         endpoints = ",".join(f"http://127.0.0.1:{p}" for p in ports)
         urls = []
-        for tree in (args.tree_a, args.tree_b):
-            proc, url = _start_igw(tree, endpoints, args.policy)
+        for tree, extra in ((args.tree_a, args.a_args), (args.tree_b, args.b_args)):
+            proc, url = _start_igw(tree, endpoints, args.policy, extra.split())
             gateways.append(proc)
             urls.append(url)
         sets = [[f"http://127.0.0.1:{p}/v1/completions" for p in ports]]

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from aiohttp import web
 
 from igw.errors import InferenceError
+from igw.gateway.busypoll import make_poker
 from igw.gateway.errors import error_response, inference_error_response
 from igw.gateway.proxy import REQUEST_ID_HEADER, Answer, Forwarder
 from igw.pipeline import Pipeline, Request
@@ -62,6 +63,9 @@ class Limits:
     # "httptools" (igw.gateway.fastfront: about half aiohttp's HTTP cost per request),
     # "aiohttp", or "auto": httptools when importable (it is a dependency), else aiohttp.
     frontend: str = "auto"
+    # microseconds the loop keeps polling after each read instead of sleeping (0: off);
+    # igw.gateway.busypoll says when that pays
+    busy_poll_us: float = 0.0
 
 
 # Request ids: 32 hex digits like a uuid4's, a random per-process half and a counter (unique
@@ -124,6 +128,8 @@ class Gateway:
         self.metrics_text = metrics_text
         self.on_error = on_error
         self.mirror = mirror
+        # called by the fast front end's and the lean client's read callbacks (None: off)
+        self.poke = make_poker(self.limits.busy_poll_us)
         self.forwarder = Forwarder(
             pipeline,
             connect_timeout=self.limits.connect_timeout,
@@ -131,6 +137,7 @@ class Gateway:
             report_failure=report_failure,
             max_attempts=self.limits.max_attempts,
             lean=self.limits.lean_client,
+            on_read=self.poke,
         )
         self._runner: web.AppRunner | None = None
         self._front = None  # igw.gateway.fastfront.FastFront with frontend="httptools"
@@ -150,7 +157,13 @@ class Gateway:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Serve on ``host:port`` (0 = a free port); returns the bound port."""
-        if resolve_frontend(self.limits.frontend) == "httptools":
+        frontend = resolve_frontend(self.limits.frontend)
+        if self.poke is not None and frontend == "aiohttp" and not self.forwarder.lean:
+            log.warning(
+                "busy polling is on but has nothing to keep it going: only the httptools "
+                "front end and upstream client report their reads to it"
+            )
+        if frontend == "httptools":
             from igw.gateway.fastfront import FastFront
 
             self._front = FastFront(self)

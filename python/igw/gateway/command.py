@@ -115,6 +115,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "aiohttp, or auto = httptools when installed (default)",
     )  # fmt: skip
     limits.add_argument(
+        "--busy-poll-us", type=float, default=0.0, metavar="US",
+        help="keep polling the network for US microseconds after each read instead of "
+        "sleeping: ~100 us less added latency per request on VMs that halt idle vCPUs, at "
+        "the cost of up to US of CPU per read when traffic is sparse; for a gateway with a "
+        "core to itself, not under a tight CPU quota (default 0 = off; try 1000)",
+    )  # fmt: skip
+    limits.add_argument(
         "--upstream-client", default="auto", choices=("auto", "httptools", "aiohttp"),
         help="HTTP client towards the replicas: auto = httptools when installed (faster)",
     )  # fmt: skip
@@ -186,7 +193,7 @@ def banner(stack) -> str:
             + (", requests without a key allowed" if anonymous else ", a key is required")
         )
         if keyed:  # never print a key: the example reads it from the environment
-            key_header = "    -H \"authorization: Bearer $IGW_API_KEY\" \\"
+            key_header = '    -H "authorization: Bearer $IGW_API_KEY" \\'
     if checks is not None and checks.guard_runtime is not None:
         lines.append("  guard: content safety checks on")
     example = json.dumps(
@@ -222,6 +229,7 @@ async def _main(args: argparse.Namespace, config) -> int:
             upstream_read_timeout=args.upstream_timeout,
             lean_client={"auto": None, "httptools": True, "aiohttp": False}[args.upstream_client],
             frontend=args.frontend,
+            busy_poll_us=args.busy_poll_us,
         ),
     )
     stack = await start_stack(config, options)
@@ -251,6 +259,11 @@ def run(args: argparse.Namespace) -> int:
 
         if httptools is None:
             return _fail("httptools was asked for but the package is not installed")
+    if not 0 <= args.busy_poll_us <= 1_000_000:
+        return _fail(
+            f"--busy-poll-us: expected microseconds from 0 (off) to 1000000, "
+            f"got {args.busy_poll_us:g}"
+        )
     if not args.scrape_interval > 0:
         return _fail(f"--scrape-interval: expected seconds > 0, got {args.scrape_interval:g}")
     calm = args.scrape_calm_interval

@@ -228,6 +228,7 @@ class _Connection(asyncio.Protocol):
         self.front = front
         self.gateway = front.gateway
         self.limits = front.gateway.limits
+        self.on_read = front.gateway.poke  # busy polling's poke (None: off)
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.loop = asyncio.get_running_loop()
@@ -270,6 +271,8 @@ class _Connection(asyncio.Protocol):
             self.can_write.set_exception(ConnectionResetError("client disconnected"))
 
     def data_received(self, data: bytes) -> None:
+        if self.on_read is not None:
+            self.on_read()
         if self.rejected:
             return
         try:

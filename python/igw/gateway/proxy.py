@@ -305,15 +305,15 @@ class Forwarder:
         report_failure: FailureReporter | None = None,
         max_attempts: int = 3,
         lean: bool | None = None,
+        on_read: Callable[[], None] | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.upstream = make_pool(
-            connect_timeout=connect_timeout, read_timeout=read_timeout, lean=lean
+            connect_timeout=connect_timeout, read_timeout=read_timeout, lean=lean, on_read=on_read
         )
+        self.lean = isinstance(self.upstream, UpstreamPool)
         # the form the pool writes: the lean client takes ready header lines, aiohttp pairs
-        self._headers_for_upstream = (
-            upstream_header_lines if isinstance(self.upstream, UpstreamPool) else upstream_headers
-        )
+        self._headers_for_upstream = upstream_header_lines if self.lean else upstream_headers
         self.report_failure = report_failure
         self.max_attempts = max(1, max_attempts)
         # "ip:port" -> (host, port): Endpoint.host / .port split the address on every call

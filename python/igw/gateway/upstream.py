@@ -156,13 +156,15 @@ class _Connection(asyncio.Protocol):
         "deadline",
         "key",
         "loop",
+        "on_read",
         "parser",
         "transport",
         "writelines",
     )
 
-    def __init__(self, key: tuple[str, int]) -> None:
+    def __init__(self, key: tuple[str, int], on_read: Callable[[], None] | None = None) -> None:
         self.key = key
+        self.on_read = on_read
         self.parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.writelines = None  # the transport's, when it has one (see UpstreamPool._start)
@@ -210,6 +212,8 @@ class _Connection(asyncio.Protocol):
                 pass
 
     def data_received(self, data: bytes) -> None:
+        if self.on_read is not None:
+            self.on_read()
         self._received = True
         try:
             self.parser.feed_data(data)
@@ -462,20 +466,38 @@ class UpstreamResponse:
             conn.close()
 
 
-def make_pool(*, connect_timeout: float, read_timeout: float, lean: bool | None = None):
-    """The fast client when httptools is importable (or ``lean`` forces a choice)."""
+def make_pool(
+    *,
+    connect_timeout: float,
+    read_timeout: float,
+    lean: bool | None = None,
+    on_read: Callable[[], None] | None = None,
+):
+    """The fast client when httptools is importable (or ``lean`` forces a choice).
+    ``on_read`` is called on every read from a replica (the lean client only: aiohttp's
+    reads are its own)."""
     if lean is None:
         lean = httptools is not None
-    cls = UpstreamPool if lean else AiohttpPool
-    return cls(connect_timeout=connect_timeout, read_timeout=read_timeout)
+    if lean:
+        return UpstreamPool(
+            connect_timeout=connect_timeout, read_timeout=read_timeout, on_read=on_read
+        )
+    return AiohttpPool(connect_timeout=connect_timeout, read_timeout=read_timeout)
 
 
 class UpstreamPool:
     """Keep-alive connections to the replicas, keyed by host and port."""
 
-    def __init__(self, *, connect_timeout: float = 5.0, read_timeout: float = 600.0) -> None:
+    def __init__(
+        self,
+        *,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 600.0,
+        on_read: Callable[[], None] | None = None,
+    ) -> None:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        self.on_read = on_read  # igw.gateway.busypoll's poke, when busy polling is on
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
         self._closed = False
 
@@ -483,7 +505,7 @@ class UpstreamPool:
         loop = asyncio.get_running_loop()
         try:
             async with _timeout(self.connect_timeout):
-                _, conn = await loop.create_connection(lambda: _Connection(key), *key)
+                _, conn = await loop.create_connection(lambda: _Connection(key, self.on_read), *key)
         except asyncio.TimeoutError:
             raise UpstreamConnectError(
                 f"connect to {key[0]}:{key[1]} timed out after {self.connect_timeout:g}s"

@@ -32,6 +32,12 @@ relayed as they come) is measured the same way. On a small VM most of a hop's ad
 the kernel's; igw minus this proxy is what igw's own work adds. ``IGW_BENCH_FLOOR=0`` leaves
 it out.
 
+igw is measured twice: as started by default, and as ``igw-busy`` with ``--busy-poll-us
+1000`` (``igw.gateway.busypoll``: the loop keeps polling for 1 ms after each read, so the VM
+does not halt the gateway's vCPU between a request and its answer). ``igw-busy`` is left out
+of the interleaved turns: its spinning would take a core from the other targets' requests in
+the same turn. ``IGW_BENCH_BUSY=0`` leaves it out.
+
 ``IGW_BENCH_QUICK=1`` keeps it under ~30 s. Run the full size with
 ``python -m pytest bench/test_gateway_bench.py -s``; or this file directly as a script:
 ``python bench/test_gateway_bench.py`` prints the table.
@@ -69,6 +75,9 @@ _PEER_WANTED = os.environ.get("IGW_BENCH_PEER", "1") != "0"
 PEER = _PEER_WANTED and importlib.util.find_spec("sglang_router") is not None
 # bench/minimal_proxy.py in the same run: the part of the added latency any Python proxy pays
 FLOOR = os.environ.get("IGW_BENCH_FLOOR", "1") != "0"
+# igw serve --busy-poll-us BUSY_POLL_US as a second igw row
+BUSY = os.environ.get("IGW_BENCH_BUSY", "1") != "0"
+BUSY_POLL_US = 1000
 
 COMPLETION = json.dumps(
     {
@@ -311,9 +320,7 @@ def _run_client(urls: list[str], concurrency: int, count: int, stream: bool) -> 
 def _run_compare(
     sets: list[list[str]], rounds: int, count: int, stream: bool, pids: list[int | None]
 ) -> dict:
-    spec = json.dumps(
-        {"sets": sets, "rounds": rounds, "n": count, "stream": stream, "pids": pids}
-    )
+    spec = json.dumps({"sets": sets, "rounds": rounds, "n": count, "stream": stream, "pids": pids})
     return _run_script("compare", spec)
 
 
@@ -369,11 +376,13 @@ def _url_of(proc: subprocess.Popen, what: str) -> str:
     return match.group(1)
 
 
-def _start_igw(ports: list[int], policy: str, frontend: str) -> tuple[subprocess.Popen, str]:
+def _start_igw(
+    ports: list[int], policy: str, frontend: str, *extra: str
+) -> tuple[subprocess.Popen, str]:
     gateway = _spawn(
         "-m", "igw", "serve", "--port", "0", "--policy", policy, "--log-level", "error",
         "--frontend", frontend,
-        "--endpoints", ",".join(f"http://127.0.0.1:{p}" for p in ports),
+        "--endpoints", ",".join(f"http://127.0.0.1:{p}" for p in ports), *extra,
     )  # fmt: skip
     return gateway, _url_of(gateway, "igw serve")
 
@@ -421,7 +430,9 @@ def _idle_rate(pid: int) -> float:
     return (_cpu_seconds_exact(pid) - cpu) / (time.monotonic() - started)
 
 
-def measure(policy: str = "default", frontend: str = "httptools", peer: bool = PEER) -> dict:
+def measure(
+    policy: str = "default", frontend: str = "httptools", peer: bool = PEER, busy: bool = BUSY
+) -> dict:
     """igw (and the peer router, when installed) against the same instant replicas."""
     replicas = _spawn(__file__, "replicas", str(REPLICAS))
     routers: dict[str, tuple[subprocess.Popen, str]] = {}
@@ -430,6 +441,10 @@ def measure(policy: str = "default", frontend: str = "httptools", peer: bool = P
         ports = json.loads(replicas.stdout.readline())
         direct = [f"http://127.0.0.1:{p}/v1/completions" for p in ports]
         routers["igw"] = _start_igw(ports, policy, frontend)
+        if busy:
+            routers["igw-busy"] = _start_igw(
+                ports, policy, frontend, "--busy-poll-us", str(BUSY_POLL_US)
+            )
         if peer:
             routers["sglang"] = _start_peer(ports)
         if FLOOR:
@@ -461,7 +476,7 @@ def measure(policy: str = "default", frontend: str = "httptools", peer: bool = P
         for stream in (False, True):
             # sglang-router stalls ~43 ms on every streamed request (delayed ACKs): the rounds
             # show that; interleaving it would make a streamed turn 100x longer
-            names_now = [n for n in names if not (stream and n == "sglang")]
+            names_now = [n for n in names if n != "igw-busy" and not (stream and n == "sglang")]
             urls = [direct[0]] + [routers[n][1] + "/v1/completions" for n in names_now]
             times = _run_interleaved(urls, INTERLEAVE_TURNS, stream)
             key = "c1_stream" if stream else "c1_json"
@@ -496,14 +511,14 @@ def table(results: dict) -> str:
     lines = [
         f"gateway overhead (igw policy {results['policy']}, {results['frontend']} front end, "
         f"{REPLICAS} instant replicas, {PROMPT_BYTES // 1024} KB prompts, keep-alive client)",
-        f"{'router':<8}{'case':<11}{'direct us':>10}{'via us':>9}{'added us':>10}"
+        f"{'router':<10}{'case':<11}{'direct us':>10}{'via us':>9}{'added us':>10}"
         f"{'best round':>12}{'CPU us':>8}",
     ]
     for name, r in routers.items():
         for key in ("c1_json", "c1_stream"):
             c = r[key]
             lines.append(
-                f"{name:<8}{key:<11}{c['direct_mean_us']:>10}{c['gateway_mean_us']:>9}"
+                f"{name:<10}{key:<11}{c['direct_mean_us']:>10}{c['gateway_mean_us']:>9}"
                 f"{c['added_mean_us']:>10}{c['added_min_us']:>12}{c['cpu_us']:>8}"
             )
     for key in ("c1_json", "c1_stream"):
@@ -521,25 +536,13 @@ def table(results: dict) -> str:
     for name, r in routers.items():
         c = r["c64"]
         lines.append(
-            f"{name:<8}c=64: {c['req_per_s']} req/s, {c['cpu_s_per_1k']} CPU-s per 1k requests, "
+            f"{name:<10}c=64: {c['req_per_s']} req/s, {c['cpu_s_per_1k']} CPU-s per 1k requests, "
             f"p50 {c['p50_us']} us, p99 {c['p99_us']} us, errors {c['errors']} {c['first_error']}"
         )
     for name, r in routers.items():
-        lines.append(f"{name:<8}idle cost: {r['idle_cpu_ms_per_s']} ms CPU per second")
+        lines.append(f"{name:<10}idle cost: {r['idle_cpu_ms_per_s']} ms CPU per second")
     if "sglang" in routers:
-        igw, peer = routers["igw"], routers["sglang"]
-        ratios = [
-            f"c=1 {key} added {igw[key]['added_mean_us'] / max(1, peer[key]['added_mean_us']):.2f}x"
-            for key in ("c1_json", "c1_stream")
-        ]
-        rate = igw["c64"]["req_per_s"] / max(1, peer["c64"]["req_per_s"])
-        cpu = igw["c64"]["cpu_s_per_1k"] / max(1e-9, peer["c64"]["cpu_s_per_1k"])
-        ratios += [f"c=64 req/s {rate:.2f}x", f"c=64 CPU-s/1k {cpu:.2f}x"]
-        if "interleaved" in igw["c1_json"] and "interleaved" in peer["c1_json"]:
-            mine = igw["c1_json"]["interleaved"]["added_trimmed_us"]
-            theirs = max(1, peer["c1_json"]["interleaved"]["added_trimmed_us"])
-            ratios.append(f"c=1 c1_json added, interleaved {mine / theirs:.2f}x")
-        lines.append("igw / sglang-router cache_aware, same run: " + ", ".join(ratios))
+        lines += [_ratios(name, routers) for name in ("igw", "igw-busy") if name in routers]
     if "floor" in routers:
         igw, floor = routers["igw"], routers["floor"]
         beyond = [
@@ -553,6 +556,23 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _ratios(name: str, routers: dict) -> str:
+    """One igw row against sglang-router's, as ratios (below 1: igw adds less)."""
+    igw, peer = routers[name], routers["sglang"]
+    ratios = [
+        f"c=1 {key} added {igw[key]['added_mean_us'] / max(1, peer[key]['added_mean_us']):.2f}x"
+        for key in ("c1_json", "c1_stream")
+    ]
+    rate = igw["c64"]["req_per_s"] / max(1, peer["c64"]["req_per_s"])
+    cpu = igw["c64"]["cpu_s_per_1k"] / max(1e-9, peer["c64"]["cpu_s_per_1k"])
+    ratios += [f"c=64 req/s {rate:.2f}x", f"c=64 CPU-s/1k {cpu:.2f}x"]
+    if "interleaved" in igw["c1_json"] and "interleaved" in peer["c1_json"]:
+        mine = igw["c1_json"]["interleaved"]["added_trimmed_us"]
+        theirs = max(1, peer["c1_json"]["interleaved"]["added_trimmed_us"])
+        ratios.append(f"c=1 c1_json added, interleaved {mine / theirs:.2f}x")
+    return f"{name} / sglang-router cache_aware, same run: " + ", ".join(ratios)
+
+
 # Quick mode (CI) measures the default front end (httptools); the full run both.
 FRONTENDS = ["httptools"] if QUICK else ["httptools", "aiohttp"]
 
@@ -560,22 +580,35 @@ FRONTENDS = ["httptools"] if QUICK else ["httptools", "aiohttp"]
 @pytest.mark.parametrize("frontend", FRONTENDS)
 def test_gateway_overhead(benchmark, frontend) -> None:
     results: dict = {}
-    # The peer is measured once, next to the default front end.
-    peer = PEER and frontend == FRONTENDS[0]
+    # The peer and igw-busy are measured once, next to the default front end.
+    first = frontend == FRONTENDS[0]
     benchmark.pedantic(
-        lambda: results.update(measure(frontend=frontend, peer=peer)), rounds=1, iterations=1
+        lambda: results.update(
+            measure(frontend=frontend, peer=PEER and first, busy=BUSY and first)
+        ),
+        rounds=1,
+        iterations=1,
     )
     print("\n" + table(results))
     igw = results["routers"]["igw"]
     for key in ("c1_json", "c1_stream"):
         assert igw[key]["errors"] == 0
         benchmark.extra_info[f"{key}_added_mean_us"] = igw[key]["added_mean_us"]
-        benchmark.extra_info[f"{key}_added_interleaved_us"] = (
-            igw[key]["interleaved"]["added_trimmed_us"]
-        )
+        benchmark.extra_info[f"{key}_added_interleaved_us"] = igw[key]["interleaved"][
+            "added_trimmed_us"
+        ]
         # No delayed-ACK stalls: a 40 ms stall on any request would dwarf the mean.
         assert igw[key]["gateway_mean_us"] < 20_000
     assert igw["c64"]["errors"] == 0
+    if "igw-busy" in results["routers"]:
+        busy = results["routers"]["igw-busy"]
+        for key in ("c1_json", "c1_stream"):
+            assert busy[key]["errors"] == 0
+            assert busy[key]["gateway_mean_us"] < 20_000
+            benchmark.extra_info[f"busy_{key}_added_mean_us"] = busy[key]["added_mean_us"]
+        assert busy["c64"]["errors"] == 0
+        benchmark.extra_info["busy_c64_req_per_s"] = busy["c64"]["req_per_s"]
+        benchmark.extra_info["busy_c64_cpu_s_per_1k"] = busy["c64"]["cpu_s_per_1k"]
     benchmark.extra_info["c64_req_per_s"] = igw["c64"]["req_per_s"]
     benchmark.extra_info["c64_cpu_s_per_1k"] = igw["c64"]["cpu_s_per_1k"]
     benchmark.extra_info["c1_json_cpu_us"] = igw["c1_json"]["cpu_us"]
@@ -583,9 +616,9 @@ def test_gateway_overhead(benchmark, frontend) -> None:
         peer_figures = results["routers"]["sglang"]
         for key in ("c1_json", "c1_stream"):
             benchmark.extra_info[f"sglang_{key}_added_mean_us"] = peer_figures[key]["added_mean_us"]
-        benchmark.extra_info["sglang_c1_json_added_interleaved_us"] = (
-            peer_figures["c1_json"]["interleaved"]["added_trimmed_us"]
-        )
+        benchmark.extra_info["sglang_c1_json_added_interleaved_us"] = peer_figures["c1_json"][
+            "interleaved"
+        ]["added_trimmed_us"]
         benchmark.extra_info["sglang_c64_req_per_s"] = peer_figures["c64"]["req_per_s"]
         benchmark.extra_info["sglang_c64_cpu_s_per_1k"] = peer_figures["c64"]["cpu_s_per_1k"]
     if "floor" in results["routers"]:

@@ -51,22 +51,22 @@ def test_a_negative_window_is_refused_with_its_unit() -> None:
         make_poker(-5)
 
 
-async def test_a_poke_keeps_the_loop_polling_within_the_window(clock) -> None:
+async def spinning_after(clock: FakeClock, quiet: float) -> bool:
+    """Whether a 1 ms poller still spins ``quiet`` seconds after its only read."""
     poller = BusyPoller(0.001)
     poller.poke()
-    await loop_passes(5)
-    clock.now += 0.0009
-    await loop_passes(5)
-    assert poller.spinning
+    await loop_passes(3)
+    clock.now += quiet
+    await loop_passes(3)
+    return poller.spinning
+
+
+async def test_a_poke_keeps_the_loop_polling_within_the_window(clock) -> None:
+    assert await spinning_after(clock, 0.0009)
 
 
 async def test_polling_stops_once_the_window_has_passed_without_a_read(clock) -> None:
-    poller = BusyPoller(0.001)
-    poller.poke()
-    await loop_passes(3)
-    clock.now += 0.0011
-    await loop_passes(3)
-    assert not poller.spinning
+    assert not await spinning_after(clock, 0.0011)
 
 
 async def test_each_read_restarts_the_window(clock) -> None:
@@ -87,6 +87,9 @@ async def test_polling_does_not_hold_back_other_callbacks(clock) -> None:
     poller.poke()
     await asyncio.wait_for(asyncio.sleep(0.01), timeout=2)
     assert poller.spinning
+    clock.now += 61  # let it stop before the loop closes
+    await loop_passes(3)
+    assert not poller.spinning
 
 
 async def test_a_gateway_polls_after_serving_a_request_and_answers_as_usual(

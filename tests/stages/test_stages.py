@@ -217,6 +217,15 @@ async def test_schedule_engine_crash_is_429_failed_to_find_target():
     assert info.value.message == "failed to find target endpoint: x"
 
 
+def test_schedule_stage_refuses_an_engine_whose_schedule_is_a_coroutine():
+    class AsyncEngine(FakeEngine):
+        async def schedule(self, request, pool, *, k=None):  # type: ignore[override]
+            return None
+
+    with pytest.raises(TypeError, match=r"AsyncEngine\.schedule must return a Decision"):
+        ScheduleStage(AsyncEngine(), lambda _r: pool_of((0, 0.1)))
+
+
 async def test_schedule_empty_decision_is_released_and_503():
     pool = pool_of((0, 0.1))
     engine = FakeEngine(result=Decision(pool=pool, endpoints=[]))

@@ -15,6 +15,7 @@ waiting gives its place up.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -45,6 +46,13 @@ class ScheduleStage:
         k: int | None = None,
         metrics: Metrics | None = None,
     ) -> None:
+        if inspect.iscoroutinefunction(getattr(engine, "schedule", None)):
+            # the stage calls schedule synchronously, in the read callback when it can
+            # (Pipeline.advance): a coroutine would be taken for the decision itself
+            raise TypeError(
+                f"ScheduleStage: {type(engine).__name__}.schedule must return a Decision, "
+                "not a coroutine (do any waiting in a stage before the schedule stage)"
+            )
         self.engine = engine
         self.pool_for = pool_for
         self.k = k

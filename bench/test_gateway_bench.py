@@ -33,7 +33,7 @@ the kernel's; igw minus this proxy is what igw's own work adds. ``IGW_BENCH_FLOO
 it out.
 
 igw is measured twice: as started by default, and as ``igw-busy`` with ``--busy-poll-us
-1000`` (``igw.gateway.busypoll``: the loop keeps polling for 1 ms after each read, so the VM
+1000`` (``igw.busypoll``: the loop keeps polling for 1 ms after each read, so the VM
 does not halt the gateway's vCPU between a request and its answer). ``igw-busy`` is left out
 of the interleaved turns: its spinning would take a core from the other targets' requests in
 the same turn. ``IGW_BENCH_BUSY=0`` leaves it out.

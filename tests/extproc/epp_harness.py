@@ -275,6 +275,7 @@ async def running_epp(
     with_scores: bool = False,
     observers_on_own_port: bool | None = None,
     transport: str | None = None,
+    busy_poll_us: float = 0.0,
     **pipeline_options: Any,
 ) -> AsyncIterator[Epp]:
     """An EppServer on free ports with a client channel. Observer streams go to ``--grpc-port``
@@ -315,6 +316,7 @@ async def running_epp(
         metrics_port=0,
         observer_port=0 if own_port else None,
         transport=transport or EPP_TRANSPORT,
+        busy_poll_us=busy_poll_us,
     )
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}")

@@ -174,3 +174,10 @@ async def test_epp_process_starts_answers_health_and_routes(tmp_path):
         await idle.stop()
         await busy.stop()
     assert proc.returncode == 0
+
+
+def test_a_busy_poll_window_out_of_range_fails_at_start_naming_the_flag():
+    result = _run_cli("--endpoints", "10.0.0.1:8000", "--busy-poll-us", "-1")
+    assert result.returncode == 2
+    assert "--busy-poll-us: expected microseconds from 0 (off) to 1000000" in result.stderr
+    assert "Traceback" not in result.stderr

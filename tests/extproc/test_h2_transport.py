@@ -6,6 +6,7 @@ and TLS."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 
@@ -266,3 +267,22 @@ async def test_igw_epp_routes_on_its_own_transport_when_asked():
         await stop_process(proc)
         await replica.stop()
     assert proc.returncode == 0
+
+
+async def test_busy_polling_keeps_polling_after_reads_on_igws_transport_then_sleeps():
+    async with running_epp(make_pool(IDLE3), transport="igw", busy_poll_us=50_000) as epp:
+        assert epp.server.main is not None and epp.server.main.on_read is not None
+        poller = epp.server.main.on_read.__self__
+        call = await route(epp, "r-busy")
+        assert poller.spinning  # Envoy's messages were read less than 50 ms ago
+        await end_route(call)
+        assert await wait_for(lambda: not poller.spinning, timeout=5)
+
+
+async def test_busy_polling_without_igws_transport_warns_that_nothing_drives_it(caplog):
+    with caplog.at_level(logging.WARNING, logger="igw.extproc"):
+        async with running_epp(
+            make_pool(IDLE3), transport="grpcio", observers_on_own_port=False, busy_poll_us=1000
+        ):
+            pass
+    assert "busy polling is on but has nothing to keep it going" in caplog.text

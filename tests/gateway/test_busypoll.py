@@ -10,10 +10,9 @@ import logging
 import pytest
 from tests.gateway.conftest import RankingEngine
 
-from igw import datastore
-from igw.gateway import busypoll
+from igw import busypoll, datastore
+from igw.busypoll import BusyPoller, make_poker
 from igw.gateway.app import Limits
-from igw.gateway.busypoll import BusyPoller, make_poker
 from igw.gateway.routing import ModelRouter, PoolRuntime
 from igw.gateway.runtime import build_gateway
 from igw.gateway.upstream import UpstreamPool

@@ -30,6 +30,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from igw import busypoll
 from igw.extproc.flags import GRPC_TRANSPORTS, add_bool, names, parse_duration, parse_size
 
 log = logging.getLogger("igw.epp")
@@ -208,6 +209,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "observability_mode filter of deploy/envoy/envoy-observe.yaml (an observed chunk "
         "costs about a sixth of what it costs on grpc.aio; reads are batched, see "
         "--observer-read-batch; same TLS setting and certificate). Default: off",
+    )
+    own.add_argument(
+        "--busy-poll-us",
+        type=float,
+        default=0.0,
+        metavar="US",
+        help=busypoll.FLAG_HELP + ". Applies to igw's own transport (--grpc-transport=igw, "
+        "--observer-port). Default: 0 (off)",
     )
     own.add_argument(
         "--observer-read-batch",
@@ -471,6 +480,9 @@ async def _main(args: argparse.Namespace) -> int:
         raise UsageError(f"--observer-port: {args.observer_port} is not a port (0-65535)")
     if args.observer_read_batch < 0:
         raise UsageError("--observer-read-batch: expected a duration >= 0")
+    bad_window = busypoll.window_error("--busy-poll-us", args.busy_poll_us)
+    if bad_window is not None:
+        raise UsageError(bad_window)
     credentials = None
     ssl_context = None
     if args.secure_serving:
@@ -495,6 +507,7 @@ async def _main(args: argparse.Namespace) -> int:
         observer_port=args.observer_port,
         ssl_context=ssl_context,
         read_batch=args.observer_read_batch,
+        busy_poll_us=args.busy_poll_us,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

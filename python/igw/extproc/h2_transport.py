@@ -54,6 +54,7 @@ import collections
 import contextlib
 import logging
 import ssl
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import hpack
@@ -180,6 +181,7 @@ class H2Connection(asyncio.Protocol):
     def __init__(self, server: H2GrpcServer) -> None:
         self.server = server
         self.director = server.director
+        self.on_read = server.on_read
         self.transport: asyncio.Transport | None = None
         self.buffer = b""
         self.preface_seen = False
@@ -209,6 +211,8 @@ class H2Connection(asyncio.Protocol):
         self.transport.write(SERVER_PREFACE)
 
     def data_received(self, data: bytes) -> None:
+        if self.on_read is not None:
+            self.on_read()
         try:
             self._receive(data)
         except ConnectionError_ as error:
@@ -733,8 +737,10 @@ class H2GrpcServer:
         ssl_context: ssl.SSLContext | None = None,
         read_batch: float = DEFAULT_READ_BATCH,
         max_message: int = DEFAULT_MAX_MESSAGE,
+        on_read: Callable[[], None] | None = None,
     ) -> None:
         self.director = director
+        self.on_read = on_read  # igw.busypoll's poke, called on every read (None: off)
         self.health = health
         self.host = host
         self.requested_port = port

@@ -21,6 +21,7 @@ from aiohttp import web
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2_grpc
 
+from igw.busypoll import make_poker
 from igw.extproc.director import Director
 from igw.extproc.flags import GRPC_TRANSPORTS
 from igw.extproc.h2_transport import DEFAULT_MAX_MESSAGE, DEFAULT_READ_BATCH, H2GrpcServer
@@ -88,6 +89,7 @@ class EppServer:
         observer_port: int | None = None,
         ssl_context: ssl.SSLContext | None = None,
         read_batch: float = DEFAULT_READ_BATCH,
+        busy_poll_us: float = 0.0,
     ) -> None:
         if transport not in GRPC_TRANSPORTS:
             raise ValueError(
@@ -99,10 +101,18 @@ class EppServer:
         self.readiness = Readiness(synced or (lambda: director.pool.synced))
         health = HealthServicer(self.readiness)
         max_message = max_recv or DEFAULT_MAX_MESSAGE
+        # one poller for both of igw's listeners: they share the loop (igw.busypoll)
+        poke = make_poker(busy_poll_us)
+        if poke is not None and transport != "igw" and observer_port is None:
+            log.warning(
+                "busy polling is on but has nothing to keep it going: only igw's own "
+                "transport (--grpc-transport=igw, --observer-port) reports its reads to it"
+            )
 
         def own_transport(port: int, batch: float) -> H2GrpcServer:
             return H2GrpcServer(director, health, host=host, port=port, ssl_context=ssl_context,
-                                read_batch=batch, max_message=max_message)  # fmt: skip
+                                read_batch=batch, max_message=max_message,
+                                on_read=poke)  # fmt: skip
 
         self.server: grpc.aio.Server | None = None
         self.main: H2GrpcServer | None = None

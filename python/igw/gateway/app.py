@@ -27,8 +27,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 from aiohttp import web
 
+from igw.busypoll import make_poker
 from igw.errors import InferenceError
-from igw.gateway.busypoll import make_poker
 from igw.gateway.errors import error_response, inference_error_response
 from igw.gateway.proxy import REQUEST_ID_HEADER, Answer, Forwarder
 from igw.pipeline import Pipeline, Request
@@ -64,7 +64,7 @@ class Limits:
     # "aiohttp", or "auto": httptools when importable (it is a dependency), else aiohttp.
     frontend: str = "auto"
     # microseconds the loop keeps polling after each read instead of sleeping (0: off);
-    # igw.gateway.busypoll says when that pays
+    # igw.busypoll says when that pays
     busy_poll_us: float = 0.0
 
 

@@ -18,6 +18,7 @@ import signal
 import sys
 from pathlib import Path
 
+from igw import busypoll
 from igw.gateway.app import Limits
 
 DEFAULT_PORT = 8080
@@ -115,12 +116,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "aiohttp, or auto = httptools when installed (default)",
     )  # fmt: skip
     limits.add_argument(
-        "--busy-poll-us", type=float, default=0.0, metavar="US",
-        help="keep polling the network for US microseconds after each read instead of "
-        "sleeping: ~100 us less added latency per request on VMs that halt idle vCPUs, at "
-        "the cost of up to US of CPU per read when traffic is sparse; for a gateway with a "
-        "core to itself, not under a tight CPU quota (default 0 = off; try 1000)",
-    )  # fmt: skip
+        "--busy-poll-us",
+        type=float,
+        default=0.0,
+        metavar="US",
+        help=busypoll.FLAG_HELP + " (default 0 = off; try 1000)",
+    )
     limits.add_argument(
         "--upstream-client", default="auto", choices=("auto", "httptools", "aiohttp"),
         help="HTTP client towards the replicas: auto = httptools when installed (faster)",
@@ -259,11 +260,9 @@ def run(args: argparse.Namespace) -> int:
 
         if httptools is None:
             return _fail("httptools was asked for but the package is not installed")
-    if not 0 <= args.busy_poll_us <= 1_000_000:
-        return _fail(
-            f"--busy-poll-us: expected microseconds from 0 (off) to 1000000, "
-            f"got {args.busy_poll_us:g}"
-        )
+    bad_window = busypoll.window_error("--busy-poll-us", args.busy_poll_us)
+    if bad_window is not None:
+        return _fail(bad_window)
     if not args.scrape_interval > 0:
         return _fail(f"--scrape-interval: expected seconds > 0, got {args.scrape_interval:g}")
     calm = args.scrape_calm_interval

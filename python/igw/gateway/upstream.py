@@ -497,7 +497,7 @@ class UpstreamPool:
     ) -> None:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self.on_read = on_read  # igw.gateway.busypoll's poke, when busy polling is on
+        self.on_read = on_read  # igw.busypoll's poke, when busy polling is on
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
         self._closed = False
 

@@ -90,12 +90,13 @@ async def test_body_before_headers_is_invalid_argument():
 # the child imports the same igw as this process (source tree or installed package)
 
 
-async def test_bbr_process_starts_and_routes():
+@pytest.mark.parametrize("busy_poll", ["0", "1000"], ids=["", "busy-poll"])
+async def test_bbr_process_starts_and_routes(busy_poll):
     env = ENV
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "igw", "bbr", "--grpc-port=0", "--grpc-health-port=0",
         "--secure-serving=false", "--drain-timeout=0s",
-        f"--grpc-transport={epp_harness.EPP_TRANSPORT}",
+        f"--grpc-transport={epp_harness.EPP_TRANSPORT}", f"--busy-poll-us={busy_poll}",
         env=env, stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
@@ -112,3 +113,14 @@ async def test_bbr_process_starts_and_routes():
     finally:
         await stop_process(proc)
     assert proc.returncode == 0
+
+
+def test_bbr_refuses_a_busy_poll_window_out_of_range():
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, "-m", "igw", "bbr", "--busy-poll-us=-1"],
+        env=ENV, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--busy-poll-us: expected microseconds from 0 (off) to 1000000" in result.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import signal
 import sys
 
@@ -17,10 +18,13 @@ import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2_grpc
 
+from igw import busypoll
 from igw.extproc.bbr import BbrProcessor, BbrServicer
 from igw.extproc.flags import GRPC_TRANSPORTS, add_bool, names, parse_duration, parse_size
 from igw.extproc.health import HealthServicer
 from igw.extproc.server import grpc_options
+
+log = logging.getLogger("igw.bbr")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,6 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="what serves the ext_proc port: grpcio (grpc.aio, the default) or igw's own HTTP/2 "
         "transport (less CPU per message; see docs/deploy-epp.md). Default: grpcio",
     )
+    parser.add_argument(
+        "--busy-poll-us",
+        type=float,
+        default=0.0,
+        metavar="US",
+        help=busypoll.FLAG_HELP + ". Applies to --grpc-transport=igw. Default: 0 (off)",
+    )
     parser.add_argument("--v", "-v", type=int, default=0, metavar="LEVEL", help="ignored")
 
 
@@ -62,6 +73,11 @@ async def _main(args: argparse.Namespace) -> int:
     from igw.extproc.h2_transport import H2GrpcServer
     from igw.extproc.tls import certificate_pair, grpc_credentials, ssl_server_context
 
+    bad_window = busypoll.window_error("--busy-poll-us", args.busy_poll_us)
+    if bad_window is not None:
+        raise ValueError(bad_window)
+    if args.busy_poll_us and args.grpc_transport != "igw":
+        log.warning("--busy-poll-us applies to --grpc-transport=igw only; grpc.aio reads alone")
     pair = certificate_pair(args.cert_path or None) if args.secure_serving else None
     health_servicer = HealthServicer(lambda: True)
     server: grpc.aio.Server | H2GrpcServer
@@ -73,6 +89,7 @@ async def _main(args: argparse.Namespace) -> int:
             port=args.grpc_port,
             ssl_context=ssl_server_context(*pair) if pair else None,
             read_batch=0.0,
+            on_read=busypoll.make_poker(args.busy_poll_us),
         )
     else:
         server = grpc.aio.server(options=grpc_options())

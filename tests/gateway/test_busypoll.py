@@ -80,6 +80,22 @@ async def test_each_read_restarts_the_window(clock) -> None:
     assert poller.spinning
 
 
+async def test_each_pass_of_the_spin_gives_the_cpu_to_other_runnable_threads(
+    clock, monkeypatch
+) -> None:
+    yields = []
+    monkeypatch.setattr(busypoll, "_give_way", lambda: yields.append(1))
+    poller = BusyPoller(0.001)
+    poller.poke()
+    await loop_passes(4)
+    assert len(yields) >= 3  # one sched_yield per loop pass while spinning
+    clock.now += 0.002
+    await loop_passes(3)
+    stopped_at = len(yields)
+    await loop_passes(3)
+    assert len(yields) == stopped_at  # and none once it stopped
+
+
 async def test_polling_does_not_hold_back_other_callbacks(clock) -> None:
     # the loop stays responsive while spinning: a timer and I/O callbacks still run
     poller = BusyPoller(60.0)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from typing import Any, Protocol
 
 _clock = time.monotonic
 # Each pass of the spin gives way to any other thread runnable on this CPU (a replica, the
@@ -85,14 +86,28 @@ def make_poker(window_us: float):
     return BusyPoller(window_us / 1e6).poke if window_us else None
 
 
+class _TakesArguments(Protocol):
+    """An argparse parser or argument group."""
+
+    def add_argument(self, *names: str, **options: Any) -> Any: ...
+
+
 # Bounds and help shared by the command lines that offer the flag.
 MAX_WINDOW_US = 1_000_000
-FLAG_HELP = (
+_FLAG_HELP = (
     "keep polling the network for US microseconds after each read instead of sleeping, so "
     "the next read needs no wake-up: on VMs that halt idle vCPUs, ~100 us less added latency "
     "per request through igw serve; it costs up to US of CPU per read when traffic is "
     "sparse, so it suits a process with a core to itself, not a tight CPU quota"
 )
+
+
+def add_flag(parser: _TakesArguments, note: str) -> None:
+    """``--busy-poll-us US`` on a command line; ``note`` ends its help (where it applies,
+    the default)."""
+    parser.add_argument(
+        "--busy-poll-us", type=float, default=0.0, metavar="US", help=_FLAG_HELP + note
+    )
 
 
 def window_error(flag: str, window_us: float) -> str | None:

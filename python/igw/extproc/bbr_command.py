@@ -51,13 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="what serves the ext_proc port: grpcio (grpc.aio, the default) or igw's own HTTP/2 "
         "transport (less CPU per message; see docs/deploy-epp.md). Default: grpcio",
     )
-    parser.add_argument(
-        "--busy-poll-us",
-        type=float,
-        default=0.0,
-        metavar="US",
-        help=busypoll.FLAG_HELP + ". Applies to --grpc-transport=igw. Default: 0 (off)",
-    )
+    busypoll.add_flag(parser, ". Applies to --grpc-transport=igw. Default: 0 (off)")
     parser.add_argument("--v", "-v", type=int, default=0, metavar="LEVEL", help="ignored")
 
 

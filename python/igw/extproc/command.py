@@ -210,13 +210,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "costs about a sixth of what it costs on grpc.aio; reads are batched, see "
         "--observer-read-batch; same TLS setting and certificate). Default: off",
     )
-    own.add_argument(
-        "--busy-poll-us",
-        type=float,
-        default=0.0,
-        metavar="US",
-        help=busypoll.FLAG_HELP + ". Applies to igw's own transport (--grpc-transport=igw, "
-        "--observer-port). Default: 0 (off)",
+    busypoll.add_flag(
+        own,
+        ". Applies to igw's own transport (--grpc-transport=igw, --observer-port). "
+        "Default: 0 (off)",
     )
     own.add_argument(
         "--observer-read-batch",

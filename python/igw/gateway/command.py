@@ -115,13 +115,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="HTTP server for clients: httptools (about half aiohttp's CPU per request), "
         "aiohttp, or auto = httptools when installed (default)",
     )  # fmt: skip
-    limits.add_argument(
-        "--busy-poll-us",
-        type=float,
-        default=0.0,
-        metavar="US",
-        help=busypoll.FLAG_HELP + " (default 0 = off; try 1000)",
-    )
+    busypoll.add_flag(limits, " (default 0 = off; try 1000)")
     limits.add_argument(
         "--upstream-client", default="auto", choices=("auto", "httptools", "aiohttp"),
         help="HTTP client towards the replicas: auto = httptools when installed (faster)",

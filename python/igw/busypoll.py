@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 _clock = time.monotonic
@@ -79,7 +80,7 @@ class BusyPoller:
         self._loop.call_soon(self._spin)  # type: ignore[union-attr]
 
 
-def make_poker(window_us: float):
+def make_poker(window_us: float) -> Callable[[], None] | None:
     """``poke`` of a new poller for ``window_us`` microseconds, or None when 0 (off)."""
     if window_us < 0:
         raise ValueError(f"busy poll: expected microseconds >= 0, got {window_us:g}")

@@ -71,7 +71,10 @@ async def _main(args: argparse.Namespace) -> int:
     if bad_window is not None:
         raise ValueError(bad_window)
     if args.busy_poll_us and args.grpc_transport != "igw":
-        log.warning("--busy-poll-us applies to --grpc-transport=igw only; grpc.aio reads alone")
+        log.warning(
+            "--busy-poll-us has no effect on grpc.aio, which reads on its own threads: "
+            "it needs --grpc-transport=igw"
+        )
     pair = certificate_pair(args.cert_path or None) if args.secure_serving else None
     health_servicer = HealthServicer(lambda: True)
     server: grpc.aio.Server | H2GrpcServer

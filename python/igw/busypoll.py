@@ -30,8 +30,11 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 _clock = time.monotonic
 # Each pass of the spin gives way to any other thread runnable on this CPU (a replica, the
@@ -43,7 +46,7 @@ _give_way = getattr(os, "sched_yield", lambda: None)
 class BusyPoller:
     """Keeps one event loop polling for ``window`` seconds after the last ``poke``."""
 
-    __slots__ = ("_fresh", "_loop", "_spinning", "_until", "window")
+    __slots__ = ("_fresh", "_loop", "_since", "_spinning", "_spun", "_until", "episodes", "window")
 
     def __init__(self, window: float) -> None:
         if not window > 0:
@@ -53,6 +56,15 @@ class BusyPoller:
         self._fresh = False  # a read came since the spin callback last ran
         self._until = 0.0  # clock time the spinning stops at, without another read
         self._spinning = False
+        self._since = 0.0  # clock time the current spinning began
+        self._spun = 0.0  # seconds of finished spinning, for igw_busy_poll_seconds_total
+        self.episodes = 0  # finished spells of spinning
+
+    def spin_seconds(self) -> float:
+        """Seconds the loop has been kept polling (the current spell included), the work it
+        did meanwhile included: under steady traffic this grows like the wall clock."""
+        current = _clock() - self._since if self._spinning else 0.0
+        return self._spun + current
 
     @property
     def spinning(self) -> bool:
@@ -67,24 +79,63 @@ class BusyPoller:
             if self._loop is None:
                 self._loop = asyncio.get_running_loop()
             self._spinning = True
+            self._since = _clock()
             self._loop.call_soon(self._spin)
 
     def _spin(self) -> None:
+        now = _clock()
         if self._fresh:
             self._fresh = False
-            self._until = _clock() + self.window
-        elif _clock() >= self._until:
+            self._until = now + self.window
+        elif now >= self._until:
             self._spinning = False
+            self._spun += now - self._since
+            self.episodes += 1
             return
         _give_way()
         self._loop.call_soon(self._spin)  # type: ignore[union-attr]
 
 
-def make_poker(window_us: float) -> Callable[[], None] | None:
-    """``poke`` of a new poller for ``window_us`` microseconds, or None when 0 (off)."""
+def make_poller(window_us: float) -> BusyPoller | None:
+    """A poller for ``window_us`` microseconds, or None when 0 (off)."""
     if window_us < 0:
         raise ValueError(f"busy poll: expected microseconds >= 0, got {window_us:g}")
-    return BusyPoller(window_us / 1e6).poke if window_us else None
+    return BusyPoller(window_us / 1e6) if window_us else None
+
+
+def poke_of(poller: BusyPoller | None) -> Callable[[], None] | None:
+    """What a protocol calls on each read: the poller's ``poke``, or None when off."""
+    return poller.poke if poller is not None else None
+
+
+class BusyPollCollector(Collector):
+    """Prometheus view of a poller, read at scrape time: how long busy polling kept the loop
+    awake. ``rate(igw_busy_poll_seconds_total[1m])`` near 1 means the loop never slept, and
+    the process CPU it shows is partly the spinning."""
+
+    def __init__(self, poller: BusyPoller) -> None:
+        self.poller = poller
+
+    def collect(self) -> Iterator[Metric]:
+        window = GaugeMetricFamily(
+            "igw_busy_poll_window_seconds",
+            "How long the loop keeps polling after a read (--busy-poll-us)",
+            value=self.poller.window,
+        )
+        spun = CounterMetricFamily(
+            "igw_busy_poll_seconds",
+            "Seconds the event loop was kept polling instead of sleeping, the work it did "
+            "meanwhile included",
+            value=self.poller.spin_seconds(),
+        )
+        spells = CounterMetricFamily(
+            "igw_busy_poll_spells",
+            "Finished spells of busy polling (each ends after a window without a read)",
+            value=float(self.poller.episodes),
+        )
+        yield window
+        yield spun
+        yield spells
 
 
 class _TakesArguments(Protocol):

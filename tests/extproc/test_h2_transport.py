@@ -22,6 +22,7 @@ from epp_harness import (
     stop_process,
 )
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import generate_latest
 from test_observer_streams import (
     IDLE3,
     MODEL,
@@ -271,8 +272,9 @@ async def test_igw_epp_routes_on_its_own_transport_when_asked():
 
 async def test_busy_polling_keeps_polling_after_reads_on_igws_transport_then_sleeps():
     async with running_epp(make_pool(IDLE3), transport="igw", busy_poll_us=50_000) as epp:
-        assert epp.server.main is not None and epp.server.main.on_read is not None
-        poller = epp.server.main.on_read.__self__
+        poller = epp.server.poller
+        assert poller is not None and epp.server.main is not None
+        assert epp.server.main.on_read == poller.poke
         call = await route(epp, "r-busy")
         assert poller.spinning  # Envoy's messages were read less than 50 ms ago
         await end_route(call)
@@ -286,3 +288,13 @@ async def test_busy_polling_without_igws_transport_warns_that_nothing_drives_it(
         ):
             pass
     assert "busy polling is on but has nothing to keep it going" in caplog.text
+
+
+async def test_busy_polling_shows_on_the_epp_metrics_page():
+    async with running_epp(make_pool(IDLE3), transport="igw", busy_poll_us=1000) as epp:
+        call = await route(epp, "r-busy-metrics")
+        await end_route(call)
+        text = generate_latest(epp.metrics.registry).decode()
+    assert "igw_busy_poll_window_seconds 0.001" in text
+    spun = next(line for line in text.splitlines() if line.startswith("igw_busy_poll_seconds"))
+    assert float(spun.split()[1]) > 0

@@ -11,7 +11,7 @@ import pytest
 from tests.gateway.conftest import RankingEngine
 
 from igw import busypoll, datastore
-from igw.busypoll import BusyPoller, make_poker
+from igw.busypoll import BusyPollCollector, BusyPoller, make_poller
 from igw.gateway.app import Limits
 from igw.gateway.routing import ModelRouter, PoolRuntime
 from igw.gateway.runtime import build_gateway
@@ -42,12 +42,12 @@ async def loop_passes(count: int) -> None:
 
 def test_busy_polling_is_off_by_default() -> None:
     assert Limits().busy_poll_us == 0
-    assert make_poker(0) is None
+    assert make_poller(0) is None
 
 
 def test_a_negative_window_is_refused_with_its_unit() -> None:
     with pytest.raises(ValueError, match="busy poll: expected microseconds >= 0, got -5"):
-        make_poker(-5)
+        make_poller(-5)
 
 
 async def spinning_after(clock: FakeClock, quiet: float) -> bool:
@@ -96,6 +96,40 @@ async def test_each_pass_of_the_spin_gives_the_cpu_to_other_runnable_threads(
     assert len(yields) == stopped_at  # and none once it stopped
 
 
+async def test_spin_time_counts_each_spell_from_its_first_read_to_its_end(clock) -> None:
+    poller = BusyPoller(0.001)
+    poller.poke()
+    await loop_passes(3)
+    clock.now += 0.0004
+    poller.poke()  # a read within the spell extends it
+    await loop_passes(3)
+    clock.now += 0.0011
+    await loop_passes(3)
+    assert not poller.spinning
+    assert poller.episodes == 1
+    assert poller.spin_seconds() == pytest.approx(0.0015)
+
+
+async def test_spin_time_includes_the_spell_under_way(clock) -> None:
+    poller = BusyPoller(0.001)
+    poller.poke()
+    await loop_passes(2)
+    clock.now += 0.0005
+    assert poller.spin_seconds() == pytest.approx(0.0005)
+    assert poller.episodes == 0
+
+
+def test_the_collector_shows_the_window_the_spin_time_and_the_spells() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry()
+    registry.register(BusyPollCollector(BusyPoller(0.001)))
+    text = generate_latest(registry).decode()
+    assert "igw_busy_poll_window_seconds 0.001" in text
+    assert "igw_busy_poll_seconds_total 0.0" in text
+    assert "igw_busy_poll_spells_total 0.0" in text
+
+
 async def test_polling_does_not_hold_back_other_callbacks(clock) -> None:
     # the loop stays responsive while spinning: a timer and I/O callbacks still run
     poller = BusyPoller(60.0)
@@ -113,7 +147,7 @@ async def test_a_gateway_polls_after_serving_a_request_and_answers_as_usual(
     gw = await make_gateway(replicas[:1], limits=Limits(busy_poll_us=50_000))
     if not isinstance(gw.gateway.forwarder.upstream, UpstreamPool):
         pytest.skip("the aiohttp client's reads are aiohttp's own: nothing pokes the poller")
-    poller = gw.gateway.poke.__self__
+    poller = gw.gateway.poller
     async with client.post(gw.url + "/v1/completions", json=COMPLETION) as response:
         assert response.status == 200
         assert (await response.json())["choices"][0]["text"] == "hello"

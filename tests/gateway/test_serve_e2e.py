@@ -318,3 +318,24 @@ async def test_bad_clients_never_disturb_other_streams_and_nothing_stays_in_flig
         assert await wait_until(idle)  # every reservation released, the leaver's too
     finally:
         await stack.stop()
+
+
+@pytest.mark.parametrize("busy_poll_us", [0.0, 2000.0], ids=["off", "on"])
+async def test_metrics_page_shows_busy_polling_only_when_it_is_on(client, busy_poll_us):
+    stack = await start(
+        "pools: {p: {sim: {replicas: 1, speed: 100}}}", limits=Limits(busy_poll_us=busy_poll_us)
+    )
+    try:
+        status, _, _ = await completion(client, stack.url, "sim-model", "spin")
+        assert status == 200
+        async with client.get(stack.url + "/metrics") as response:
+            text = await response.text()
+        if busy_poll_us:
+            assert "igw_busy_poll_window_seconds 0.002" in text
+            spun = next(line for line in text.splitlines()
+                        if line.startswith("igw_busy_poll_seconds_total"))  # fmt: skip
+            assert float(spun.split()[1]) > 0
+        else:
+            assert "igw_busy_poll" not in text
+    finally:
+        await stack.stop()

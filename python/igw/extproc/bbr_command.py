@@ -86,7 +86,7 @@ async def _main(args: argparse.Namespace) -> int:
             port=args.grpc_port,
             ssl_context=ssl_server_context(*pair) if pair else None,
             read_batch=0.0,
-            on_read=busypoll.make_poker(args.busy_poll_us),
+            on_read=busypoll.poke_of(busypoll.make_poller(args.busy_poll_us)),
         )
     else:
         server = grpc.aio.server(options=grpc_options())

@@ -21,7 +21,7 @@ from aiohttp import web
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2_grpc
 
-from igw.busypoll import make_poker
+from igw.busypoll import BusyPollCollector, make_poller, poke_of
 from igw.extproc.director import Director
 from igw.extproc.flags import GRPC_TRANSPORTS
 from igw.extproc.h2_transport import DEFAULT_MAX_MESSAGE, DEFAULT_READ_BATCH, H2GrpcServer
@@ -102,7 +102,10 @@ class EppServer:
         health = HealthServicer(self.readiness)
         max_message = max_recv or DEFAULT_MAX_MESSAGE
         # one poller for both of igw's listeners: they share the loop (igw.busypoll)
-        poke = make_poker(busy_poll_us)
+        self.poller = make_poller(busy_poll_us)
+        poke = poke_of(self.poller)
+        if self.poller is not None and director.metrics is not None:
+            director.metrics.registry.register(BusyPollCollector(self.poller))
         if poke is not None and transport != "igw" and observer_port is None:
             log.warning(
                 "busy polling is on but has nothing to keep it going: only igw's own "

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from aiohttp import web
 
-from igw.busypoll import make_poker
+from igw.busypoll import make_poller, poke_of
 from igw.errors import InferenceError
 from igw.gateway.errors import error_response, inference_error_response
 from igw.gateway.proxy import REQUEST_ID_HEADER, Answer, Forwarder
@@ -128,8 +128,9 @@ class Gateway:
         self.metrics_text = metrics_text
         self.on_error = on_error
         self.mirror = mirror
+        self.poller = make_poller(self.limits.busy_poll_us)  # None: busy polling is off
         # called by the fast front end's and the lean client's read callbacks (None: off)
-        self.poke = make_poker(self.limits.busy_poll_us)
+        self.poke = poke_of(self.poller)
         self.forwarder = Forwarder(
             pipeline,
             connect_timeout=self.limits.connect_timeout,

@@ -25,6 +25,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+from igw.busypoll import BusyPollCollector
 from igw.config import ConfigError, load_config
 from igw.datalayer import DataLayer, DataLayerError
 from igw.datastore import Pool
@@ -381,6 +382,8 @@ async def start_stack(config: GatewayConfig, options: ServeOptions) -> Stack:
             response_checks=checks.response,
             authorize=checks.access.authorize if checks.access is not None else None,
         )
+        if gateway.poller is not None:
+            metrics.registry.register(BusyPollCollector(gateway.poller))
         stack = Stack(gateway, router, fleets, layers, mirror=mirror, host=options.host,
                       policies={name: source for name, (_, source) in engines.items()},
                       checks=checks)  # fmt: skip
